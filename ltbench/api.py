@@ -1,0 +1,108 @@
+"""The library calls behind each CLI command, so the CLI only parses and prints."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+from ._registry import UnknownNameError
+from .budget import BudgetError
+from .config import ConfigError, load_config_file, parse_sets, resolve_config
+from .data import DATASETS, DataError
+from .experts.backbones import BackboneError, create_backbone, list_backbones  # noqa: F401
+from .methods import METHODS, create_method
+from .registry import Registry, RegistryError
+from .report import collect, render, rich_table
+from .train import TrainingError, train_expert
+
+USER_ERRORS = (UnknownNameError, BudgetError, ConfigError, DataError, BackboneError, RegistryError, TrainingError)
+
+#: The built-in offline comparison (`ltbench demo`): sized to finish in minutes on 2 CPU cores.
+DEMO_RUNS: list[dict[str, Any]] = [
+    {"name": "demo-linear-probe", "method": "linear-probe", "budget": "30epochs"},
+]
+DEMO_COMMON: dict[str, Any] = {
+    "dataset": "fashion-mnist-lt",
+    "backbone": "dinov2-s14",
+    "seed": 0,
+    "set": {"img_size": 56, "test_per_class": 200},
+}
+
+
+def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str | Path | None = None,
+          registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
+    base: dict[str, Any] = {}
+    if config_file:
+        base = load_config_file(config_file)
+    file_sets = base.pop("set", None) or {}
+    merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
+    run = resolve_config(merged, {**file_sets, **parse_sets(sets or [])})
+    return train_expert(run, registry=registry, console=console, quiet=quiet)
+
+
+def report_frame(registry: Registry | None = None, **filters):
+    return collect(registry or Registry(), **filters)
+
+
+def report_table(registry: Registry | None = None, **filters) -> Table:
+    return rich_table(report_frame(registry, **filters))
+
+
+def report_text(fmt: str, registry: Registry | None = None, **filters) -> str:
+    return render(report_frame(registry, **filters), fmt)
+
+
+def ls_table(registry: Registry | None = None) -> Table:
+    table = Table(title="registered experts")
+    for col in ("name", "method", "backbone", "dataset", "seed", "created"):
+        table.add_column(col)
+    for r in (registry or Registry()).rows():
+        table.add_row(r["name"], r["method"], r["backbone"], r["dataset"], str(r["seed"]), r["created"])
+    return table
+
+
+def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
+    ex = (registry or Registry()).get(name)
+    info = {"name": ex.name, "path": str(ex.path), "config": ex.config, "metrics": ex.metrics, "meta": ex.meta,
+            "splits": ex.splits()}
+    for extra in sorted(ex.path.glob("*.json")):
+        if extra.name not in ("config.json", "metrics.json", "meta.json"):
+            import json
+
+            info[extra.stem] = json.loads(extra.read_text())
+    return info
+
+
+def remove(name: str, registry: Registry | None = None) -> None:
+    (registry or Registry()).remove(name)
+
+
+def params(method: str, backbone: str, num_classes: int, sets: list[str] | None = None) -> dict[str, int]:
+    """Parameter counts without loading weights (random init of the backbone's shapes)."""
+    bb = create_backbone(backbone, pretrained=False)
+    return create_method(method, bb, num_classes, **parse_sets(sets or [])).param_counts()
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    return [(n, DATASETS.help(n)) for n in DATASETS]
+
+
+def list_methods() -> list[tuple[str, str]]:
+    return [(n, METHODS.help(n)) for n in METHODS]
+
+
+def demo(registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
+         runs: Iterable[dict[str, Any]] | None = None) -> list[str]:
+    """Train every demo run not yet registered (so a second demo only reports)."""
+    registry = registry or Registry()
+    names = []
+    for spec in runs or DEMO_RUNS:
+        spec = {**DEMO_COMMON, **spec, "set": {**DEMO_COMMON["set"], **spec.get("set", {})}}
+        names.append(spec["name"])
+        if spec["name"] in registry:
+            continue
+        sets = spec.pop("set")
+        train_expert(resolve_config(spec, sets), registry=registry, console=console, quiet=quiet)
+    return names

@@ -1,0 +1,146 @@
+"""The `ltbench` command line: parse, call the library, print. No logic lives here."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from . import api
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Train, register, fuse and compare long-tailed classifiers on frozen ViTs.")
+# Wide when piped (CI logs, files): a table is worth more than an 80-column wrap.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _guard(fn):
+    """Known user errors print one line and exit 2; programming errors keep their traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except api.USER_ERRORS as e:
+            _fail(e)
+
+    return wrapper
+
+
+@app.command()
+@_guard
+def train(
+    dataset: Optional[str] = typer.Option(None, help="dataset source (see `ltbench datasets`)"),
+    backbone: Optional[str] = typer.Option(None, help="backbone (see `ltbench backbones`)"),
+    method: Optional[str] = typer.Option(None, help="method (see `ltbench methods`)"),
+    budget: Optional[str] = typer.Option(None, help="3epochs | 500steps | 2e13flops | 600s"),
+    loss: Optional[str] = typer.Option(None, help="ce | la | bs (default: the method's)"),
+    sampler: Optional[str] = typer.Option(None, help="instance | class | sqrt (default: the method's)"),
+    seed: Optional[int] = typer.Option(None, help="random seed (default 0)"),
+    name: Optional[str] = typer.Option(None, help="expert name (default method_backbone_dataset_sSEED)"),
+    weights: Optional[str] = typer.Option(None, help="local backbone weights file (offline use of hub models)"),
+    root: Optional[str] = typer.Option(None, help="dataset root folder"),
+    resume: bool = typer.Option(False, help="continue from the run's last checkpoint"),
+    set_: List[str] = typer.Option([], "--set", help="key=value override of any run, method or dataset key"),
+    config: Optional[Path] = typer.Option(None, help="YAML/JSON file of keys (flags and --set win)"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Train an expert and register it (delta weights, cached logits, metrics, provenance)."""
+    flags = dict(dataset=dataset, backbone=backbone, method=method, budget=budget, loss=loss, sampler=sampler,
+                 seed=seed, name=name, weights=weights, root=root, resume=resume or None)
+    expert = api.train(flags, set_, config, console=err, quiet=quiet)
+    out.print(f"registered [bold]{expert.name}[/] in {expert.path}")
+    out.print(api.report_table(experts=[expert.name]))
+
+
+@app.command()
+@_guard
+def report(
+    dataset: Optional[str] = typer.Option(None, help="only this dataset"),
+    method: Optional[str] = typer.Option(None, help="only this method"),
+    experts: Optional[str] = typer.Option(None, help="comma-separated expert names"),
+    format: str = typer.Option("table", "--format", help="table | csv | md | latex | json"),
+) -> None:
+    """Print the comparison table from the registry (no retraining)."""
+    names = experts.split(",") if experts else None
+    if format == "table":
+        out.print(api.report_table(dataset=dataset, method=method, experts=names))
+    else:
+        sys.stdout.write(api.report_text(format, dataset=dataset, method=method, experts=names))
+
+
+@app.command("ls")
+@_guard
+def ls() -> None:
+    """List registered experts."""
+    out.print(api.ls_table())
+
+
+@app.command()
+@_guard
+def show(name: str) -> None:
+    """Show an expert's config, metrics and provenance."""
+    out.print_json(json.dumps(api.show(name), default=str))
+
+
+@app.command()
+@_guard
+def rm(name: str) -> None:
+    """Remove an expert (index row and folder together)."""
+    api.remove(name)
+    out.print(f"removed {name}")
+
+
+@app.command()
+@_guard
+def params(
+    method: str = typer.Option(..., help="method name"),
+    backbone: str = typer.Option(..., help="backbone name (no weights are loaded)"),
+    num_classes: int = typer.Option(..., help="number of classes"),
+    set_: List[str] = typer.Option([], "--set", help="method config key=value"),
+) -> None:
+    """Print {"trainable": n, "total": n} for a method on a backbone."""
+    sys.stdout.write(json.dumps(api.params(method, backbone, num_classes, set_)) + "\n")
+
+
+@app.command()
+def datasets() -> None:
+    """Available dataset sources, one line each."""
+    for name, help_ in api.list_datasets():
+        out.print(f"{name:<22} {help_}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def backbones() -> None:
+    """Available backbones, one line each."""
+    for name, help_ in api.list_backbones():
+        out.print(f"{name:<22} {help_}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def methods() -> None:
+    """Available methods, one line each."""
+    for name, help_ in api.list_methods():
+        out.print(f"{name:<22} {help_}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_guard
+def demo(quiet: bool = typer.Option(False, help="no progress bars")) -> None:
+    """Run the built-in offline comparison on fashion-mnist-lt with dinov2-s14, then report."""
+    names = api.demo(console=err, quiet=quiet)
+    out.print(api.report_table(experts=names))
+
+
+def main() -> None:  # `python -m ltbench`
+    app()

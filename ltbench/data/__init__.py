@@ -1,0 +1,109 @@
+"""Data sources for ltbench: one registry, one way in.
+
+    ds = create_dataset("fashion-mnist-lt", seed=0, imbalance=100)
+    ds = create_dataset("places-lt", root="/data/places365", split_dir="shared/data/places_lt")
+
+A source is a builder `fn(root, seed, **options) -> LTDataset` registered with
+`@DATASETS.register("name")`; its keyword defaults are its options. `create_dataset`
+checks the options against the builder's signature, so a typo fails before any file is
+read, with the closest known option named. Importing this package registers all sources.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+from .._registry import Registry, UnknownNameError
+from .base import (
+    FEW,
+    GROUP_NAMES,
+    MANY,
+    MEDIUM,
+    ArraySplit,
+    DataError,
+    FileSplit,
+    LTDataset,
+    Split,
+    TorchSplit,
+    exponential_profile,
+    shot_groups,
+    take_per_class,
+)
+
+Builder = Callable[..., LTDataset]
+
+#: name -> builder(root, seed, **options) -> LTDataset
+DATASETS: Registry[Builder] = Registry("dataset")
+
+#: Arguments every builder takes that are not source options.
+_COMMON = ("root", "seed")
+
+
+def _option_params(name: str) -> dict[str, inspect.Parameter]:
+    builder = DATASETS.get(name)
+    out = {}
+    for p in inspect.signature(builder).parameters.values():
+        if p.name in _COMMON or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        out[p.name] = p
+    return out
+
+
+def dataset_options(name: str) -> dict[str, Any]:
+    """The source's options with their defaults (what goes in a resolved config)."""
+    return {k: (None if p.default is p.empty else p.default) for k, p in _option_params(name).items()}
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise DataError for the first option the source does not know."""
+    known = list(_option_params(name))
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise DataError(
+                f"unknown option {key!r} for dataset {name!r}.{hint}"
+                f" Known options: {', '.join(known) if known else '(none)'}"
+            )
+
+
+def create_dataset(name: str, root: str | None = None, seed: int = 0, **options: Any) -> LTDataset:
+    """Build a registered dataset; `options` override the source's defaults."""
+    check_options(name, options)
+    resolved = {**dataset_options(name), **options}
+    ds = DATASETS.get(name)(root=root, seed=seed, **resolved)
+    ds.name = name
+    ds.options = dict(resolved)
+    return ds
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    """(name, one-line help) for every registered source."""
+    return [(n, DATASETS.help(n)) for n in DATASETS]
+
+
+__all__ = [
+    "DATASETS",
+    "FEW",
+    "GROUP_NAMES",
+    "MANY",
+    "MEDIUM",
+    "ArraySplit",
+    "DataError",
+    "FileSplit",
+    "LTDataset",
+    "Split",
+    "TorchSplit",
+    "UnknownNameError",
+    "check_options",
+    "create_dataset",
+    "dataset_options",
+    "exponential_profile",
+    "list_datasets",
+    "shot_groups",
+    "take_per_class",
+]
+
+# Registering the sources (each module does `@DATASETS.register(...)`).
+from . import cifar, fashion_mnist, folder, splitfile  # noqa: E402,F401

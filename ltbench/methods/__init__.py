@@ -1,0 +1,35 @@
+"""Methods, one module each, registered by name: `create_method(name, backbone, …)`."""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+import numpy as np
+
+from .._registry import Registry
+from ..experts.backbones import Backbone
+
+METHODS: Registry[type] = Registry("method")
+
+
+def register_method(name: str):
+    def deco(cls):
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return deco
+
+
+def method_config_fields(name: str) -> dict[str, Any]:
+    """The method's config keys and defaults (what `--set` may change)."""
+    cls = METHODS.get(name)
+    return {f.name: f.default for f in fields(cls.Config)}
+
+
+def create_method(name: str, backbone: Backbone, num_classes: int,
+                  class_counts: np.ndarray | None = None, **overrides: Any):
+    cls = METHODS.get(name)
+    return cls(backbone, num_classes, cls.Config(**overrides), class_counts)
+
+
+from . import full_ft, linear_probe  # noqa: E402,F401  (registers the methods)

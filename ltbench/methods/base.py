@@ -1,0 +1,141 @@
+"""The method interface every training method implements (PEFT's config/mechanism split).
+
+A method owns its trainable tensors, declares its phases (what trains, with which loss and
+sampler, for which share of the budget) and counts its parameters. The backbone inside it
+is frozen unless a phase says otherwise; the trainer never needs to know which method runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..experts.backbones import Backbone
+
+
+@dataclass
+class MethodConfig:
+    """Training defaults shared by every method; methods override the defaults they change."""
+
+    loss: str = "ce"
+    sampler: str = "instance"
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.01
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup: float = 0.1  # share of each phase's budget spent warming up the lr linearly
+    batch_size: int = 32
+    head: str = "linear"  # linear | cosine
+    cosine_scale: float = 20.0
+
+
+@dataclass
+class Phase:
+    """One stage of training: which parameters train, how, and its share of the budget."""
+
+    name: str
+    param_groups: list[dict[str, Any]]  # [{"params": [...], "lr_scale": 1.0}, ...]
+    share: float = 1.0
+    loss: str | None = None  # None: the method config's loss
+    sampler: str | None = None
+    cache_features: bool = False  # train `classify` on cached `embed` outputs of un-augmented images
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+
+class ClassifierHead(nn.Module):
+    """Linear head, or a cosine head whose scale is applied to its output (LPT's classifier)."""
+
+    def __init__(self, dim: int, num_classes: int, kind: str = "linear", scale: float = 20.0):
+        super().__init__()
+        if kind not in ("linear", "cosine"):
+            raise ValueError(f"head must be 'linear' or 'cosine', got {kind!r}")
+        self.kind, self.scale = kind, scale
+        self.weight = nn.Parameter(torch.empty(num_classes, dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+        self.bias = nn.Parameter(torch.zeros(num_classes)) if kind == "linear" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "cosine":
+            return self.scale * F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
+        return F.linear(x, self.weight, self.bias)
+
+
+class Method(nn.Module):
+    """Base class: a frozen backbone plus the method's own trainable delta."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, backbone: Backbone, num_classes: int, cfg: MethodConfig,
+                 class_counts: np.ndarray | None = None):
+        super().__init__()
+        self.backbone = backbone.model
+        self.backbone.requires_grad_(False)
+        self.info = backbone
+        self.num_classes = num_classes
+        self.cfg = cfg
+        self.class_counts = class_counts
+
+    def make_head(self) -> ClassifierHead:
+        return ClassifierHead(self.info.embed_dim, self.num_classes, self.cfg.head, self.cfg.cosine_scale)
+
+    # -- what subclasses implement ---------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen features for methods with `cache_features` phases."""
+        raise NotImplementedError
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def artifacts(self) -> dict[str, Any]:
+        """Extra JSON files saved with the expert (e.g. LPT's prompt matching record)."""
+        return {}
+
+    # -- shared mechanics ----------------------------------------------------------------
+    def trainable_names(self) -> list[str]:
+        """Every tensor some phase trains: exactly what the expert's delta file stores."""
+        ids = {id(p) for ph in self.phases() for p in ph.parameters}
+        return [n for n, p in self.named_parameters() if id(p) in ids]
+
+    def delta_state_dict(self) -> dict[str, torch.Tensor]:
+        params = dict(self.named_parameters())
+        return {n: params[n].detach().clone() for n in self.trainable_names()}
+
+    def load_delta(self, delta: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_names())
+        if set(delta) != expected:
+            raise ValueError(
+                f"delta does not fit method {self.name!r}: missing {sorted(expected - set(delta))[:5]},"
+                f" unexpected {sorted(set(delta) - expected)[:5]}"
+            )
+        missing, unexpected = self.load_state_dict(delta, strict=False)
+        assert not unexpected, unexpected
+
+    def param_counts(self) -> dict[str, int]:
+        ids = {id(p) for ph in self.phases() for p in ph.parameters}
+        seen: set[int] = set()
+        total = trainable = 0
+        for p in self.parameters():
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            total += p.numel()
+            trainable += p.numel() if id(p) in ids else 0
+        return {"trainable": trainable, "total": total}
+
+
+def resolve_method_config(cls: type[Method], overrides: dict[str, Any]) -> MethodConfig:
+    return cls.Config(**overrides)

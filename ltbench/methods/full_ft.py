@@ -1,0 +1,37 @@
+"""Full fine-tuning: every backbone parameter trains, at a lower lr than the head."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from . import register_method
+from .base import Method, MethodConfig, Phase
+
+
+@dataclass
+class FullFTConfig(MethodConfig):
+    optimizer: str = "adamw"
+    lr: float = 1e-3  # the head's lr
+    backbone_lr_scale: float = 0.01  # backbone lr = lr × this
+    weight_decay: float = 0.05
+
+
+@register_method("full-ft")
+class FullFineTune(Method):
+    """every backbone weight trains (lower lr than the head)"""
+
+    Config = FullFTConfig
+
+    def __init__(self, backbone, num_classes, cfg, class_counts=None):
+        super().__init__(backbone, num_classes, cfg, class_counts)
+        self.head = self.make_head()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.info.features(x))
+
+    def phases(self) -> list[Phase]:
+        return [Phase("full", [
+            {"params": list(self.backbone.parameters()), "lr_scale": self.cfg.backbone_lr_scale},
+            {"params": list(self.head.parameters())},
+        ])]

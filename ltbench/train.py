@@ -1,0 +1,302 @@
+"""The one training loop, and `train_expert`: config → data → backbone → method → registry.
+
+Phases run in order, each until its share of the budget is spent; the schedule is a
+function of the share spent, so epochs, steps, FLOPs and seconds budgets all get a full
+warm-up + cosine curve. A checkpoint is written atomically at the end of every epoch.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader, TensorDataset
+
+from .budget import Budget, Meter, Spent, Stopwatch, count_flops, parse_budget
+from .data import LTDataset, TorchSplit, create_dataset
+from .data.samplers import build_sampler
+from .data.transforms import build_transform
+from .experts.backbones import create_backbone
+from .losses import build_loss
+from .methods import create_method
+from .methods.base import Method, Phase
+from .metrics import evaluate_logits
+from .provenance import config_hash, environment, git_hash, now, package_versions
+from .registry import Registry
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first `warmup` share, then cosine to zero."""
+    if warmup > 0 and progress < warmup:
+        return (progress + 1e-3) / warmup
+    rest = (progress - warmup) / max(1e-8, 1 - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, rest)))
+
+
+def make_optimizer(phase: Phase, cfg) -> torch.optim.Optimizer:
+    groups = [{"params": g["params"], "lr": cfg.lr * g.get("lr_scale", 1.0), "lr_scale": g.get("lr_scale", 1.0)}
+              for g in phase.param_groups]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise TrainingError(f"unknown optimizer {cfg.optimizer!r}: use sgd or adamw")
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device) -> torch.Tensor:
+    outs = [fn(x.to(device)).float().cpu() for x, *_ in loader]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+@dataclass
+class TrainResult:
+    spent: Spent = field(default_factory=Spent)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    """Runs a method's phases under a budget on one device."""
+
+    def __init__(self, method: Method, data: LTDataset, run: dict[str, Any], device: torch.device,
+                 console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False):
+        self.method, self.data, self.run, self.device = method, data, run, device
+        self.cfg = method.cfg
+        self.console = console or Console(stderr=True)
+        self.ckpt = ckpt_dir / "checkpoint.pt" if ckpt_dir else None
+        self.quiet = quiet
+        bb = method.info
+        self.train_tf = build_transform(bb.data_config, bb.img_size, train=True)
+        self.eval_tf = build_transform(bb.data_config, bb.img_size, train=False)
+
+    # -- data ----------------------------------------------------------------------------
+    def _eval_loader(self, split) -> DataLoader:
+        return DataLoader(TorchSplit(split, self.eval_tf), batch_size=self.run["eval_batch_size"],
+                          shuffle=False, num_workers=self.run["num_workers"])
+
+    def _cached_features(self, meter: Meter) -> TensorDataset:
+        """Frozen features of un-augmented training images, charged once to the budget."""
+        loader = self._eval_loader(self.data.train)
+        x0 = next(iter(loader))[0][:1].to(self.device)
+        with torch.no_grad():
+            flops_per_image = count_flops(lambda: self.method.embed(x0))
+        with Stopwatch(self.device) as sw:
+            feats = run_batches(self.method.embed, loader, self.device)
+        meter.charge(flops=flops_per_image * len(feats), seconds=sw.elapsed)
+        return TensorDataset(feats, torch.as_tensor(self.data.train.labels), torch.arange(len(feats)))
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self, budget: Budget, resume: bool = False) -> TrainResult:
+        phases = self.method.phases()
+        total_share = sum(p.share for p in phases)
+        result = TrainResult()
+        state = self._load_checkpoint() if resume else None
+        for i, phase in enumerate(phases):
+            if state is not None and i < state["phase"]:
+                result.phases.append(state["phase_log"][i])
+                result.spent.add(Spent(**state["phase_log"][i]["spent"]))
+                continue
+            meter = Meter(budget.scaled(phase.share / total_share))
+            log = self._fit_phase(i, phase, meter, state if state and state["phase"] == i else None, result)
+            result.phases.append(log)
+            result.spent.add(meter.spent)
+        return result
+
+    def _fit_phase(self, index: int, phase: Phase, meter: Meter, state: dict | None, result: TrainResult) -> dict:
+        cfg, method, device = self.cfg, self.method, self.device
+        method.requires_grad_(False)
+        for p in phase.parameters:
+            p.requires_grad_(True)
+        loss_fn = build_loss(phase.loss or cfg.loss, self.data.class_counts).to(device)
+        if phase.cache_features:
+            dataset = self._cached_features(meter)
+            forward = method.classify
+        else:
+            dataset = TorchSplit(self.data.train, self.train_tf)
+            forward = method
+        labels = self.data.train.labels
+        sampler = build_sampler(phase.sampler or cfg.sampler, labels, seed=self.run["seed"] + 1000 * index)
+        bs = min(cfg.batch_size, len(dataset))
+        loader = DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=True,
+                            num_workers=0 if phase.cache_features else self.run["num_workers"])
+        optimizer = make_optimizer(phase, cfg)
+        epoch, flops_per_image, step_seconds = 0, None, None
+        if state is not None:
+            method.load_delta(state["delta"])
+            optimizer.load_state_dict(state["optimizer"])
+            meter.spent = Spent(**state["spent"])
+            epoch = state["epoch"] + 1
+            flops_per_image, step_seconds = state["flops_per_image"], state["step_seconds"]
+            torch.set_rng_state(state["torch_rng"])
+        method.train()
+        method.backbone.eval() if not any(p.requires_grad for p in method.backbone.parameters()) else None
+        losses: list[float] = []
+        progress = Progress(TextColumn(f"[bold]{method.name}[/] {phase.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                            TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[ips]:.0f} img/s"),
+                            TimeElapsedColumn(), console=self.console, disable=self.quiet, transient=False)
+        with progress:
+            task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
+            done = False
+            while not done and not meter.exhausted:
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+                steps_per_epoch = len(loader)
+                for x, y, _ in loader:
+                    cost = {"epochs": 1 / steps_per_epoch, "steps": 1,
+                            "flops": (flops_per_image or 0) * len(x), "seconds": step_seconds or 0}[meter.budget.unit]
+                    if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost > meter.budget.amount * (1 + 1e-9):
+                        done = True  # the next step would overrun the budget: stop at it
+                        break
+                    for g in optimizer.param_groups:
+                        g["lr"] = cfg.lr * g["lr_scale"] * lr_factor(meter.fraction, cfg.warmup)
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+                    def step() -> torch.Tensor:
+                        loss = loss_fn(forward(x), y)
+                        optimizer.zero_grad(set_to_none=True)
+                        loss.backward()
+                        return loss
+
+                    with Stopwatch(device) as sw:
+                        if flops_per_image is None:
+                            holder: list[torch.Tensor] = []
+                            flops = count_flops(lambda: holder.append(step()))
+                            loss = holder[0]
+                            flops_per_image = flops / len(x)
+                        else:
+                            loss = step()
+                        if not torch.isfinite(loss):
+                            raise TrainingError(
+                                f"{phase.name}: loss is {loss.item()} at step {meter.spent.steps + 1};"
+                                f" the last good checkpoint is {self.ckpt}")
+                        optimizer.step()
+                    step_seconds = sw.elapsed if step_seconds is None else 0.9 * step_seconds + 0.1 * sw.elapsed
+                    meter.charge(steps=1, images=len(x), epochs=1 / steps_per_epoch,
+                                 flops=flops_per_image * len(x), seconds=sw.elapsed)
+                    losses.append(loss.item())
+                    progress.update(task, completed=meter.fraction, loss=losses[-1],
+                                    lr=optimizer.param_groups[-1]["lr"], ips=len(x) / max(sw.elapsed, 1e-9))
+                    if meter.exhausted:
+                        break
+                self._save_checkpoint(index, epoch, method, optimizer, meter, flops_per_image, step_seconds, result)
+                epoch += 1
+        return {"phase": phase.name, "spent": meter.spent.as_dict(), "budget": str(meter.budget),
+                "final_loss": float(np.mean(losses[-10:])) if losses else None,
+                "loss": phase.loss or cfg.loss, "sampler": phase.sampler or cfg.sampler}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _save_checkpoint(self, phase, epoch, method, optimizer, meter, flops_per_image, step_seconds, result) -> None:
+        if self.ckpt is None:
+            return
+        self.ckpt.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save({
+            "phase": phase, "epoch": epoch, "delta": method.delta_state_dict(),
+            "optimizer": optimizer.state_dict(), "spent": meter.spent.as_dict(),
+            "flops_per_image": flops_per_image, "step_seconds": step_seconds,
+            "torch_rng": torch.get_rng_state(), "phase_log": result.phases,
+            "config_hash": config_hash(self.run),
+        }, self.ckpt)
+
+    def _load_checkpoint(self) -> dict | None:
+        if self.ckpt is None or not self.ckpt.is_file():
+            return None
+        state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        if state.get("config_hash") != config_hash(self.run):
+            raise TrainingError(f"checkpoint {self.ckpt} belongs to a different config; remove it or drop --resume")
+        if state["phase"] > 0:  # earlier phases' tensors are part of the delta saved at this point
+            self.method.load_delta(state["delta"])
+        return state
+
+    # -- evaluation ----------------------------------------------------------------------
+    def predict(self, split) -> torch.Tensor:
+        self.method.eval()
+        return run_batches(self.method, self._eval_loader(split), self.device)
+
+
+def default_name(run: dict[str, Any]) -> str:
+    return f"{run['method']}_{run['backbone'].replace('/', '-').replace(':', '-')}_{run['dataset']}_s{run['seed']}"
+
+
+def build_all(run: dict[str, Any]) -> tuple[LTDataset, Method]:
+    """Data, backbone and method for a resolved config (shared by train and evaluation)."""
+    data = create_dataset(run["dataset"], root=run["root"], seed=run["seed"], **run["data"])
+    data.many_threshold, data.few_threshold = run["many"], run["few"]
+    data.validate()
+    backbone = create_backbone(run["backbone"], img_size=run["img_size"], weights=run["weights"],
+                               pretrained=run["pretrained"])
+    method = create_method(run["method"], backbone, data.num_classes, data.class_counts, **run["method_config"])
+    return data, method
+
+
+def train_expert(run: dict[str, Any], registry: Registry | None = None, console: Console | None = None,
+                 quiet: bool = False) -> "Expert":  # noqa: F821
+    """Train one expert from a resolved config and register it; nothing is registered on failure."""
+    registry = registry or Registry()
+    name = run["name"] or default_name(run)
+    run = {**run, "name": name}
+    if name in registry:
+        from .registry import RegistryError
+
+        raise RegistryError(f"expert {name!r} is already registered in {registry.home}; pick --name or `ltbench rm {name}`")
+    budget = parse_budget(run["budget"])
+    device = resolve_device(run["device"])
+    seed_everything(run["seed"])
+    t0 = time.perf_counter()
+    data, method = build_all(run)
+    img_size = method.info.img_size
+    run["img_size"] = img_size
+    method.to(device)
+    trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.home / "runs" / name, quiet=quiet)
+    result = trainer.fit(budget, resume=run["resume"])
+    with Stopwatch(device) as sw:
+        logits = {split: (trainer.predict(s), s.labels) for split, s in data.eval_splits().items()}
+    groups = data.shot_groups()
+    subsets = {k: s.class_subset for k, s in data.eval_splits().items()}
+    metrics = {split: evaluate_logits(lg, lb, groups, subsets[split]) for split, (lg, lb) in logits.items()}
+    counts = method.param_counts()
+    meta = {
+        "created": now(), "git": git_hash(), "packages": package_versions(), "env": environment(device),
+        "seed": run["seed"], "config_hash": config_hash(run), "budget": str(budget),
+        "spent": result.spent.as_dict(), "phases": result.phases, "eval_seconds": sw.elapsed,
+        "wall_seconds": time.perf_counter() - t0, "params": counts,
+        "shot_groups": {"many": int((groups == 0).sum()), "medium": int((groups == 1).sum()), "few": int((groups == 2).sum())},
+        "class_counts": data.class_counts.tolist(), "classnames": data.classnames,
+    }
+    expert = registry.register(name, {k: v for k, v in run.items() if k != "resume"}, method.delta_state_dict(),
+                               logits, metrics, meta, extra_files=method.artifacts())
+    ckpt = registry.home / "runs" / name
+    if ckpt.exists():
+        import shutil
+
+        shutil.rmtree(ckpt, ignore_errors=True)
+    return expert

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The main job: set up (once) and run the offline demo comparison.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/ltbench demo "$@"
