@@ -112,6 +112,8 @@ def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) ->
     dfields = dataset_options(run["dataset"])
     data_over: dict[str, Any] = {}
     for key, value in sets.items():
+        if key in mfields and key in dfields:
+            raise ConfigError(f"--set {key}: both method {run['method']!r} and dataset {run['dataset']!r} have this key")
         if key in RUN_DEFAULTS:
             run[key] = _coerce(key, value, RUN_DEFAULTS[key])
         elif key in mfields:

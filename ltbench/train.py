@@ -254,7 +254,12 @@ def build_all(run: dict[str, Any]) -> tuple[LTDataset, Method]:
     data.validate()
     backbone = create_backbone(run["backbone"], img_size=run["img_size"], weights=run["weights"],
                                pretrained=run["pretrained"])
-    method = create_method(run["method"], backbone, data.num_classes, data.class_counts, **run["method_config"])
+    try:
+        method = create_method(run["method"], backbone, data.num_classes, data.class_counts, **run["method_config"])
+    except ValueError as e:
+        from .config import ConfigError
+
+        raise ConfigError(f"method {run['method']!r}: {e}") from None
     return data, method
 
 

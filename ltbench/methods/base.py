@@ -29,7 +29,7 @@ class MethodConfig:
     momentum: float = 0.9
     warmup: float = 0.1  # share of each phase's budget spent warming up the lr linearly
     batch_size: int = 32
-    head: str = "linear"  # linear | cosine
+    classifier: str = "linear"  # linear | cosine
     cosine_scale: float = 20.0
 
 
@@ -55,7 +55,7 @@ class ClassifierHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, kind: str = "linear", scale: float = 20.0):
         super().__init__()
         if kind not in ("linear", "cosine"):
-            raise ValueError(f"head must be 'linear' or 'cosine', got {kind!r}")
+            raise ValueError(f"classifier must be 'linear' or 'cosine', got {kind!r}")
         self.kind, self.scale = kind, scale
         self.weight = nn.Parameter(torch.empty(num_classes, dim))
         nn.init.trunc_normal_(self.weight, std=0.02)
@@ -84,7 +84,7 @@ class Method(nn.Module):
         self.class_counts = class_counts
 
     def make_head(self) -> ClassifierHead:
-        return ClassifierHead(self.info.embed_dim, self.num_classes, self.cfg.head, self.cfg.cosine_scale)
+        return ClassifierHead(self.info.embed_dim, self.num_classes, self.cfg.classifier, self.cfg.cosine_scale)
 
     # -- what subclasses implement ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

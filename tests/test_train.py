@@ -1,0 +1,88 @@
+"""The training loop: budgets, frozen parameters, determinism, checkpoints."""
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_DATA
+from ltbench.config import resolve_config
+from ltbench.registry import Registry
+from ltbench.train import Trainer, build_all, lr_factor, train_expert
+
+
+def tiny_run(method="linear-probe", budget="2epochs", **sets):
+    return resolve_config({"backbone": "vit-tiny-test", "method": method, "budget": budget},
+                          {**TINY_DATA, **sets})
+
+
+def test_same_seed_same_numbers(tmp_path):
+    reg = Registry(tmp_path)
+    a = train_expert({**tiny_run("full-ft", "3steps"), "name": "a"}, reg, quiet=True)
+    b = train_expert({**tiny_run("full-ft", "3steps"), "name": "b"}, reg, quiet=True)
+    c = train_expert({**tiny_run("full-ft", "3steps", seed=1), "name": "c"}, reg, quiet=True)
+    assert torch.equal(a.logits("test"), b.logits("test"))
+    assert a.metrics == b.metrics
+    assert not torch.equal(a.logits("test"), c.logits("test"))
+
+
+@pytest.mark.parametrize("budget,unit,amount", [("5steps", "steps", 5), ("2epochs", "epochs", 2)])
+def test_budget_is_spent_exactly(tmp_path, budget, unit, amount):
+    ex = train_expert(tiny_run("full-ft", budget), Registry(tmp_path), quiet=True)
+    spent = ex.meta["spent"]
+    assert spent[unit] == pytest.approx(amount)
+    assert spent["flops"] > 0 and spent["seconds"] > 0
+
+
+def test_flops_budget_stops_before_overrun(tmp_path):
+    run = tiny_run("full-ft", "3steps")
+    per_step = train_expert(run, Registry(tmp_path / "a"), quiet=True).meta["spent"]["flops"] / 3
+    ex = train_expert({**run, "budget": f"{per_step * 4.5:.6e}flops"}, Registry(tmp_path / "b"), quiet=True)
+    assert ex.meta["spent"]["steps"] == 4 and ex.meta["spent"]["flops"] <= per_step * 4.5
+
+
+def test_linear_probe_leaves_backbone_untouched_and_optimizer_holds_only_trainables():
+    run = tiny_run("linear-probe", "1epochs")
+    data, method = build_all(run)
+    before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
+    trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True)
+    seen = []
+    orig = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        out = orig(self, *a, **kw)
+        seen.append(sum(p.numel() for g in self.param_groups for p in g["params"] if p in self.state))
+        return out
+
+    torch.optim.AdamW.step = spy
+    try:
+        trainer.fit(__import__("ltbench.budget", fromlist=["parse_budget"]).parse_budget("1epochs"))
+    finally:
+        torch.optim.AdamW.step = orig
+    assert all(torch.equal(before[k], v) for k, v in method.backbone.state_dict().items())
+    assert seen and seen[-1] == method.param_counts()["trainable"] == 32 * 10 + 10
+    assert all(p.grad is None for p in method.backbone.parameters())
+
+
+def test_full_ft_trains_the_backbone(tmp_path):
+    run = tiny_run("full-ft", "2steps")
+    ex = train_expert(run, Registry(tmp_path), quiet=True)
+    delta = ex.delta()
+    assert any(k.startswith("backbone.") for k in delta)
+    _, fresh = build_all(run)
+    k = "backbone.blocks.0.mlp.fc1.weight"
+    assert not torch.equal(delta[k], fresh.state_dict()[k])
+
+
+def test_lr_schedule_warms_up_then_decays():
+    assert lr_factor(0.0, 0.1) < lr_factor(0.05, 0.1) < lr_factor(0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(0.5, 0.1) < 1.0 and lr_factor(1.0, 0.1) == pytest.approx(0.0)
+
+
+def test_checkpoint_written_at_each_epoch_end(tmp_path):
+    reg = Registry(tmp_path)
+    run = {**tiny_run("full-ft", "2epochs"), "name": "resumed"}
+    data, method = build_all(run)
+    trainer = Trainer(method, data, run, torch.device("cpu"), ckpt_dir=reg.home / "runs" / "resumed", quiet=True)
+    torch.manual_seed(run["seed"])
+    trainer.fit(__import__("ltbench.budget", fromlist=["parse_budget"]).parse_budget("1epochs"))
+    ckpt = torch.load(reg.home / "runs" / "resumed" / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 0 and ckpt["spent"]["epochs"] == pytest.approx(1)
