@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .budget import Budget, Meter, Spent, Stopwatch, count_flops, parse_budget
 from .data import LTDataset, TorchSplit, create_dataset
-from .data.samplers import build_sampler
+from .data.samplers import build_batch_sampler
 from .data.transforms import build_transform
 from .experts.backbones import create_backbone
 from .losses import build_loss
@@ -134,20 +134,23 @@ class Trainer:
 
     def _fit_phase(self, index: int, phase: Phase, meter: Meter, state: dict | None, result: TrainResult) -> dict:
         cfg, method, device = self.cfg, self.method, self.device
+        if phase.on_start is not None:
+            phase.on_start()
         method.requires_grad_(False)
         for p in phase.parameters:
             p.requires_grad_(True)
-        loss_fn = build_loss(phase.loss or cfg.loss, self.data.class_counts).to(device)
+        loss_name = phase.loss or cfg.loss
+        loss_fn = build_loss(loss_name, self.data.class_counts, **phase.loss_kwargs).to(device)
         if phase.cache_features:
             dataset = self._cached_features(meter)
             forward = method.classify
         else:
             dataset = TorchSplit(self.data.train, self.train_tf)
             forward = method
-        labels = self.data.train.labels
-        sampler = build_sampler(phase.sampler or cfg.sampler, labels, seed=self.run["seed"] + 1000 * index)
+        kind = phase.sampler or cfg.sampler
         bs = min(cfg.batch_size, len(dataset))
-        loader = DataLoader(dataset, batch_size=bs, sampler=sampler, drop_last=True,
+        batches = build_batch_sampler(kind, self.data.train.labels, bs, seed=self.run["seed"] + 1000 * index)
+        loader = DataLoader(dataset, batch_sampler=batches,
                             num_workers=0 if phase.cache_features else self.run["num_workers"])
         optimizer = make_optimizer(phase, cfg)
         epoch, flops_per_image, step_seconds = 0, None, None
@@ -159,7 +162,8 @@ class Trainer:
             flops_per_image, step_seconds = state["flops_per_image"], state["step_seconds"]
             torch.set_rng_state(state["torch_rng"])
         method.train()
-        method.backbone.eval() if not any(p.requires_grad for p in method.backbone.parameters()) else None
+        if not any(p.requires_grad for p in method.backbone.parameters()):
+            method.backbone.eval()  # frozen: no dropout / drop-path noise in the features
         losses: list[float] = []
         progress = Progress(TextColumn(f"[bold]{method.name}[/] {phase.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                             TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[ips]:.0f} img/s"),
@@ -168,8 +172,10 @@ class Trainer:
             task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
             done = False
             while not done and not meter.exhausted:
-                if hasattr(sampler, "set_epoch"):
-                    sampler.set_epoch(epoch)
+                if hasattr(batches, "set_epoch"):
+                    batches.set_epoch(epoch)
+                elif hasattr(getattr(batches, "sampler", None), "set_epoch"):
+                    batches.sampler.set_epoch(epoch)
                 steps_per_epoch = len(loader)
                 for x, y, _ in loader:
                     cost = {"epochs": 1 / steps_per_epoch, "steps": 1,
@@ -178,11 +184,20 @@ class Trainer:
                         done = True  # the next step would overrun the budget: stop at it
                         break
                     for g in optimizer.param_groups:
-                        g["lr"] = cfg.lr * g["lr_scale"] * lr_factor(meter.fraction, cfg.warmup)
+                        g["lr"] = cfg.effective_lr * g["lr_scale"] * lr_factor(meter.fraction, cfg.warmup)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    weight = None
+                    if kind == "dual":  # first half class-balanced (β = 1), second half instance (β decays)
+                        half = len(x) // 2
+                        weight = torch.ones(len(x), device=device)
+                        weight[half:] = phase.dual_eta * (1 - meter.fraction)
 
                     def step() -> torch.Tensor:
-                        loss = loss_fn(forward(x), y)
+                        out = forward(x)
+                        loss = loss_fn(out, y) if weight is None else loss_fn(out, y, weight)
+                        extra = method.extra_loss()
+                        if extra is not None:
+                            loss = loss + extra
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         return loss
@@ -247,7 +262,7 @@ def default_name(run: dict[str, Any]) -> str:
     return f"{run['method']}_{run['backbone'].replace('/', '-').replace(':', '-')}_{run['dataset']}_s{run['seed']}"
 
 
-def build_all(run: dict[str, Any]) -> tuple[LTDataset, Method]:
+def build_all(run: dict[str, Any], registry: Registry | None = None) -> tuple[LTDataset, Method]:
     """Data, backbone and method for a resolved config (shared by train and evaluation)."""
     data = create_dataset(run["dataset"], root=run["root"], seed=run["seed"], **run["data"])
     data.many_threshold, data.few_threshold = run["many"], run["few"]
@@ -260,6 +275,18 @@ def build_all(run: dict[str, Any]) -> tuple[LTDataset, Method]:
         from .config import ConfigError
 
         raise ConfigError(f"method {run['method']!r}: {e}") from None
+    init = run["method_config"].get("init")
+    if init:
+        src = (registry or Registry()).get(init)
+        if src.config["backbone"] != run["backbone"] or src.config["dataset"] != run["dataset"]:
+            from .config import ConfigError
+
+            raise ConfigError(f"init={init}: that expert was trained on {src.config['backbone']} /"
+                              f" {src.config['dataset']}, this run uses {run['backbone']} / {run['dataset']}")
+        if not method.load_delta(src.delta(), partial=True):
+            from .config import ConfigError
+
+            raise ConfigError(f"init={init}: none of its tensors fit method {run['method']!r}")
     return data, method
 
 
@@ -277,14 +304,20 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     device = resolve_device(run["device"])
     seed_everything(run["seed"])
     t0 = time.perf_counter()
-    data, method = build_all(run)
+    data, method = build_all(run, registry)
     img_size = method.info.img_size
     run["img_size"] = img_size
     method.to(device)
     trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.home / "runs" / name, quiet=quiet)
     result = trainer.fit(budget, resume=run["resume"])
+    logits = {}
     with Stopwatch(device) as sw:
-        logits = {split: (trainer.predict(s), s.labels) for split, s in data.eval_splits().items()}
+        for split, s in data.eval_splits().items():
+            method.recorder = [] if split == "test" else None  # per-sample choices, e.g. LPT's prompts
+            logits[split] = (trainer.predict(s), s.labels)
+            if split == "test":
+                artifacts = method.artifacts(test_labels=s.labels)
+        method.recorder = None
     groups = data.shot_groups()
     subsets = {k: s.class_subset for k, s in data.eval_splits().items()}
     metrics = {split: evaluate_logits(lg, lb, groups, subsets[split]) for split, (lg, lb) in logits.items()}
@@ -298,7 +331,7 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
         "class_counts": data.class_counts.tolist(), "classnames": data.classnames,
     }
     expert = registry.register(name, {k: v for k, v in run.items() if k != "resume"}, method.delta_state_dict(),
-                               logits, metrics, meta, extra_files=method.artifacts())
+                               logits, metrics, meta, extra_files=artifacts)
     ckpt = registry.home / "runs" / name
     if ckpt.exists():
         import shutil

@@ -47,9 +47,22 @@ class Backbone:
     def depth(self) -> int:
         return len(self.model.blocks)
 
+    @property
+    def blocks(self) -> nn.Sequential:
+        return self.model.blocks
+
+    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Images to the token sequence the first block sees (prefix tokens first)."""
+        m = self.model
+        return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
+
+    def finish(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The last block's tokens (prompts already removed) to pre-logits features."""
+        return self.model.forward_head(self.model.norm(tokens), pre_logits=True)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logits features (the final class token for token-pooled ViTs)."""
-        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        return self.finish(self.blocks(self.embed_tokens(x)))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -32,4 +32,4 @@ def create_method(name: str, backbone: Backbone, num_classes: int,
     return cls(backbone, num_classes, cls.Config(**overrides), class_counts)
 
 
-from . import full_ft, linear_probe  # noqa: E402,F401  (registers the methods)
+from . import full_ft, linear_probe, lpt, vpt  # noqa: E402,F401  (registers the methods)

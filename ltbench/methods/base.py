@@ -7,7 +7,7 @@ is frozen unless a phase says otherwise; the trainer never needs to know which m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +31,12 @@ class MethodConfig:
     batch_size: int = 32
     classifier: str = "linear"  # linear | cosine
     cosine_scale: float = 20.0
+    lr_ref_batch: int = 0  # >0: the lr is given for this batch size and scaled linearly (lr·B/ref)
+    init: str | None = None  # start from a registered expert's delta (tensors with matching names)
+
+    @property
+    def effective_lr(self) -> float:
+        return self.lr * self.batch_size / self.lr_ref_batch if self.lr_ref_batch else self.lr
 
 
 @dataclass
@@ -43,6 +49,9 @@ class Phase:
     loss: str | None = None  # None: the method config's loss
     sampler: str | None = None
     cache_features: bool = False  # train `classify` on cached `embed` outputs of un-augmented images
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    dual_eta: float = 0.5  # dual sampler: the instance half's weight starts at eta and decays to 0
+    on_start: Callable[[], None] | None = None  # e.g. switch the method's forward to this phase
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -82,6 +91,8 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.cfg = cfg
         self.class_counts = class_counts
+        #: set to a list to record per-sample choices during prediction (LPT's prompt matching)
+        self.recorder: list | None = None
 
     def make_head(self) -> ClassifierHead:
         return ClassifierHead(self.info.embed_dim, self.num_classes, self.cfg.classifier, self.cfg.cosine_scale)
@@ -100,7 +111,11 @@ class Method(nn.Module):
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def artifacts(self) -> dict[str, Any]:
+    def extra_loss(self) -> torch.Tensor | None:
+        """A term the last forward adds to the loss (LPT's key matching); None for most methods."""
+        return None
+
+    def artifacts(self, test_labels: np.ndarray | None = None) -> dict[str, Any]:
         """Extra JSON files saved with the expert (e.g. LPT's prompt matching record)."""
         return {}
 
@@ -110,19 +125,30 @@ class Method(nn.Module):
         ids = {id(p) for ph in self.phases() for p in ph.parameters}
         return [n for n, p in self.named_parameters() if id(p) in ids]
 
+    def delta_names(self) -> list[str]:
+        """What the expert stores: the method's own tensors, plus backbone weights a phase trains."""
+        trained = set(self.trainable_names())
+        return [n for n, _ in self.named_parameters() if not n.startswith("backbone.") or n in trained]
+
     def delta_state_dict(self) -> dict[str, torch.Tensor]:
         params = dict(self.named_parameters())
-        return {n: params[n].detach().clone() for n in self.trainable_names()}
+        return {n: params[n].detach().clone() for n in self.delta_names()}
 
-    def load_delta(self, delta: dict[str, torch.Tensor]) -> None:
-        expected = set(self.trainable_names())
-        if set(delta) != expected:
-            raise ValueError(
-                f"delta does not fit method {self.name!r}: missing {sorted(expected - set(delta))[:5]},"
-                f" unexpected {sorted(set(delta) - expected)[:5]}"
-            )
-        missing, unexpected = self.load_state_dict(delta, strict=False)
-        assert not unexpected, unexpected
+    def load_delta(self, delta: dict[str, torch.Tensor], partial: bool = False) -> list[str]:
+        """Load a stored delta; `partial` loads the tensors whose names and shapes match (init)."""
+        own = dict(self.named_parameters())
+        if not partial:
+            expected = set(self.delta_names())
+            if set(delta) != expected:
+                raise ValueError(
+                    f"delta does not fit method {self.name!r}: missing {sorted(expected - set(delta))[:5]},"
+                    f" unexpected {sorted(set(delta) - expected)[:5]}"
+                )
+        take = {k: v for k, v in delta.items() if k in own and own[k].shape == v.shape}
+        with torch.no_grad():
+            for k, v in take.items():
+                own[k].copy_(v)
+        return sorted(take)
 
     def param_counts(self) -> dict[str, int]:
         ids = {id(p) for ph in self.phases() for p in ph.parameters}

@@ -1,0 +1,61 @@
+"""VPT (Jia et al. 2022): learnable tokens after the prefix tokens of a frozen ViT.
+
+Shallow: one set at the input, carried through every block. Deep: a fresh set before each
+block, the previous block's prompt outputs dropped. LPT's Table 1 trains VPT with SGD
+lr 0.02, wd 1e-4 and class-balanced sampling (44.17% on Places-LT): those are the defaults.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import register_method
+from .base import Method, MethodConfig, Phase
+from .prompting import patch_area, prompted_features, vpt_init_
+
+
+@dataclass
+class VPTConfig(MethodConfig):
+    prompt_len: int = 10
+    sampler: str = "class"
+    optimizer: str = "sgd"
+    lr: float = 0.02
+    weight_decay: float = 1e-4
+
+
+class _VPT(Method):
+    Config = VPTConfig
+    deep: bool
+
+    def __init__(self, backbone, num_classes, cfg, class_counts=None):
+        super().__init__(backbone, num_classes, cfg, class_counts)
+        sets = backbone.depth if self.deep else 1
+        self.prompts = nn.Parameter(vpt_init_(torch.empty(sets, cfg.prompt_len, backbone.embed_dim), patch_area(backbone)))
+        self.head = self.make_head()
+
+    def _prompt(self, i: int) -> torch.Tensor | None:
+        if self.deep:
+            return self.prompts[i]
+        return self.prompts[0] if i == 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(prompted_features(self.info, x, self._prompt))
+
+    def phases(self) -> list[Phase]:
+        return [Phase("prompt", [{"params": [self.prompts, *self.head.parameters()]}])]
+
+
+@register_method("vpt-deep")
+class VPTDeep(_VPT):
+    """VPT-deep: prompt tokens replaced before every block"""
+
+    deep = True
+
+
+@register_method("vpt-shallow")
+class VPTShallow(_VPT):
+    """VPT-shallow: prompt tokens inserted once, at the input"""
+
+    deep = False
