@@ -16,8 +16,10 @@ from .methods import METHODS, create_method
 from .registry import Registry, RegistryError
 from .report import collect, render, rich_table
 from .train import TrainingError, train_expert
+from .fusion import FusionError, fuse_experts
 
 USER_ERRORS = (UnknownNameError, BudgetError, ConfigError, DataError, BackboneError, RegistryError, TrainingError)
+USER_ERRORS += (FusionError,)  # `ltbench fuse`: mismatched experts, missing val logits, bad options
 
 #: The built-in offline comparison (`ltbench demo`): sized to finish in minutes on 2 CPU cores.
 DEMO_RUNS: list[dict[str, Any]] = [
@@ -43,6 +45,7 @@ def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str
 
 
 def report_frame(registry: Registry | None = None, **filters):
+    """Report rows; filters/options: dataset, method, experts, ci, group_seeds (see report.collect)."""
     return collect(registry or Registry(), **filters)
 
 
@@ -52,6 +55,25 @@ def report_table(registry: Registry | None = None, **filters) -> Table:
 
 def report_text(fmt: str, registry: Registry | None = None, **filters) -> str:
     return render(report_frame(registry, **filters), fmt)
+
+
+def report(fmt: str = "table", out: str | Path | None = None, plots: bool = False,
+           plots_dir: str | Path = "ltbench-report", registry: Registry | None = None, **filters):
+    """`ltbench report`: (the rows in `fmt` — a rich Table for "table" —, files written).
+
+    With `out`, every format is written there (report.csv/.md/.tex/.json/.txt); `plots` adds
+    the PNG figures, into `out` or else `plots_dir`. The rows are read once for all of them.
+    """
+    from .report import FORMATS, ReportError, write_plots, write_report
+
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    df = report_frame(registry, with_paths=plots, **filters)
+    shown = rich_table(df) if fmt == "table" else render(df, fmt)
+    written = write_report(df, out) if out is not None else []
+    if plots:
+        written += write_plots(df, out if out is not None else plots_dir)
+    return shown, written
 
 
 def ls_table(registry: Registry | None = None) -> Table:
@@ -106,3 +128,11 @@ def demo(registry: Registry | None = None, console: Console | None = None, quiet
         sets = spec.pop("set")
         train_expert(resolve_config(spec, sets), registry=registry, console=console, quiet=quiet)
     return names
+
+
+def fuse(experts: str | list[str], scorer: str = "moe", trials: int = 200, name: str | None = None,
+         storage: str | None = None, objective: str = "balanced", seed: int = 0, per_group: bool = False,
+         registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
+    """`ltbench fuse`: fit a scorer on the experts' cached val logits and register the fused expert."""
+    return fuse_experts(experts, scorer, name=name, trials=trials, objective=objective, seed=seed,
+                        per_group=per_group, storage=storage, registry=registry, console=console, quiet=quiet)

@@ -19,7 +19,7 @@ err = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/] {e}", highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -65,18 +65,48 @@ def train(
 
 @app.command()
 @_guard
+def fuse(
+    experts: str = typer.Option(..., help="comma-separated registered experts, e.g. A,B[,C]"),
+    scorer: str = typer.Option("moe", help="search | learned | moe | mean"),
+    trials: int = typer.Option(200, help="Optuna trials in total (search, moe); a resumed study runs the rest"),
+    name: Optional[str] = typer.Option(None, help="fused expert's name (default fuse-SCORER_A+B)"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///fuse.db) to resume a search"),
+    objective: str = typer.Option("balanced", help="val objective: balanced | harmonic | accuracy"),
+    seed: int = typer.Option(0, help="seed of the search sampler, the held-out split and the offset network"),
+    per_group: bool = typer.Option(False, "--per-group/--no-per-group",
+                                   help="one weight per expert and shot group (many/medium/few)"),
+    quiet: bool = typer.Option(False, help="no progress lines"),
+) -> None:
+    """Fuse registered experts with an MoE scorer fitted on val logits; register the result."""
+    expert = api.fuse(experts, scorer=scorer, trials=trials, name=name, storage=storage, objective=objective,
+                      seed=seed, per_group=per_group, console=err, quiet=quiet)
+    out.print(f"registered [bold]{expert.name}[/] in {expert.path}")
+    out.print(api.report_table(experts=[expert.name]))
+
+
+@app.command()
+@_guard
 def report(
     dataset: Optional[str] = typer.Option(None, help="only this dataset"),
     method: Optional[str] = typer.Option(None, help="only this method"),
     experts: Optional[str] = typer.Option(None, help="comma-separated expert names"),
     format: str = typer.Option("table", "--format", help="table | csv | md | latex | json"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="also write every format (report.csv/.md/.tex/.json/.txt) here"),
+    plots: bool = typer.Option(False, "--plots", help="write PNG plots into --out (default ./ltbench-report)"),
+    ci: bool = typer.Option(True, "--ci/--no-ci", help="95% bootstrap interval of single runs (reads cached test logits)"),
+    group_seeds: bool = typer.Option(True, "--group-seeds/--no-group-seeds", help="one row per experiment: mean ± std over seeds"),
 ) -> None:
     """Print the comparison table from the registry (no retraining)."""
     names = experts.split(",") if experts else None
+    shown, written = api.report(format, out=out_dir, plots=plots, dataset=dataset, method=method, experts=names,
+                                ci=ci, group_seeds=group_seeds)
     if format == "table":
-        out.print(api.report_table(dataset=dataset, method=method, experts=names))
+        out.print(shown)
     else:
-        sys.stdout.write(api.report_text(format, dataset=dataset, method=method, experts=names))
+        sys.stdout.write(shown)
+    if written:
+        err.print(f"wrote {len(written)} files to {written[0].parent}: {', '.join(p.name for p in written)}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command("ls")
@@ -117,21 +147,21 @@ def params(
 def datasets() -> None:
     """Available dataset sources, one line each."""
     for name, help_ in api.list_datasets():
-        out.print(f"{name:<22} {help_}", highlight=False, soft_wrap=True)
+        out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
 def backbones() -> None:
     """Available backbones, one line each."""
     for name, help_ in api.list_backbones():
-        out.print(f"{name:<22} {help_}", highlight=False, soft_wrap=True)
+        out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
 def methods() -> None:
     """Available methods, one line each."""
     for name, help_ in api.list_methods():
-        out.print(f"{name:<22} {help_}", highlight=False, soft_wrap=True)
+        out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -51,3 +51,107 @@ def evaluate_logits(
         out[name] = float(vals.mean()) if len(vals) else float("nan")
     out["ece"] = expected_calibration_error(probs, labels)
     return out
+
+
+# -- bootstrap intervals ---------------------------------------------------------------
+BOOTSTRAP_ENGINES = ("poisson", "scipy")
+_Q = 1 << 14  # quantile resolution of the Poisson tables
+_MAX_TABLE_LAMBDA = 4096  # larger per-class counts draw with rng.poisson directly
+_poisson_rows: dict[int, np.ndarray] = {}
+_poisson_lock = __import__("threading").Lock()
+
+
+def class_averaged_accuracy(correct: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
+    """Per-class-averaged accuracy from a per-sample 0/1 `correct` vector (absent classes skipped)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    hit = np.bincount(labels, weights=np.asarray(correct, dtype=np.float64), minlength=num_classes)
+    total = np.bincount(labels, minlength=num_classes)
+    seen = total > 0
+    return float(np.mean(hit[seen] / total[seen]))
+
+
+def _poisson_table(lams: np.ndarray) -> np.ndarray:
+    """(len(lams), Q) uint16: Poisson(λ) quantiles at (q + ½)/Q, one row per integer λ (cached)."""
+    with _poisson_lock:
+        for lam in np.unique(lams).tolist():
+            if lam not in _poisson_rows:
+                hi = int(lam + 12 * np.sqrt(lam) + 20)
+                x = np.arange(hi + 1)
+                if lam == 0:
+                    cdf = np.ones(hi + 1)
+                else:  # log pmf = −λ + x·log λ − log x!  (no scipy.stats import: it costs ~0.5 s)
+                    log_fact = np.concatenate([[0.0], np.cumsum(np.log(x[1:]))])
+                    cdf = np.cumsum(np.exp(-lam + x * np.log(lam) - log_fact))
+                row = np.searchsorted(cdf, (np.arange(_Q) + 0.5) / _Q)  # smallest x with F(x) >= u
+                _poisson_rows[lam] = np.minimum(row, hi).astype(np.uint16)
+        return np.stack([_poisson_rows[lam] for lam in lams.tolist()])
+
+
+def bootstrap_interval(
+    correct: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    engine: str = "poisson",
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of per-class-averaged accuracy, resampling test samples.
+
+    - ``"scipy"``: `scipy.stats.bootstrap` (N draws with replacement from the N samples) on the
+      1-D code vector ``2·label + correct``, the statistic a vectorised offset bincount. The
+      reference; ~0.8 s for 36,500 samples × 1,000 resamples.
+    - ``"poisson"`` (default): the Poisson bootstrap, each sample drawn Poisson(1) times instead
+      of Binomial(N, 1/N) ≈ Poisson(1) times. The statistic only sees each class's correct and
+      wrong draw counts, which are then independent Poisson(k_c) and Poisson(n_c − k_c), drawn
+      by inverse CDF from cached quantile tables: 2·C draws per resample instead of N, ~5 ms
+      for Places-LT's test set, and the same interval as scipy's to Monte-Carlo error (checked
+      in tests/test_report.py).
+    """
+    correct = np.asarray(correct).astype(np.int64, copy=False).ravel()
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    if len(correct) != len(labels) or not len(labels):
+        raise ValueError(f"bootstrap needs equal, non-empty correct/labels (got {len(correct)} and {len(labels)})")
+    if engine not in BOOTSTRAP_ENGINES:
+        raise ValueError(f"unknown bootstrap engine {engine!r}; use one of {', '.join(BOOTSTRAP_ENGINES)}")
+    alpha = (1 - confidence) / 2
+    rng = np.random.default_rng(seed)
+    if engine == "scipy":
+        from scipy import stats
+
+        code = 2 * labels + correct
+        width = 2 * num_classes
+
+        def statistic(c: np.ndarray, axis: int = -1) -> np.ndarray:
+            c2 = np.atleast_2d(c)
+            b = c2.shape[0]
+            cells = np.bincount((c2 + (np.arange(b) * width)[:, None]).ravel(), minlength=b * width)
+            cells = cells.reshape(b, num_classes, 2)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                acc = np.nanmean(cells[..., 1] / cells.sum(-1), axis=1)
+            return acc if c.ndim > 1 else acc[0]
+
+        res = stats.bootstrap((code,), statistic, vectorized=True, n_resamples=n_resamples, batch=100,
+                              confidence_level=confidence, method="percentile", random_state=rng)
+        return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    n_c = np.bincount(labels, minlength=num_classes)
+    k_c = np.bincount(labels, weights=correct, minlength=num_classes).astype(np.int64)
+    seen = n_c > 0
+    k_c, w_c = k_c[seen], (n_c - k_c)[seen]
+    if max(k_c.max(), w_c.max()) > _MAX_TABLE_LAMBDA:
+        hits = rng.poisson(k_c[:, None], size=(len(k_c), n_resamples))
+        draws = hits + rng.poisson(w_c[:, None], size=(len(k_c), n_resamples))
+    else:
+        c = len(k_c)
+        lams, inv = np.unique(np.concatenate([k_c, w_c]), return_inverse=True)
+        table = _poisson_table(lams)
+        # uniform 14-bit quantile indices from raw bytes (4× faster than rng.integers); class-major
+        # so each class's draws gather from one cached table row
+        u = np.frombuffer(rng.bytes(4 * c * n_resamples), dtype=np.uint16).reshape(2, c, n_resamples) & (_Q - 1)
+        hits = table[inv[:c, None], u[0]]
+        draws = hits + table[inv[c:, None], u[1]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = hits.astype(np.float32) / draws  # (classes, resamples); 0/0 = NaN: class not drawn
+    stat = np.nanmean(ratio, axis=0) if not draws.all() else ratio.mean(axis=0, dtype=np.float64)
+    lo, hi = np.quantile(stat, [alpha, 1 - alpha])
+    return float(lo), float(hi)

@@ -263,30 +263,43 @@ def default_name(run: dict[str, Any]) -> str:
 
 
 def build_all(run: dict[str, Any], registry: Registry | None = None) -> tuple[LTDataset, Method]:
-    """Data, backbone and method for a resolved config (shared by train and evaluation)."""
+    """Data, backbone and method for a resolved config (shared by train and evaluation).
+
+    With `init=EXPERT`, that expert's tensors are applied twice: those that belong to the bare
+    backbone (e.g. LiT-aligned projections) before the method is built, so a text classifier
+    built at construction already sees them; all matching tensors (prompts, adapters, head)
+    after it.
+    """
+    from .config import ConfigError
+
     data = create_dataset(run["dataset"], root=run["root"], seed=run["seed"], **run["data"])
     data.many_threshold, data.few_threshold = run["many"], run["few"]
     data.validate()
     backbone = create_backbone(run["backbone"], img_size=run["img_size"], weights=run["weights"],
                                pretrained=run["pretrained"])
-    try:
-        method = create_method(run["method"], backbone, data.num_classes, data.class_counts, **run["method_config"])
-    except ValueError as e:
-        from .config import ConfigError
-
-        raise ConfigError(f"method {run['method']!r}: {e}") from None
     init = run["method_config"].get("init")
+    delta: dict[str, torch.Tensor] = {}
+    loaded: list[str] = []
     if init:
         src = (registry or Registry()).get(init)
         if src.config["backbone"] != run["backbone"] or src.config["dataset"] != run["dataset"]:
-            from .config import ConfigError
-
             raise ConfigError(f"init={init}: that expert was trained on {src.config['backbone']} /"
                               f" {src.config['dataset']}, this run uses {run['backbone']} / {run['dataset']}")
-        if not method.load_delta(src.delta(), partial=True):
-            from .config import ConfigError
-
-            raise ConfigError(f"init={init}: none of its tensors fit method {run['method']!r}")
+        delta = src.delta()
+        own = dict(backbone.model.named_parameters())
+        with torch.no_grad():
+            for k, v in delta.items():
+                name = k.removeprefix("backbone.")
+                if k.startswith("backbone.") and name in own and own[name].shape == v.shape:
+                    own[name].copy_(v)
+                    loaded.append(k)
+    try:
+        method = create_method(run["method"], backbone, data.num_classes, data.class_counts, data.classnames,
+                               **run["method_config"])
+    except ValueError as e:
+        raise ConfigError(f"method {run['method']!r}: {e}") from None
+    if init and not (method.load_delta(delta, partial=True) or loaded):
+        raise ConfigError(f"init={init}: none of its tensors fit method {run['method']!r}")
     return data, method
 
 
@@ -329,6 +342,7 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
         "wall_seconds": time.perf_counter() - t0, "params": counts,
         "shot_groups": {"many": int((groups == 0).sum()), "medium": int((groups == 1).sum()), "few": int((groups == 2).sum())},
         "class_counts": data.class_counts.tolist(), "classnames": data.classnames,
+        "class_subsets": {k: [int(c) for c in v] for k, v in subsets.items() if v is not None},
     }
     expert = registry.register(name, {k: v for k, v in run.items() if k != "resume"}, method.delta_state_dict(),
                                logits, metrics, meta, extra_files=artifacts)

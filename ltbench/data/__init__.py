@@ -107,3 +107,6 @@ __all__ = [
 
 # Registering the sources (each module does `@DATASETS.register(...)`).
 from . import cifar, fashion_mnist, folder, splitfile  # noqa: E402,F401
+from .ood import OOD_SETS, attach_ood, load_ood  # noqa: E402
+
+__all__ += ["OOD_SETS", "attach_ood", "load_ood"]

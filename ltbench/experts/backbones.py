@@ -28,41 +28,72 @@ class BackboneError(RuntimeError):
 
 @dataclass
 class Backbone:
-    """A timm VisionTransformer with its data config; methods reach blocks through it."""
+    """A frozen ViT with its data config: the one interface prompt and adapter methods use.
+
+    `embed_tokens` → `blocks` → `finish` is the image path; the timm implementation is
+    here, open_clip towers (experts/clip.py) implement the same four members.
+    """
 
     name: str
-    model: VisionTransformer
+    model: nn.Module  # the module a method owns (frozen); for timm, the VisionTransformer itself
     img_size: int
     data_config: dict[str, Any] = field(default_factory=dict)
+    #: the attribute of a block that normalises the MLP branch's input (adapters tap its input)
+    mlp_norm: str = "norm2"
+
+    @property
+    def vit(self) -> VisionTransformer:
+        return self.model
 
     @property
     def embed_dim(self) -> int:
-        return self.model.embed_dim
+        """Token width (prompts and adapters live here)."""
+        return self.vit.embed_dim
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of `finish`'s output (what a classifier sees)."""
+        return self.vit.num_features
 
     @property
     def num_prefix_tokens(self) -> int:
-        return self.model.num_prefix_tokens
+        return self.vit.num_prefix_tokens
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return tuple(self.vit.patch_embed.patch_size)
 
     @property
     def depth(self) -> int:
-        return len(self.model.blocks)
+        return len(self.blocks)
 
     @property
     def blocks(self) -> nn.Sequential:
-        return self.model.blocks
+        return self.vit.blocks
+
+    @property
+    def is_clip(self) -> bool:
+        return False
+
+    def qkv_weight(self, block: nn.Module) -> tuple[nn.Module, str]:
+        """(module, parameter name) of a block's fused q/k/v projection, for LoRA."""
+        return block.attn.qkv, "weight"
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Images to the token sequence the first block sees (prefix tokens first)."""
-        m = self.model
+        m = self.vit
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
 
     def finish(self, tokens: torch.Tensor) -> torch.Tensor:
         """The last block's tokens (prompts already removed) to pre-logits features."""
-        return self.model.forward_head(self.model.norm(tokens), pre_logits=True)
+        return self.vit.forward_head(self.vit.norm(tokens), pre_logits=True)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pre-logits features (the final class token for token-pooled ViTs)."""
-        return self.finish(self.blocks(self.embed_tokens(x)))
+        x = self.embed_tokens(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.finish(x)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
@@ -134,12 +165,21 @@ def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrai
 
 
 def list_backbones() -> list[tuple[str, str]]:
-    return [(n, BACKBONES.help(n)) for n in BACKBONES] + [("<any timm ViT>", "e.g. vit_base_patch16_224, with --weights FILE offline")]
+    from .clip import CLIP_BACKBONES
+
+    return ([(n, BACKBONES.help(n)) for n in BACKBONES]
+            + [(f"clip:{n}", CLIP_BACKBONES.help(n)) for n in CLIP_BACKBONES]
+            + [("<any timm ViT>", "e.g. vit_base_patch16_224, with --weights FILE offline"),
+               ("clip:<model>[/<tag>]", "any open_clip model, e.g. clip:ViT-B-32/openai, or --weights FILE")])
 
 
 def create_backbone(name: str, img_size: int | None = None, weights: str | None = None,
                     pretrained: bool = True) -> Backbone:
-    """Build a frozen backbone by ltbench name or timm model name."""
+    """Build a frozen backbone by ltbench name, `clip:<open_clip model>[/<tag>]`, or timm name."""
+    if name.startswith("clip:"):
+        from .clip import create_clip_backbone
+
+        return create_clip_backbone(name, img_size=img_size, weights=weights, pretrained=pretrained)
     if name in BACKBONES:
         return BACKBONES.get(name)(img_size=img_size, weights=weights, pretrained=pretrained)
     if name in timm.list_models():

@@ -26,10 +26,10 @@ def method_config_fields(name: str) -> dict[str, Any]:
     return {f.name: f.default for f in fields(cls.Config)}
 
 
-def create_method(name: str, backbone: Backbone, num_classes: int,
-                  class_counts: np.ndarray | None = None, **overrides: Any):
+def create_method(name: str, backbone: Backbone, num_classes: int, class_counts: np.ndarray | None = None,
+                  classnames: list[str] | None = None, **overrides: Any):
     cls = METHODS.get(name)
-    return cls(backbone, num_classes, cls.Config(**overrides), class_counts)
+    return cls(backbone, num_classes, cls.Config(**overrides), class_counts, classnames)
 
 
-from . import full_ft, linear_probe, lpt, vpt  # noqa: E402,F401  (registers the methods)
+from . import adaptformer, full_ft, linear_probe, lit, lora, lpt, lpt_pp, vpt, zero_shot  # noqa: E402,F401

@@ -83,7 +83,7 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
     def __init__(self, backbone: Backbone, num_classes: int, cfg: MethodConfig,
-                 class_counts: np.ndarray | None = None):
+                 class_counts: np.ndarray | None = None, classnames: list[str] | None = None):
         super().__init__()
         self.backbone = backbone.model
         self.backbone.requires_grad_(False)
@@ -91,11 +91,17 @@ class Method(nn.Module):
         self.num_classes = num_classes
         self.cfg = cfg
         self.class_counts = class_counts
+        self.classnames = classnames
         #: set to a list to record per-sample choices during prediction (LPT's prompt matching)
         self.recorder: list | None = None
 
     def make_head(self) -> ClassifierHead:
-        return ClassifierHead(self.info.embed_dim, self.num_classes, self.cfg.classifier, self.cfg.cosine_scale)
+        """The method's classifier; on a CLIP backbone a cosine head starts from the text classifier."""
+        head = ClassifierHead(self.info.feature_dim, self.num_classes, self.cfg.classifier, self.cfg.cosine_scale)
+        if self.info.is_clip and self.cfg.classifier == "cosine" and self.classnames:
+            with torch.no_grad():
+                head.weight.copy_(self.info.text_classifier(self.classnames).t())
+        return head
 
     # -- what subclasses implement ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,8 @@ class FullFineTune(Method):
 
     Config = FullFTConfig
 
-    def __init__(self, backbone, num_classes, cfg, class_counts=None):
-        super().__init__(backbone, num_classes, cfg, class_counts)
+    def __init__(self, backbone, num_classes, cfg, *args):
+        super().__init__(backbone, num_classes, cfg, *args)
         self.head = self.make_head()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,8 +27,8 @@ class LinearProbe(Method):
 
     Config = LinearProbeConfig
 
-    def __init__(self, backbone, num_classes, cfg, class_counts=None):
-        super().__init__(backbone, num_classes, cfg, class_counts)
+    def __init__(self, backbone, num_classes, cfg, *args):
+        super().__init__(backbone, num_classes, cfg, *args)
         self.head = self.make_head()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:

@@ -56,8 +56,8 @@ class LPT(Method):
 
     Config = LPTConfig
 
-    def __init__(self, backbone, num_classes, cfg, class_counts=None):
-        super().__init__(backbone, num_classes, cfg, class_counts)
+    def __init__(self, backbone, num_classes, cfg, *args):
+        super().__init__(backbone, num_classes, cfg, *args)
         if cfg.phase not in (0, 1, 2):
             raise ValueError(f"phase must be 0 (both), 1 or 2, got {cfg.phase}")
         if cfg.phase == 2 and not cfg.init:
@@ -71,7 +71,7 @@ class LPT(Method):
         self.K = L - self.group_layers
         self.shared = nn.Parameter(vpt_init_(torch.empty(L, cfg.prompt_len, D), area))
         self.pool = nn.Parameter(vpt_init_(torch.empty(cfg.pool_size, self.group_layers, cfg.prompt_len, D), area))
-        self.keys = nn.Parameter(nn.init.uniform_(torch.empty(cfg.pool_size, D), -1, 1))
+        self.keys = nn.Parameter(nn.init.uniform_(torch.empty(cfg.pool_size, backbone.feature_dim), -1, 1))
         self.head = self.make_head()
         self.stage = 1 if cfg.phase == 1 else 2
         self._match: torch.Tensor | None = None
@@ -123,21 +123,25 @@ class LPT(Method):
     def _set_stage(self, stage: int) -> None:
         self.stage = stage
 
+    def phase_params(self, phase: int) -> list[nn.Parameter]:
+        """Phase 1: shared prompt + classifier; phase 2: pool + keys + classifier (fine-tuned)."""
+        head = list(self.head.parameters())
+        return [self.shared, *head] if phase == 1 else [self.pool, self.keys, *head]
+
     def phases(self) -> list[Phase]:
         cfg = self.cfg
         kw = {"scale": cfg.cosine_scale} if cfg.loss in ("gcl", "agcl") and cfg.classifier == "cosine" else {}
-        p1 = Phase("shared-prompt", [{"params": [self.shared, *self.head.parameters()]}],
+        p1 = Phase("shared-prompt", [{"params": self.phase_params(1)}],
                    share=cfg.phase1_share, loss_kwargs=kw, on_start=lambda: self._set_stage(1))
-        p2 = Phase("group-prompts", [{"params": [self.pool, self.keys, *self.head.parameters()]}],
+        p2 = Phase("group-prompts", [{"params": self.phase_params(2)}],
                    share=1 - cfg.phase1_share, sampler=cfg.phase2_sampler, loss_kwargs=kw, dual_eta=cfg.eta,
                    on_start=lambda: self._set_stage(2))
         return {0: [p1, p2], 1: [p1], 2: [p2]}[cfg.phase]
 
     def trainable_names(self) -> list[str]:
-        if self.cfg.phase == 0:
-            return super().trainable_names()
-        # a single-phase run still counts the method's full trainable set, as the paper does
-        return [n for n, _ in self.named_parameters() if not n.startswith("backbone.")]
+        # a single-phase run still stores and counts the method's full trainable set, as the paper does
+        ids = {id(p) for ph in (1, 2) for p in self.phase_params(ph)}
+        return [n for n, p in self.named_parameters() if id(p) in ids]
 
     # -- prompt matching record (the paper's Figure 4) ------------------------------------
     def artifacts(self, test_labels: np.ndarray | None = None) -> dict[str, Any]:

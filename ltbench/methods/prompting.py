@@ -24,7 +24,7 @@ def vpt_init_(t: torch.Tensor, patch_area: int) -> torch.Tensor:
 
 
 def patch_area(backbone: Backbone) -> int:
-    ps = backbone.model.patch_embed.patch_size
+    ps = backbone.patch_size
     return int(ps[0] * ps[1])
 
 

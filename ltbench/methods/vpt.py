@@ -29,8 +29,8 @@ class _VPT(Method):
     Config = VPTConfig
     deep: bool
 
-    def __init__(self, backbone, num_classes, cfg, class_counts=None):
-        super().__init__(backbone, num_classes, cfg, class_counts)
+    def __init__(self, backbone, num_classes, cfg, *args):
+        super().__init__(backbone, num_classes, cfg, *args)
         sets = backbone.depth if self.deep else 1
         self.prompts = nn.Parameter(vpt_init_(torch.empty(sets, cfg.prompt_len, backbone.embed_dim), patch_area(backbone)))
         self.head = self.make_head()

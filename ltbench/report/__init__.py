@@ -1,4 +1,13 @@
-"""Tables (and later plots) built from the registry alone: no retraining, no re-evaluation."""
-from .tables import collect, render, rich_table
+"""Tables and plots built from the registry alone: no retraining, no re-evaluation."""
+from .tables import FILES, FORMATS, ReportError, collect, records, render, rich_table, table_text, write_report
 
-__all__ = ["collect", "render", "rich_table"]
+
+def write_plots(df, out_dir):
+    """PNG figures for a `collect(..., with_paths=True)` frame (matplotlib is imported only here)."""
+    from .plots import write_plots as _write
+
+    return _write(df, out_dir)
+
+
+__all__ = ["FILES", "FORMATS", "ReportError", "collect", "records", "render", "rich_table", "table_text",
+           "write_plots", "write_report"]

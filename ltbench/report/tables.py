@@ -1,61 +1,213 @@
-"""One row per expert: accuracy per shot group, OOD, calibration, size and compute spent."""
+"""One row per expert — or per seed group — from the registry alone: accuracy per shot group,
+OOD, calibration, size and compute spent. No retraining, no re-evaluation.
+
+Experts whose stored configs differ only by seed (and name, and operational keys such as the
+device) are grouped into one row: mean and sample standard deviation over seeds, `seeds` = n.
+Single runs get a percentile bootstrap interval of per-class-averaged test accuracy instead,
+from their cached test logits (optional: `ci=False` reads no logits at all).
+
+Machine formats (JSON, CSV) carry fractions in [0, 1] and numeric `*_std`, `overall_lo`,
+`overall_hi` columns; human formats (table, md, latex) show percentages.
+"""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
-from typing import Iterable
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
 
+import numpy as np
 import pandas as pd
+from rich.console import Console
 from rich.table import Table
 
-from ..registry import Registry
+from ..registry import Registry, RegistryError
+from . import logits as _logits
 
 ACC_COLUMNS = ["overall", "many", "medium", "few"]
 FORMATS = ("table", "csv", "md", "latex", "json")
+#: Files `--out DIR` writes, one per format.
+FILES = {"csv": "report.csv", "md": "report.md", "latex": "report.tex", "json": "report.json", "table": "report.txt"}
+#: Config keys that do not make a different experiment: two experts whose configs differ only
+#: here are seeds of one experiment.
+GROUP_IGNORE = ("name", "seed", "resume", "device", "num_workers", "eval_batch_size")
+SORT = ["dataset", "method", "expert"]
+_HEADERS = {"trainable_params": "trainable", "trainable_pct": "% of model", "flops": "FLOPs",
+            "device_seconds": "device s", "ece": "ECE"}
+
+
+class ReportError(RegistryError):
+    """A report that cannot be built as asked (bad format, nothing to plot …)."""
+
+
+def group_key(config: dict[str, Any]) -> str:
+    """Hash of the stored config minus seed, name and operational keys: same hash, same experiment."""
+    payload = {k: v for k, v in config.items() if k not in GROUP_IGNORE}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _expert_row(registry: Registry, r: dict[str, Any]) -> dict[str, Any]:
+    ex = registry.get(r["name"])
+    config, metrics, meta = ex.config, ex.metrics, ex.meta
+    test = metrics.get("test", {})
+    row: dict[str, Any] = {"expert": r["name"], "method": r["method"], "backbone": r["backbone"],
+                           "dataset": r["dataset"], "seeds": 1, "seed": r["seed"], "members": r["name"],
+                           **{k: test.get(k) for k in ACC_COLUMNS}, "ece": test.get("ece")}
+    for split, m in sorted(metrics.items()):
+        if split.startswith("ood:"):
+            row[split] = m.get("overall")
+    params = meta.get("params", {})
+    row["trainable_params"] = params.get("trainable")
+    row["total_params"] = params.get("total")
+    row["trainable_pct"] = 100 * params["trainable"] / params["total"] if params.get("total") else None
+    spent = meta.get("spent", {})
+    row["flops"] = spent.get("flops")
+    row["device_seconds"] = spent.get("seconds")
+    row["budget"] = meta.get("budget")
+    row["_path"] = ex.path
+    row["_key"] = (r["dataset"], group_key(config))
+    return row
+
+
+def _stem(names: list[str]) -> str:
+    """`lp_vit_d_s0`, `lp_vit_d_s1` → `lp_vit_d` (their common prefix minus a seed marker)."""
+    prefix = names[0]
+    for n in names[1:]:
+        while not n.startswith(prefix):
+            prefix = prefix[:-1]
+    return re.sub(r"[_\-.]*(seed|s)?[_\-.]*$", "", prefix)
+
+
+def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
+    members = sorted(members, key=lambda m: m["seed"])
+    names = [m["expert"] for m in members]
+    seeds = [m["seed"] for m in members]
+    stem = _stem(names)
+    first = members[0]
+    row = {k: first[k] for k in ("method", "backbone", "dataset", "trainable_params", "total_params",
+                                 "trainable_pct", "_path", "_key")}
+    row["expert"] = f"{stem}_s{{{','.join(map(str, seeds))}}}" if stem else "+".join(names)
+    row.update(seeds=len(members), seed=None, members=",".join(names))
+    metric_cols = [c for c in members[0] if c in ACC_COLUMNS or c == "ece" or c.startswith("ood:")]
+    metric_cols += [c for m in members for c in m if c.startswith("ood:") and c not in metric_cols]
+    for c in metric_cols:
+        vals = np.array([np.nan if m.get(c) is None else float(m[c]) for m in members])
+        row[c] = float(vals.mean())
+        row[_std_name(c)] = float(vals.std(ddof=1))
+    for c in ("flops", "device_seconds"):  # spent per run (mean over seeds)
+        vals = [m[c] for m in members if m.get(c) is not None]
+        row[c] = float(np.mean(vals)) if len(vals) == len(members) else None
+    budgets = {m.get("budget") for m in members}
+    row["budget"] = budgets.pop() if len(budgets) == 1 else "mixed"
+    return row
+
+
+def _std_name(col: str) -> str:
+    return f"ood_std:{col[4:]}" if col.startswith("ood:") else f"{col}_std"
+
+
+def _columns(df: pd.DataFrame) -> list[str]:
+    ood = sorted(c for c in df.columns if c.startswith("ood:"))
+    cols = ["expert", "method", "backbone", "dataset", "seeds", "seed", "members",
+            "overall", "overall_lo", "overall_hi", "overall_std", "many", "many_std", "medium", "medium_std",
+            "few", "few_std", *ood, *[_std_name(c) for c in ood], "ece", "ece_std",
+            "trainable_params", "total_params", "trainable_pct", "flops", "device_seconds", "budget"]
+    return cols
 
 
 def collect(registry: Registry, dataset: str | None = None, method: str | None = None,
-            experts: Iterable[str] | None = None) -> pd.DataFrame:
-    wanted = set(experts) if experts else None
-    rows = []
-    for r in registry.rows():
-        if (dataset and r["dataset"] != dataset) or (method and r["method"] != method):
-            continue
-        if wanted is not None and r["name"] not in wanted:
-            continue
-        ex = registry.get(r["name"])
-        metrics, meta = ex.metrics, ex.meta
-        test = metrics.get("test", {})
-        row = {"expert": r["name"], "method": r["method"], "backbone": r["backbone"], "dataset": r["dataset"],
-               "seed": r["seed"], **{k: test.get(k) for k in ACC_COLUMNS}, "ece": test.get("ece")}
-        for split, m in sorted(metrics.items()):
-            if split.startswith("ood:"):
-                row[split] = m.get("overall")
-        params = meta.get("params", {})
-        row["trainable_params"] = params.get("trainable")
-        row["total_params"] = params.get("total")
-        row["trainable_pct"] = 100 * params["trainable"] / params["total"] if params.get("total") else None
-        spent = meta.get("spent", {})
-        row["flops"] = spent.get("flops")
-        row["device_seconds"] = spent.get("seconds")
-        row["budget"] = meta.get("budget")
-        rows.append(row)
-    df = pd.DataFrame(rows)
+            experts: Iterable[str] | None = None, *, ci: bool = True, group_seeds: bool = True,
+            n_resamples: int = 1000, confidence: float = 0.95, bootstrap_seed: int = 0,
+            engine: str = "poisson", with_paths: bool = False) -> pd.DataFrame:
+    """The report's rows, sorted by (dataset, method, expert).
+
+    `experts` names unknown to the registry raise RegistryError (with a suggestion).
+    `with_paths=True` keeps a private `_paths` column (member folders) for the plots.
+    """
+    rows = registry.rows()
+    wanted = list(dict.fromkeys(experts)) if experts else None
+    if wanted is not None:
+        known = {r["name"] for r in rows}
+        for name in wanted:
+            if name not in known:
+                registry.get(name)  # raises, with "did you mean"
+        rows = [r for r in rows if r["name"] in set(wanted)]
+    rows = [r for r in rows if not (dataset and r["dataset"] != dataset) and not (method and r["method"] != method)]
+    singles = [_expert_row(registry, r) for r in rows]
+
+    by_key: dict[tuple, list[dict]] = defaultdict(list)
+    for row in singles:
+        by_key[row["_key"]].append(row)
+    out: list[dict[str, Any]] = []
+    for members in by_key.values():
+        seeds = [m["seed"] for m in members]
+        if group_seeds and len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds):
+            g = _group_row(members)
+            g["_paths"] = [m["_path"] for m in sorted(members, key=lambda m: m["seed"])]
+            out.append(g)
+        else:
+            for m in members:
+                m["_paths"] = [m["_path"]]
+                out.append(m)
+
+    if ci:
+        lone = [r for r in out if r["seeds"] == 1 and r.get("overall") is not None]
+        ivals = _logits.parallel_map(
+            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), lone)
+        for r, (lo, hi) in zip(lone, ivals):
+            r["overall_lo"], r["overall_hi"] = lo, hi
+
+    df = pd.DataFrame(out)
+    cols = _columns(df)
+    df = df.reindex(columns=cols + (["_paths"] if with_paths else []))
     if len(df):
-        df = df.sort_values(["dataset", "method", "expert"], kind="stable").reset_index(drop=True)
+        df = df.sort_values(SORT, kind="stable").reset_index(drop=True)
+    for c in cols:
+        if c not in ("expert", "method", "backbone", "dataset", "members", "budget", "seed"):
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    for c in ("seed", "seeds", "trainable_params", "total_params"):
+        df[c] = df[c].astype("Int64")
     return df
 
 
-def _fmt(col: str, v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+# -- formatting ---------------------------------------------------------------------------
+def _missing(v) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def _pct(v: float, digits: int = 2) -> str:
+    return f"{100 * v:.{digits}f}"
+
+
+def _cell(col: str, row: pd.Series) -> str:
+    v = row.get(col)
+    if _missing(v):
         return "—"
+    grouped = not _missing(row.get("seeds")) and row.get("seeds", 1) > 1
     if col in ACC_COLUMNS or col.startswith("ood:"):
-        return f"{100 * v:.2f}"
+        text = _pct(v)
+        if grouped and not _missing(row.get(_std_name(col))):
+            text += f" ± {_pct(row[_std_name(col)])}"
+            if col == "overall":
+                text += f" ({int(row['seeds'])})"
+        elif col == "overall" and not _missing(row.get("overall_lo")) and not _missing(row.get("overall_hi")):
+            text += f" [{_pct(row['overall_lo'], 1)}, {_pct(row['overall_hi'], 1)}]"
+        return text
     if col == "ece":
-        return f"{v:.3f}"
+        text = f"{v:.3f}"
+        if grouped and not _missing(row.get("ece_std")):
+            text += f" ± {row['ece_std']:.3f}"
+        return text
     if col == "trainable_pct":
-        return f"{v:.2f}%"
-    if col in ("trainable_params", "total_params"):
+        return f"{v:.3g}%"
+    if col == "trainable_params":  # count and share of the whole model in one cell
+        pct = row.get("trainable_pct")
+        return _count(v) + ("" if _missing(pct) else f" ({pct:.3g}%)")
+    if col in ("total_params", "seeds"):
         return f"{int(v):,}"
     if col == "flops":
         return f"{v:.2e}"
@@ -64,39 +216,103 @@ def _fmt(col: str, v) -> str:
     return str(v)
 
 
+def _count(n) -> str:
+    n = int(n)
+    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(n)
+
+
 def _display_columns(df: pd.DataFrame) -> list[str]:
-    ood = [c for c in df.columns if c.startswith("ood:")]
-    return ["expert", "method", "backbone", *ACC_COLUMNS, *ood, "ece", "trainable_params", "trainable_pct",
-            "flops", "device_seconds"]
+    ood = sorted(c for c in df.columns if c.startswith("ood:"))
+    lead = ["expert", "method", "backbone"] + (["dataset"] if df["dataset"].nunique() > 1 else [])
+    return [*lead, "seeds", *ACC_COLUMNS, *ood, "ece", "trainable_params", "flops", "device_seconds"]
 
 
-def rich_table(df: pd.DataFrame, title: str = "ltbench report (test accuracy, %)") -> Table:
-    table = Table(title=title)
-    cols = _display_columns(df)
+def _header(col: str) -> str:
+    return _HEADERS.get(col, col)
+
+
+TITLE = "ltbench report — test accuracy (%)"
+CAPTION = "single runs: [95% bootstrap interval over test samples]; seed groups: mean ± std (n seeds)"
+
+
+def rich_table(df: pd.DataFrame, title: str = TITLE) -> Table:
+    table = Table(title=title, caption=CAPTION)
+    cols = _display_columns(df) if len(df.columns) else []
     for c in cols:
-        table.add_column(c, justify="left" if c in ("expert", "method", "backbone") else "right")
+        text = c in ("expert", "method", "backbone", "dataset")
+        # numbers never wrap; names fold when the terminal is too narrow
+        table.add_column(_header(c), justify="left" if text else "right", no_wrap=not text,
+                         overflow="fold" if text else "ellipsis")
     for _, row in df.iterrows():
-        table.add_row(*[_fmt(c, row.get(c)) for c in cols])
+        table.add_row(*[_cell(c, row) for c in cols])
     return table
 
 
+def table_text(df: pd.DataFrame, width: int = 400) -> str:
+    """The rich table as plain text (what `--out` writes to report.txt)."""
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    console.print(rich_table(df))
+    return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as plain JSON values (NaN → null, numpy scalars → Python), private columns dropped."""
+    out = []
+    cols = [c for c in df.columns if not c.startswith("_")]
+    for row in df[cols].itertuples(index=False, name=None):
+        rec = {}
+        for c, v in zip(cols, row):
+            if _missing(v):
+                v = None
+            elif isinstance(v, np.generic):
+                v = v.item()
+            rec[c] = v
+        out.append(rec)
+    return out
+
+
+def _latex_escape(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"), ("—", "--")):
+        s = s.replace(a, b)
+    return s
+
+
 def render(df: pd.DataFrame, fmt: str) -> str:
-    """Machine formats keep fractions in [0, 1]; human ones (md, latex) show percentages."""
+    """Machine formats keep fractions in [0, 1]; human ones (table, md, latex) show percentages."""
     if fmt == "json":
-        return json.dumps(json.loads(df.to_json(orient="records")), indent=2)
+        return json.dumps(records(df), indent=2) + "\n"
     if fmt == "csv":
-        return df.to_csv(index=False)
+        return df[[c for c in df.columns if not c.startswith("_")]].to_csv(index=False)
+    if fmt == "table":
+        return table_text(df)
+    if fmt not in FORMATS:
+        raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
     cols = _display_columns(df)
-    cells = [[_fmt(c, row.get(c)) for c in cols] for _, row in df.iterrows()]
+    cells = [[_cell(c, row) for c in cols] for _, row in df.iterrows()]
     if fmt == "md":
-        lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in cells]
-        return "\n".join(lines) + "\n"
-    if fmt == "latex":
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%")  # noqa: E731
-        lines = [r"\begin{tabular}{" + "l" * 3 + "r" * (len(cols) - 3) + "}", r"\toprule",
-                 " & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
-        lines += [" & ".join(esc(x) for x in r) + r" \\" for r in cells]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines) + "\n"
-    raise ValueError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        esc = lambda s: s.replace("|", r"\|")  # noqa: E731
+        lines = ["| " + " | ".join(_header(c) for c in cols) + " |",
+                 "|" + "|".join(":---" if c in ("expert", "method", "backbone", "dataset") else "---:" for c in cols) + "|"]
+        lines += ["| " + " | ".join(esc(x) for x in r) + " |" for r in cells]
+        return "\n".join(lines) + f"\n\n{CAPTION}\n"
+    lead = sum(c in ("expert", "method", "backbone", "dataset") for c in cols)
+    lines = [r"\begin{tabular}{" + "l" * lead + "r" * (len(cols) - lead) + "}", r"\toprule",
+             " & ".join(_latex_escape(_header(c)) for c in cols) + r" \\", r"\midrule"]
+    lines += [" & ".join(_latex_escape(x) for x in r) + r" \\" for r in cells]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Every format at once: report.csv, report.md, report.tex, report.json, report.txt."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, file in FILES.items():
+        (out / file).write_text(render(df, fmt), encoding="utf-8")
+        written.append(out / file)
+    return written

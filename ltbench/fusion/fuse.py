@@ -1,0 +1,305 @@
+"""`fuse_experts`: registered experts' cached logits → a fitted scorer → a new registered expert.
+
+Order of work, which is also the protocol:
+
+1. ``check_compatible`` — same dataset, data options and data seed, class order, class count,
+   training class counts and shot-group thresholds, the same split names and sizes, and
+   identical validation labels (order included). Only validation labels are read here.
+2. ``fit`` — the scorer gets the validation probabilities and the validation labels, nothing else.
+3. ``apply`` — the fitted model is applied to every split (val, test, ood:*) from the
+   constituents' cached logits. Only now are the other splits' labels read, to evaluate the
+   fused expert as `train` evaluates any expert, and to check that the constituents agree
+   on them.
+
+The fused expert is registered like any other: config ``method = "fuse:<scorer>"``, the
+constituents and options; delta = the ``FusionModel`` tensors (W_base, class→group map,
+offset network state) so ``FusionModel.from_delta`` re-applies it; logits for every split;
+metrics by ``evaluate_logits`` with shot groups from the training class counts. Its
+``params.trainable`` counts what fusion fitted (W_base when searched, plus the offset
+network); ``params.total`` adds the constituents' totals. Its ``spent`` is the honest cost
+of the fused result — the constituents' FLOPs and seconds plus the fusion's own seconds
+(fusion FLOPs are not counted, 0); both parts are kept apart in ``spent_constituents`` and
+``spent_fusion``. OOD sets scored on a class subset use ``meta["class_subsets"]`` of the
+first constituent when experts record it (none do yet; then all classes are scored).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ..data.base import GROUP_NAMES, shot_groups
+from ..metrics import evaluate_logits
+from ..provenance import config_hash, environment, git_hash, now, package_versions
+from ..registry import Expert, Registry
+from .core import OBJECTIVES, FusionError, FusionModel, ProbStack
+from .scorers import SCORERS, FitContext
+
+SPLIT_KEYS = ("dataset", "data", "data_seed")  # what decides which samples val / test / OOD hold
+
+
+def parse_experts(experts: str | Sequence[str]) -> list[str]:
+    names = [n.strip() for n in (experts.split(",") if isinstance(experts, str) else experts) if n and n.strip()]
+    if len(names) < 2:
+        raise FusionError(f"fusion needs at least two experts, got {names or 'none'} (--experts A,B)")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise FusionError(f"expert {dup[0]!r} is listed twice in --experts")
+    return names
+
+
+def retrain_command(ex: Expert) -> str:
+    c = ex.config
+    parts = ["ltbench", "train"]
+    for key in ("dataset", "backbone", "method", "budget", "seed"):
+        if c.get(key) is not None:
+            parts += [f"--{key}", str(c[key])]
+    return f"ltbench rm {ex.name} && " + " ".join(parts + ["--name", ex.name])
+
+
+def check_compatible(members: list[Expert]) -> dict[str, Any]:
+    """Refuse experts that were not evaluated on the very same samples and classes.
+
+    Returns what they share (dataset, classnames, class_counts, many/few, split names)."""
+    for ex in members:
+        if "val" not in ex.splits():
+            raise FusionError(
+                f"expert {ex.name!r} has no cached validation logits (split 'val'), and fusion fits on validation "
+                f"data only; produce them by training it again: {retrain_command(ex)}")
+    first = members[0]
+    c0, m0 = first.config, first.meta
+
+    def mismatch(what: str, ex: Expert, a: Any, b: Any) -> FusionError:
+        return FusionError(f"experts {first.name!r} and {ex.name!r} differ in {what}: {a!r} vs {b!r}; "
+                           "fuse only experts trained on the same dataset, classes and splits")
+
+    val0 = first.logits("val")
+    labels0 = first.labels("val")
+    splits0 = first.splits()
+    sizes0 = {s: _rows(first, s) for s in splits0}
+    for ex in members[1:]:
+        c, m = ex.config, ex.meta
+        for key in SPLIT_KEYS:
+            a, b = _split_key(c0, key), _split_key(c, key)
+            if a != b:
+                what = {"dataset": "dataset", "data": "dataset options",
+                        "data_seed": "data seed (the val / test samples are drawn from it)"}[key]
+                raise mismatch(what, ex, a, b)
+        n0, n = len(m0.get("classnames") or []), len(m.get("classnames") or [])
+        val = ex.logits("val")
+        if val.shape[1] != val0.shape[1] or n != n0:
+            raise mismatch("class count", ex, f"{val0.shape[1]} logits, {n0} class names",
+                           f"{val.shape[1]} logits, {n} class names")
+        if m.get("classnames") != m0.get("classnames"):
+            i = next(i for i, (a, b) in enumerate(zip(m0["classnames"], m["classnames"])) if a != b)
+            raise mismatch(f"class order (class {i})", ex, m0["classnames"][i], m["classnames"][i])
+        k0, k = list(m0.get("class_counts") or []), list(m.get("class_counts") or [])
+        if k != k0:
+            i = next((i for i, (a, b) in enumerate(zip(k0, k)) if a != b), min(len(k0), len(k)))
+            raise mismatch(f"training class counts (class {i}; so their shot groups differ)", ex,
+                           k0[i] if i < len(k0) else None, k[i] if i < len(k) else None)
+        for key in ("many", "few"):
+            if c.get(key, 100 if key == "many" else 20) != c0.get(key, 100 if key == "many" else 20):
+                raise mismatch(f"shot-group threshold {key!r}", ex, c0.get(key), c.get(key))
+        if ex.splits() != splits0:
+            extra = sorted(set(ex.splits()) ^ set(splits0))
+            raise mismatch(f"cached splits (not shared: {', '.join(extra)})", ex, splits0, ex.splits())
+        labels = ex.labels("val")
+        if len(labels) != len(labels0):
+            raise mismatch("validation split size", ex, len(labels0), len(labels))
+        if not np.array_equal(labels, labels0):
+            i = int(np.flatnonzero(labels != labels0)[0])
+            raise mismatch(f"validation labels / sample order (first at row {i})", ex, int(labels0[i]), int(labels[i]))
+        for s in splits0:
+            if _rows(ex, s) != sizes0[s]:
+                raise mismatch(f"size of split {s!r}", ex, sizes0[s], _rows(ex, s))
+    counts = m0.get("class_counts")
+    if counts is None or len(counts) != val0.shape[1]:
+        raise FusionError(f"expert {first.name!r} has no training class_counts in its meta; shot groups are unknown")
+    return {"dataset": c0.get("dataset"), "data": c0.get("data"), "data_seed": _split_key(c0, "data_seed"),
+            "classnames": m0.get("classnames"),
+            "class_counts": np.asarray(counts), "many": c0.get("many", 100), "few": c0.get("few", 20),
+            "splits": splits0}
+
+
+def _split_key(config: dict[str, Any], key: str) -> Any:
+    """A trained expert's data seed is its `seed`; a fused one records its constituents' as `data_seed`."""
+    if key == "data_seed":
+        return config.get("data_seed", config.get("seed"))
+    value = config.get(key)
+    if key == "data" and isinstance(value, dict):  # where the files live is not which samples they are
+        return {k: v for k, v in value.items() if k != "root"}
+    return value
+
+
+def _rows(ex: Expert, split: str) -> int:
+    from safetensors import safe_open
+
+    from ..registry import _quote
+
+    with safe_open(str(ex.path / "logits" / f"{_quote(split)}.safetensors"), "pt") as f:
+        return int(f.get_slice("logits").get_shape()[0])
+
+
+def study_name_for(members: list[Expert], scorer: str, objective: str, per_group: bool, seed: int) -> str:
+    """Same experts (by name and identity), objective, grouping and seed → same resumable study."""
+    ident = [(ex.name, ex.meta.get("config_hash"), ex.meta.get("created")) for ex in members]
+    key = json.dumps({"experts": ident, "objective": objective, "per_group": per_group, "seed": seed})
+    return f"ltbench-fuse-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def _shared_labels(members: list[Expert], split: str) -> np.ndarray:
+    """Evaluation only (after fitting): the constituents must agree on the split's labels."""
+    labels = members[0].labels(split)
+    for ex in members[1:]:
+        other = ex.labels(split)
+        if not np.array_equal(other, labels):
+            raise FusionError(f"experts {members[0].name!r} and {ex.name!r} disagree on the labels of split "
+                              f"{split!r} (different samples or order); fuse experts evaluated on the same data")
+    return labels
+
+
+def fit(scorer: str, ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    """Fit a scorer on validation data; the one step that learns anything."""
+    return SCORERS.get(scorer)(ctx)
+
+
+def fuse_experts(
+    experts: str | Sequence[str],
+    scorer: str = "moe",
+    *,
+    name: str | None = None,
+    trials: int = 200,
+    objective: str = "balanced",
+    seed: int = 0,
+    per_group: bool = False,
+    storage: str | None = None,
+    registry: Registry | None = None,
+    console: Console | None = None,
+    quiet: bool = False,
+    options: dict[str, Any] | None = None,
+) -> Expert:
+    """Fuse registered experts with a scorer fitted on validation data; register the result."""
+    t_start = time.perf_counter()
+    registry = registry or Registry()
+    console = console or Console(stderr=True)
+    names = parse_experts(experts)
+    SCORERS.get(scorer)  # unknown scorer: "did you mean" before any work
+    if objective not in OBJECTIVES:
+        raise FusionError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    if trials < 1:
+        raise FusionError(f"--trials must be at least 1, got {trials}")
+    name = name or f"fuse-{scorer}_{'+'.join(names)}"
+    if "/" in name or name.startswith("."):
+        raise FusionError(f"invalid expert name {name!r} (no '/', no leading '.')")
+    if name in registry:
+        raise FusionError(f"expert {name!r} is already registered in {registry.home}; "
+                          f"pick --name or `ltbench rm {name}`")
+    members = [registry.get(n) for n in names]
+    shared = check_compatible(members)
+
+    sg = shot_groups(shared["class_counts"], shared["many"], shared["few"])
+    if per_group:
+        present = [g for g in range(len(GROUP_NAMES)) if (sg == g).any()]
+        groups = torch.as_tensor(np.searchsorted(present, sg), dtype=torch.long)
+        group_names = [GROUP_NAMES[g] for g in present]
+    else:
+        groups, group_names = torch.zeros(len(sg), dtype=torch.long), ["all"]
+
+    # -- fit: validation only -----------------------------------------------------------
+    t0 = time.perf_counter()
+    val_stack = ProbStack.build([ex.logits("val") for ex in members], groups, with_features=True)
+    ctx = FitContext(stack=val_stack, labels=members[0].labels("val"), shot_groups=sg, groups=groups,
+                     group_names=group_names, experts=names, objective=objective, seed=seed, trials=trials,
+                     storage=storage, study_name=study_name_for(members, scorer, objective, per_group, seed),
+                     options=options)
+    model, info = fit(scorer, ctx)
+    with torch.no_grad():
+        w_val = model.weights(val_stack)
+        best_val = ctx.score()(val_stack.predict(w_val))
+    fit_seconds = time.perf_counter() - t0
+    del val_stack
+    if not quiet:
+        console.print(f"fuse:{scorer} fitted on val in {fit_seconds:.1f}s ({objective} {100 * best_val:.2f}%)",
+                      highlight=False)
+
+    # -- apply to every split, then evaluate -------------------------------------------------
+    t1 = time.perf_counter()
+    logits: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
+    metrics: dict[str, Any] = {}
+    subsets = {**(members[0].meta.get("class_subsets") or {})}
+    mean_weights: dict[str, list[list[float]]] = {}
+    for split in shared["splits"]:
+        stack = ProbStack.build([ex.logits(split) for ex in members], groups, with_features=model.needs_features)
+        with torch.no_grad():
+            w = model.weights(stack)
+            lp = stack.log_probs(w)
+        mean_weights[split] = _mean_weights(w).tolist()
+        labels = _shared_labels(members, split)
+        logits[split] = (lp, labels)
+        subset = subsets.get(split)
+        metrics[split] = evaluate_logits(lp, labels, sg, None if subset is None else np.asarray(subset))
+    apply_seconds = time.perf_counter() - t1
+
+    # -- register ----------------------------------------------------------------------------
+    cfgs, metas = [ex.config for ex in members], [ex.meta for ex in members]
+    backbones = list(dict.fromkeys(str(c.get("backbone")) for c in cfgs))
+    config = {
+        "name": name, "method": f"fuse:{scorer}", "backbone": "+".join(backbones), "dataset": shared["dataset"],
+        "data": shared["data"], "seed": seed, "data_seed": shared["data_seed"], "experts": names,
+        "scorer": scorer, "objective": objective,
+        "per_group": per_group, "weight_groups": group_names, "trials": trials, "storage": storage,
+        "study_name": ctx.study_name, "many": shared["many"], "few": shared["few"], "fusion_space": "probability",
+        "options": options or {},
+    }
+    c_flops = sum(float((m.get("spent") or {}).get("flops") or 0) for m in metas)
+    c_seconds = sum(float((m.get("spent") or {}).get("seconds") or 0) for m in metas)
+    trainable = model.num_params(base=scorer in ("search", "moe"))  # mean / learned: W_base is fixed, not fitted
+    total = sum(int((m.get("params") or {}).get("total") or 0) for m in metas) + trainable
+    search = info.get("search", {})
+    meta = {
+        "created": now(), "git": git_hash(), "packages": package_versions(), "env": environment("cpu"),
+        "seed": seed, "config_hash": config_hash(config), "budget": "fuse",
+        "constituents": [{"name": ex.name, "method": c.get("method"), "backbone": c.get("backbone"),
+                          "config_hash": m.get("config_hash"), "val": ex.metrics.get("val", {}).get("overall"),
+                          "test": ex.metrics.get("test", {}).get("overall")}
+                         for ex, c, m in zip(members, cfgs, metas)],
+        "weights": {"experts": names, "groups": group_names, "w_base": model.w_base.tolist(),
+                    "per_sample_offsets": model.offset is not None, "mean_per_split": mean_weights},
+        "objective": objective, "best_val": best_val,
+        "trials": {"requested": trials, "completed": search.get("trials_completed", 0),
+                   "run_now": search.get("trials_run", 0), "best_trial": search.get("best_trial"),
+                   "study_name": search.get("study_name"), "storage": storage} if search else None,
+        "scorer_info": info,
+        "params": {"trainable": trainable, "total": total},
+        # The fused expert's compute is its constituents' plus the fusion's own (flops of fusion: 0, uncounted).
+        "spent": {"flops": c_flops, "seconds": c_seconds + fit_seconds},
+        "spent_constituents": {"flops": c_flops, "seconds": c_seconds},
+        "spent_fusion": {"flops": 0.0, "seconds": fit_seconds, "apply_seconds": apply_seconds},
+        "wall_seconds": time.perf_counter() - t_start,
+        "shot_groups": {g: int((sg == i).sum()) for i, g in enumerate(GROUP_NAMES)},
+        "class_counts": shared["class_counts"].tolist(), "classnames": shared["classnames"],
+    }
+    if subsets:
+        meta["class_subsets"] = subsets
+    return registry.register(name, config, model.delta(), logits, metrics, meta)
+
+
+def _mean_weights(w: torch.Tensor) -> torch.Tensor:
+    """Mean normalised weight of each expert (per group): [E, G]."""
+    if w.dim() == 3:
+        w = w / w.sum(1, keepdim=True).clamp_min(1e-12)
+        return w.mean(0)
+    return w / w.sum(0, keepdim=True).clamp_min(1e-12)
+
+
+def apply_fused(fused: Expert, registry: Registry, split: str) -> torch.Tensor:
+    """Re-apply a fused expert's stored scorer to its constituents' cached logits of a split."""
+    model = FusionModel.from_delta(fused.delta())
+    members = [registry.get(n) for n in fused.config["experts"]]
+    return model.log_probs([ex.logits(split) for ex in members])

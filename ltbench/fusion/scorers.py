@@ -1,0 +1,77 @@
+"""The scorers `ltbench fuse --scorer` knows, registered by name.
+
+A scorer is ``fit(ctx) -> (FusionModel, info)``. ``ctx`` carries the **validation** split
+only: the experts' val probabilities and the val labels. Nothing a scorer sees can reach
+test or OOD labels; the fitted model is applied to the other splits afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .._registry import Registry
+from .core import FusionModel, ProbStack, make_objective, normalise_base
+from .learned import fit_offsets
+from .search import search_weights
+
+
+@dataclass
+class FitContext:
+    """Everything a scorer may use: validation data, names and options."""
+
+    stack: ProbStack  # val probabilities [E, N, C] by weight group (with confidence features)
+    labels: np.ndarray  # val labels
+    shot_groups: np.ndarray  # [C] many / medium / few of each class
+    groups: torch.Tensor  # [C] weight group of each class (all 0 unless per-group)
+    group_names: list[str]
+    experts: list[str]
+    objective: str = "balanced"
+    seed: int = 0
+    trials: int = 200
+    storage: str | None = None
+    study_name: str = "ltbench-fuse"
+    options: dict[str, Any] | None = None
+
+    def score(self, labels: np.ndarray | None = None) -> Callable[[torch.Tensor], float]:
+        return make_objective(self.objective, self.labels if labels is None else labels, self.shot_groups)
+
+    def equal(self) -> torch.Tensor:
+        return normalise_base(torch.ones(self.stack.num_experts, self.stack.num_groups))
+
+
+Scorer = Callable[[FitContext], "tuple[FusionModel, dict[str, Any]]"]
+SCORERS: Registry[Scorer] = Registry("scorer")
+
+
+def _learn(ctx: FitContext, w_base: torch.Tensor) -> tuple[FusionModel, dict[str, Any]]:
+    return fit_offsets(ctx.stack, ctx.labels, w_base, ctx.groups, ctx.score(), ctx.score, ctx.seed,
+                       **(ctx.options or {}))
+
+
+@SCORERS.register("mean", help="plain probability averaging: equal weights, nothing fitted (baseline)")
+def fit_mean(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    return FusionModel(ctx.equal(), ctx.groups), {}
+
+
+@SCORERS.register("search", help="W_base: Optuna TPE search of one weight per expert (and group) on val")
+def fit_search(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    w, info = search_weights(ctx.stack, ctx.score(), ctx.experts, ctx.group_names, ctx.trials, ctx.seed,
+                             ctx.storage, ctx.study_name)
+    return FusionModel(w, ctx.groups), {"search": info}
+
+
+@SCORERS.register("learned", help="W_offset: per-sample offsets from a small network on confidence statistics")
+def fit_learned(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    model, info = _learn(ctx, ctx.equal())
+    return model, {"learned": info}
+
+
+@SCORERS.register("moe", help="LPT++ MoE scorer: searched W_base plus learned per-sample W_offset")
+def fit_moe(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    w, search_info = search_weights(ctx.stack, ctx.score(), ctx.experts, ctx.group_names, ctx.trials, ctx.seed,
+                                    ctx.storage, ctx.study_name)
+    model, learn_info = _learn(ctx, w)
+    return model, {"search": search_info, "learned": learn_info}

@@ -1,0 +1,105 @@
+"""W_base by an Optuna TPE search on validation data (LPT++'s searching-based scorer).
+
+One weight in [0, 1] per expert (or per expert and weight group). The equal-weight trial
+and one trial per single expert are enqueued first, so the best trial is never below the
+best single expert on the validation objective. Each trial is one GEMV per weight group
+over the precomputed [E, N, C] probabilities, then an argmax and a bincount.
+
+Trials are bounded by ``trials`` in total: a study opened from ``storage`` (``load_if_exists``)
+runs only the trials it still lacks, so re-running the same command after a crash, or
+with a larger ``trials``, continues the study instead of restarting it.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .core import FusionError, ProbStack, normalise_base
+
+
+def param_name(expert: str, group: str | None) -> str:
+    return expert if group is None else f"{expert}@{group}"
+
+
+@contextlib.contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    import optuna
+
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+def open_study(study_name: str, storage: str | None, seed: int):
+    import optuna
+
+    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+                                    direction="maximize", load_if_exists=True)
+    except Exception as e:  # bad URL, missing driver, unwritable file: a user error, said in one line
+        hint = " (expected a database URL such as sqlite:///fusion.db)" if storage and "://" not in storage else ""
+        raise FusionError(f"cannot open Optuna storage {storage!r}{hint}: {type(e).__name__}: {e}") from None
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise FusionError(f"Optuna study {study_name!r} in {storage} is not a maximisation study; "
+                          "use another --storage")
+    return study
+
+
+def search_weights(stack: ProbStack, score: Callable[[torch.Tensor], float], experts: list[str],
+                   group_names: list[str] | None, trials: int, seed: int, storage: str | None,
+                   study_name: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Best [E, G] weights on the validation stack, and what the search did."""
+    import optuna
+
+    E, G = stack.num_experts, stack.num_groups
+    groups = group_names if G > 1 else [None]
+    keys = [[param_name(experts[e], groups[g]) for g in range(G)] for e in range(E)]
+
+    def weights_of(params: dict[str, float]) -> torch.Tensor:
+        return torch.tensor([[params[keys[e][g]] for g in range(G)] for e in range(E)], dtype=torch.float32)
+
+    def objective(trial: "optuna.Trial") -> float:
+        w = torch.tensor([[trial.suggest_float(keys[e][g], 0.0, 1.0) for g in range(G)] for e in range(E)],
+                         dtype=torch.float32)
+        return score(stack.predict(w))
+
+    t0 = time.perf_counter()
+    with _quiet_optuna():
+        study = open_study(study_name, storage, seed)
+        anchors = [{k: 1.0 for row in keys for k in row}]  # equal weights
+        anchors += [{k: (1.0 if e == j else 0.0) for e, row in enumerate(keys) for k in row} for j in range(E)]
+        for params in anchors:
+            study.enqueue_trial(params, skip_if_exists=True)
+        complete = optuna.trial.TrialState.COMPLETE
+        before = len(study.get_trials(deepcopy=False, states=(complete,)))
+        todo = max(trials, len(anchors)) - before  # the anchors always run: the guarantee rests on them
+        if todo > 0:
+            study.optimize(objective, n_trials=todo)
+        done = study.get_trials(deepcopy=False, states=(complete,))
+        best = study.best_trial
+    singles = {experts[j]: _value_of(done, anchors[1 + j]) for j in range(E)}
+    info = {
+        "study_name": study_name, "storage": storage, "trials_before": before, "trials_run": len(done) - before,
+        "trials_completed": len(done), "best_trial": best.number, "best_value": float(best.value),
+        "equal_value": _value_of(done, anchors[0]), "single_values": singles,
+        "search_seconds": time.perf_counter() - t0,
+        "sampler": {"name": "TPESampler", "seed": seed, "multivariate": True, "constant_liar": True},
+    }
+    return normalise_base(weights_of(best.params)), info
+
+
+def _value_of(trials, params: dict[str, float]) -> float | None:
+    for t in trials:
+        if t.params == params:
+            return float(t.value)
+    return None

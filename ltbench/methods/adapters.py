@@ -1,0 +1,108 @@
+"""Adapter and LoRA mechanics on any backbone block (timm or open_clip), shared by methods.
+
+AdaptFormer-style adapters run a bottleneck in parallel with a block's MLP: its input is the
+residual stream entering the MLP branch (tapped at the block's MLP norm), its output is
+scaled by s and added to the block's output. The up-projection starts at zero, so a freshly
+adapted backbone computes exactly what the frozen one did. LoRA is a parametrization of the
+fused q/k/v weight: W + (α/r)·B·A with B = 0 at the start.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..experts.backbones import Backbone
+
+
+class Adapter(nn.Module):
+    def __init__(self, dim: int, bottleneck: int, scale: float = 0.1, learnable_scale: bool = True):
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        s = torch.tensor(float(scale))
+        if learnable_scale:
+            self.scale = nn.Parameter(s)
+        else:
+            self.register_buffer("scale", s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.up(torch.relu(self.down(x)))
+
+
+class _Tap(nn.Module):
+    """Passes through a module and remembers its last input."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self.last: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = x
+        return self.inner(x)
+
+
+class AdaptedBlock(nn.Module):
+    """block(x) + adapter(residual stream entering the block's MLP branch)."""
+
+    def __init__(self, block: nn.Module, mlp_norm: str, adapter: Adapter):
+        super().__init__()
+        self.block = block
+        self.adapter = adapter
+        self.tap = _Tap(getattr(block, mlp_norm))
+        setattr(block, mlp_norm, self.tap)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.block(x, *args, **kwargs)
+        out = y + self.adapter(self.tap.last)
+        self.tap.last = None
+        return out
+
+
+def add_adapters(backbone: Backbone, bottleneck: int, scale: float = 0.1, learnable_scale: bool = True) -> list[Adapter]:
+    """Wrap every block of the backbone in place; returns the adapters (trainable)."""
+    blocks = backbone.blocks
+    adapters = []
+    for i, block in enumerate(list(blocks)):
+        ad = Adapter(backbone.embed_dim, bottleneck, scale, learnable_scale)
+        blocks[i] = AdaptedBlock(block, backbone.mlp_norm, ad)
+        adapters.append(ad)
+    return adapters
+
+
+def _qkv_of(backbone: Backbone, block: nn.Module) -> tuple[nn.Module, str]:
+    return backbone.qkv_weight(block.block if isinstance(block, AdaptedBlock) else block)
+
+
+class LoRA(nn.Module):
+    """A parametrization W ↦ W + (alpha / rank)·B·A."""
+
+    def __init__(self, out_features: int, in_features: int, rank: int, alpha: float):
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.scaling = alpha / rank
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.scaling * (self.B @ self.A).to(weight.dtype)
+
+
+def add_lora(backbone: Backbone, rank: int, alpha: float) -> list[LoRA]:
+    """LoRA on every block's fused q/k/v weight; the original weights stay frozen."""
+    loras = []
+    for block in backbone.blocks:
+        module, name = _qkv_of(backbone, block)
+        w = getattr(module, name)
+        lora = LoRA(w.shape[0], w.shape[1], rank, alpha)
+        parametrize.register_parametrization(module, name, lora)
+        getattr(module.parametrizations, name).original.requires_grad_(False)
+        loras.append(lora)
+    return loras

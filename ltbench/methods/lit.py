@@ -1,0 +1,70 @@
+"""LiT-style alignment: both towers locked, the two projections trained contrastively.
+
+This is how ltbench makes its offline vision-language expert (`clip:dinov2-minilm`) from a
+visual-only and a text-only tower. Images are scored against the *unique* captions of the
+classes (every template of every class name; a class's embedding is its captions'
+normalised mean), so the many images that share a caption are never each other's
+negatives. Both towers are frozen, so the image features are cached once and the text
+features of the captions are computed once: training touches only the projections.
+The registered expert's logits are its text classifier's; later experts start from its
+aligned projections with `--set init=<this expert>`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import register_method
+from .base import Method, MethodConfig, Phase
+
+
+@dataclass
+class LiTConfig(MethodConfig):
+    templates: str = "simple"
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    batch_size: int = 128
+
+
+@register_method("lit")
+class LiT(Method):
+    """align a clip: backbone's projections on the training split (LiT: locked towers)"""
+
+    Config = LiTConfig
+
+    def __init__(self, backbone, num_classes, cfg, *args):
+        super().__init__(backbone, num_classes, cfg, *args)
+        if not backbone.is_clip:
+            raise ValueError(f"lit needs a vision-language backbone (clip:…), got {backbone.name!r}")
+        captions = backbone.captions(self.classnames, cfg.templates)
+        self.templates_per_class = len(captions) // num_classes
+        # pooled, unprojected text features of every caption: the text tower runs once
+        self.register_buffer("caption_features", backbone.text_features(captions, project=False))
+
+    def class_embeddings(self) -> torch.Tensor:
+        """[C, D]: each class's normalised mean over its captions' normalised projections."""
+        t = F.normalize(self.info.project_text(self.caption_features), dim=-1)
+        return F.normalize(t.view(self.num_classes, self.templates_per_class, -1).mean(1), dim=-1)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.info.finish(self._tokens(x), project=False)
+
+    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.info.embed_tokens(x)
+        for block in self.info.blocks:
+            t = block(t)
+        return t
+
+    def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        img = F.normalize(self.info.project_image(feats), dim=-1)
+        return self.backbone.logit_scale.exp() * img @ self.class_embeddings().t()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.embed(x))
+
+    def phases(self) -> list[Phase]:
+        params = [*self.info.projection_parameters(), self.backbone.logit_scale]
+        return [Phase("projections", [{"params": params}], cache_features=True)]

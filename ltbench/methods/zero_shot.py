@@ -1,0 +1,37 @@
+"""Zero-shot CLIP: cosine against text embeddings of prompt templates × class names."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import register_method
+from .base import Method, MethodConfig, Phase
+
+
+@dataclass
+class ZeroShotConfig(MethodConfig):
+    templates: str = "simple"  # open_clip's SIMPLE_IMAGENET_TEMPLATES, or "openai" (80 templates)
+
+
+@register_method("zero-shot")
+class ZeroShot(Method):
+    """CLIP zero-shot: image embedding · text classifier (no training; needs a clip: backbone)"""
+
+    Config = ZeroShotConfig
+
+    def __init__(self, backbone, num_classes, cfg, *args):
+        super().__init__(backbone, num_classes, cfg, *args)
+        if not backbone.is_clip:
+            raise ValueError(f"zero-shot needs a vision-language backbone (clip:…), got {backbone.name!r}")
+        if not self.classnames:
+            raise ValueError("zero-shot needs class names")
+        self.register_buffer("classifier", backbone.text_classifier(self.classnames, cfg.templates))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.backbone.logit_scale.exp()
+        return scale * F.normalize(self.info.features(x), dim=-1) @ self.classifier
+
+    def phases(self) -> list[Phase]:
+        return []

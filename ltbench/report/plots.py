@@ -1,0 +1,225 @@
+"""Report figures (PNG, matplotlib's Agg canvas; pyplot's global state is never touched).
+
+- accuracy_vs_params: overall accuracy against trainable parameters (log x), bubble area ∝
+  total model size, one labelled bubble per row (Figure 1 of the LPT papers);
+- per_class_accuracy: per-class test accuracy against training frequency, classes sorted by
+  training count (descending), shot-group boundaries marked, one line per row;
+- shot_groups: many / medium / few accuracy as grouped bars.
+
+One set of files per dataset; with more than one dataset in the frame the file names get a
+`-<dataset>` suffix. Rows are those of `collect(..., with_paths=True)`.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.base import shot_groups
+from ..registry import RegistryError
+from . import logits as _logits
+from .tables import _count
+
+GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#2ca02c"}
+MAX_LINES = 12
+DPI = 130
+
+
+def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    return path
+
+
+def _method_colors(methods) -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
+
+
+def _yerr(df: pd.DataFrame) -> np.ndarray:
+    """Per row: ± std for seed groups, the bootstrap interval for single runs, else none."""
+    lo = np.zeros(len(df))
+    hi = np.zeros(len(df))
+    for i, (_, r) in enumerate(df.iterrows()):
+        if pd.notna(r.get("overall_std")) and (r.get("seeds") or 1) > 1:
+            lo[i] = hi[i] = 100 * r["overall_std"]
+        elif pd.notna(r.get("overall_lo")) and pd.notna(r.get("overall_hi")):
+            lo[i] = 100 * max(0.0, r["overall"] - r["overall_lo"])
+            hi[i] = 100 * max(0.0, r["overall_hi"] - r["overall"])
+    return np.vstack([lo, hi])
+
+
+def accuracy_vs_params(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
+    d = df[df["trainable_params"].notna() & df["overall"].notna()].reset_index(drop=True)
+    if not len(d):
+        return None
+    fig = _figure(7.5, 5)
+    ax = fig.add_subplot()
+    colors = _method_colors(d["method"])
+    x = np.maximum(d["trainable_params"].astype(float).to_numpy(), 1.0)  # 0 trainable (zero-shot) sits at 1
+    y = 100 * d["overall"].to_numpy(dtype=float)
+    total = d["total_params"].astype(float).fillna(0).to_numpy()
+    top = total.max() if total.max() > 0 else 1.0
+    sizes = 60 + 1400 * total / top
+    yerr = _yerr(d)
+    ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor="0.35", elinewidth=1, capsize=3, zorder=2)
+    for method in sorted(set(d["method"])):
+        m = (d["method"] == method).to_numpy()
+        ax.scatter(x[m], y[m], s=sizes[m], color=colors[method], alpha=0.55, edgecolors="black", linewidths=0.6,
+                   label=method, zorder=3)
+    raw = d["trainable_params"].astype(float).to_numpy()
+    for xi, yi, si, name, n in zip(x, y, sizes, d["expert"], raw):
+        radius = np.sqrt(si / np.pi)  # marker area is in points²: label just right of the bubble
+        ax.annotate(name + (" (0 trainable)" if n == 0 else ""), (xi, yi), xytext=(radius + 3, 0),
+                    textcoords="offset points", fontsize=7, va="center", zorder=4)
+    ax.set_xscale("log")
+    lo, hi = x.min(), x.max()
+    ax.set_xlim(lo / 3, hi * 6)
+    pad = max(2.0, 0.15 * (y.max() - y.min()))
+    ax.set_ylim(max(0, y.min() - pad), min(100, y.max() + pad))
+    ax.set_xlabel("trainable parameters (log scale)")
+    ax.set_ylabel("overall test accuracy (%)")
+    ax.set_title(f"{dataset}: accuracy vs trainable parameters\nbubble area ∝ total model size "
+                 f"(largest {_count(top)} params)", fontsize=10)
+    ax.grid(True, which="major", alpha=0.3)
+    leg = ax.legend(title="method", fontsize=8, title_fontsize=8, loc="best", markerscale=0.5)
+    for h in leg.legend_handles:
+        h.set_sizes([40])
+    return _save(fig, path)
+
+
+def _member_info(path: Path) -> tuple[np.ndarray | None, int, int]:
+    meta = json.loads((path / "meta.json").read_text())
+    config = json.loads((path / "config.json").read_text())
+    counts = meta.get("class_counts")
+    return (np.asarray(counts) if counts is not None else None,
+            int(config.get("many", 100)), int(config.get("few", 20)))
+
+
+def per_class_accuracy(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
+    rows = df[df["overall"].notna()].sort_values("overall", ascending=False, kind="stable")
+    note = ""
+    if len(rows) > MAX_LINES:
+        note = f" (best {MAX_LINES} of {len(rows)} by overall)"
+        rows = rows.head(MAX_LINES)
+    lines = []
+    counts = None
+    many = few = None
+    for _, r in rows.iterrows():
+        try:
+            accs = [_logits.per_class_accuracy(p) for p in r["_paths"]]
+            c, many_t, few_t = _member_info(r["_paths"][0])
+        except (RegistryError, OSError, ValueError):
+            continue
+        if c is None or len(c) != len(accs[0]):
+            continue
+        if counts is None:
+            counts, many, few = c, many_t, few_t
+        lines.append((r["expert"], c, np.nanmean(np.vstack(accs), axis=0)))
+    if not lines:
+        return None
+    order = np.argsort(-counts, kind="stable")
+    ncls = len(counts)
+    rank = np.arange(1, ncls + 1)
+    window = max(1, round(ncls / 40))
+    fig = _figure(9, 5)
+    ax = fig.add_subplot()
+    ax2 = ax.twinx()
+    ax2.fill_between(rank, counts[order], step="mid", color="0.85", zorder=0)
+    ax2.set_yscale("log")
+    ax2.set_ylabel("training images per class (grey, log)", color="0.4")
+    ax2.tick_params(axis="y", colors="0.4")
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"] if len(lines) <= 10 else colormaps["tab20"]
+    for i, (name, c, acc) in enumerate(lines):
+        sorted_acc = 100 * acc[np.argsort(-c, kind="stable")]
+        smooth = pd.Series(sorted_acc).rolling(window, center=True, min_periods=1).mean().to_numpy()
+        ax.plot(rank, smooth, color=cmap(i % cmap.N), linewidth=1.6, label=name)
+    groups = shot_groups(counts, many, few)[order]
+    bounds = np.flatnonzero(np.diff(groups)) + 1  # first rank of each next group (0-based)
+    for b in bounds:
+        ax.axvline(b + 0.5, color="black", linestyle="--", linewidth=1)
+    edges = [0, *bounds.tolist(), ncls]
+    names = {0: f"many (>{many})", 1: f"medium ({few}–{many})", 2: f"few (<{few})"}
+    for a, b in zip(edges[:-1], edges[1:]):
+        ax.text((a + b) / 2 + 0.5, 1.01, f"{names[int(groups[a])]}: {b - a}", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xlim(0.5, ncls + 0.5)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("class rank by training count (most frequent first)")
+    ax.set_ylabel(f"test accuracy per class (%, rolling mean over {window})" if window > 1 else "test accuracy per class (%)")
+    ax.set_title(f"{dataset}: per-class accuracy vs training frequency{note}", fontsize=10, pad=18)
+    ax.grid(True, alpha=0.25)
+    ax.legend(fontsize=7, loc="lower left", ncol=2 if len(lines) > 6 else 1)
+    return _save(fig, path)
+
+
+def shot_group_bars(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
+    d = df[df[["many", "medium", "few"]].notna().any(axis=1)].reset_index(drop=True)
+    if not len(d):
+        return None
+    n = len(d)
+    fig = _figure(min(30.0, max(6.0, 0.75 * n + 2)), 4.8)
+    ax = fig.add_subplot()
+    width = 0.26
+    xs = np.arange(n)
+    for j, g in enumerate(("many", "medium", "few")):
+        vals = 100 * d[g].astype(float).fillna(0).to_numpy()
+        err = None
+        if f"{g}_std" in d:
+            err = 100 * d[f"{g}_std"].astype(float).fillna(0).to_numpy()
+        ax.bar(xs + (j - 1) * width, vals, width, yerr=err, capsize=2, color=GROUP_COLORS[g], label=g,
+               error_kw={"elinewidth": 0.8})
+    ax.scatter(xs, 100 * d["overall"].astype(float).to_numpy(), marker="D", color="black", s=18, zorder=3,
+               label="overall")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(d["expert"], rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{dataset}: accuracy by shot group (error bars: std over seeds)", fontsize=10)
+    ax.grid(True, axis="y", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _save(fig, path)
+
+
+PLOTS = {"accuracy_vs_params": accuracy_vs_params, "per_class_accuracy": per_class_accuracy,
+         "shot_groups": shot_group_bars}
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s)
+
+
+def write_plots(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """Write every plot for every dataset in `df` (a frame from `collect(..., with_paths=True)`)."""
+    if "_paths" not in df.columns:
+        raise ValueError("write_plots needs collect(..., with_paths=True)")
+    out = Path(out_dir)
+    datasets = sorted(df["dataset"].dropna().unique())
+    if datasets:
+        out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ds in datasets:
+        sub = df[df["dataset"] == ds]
+        suffix = "" if len(datasets) == 1 else f"-{_slug(ds)}"
+        for stem, fn in PLOTS.items():
+            p = fn(sub, out / f"{stem}{suffix}.png", ds)
+            if p is not None:
+                written.append(p)
+    return written
