@@ -19,7 +19,9 @@ err = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    err.print(f"[red]error:[/] {e}", highlight=False, markup=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 

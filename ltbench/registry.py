@@ -172,7 +172,7 @@ class Registry:
             for split, (lg, labels) in logits.items():
                 save_file(
                     {"logits": lg.detach().to(torch.float16).contiguous().cpu(),
-                     "labels": torch.as_tensor(np.asarray(labels), dtype=torch.int64)},
+                     "labels": torch.as_tensor(np.ascontiguousarray(labels), dtype=torch.int64)},
                     str(tmp / "logits" / f"{_quote(split)}.safetensors"),
                 )
             _write_json(tmp / "metrics.json", metrics)

@@ -104,21 +104,26 @@ class Trainer:
         return DataLoader(TorchSplit(split, self.eval_tf), batch_size=self.run["eval_batch_size"],
                           shuffle=False, num_workers=self.run["num_workers"])
 
-    def _cached_features(self, meter: Meter) -> TensorDataset:
+    def _cached_features(self, meter: Meter, train) -> TensorDataset:
         """Frozen features of un-augmented training images, charged once to the budget."""
-        loader = self._eval_loader(self.data.train)
+        loader = self._eval_loader(train)
         x0 = next(iter(loader))[0][:1].to(self.device)
         with torch.no_grad():
             flops_per_image = count_flops(lambda: self.method.embed(x0))
         with Stopwatch(self.device) as sw:
             feats = run_batches(self.method.embed, loader, self.device)
         meter.charge(flops=flops_per_image * len(feats), seconds=sw.elapsed)
-        return TensorDataset(feats, torch.as_tensor(self.data.train.labels), torch.arange(len(feats)))
+        return TensorDataset(feats, torch.as_tensor(train.labels), torch.arange(len(feats)))
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, budget: Budget, resume: bool = False) -> TrainResult:
         phases = self.method.phases()
-        total_share = sum(p.share for p in phases)
+        by_epochs = budget.unit == "epochs"
+
+        def share(p: Phase) -> float:
+            return p.epoch_share if by_epochs and p.epoch_share is not None else p.share
+
+        total_share = sum(share(p) for p in phases)
         result = TrainResult()
         state = self._load_checkpoint() if resume else None
         for i, phase in enumerate(phases):
@@ -126,7 +131,7 @@ class Trainer:
                 result.phases.append(state["phase_log"][i])
                 result.spent.add(Spent(**state["phase_log"][i]["spent"]))
                 continue
-            meter = Meter(budget.scaled(phase.share / total_share))
+            meter = Meter(budget.scaled(share(phase) / total_share))
             log = self._fit_phase(i, phase, meter, state if state and state["phase"] == i else None, result)
             result.phases.append(log)
             result.spent.add(meter.spent)
@@ -139,17 +144,21 @@ class Trainer:
         method.requires_grad_(False)
         for p in phase.parameters:
             p.requires_grad_(True)
+        train = self.data.train
+        if phase.subset is not None:
+            train = train.subset(phase.subset(train.labels, self.run["seed"]))
+        counts = np.bincount(train.labels, minlength=self.data.num_classes)
         loss_name = phase.loss or cfg.loss
-        loss_fn = build_loss(loss_name, self.data.class_counts, **phase.loss_kwargs).to(device)
+        loss_fn = build_loss(loss_name, counts, **phase.loss_kwargs).to(device)
         if phase.cache_features:
-            dataset = self._cached_features(meter)
+            dataset = self._cached_features(meter, train)
             forward = method.classify
         else:
-            dataset = TorchSplit(self.data.train, self.train_tf)
+            dataset = TorchSplit(train, self.train_tf)
             forward = method
         kind = phase.sampler or cfg.sampler
         bs = min(cfg.batch_size, len(dataset))
-        batches = build_batch_sampler(kind, self.data.train.labels, bs, seed=self.run["seed"] + 1000 * index)
+        batches = build_batch_sampler(kind, train.labels, bs, seed=self.run["seed"] + 1000 * index)
         loader = DataLoader(dataset, batch_sampler=batches,
                             num_workers=0 if phase.cache_features else self.run["num_workers"])
         optimizer = make_optimizer(phase, cfg)
@@ -225,9 +234,11 @@ class Trainer:
                         break
                 self._save_checkpoint(index, epoch, method, optimizer, meter, flops_per_image, step_seconds, result)
                 epoch += 1
+        if phase.on_end is not None:
+            phase.on_end()
         return {"phase": phase.name, "spent": meter.spent.as_dict(), "budget": str(meter.budget),
                 "final_loss": float(np.mean(losses[-10:])) if losses else None,
-                "loss": phase.loss or cfg.loss, "sampler": phase.sampler or cfg.sampler}
+                "loss": loss_name, "sampler": kind, "train_images": len(train)}
 
     # -- checkpoints ----------------------------------------------------------------------
     def _save_checkpoint(self, phase, epoch, method, optimizer, meter, flops_per_image, step_seconds, result) -> None:

@@ -32,4 +32,4 @@ def create_method(name: str, backbone: Backbone, num_classes: int, class_counts:
     return cls(backbone, num_classes, cls.Config(**overrides), class_counts, classnames)
 
 
-from . import adaptformer, full_ft, linear_probe, lit, lora, lpt, lpt_pp, vpt, zero_shot  # noqa: E402,F401
+from . import adaptformer, full_ft, linear_probe, lit, lora, lpt, lpt_pp, lt_soups, vpt, zero_shot  # noqa: E402,F401

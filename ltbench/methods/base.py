@@ -46,12 +46,17 @@ class Phase:
     name: str
     param_groups: list[dict[str, Any]]  # [{"params": [...], "lr_scale": 1.0}, ...]
     share: float = 1.0
+    #: share under an epochs budget, when it differs (LT-Soups: equal epochs on subsets of unequal size)
+    epoch_share: float | None = None
     loss: str | None = None  # None: the method config's loss
     sampler: str | None = None
     cache_features: bool = False  # train `classify` on cached `embed` outputs of un-augmented images
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
     dual_eta: float = 0.5  # dual sampler: the instance half's weight starts at eta and decays to 0
     on_start: Callable[[], None] | None = None  # e.g. switch the method's forward to this phase
+    on_end: Callable[[], None] | None = None  # e.g. merge this phase's weights into a soup
+    #: train on a subset of the training split: (train labels, seed) -> indices (LT-Soups' caps)
+    subset: Callable[[np.ndarray, int], np.ndarray] | None = None
 
     @property
     def parameters(self) -> list[nn.Parameter]:

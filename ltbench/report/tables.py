@@ -135,7 +135,8 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
         for name in wanted:
             if name not in known:
                 registry.get(name)  # raises, with "did you mean"
-        rows = [r for r in rows if r["name"] in set(wanted)]
+        keep = set(wanted)
+        rows = [r for r in rows if r["name"] in keep]
     rows = [r for r in rows if not (dataset and r["dataset"] != dataset) and not (method and r["method"] != method)]
     singles = [_expert_row(registry, r) for r in rows]
 

@@ -1,0 +1,425 @@
+"""Suites: every method of a comparison under one budget, then fusion, then the report.
+
+A suite is a YAML file (`ltbench bench SUITE.yaml`; `ltbench demo` runs the built-in
+`ltbench/suites/demo.yaml`):
+
+    name: demo                     # expert names: <name>-<label>-s<seed>; report: <home>/reports/<name>
+    dataset: fashion-mnist-lt
+    backbone: dinov2-s14           # default backbone of every run
+    budget: 45s                    # ONE budget for every run: epochs | steps | flops | seconds
+    seeds: [0]                     # every run (and fusion) once per seed
+    set: {img_size: 56}            # --set keys common to every run
+    runs:
+      - method: linear-probe       # label defaults to the method name
+      - method: lpt
+        set: {lr: 0.05}            # the run's own --set keys (win over the suite's)
+      - label: lit                 # a label names a run (needed when a method appears twice)
+        method: lit
+        backbone: clip:dinov2-minilm
+      - label: lpt++-vl
+        method: lpt++
+        backbone: clip:dinov2-minilm
+        init: lit                  # start from an earlier run of the suite (→ --set init=<its expert>)
+    fusions:
+      - label: moe                 # fused expert: <name>-<label>-s<seed>
+        experts: [lpt, lpt++-vl]   # run labels
+        scorer: moe                # mean | search | learned | moe
+        trials: 200
+
+The whole suite is validated before anything trains: every run is resolved through
+`config.resolve_config`, so an unknown key, method, dataset or budget fails at once, with
+the file and the place in it. Runs already registered are skipped (a suite resumes where it
+stopped); a registered run whose stored config disagrees with the suite is an error rather
+than a silently stale row. The trainer enforces the budget (a run stops before the step that
+would overrun it) and the report shows what each run spent.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ._registry import UnknownNameError
+from .config import RUN_DEFAULTS, ConfigError, resolve_config
+from .registry import Registry
+
+SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "runs", "fusions")
+RUN_KEYS = ("label", "method", "backbone", "set", "init")
+FUSION_KEYS = ("label", "experts", "scorer", "trials", "objective", "per_group")
+REQUIRED = ("dataset", "backbone", "budget", "runs")
+#: Keys that do not change what a run computes: a registered expert may differ here.
+_OPERATIONAL = ("name", "resume", "device", "num_workers", "eval_batch_size")
+
+
+class SuiteError(ConfigError):
+    """A suite file that cannot run as written; the message names the file and the bad key."""
+
+
+@dataclass
+class RunSpec:
+    label: str
+    method: str
+    backbone: str
+    sets: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+
+
+@dataclass
+class FusionSpec:
+    label: str
+    experts: list[str]
+    scorer: str = "moe"
+    trials: int = 200
+    objective: str = "balanced"
+    per_group: bool = False
+
+
+@dataclass
+class Job:
+    """One unit of work of a suite: a run to train or a fusion to fit, for one seed."""
+
+    kind: str  # "run" | "fusion"
+    label: str
+    name: str  # the registered expert's name
+    seed: int
+    run: dict[str, Any] | None = None  # resolved config (runs)
+    explicit: dict[str, Any] | None = None  # what the suite sets (runs): checked against a registered expert
+    fusion: FusionSpec | None = None
+    members: list[str] | None = None  # expert names (fusions)
+
+
+@dataclass
+class Suite:
+    name: str
+    dataset: str
+    backbone: str
+    budget: str
+    seeds: list[int]
+    sets: dict[str, Any]
+    runs: list[RunSpec]
+    fusions: list[FusionSpec]
+    source: str = "<suite>"
+    description: str = ""
+    jobs: list[Job] = field(default_factory=list)
+
+    def expert_name(self, label: str, seed: int) -> str:
+        return f"{self.name}-{label}-s{seed}"
+
+    @property
+    def names(self) -> list[str]:
+        return [j.name for j in self.jobs]
+
+
+# -- loading and validation ------------------------------------------------------------------
+def _hint(key: str, known) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def _check_keys(where: str, data: dict, known: tuple[str, ...], source: str) -> None:
+    for key in data:
+        if key not in known:
+            raise SuiteError(f"{source}: {where}unknown key {key!r}.{_hint(key, known)} Known keys: {', '.join(known)}")
+
+
+def _mapping(value: Any, what: str, source: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SuiteError(f"{source}: {what} must be a mapping of key: value, got {type(value).__name__}")
+    return dict(value)
+
+
+def _label_ok(label: Any, where: str, source: str) -> str:
+    if not isinstance(label, str) or not label.strip() or "/" in label or label.startswith("."):
+        raise SuiteError(f"{source}: {where}label {label!r} must be a non-empty string without '/'")
+    return label
+
+
+def _check_backbone(name: str, where: str, source: str) -> None:
+    """Fail on an unknown backbone name before any run builds a model (no weights are loaded)."""
+    import timm
+
+    from .experts.backbones import BACKBONES, create_backbone
+
+    if name.startswith("clip:"):
+        import open_clip
+
+        from .experts.clip import CLIP_BACKBONES
+
+        body = name[len("clip:"):]
+        if body in CLIP_BACKBONES or body.partition("/")[0] in open_clip.list_models():
+            return
+    elif name in BACKBONES or name in timm.list_models():
+        return
+    try:
+        create_backbone(name, pretrained=False)  # raises its "did you mean" for unknown names
+    except UnknownNameError as e:
+        raise SuiteError(f"{source}: {where}{e}") from None
+
+
+def parse_suite(data: Any, source: str = "<suite>") -> Suite:
+    """Validate a suite mapping (as read from YAML) and resolve every run of it; nothing trains."""
+    if not isinstance(data, dict):
+        raise SuiteError(f"{source}: a suite is a mapping of keys ({', '.join(SUITE_KEYS)}), "
+                         f"got {type(data).__name__}")
+    _check_keys("", data, SUITE_KEYS, source)
+    for key in REQUIRED:
+        if data.get(key) in (None, "", []):
+            raise SuiteError(f"{source}: missing required key {key!r}")
+    name = data.get("name") or Path(source).stem
+    _label_ok(name, "suite name: ", source)
+    seeds = data.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds)):
+        raise SuiteError(f"{source}: seeds must be a list of distinct integers, e.g. [0, 1, 2], got {seeds!r}")
+    common = _mapping(data.get("set"), "set", source)
+    for key in ("name", "seed", "budget", "dataset", "resume"):
+        if key in common:
+            raise SuiteError(f"{source}: set: {key!r} is decided by the suite, not by --set keys")
+    if not isinstance(data["runs"], list):
+        raise SuiteError(f"{source}: runs must be a list of runs (each with a method), got {type(data['runs']).__name__}")
+
+    runs: list[RunSpec] = []
+    labels: dict[str, RunSpec] = {}
+    for i, raw in enumerate(data["runs"]):
+        if isinstance(raw, str):
+            raw = {"method": raw}
+        if not isinstance(raw, dict):
+            raise SuiteError(f"{source}: runs[{i}] must be a mapping with a method, got {raw!r}")
+        if "budget" in raw or "budget" in (raw.get("set") or {}):
+            raise SuiteError(f"{source}: runs[{i}]: a suite has one budget for every run; "
+                             f"set it at the top level (budget: …)")
+        _check_keys(f"runs[{i}]: ", raw, RUN_KEYS, source)
+        if not raw.get("method"):
+            raise SuiteError(f"{source}: runs[{i}]: missing required key 'method'")
+        label = _label_ok(raw.get("label") or raw["method"], f"runs[{i}]: ", source)
+        where = f"runs[{i}] ({label}): "
+        if label in labels:
+            raise SuiteError(f"{source}: {where}label {label!r} is used twice; give one of the runs its own `label:`")
+        sets = _mapping(raw.get("set"), f"runs[{i}].set", source)
+        for key in ("name", "seed", "dataset", "resume"):
+            if key in sets:
+                raise SuiteError(f"{source}: {where}set: {key!r} is decided by the suite")
+        if "init" in sets:
+            raise SuiteError(f"{source}: {where}use `init: <label of an earlier run>` instead of set: init")
+        init = raw.get("init")
+        if init is not None:
+            if init not in labels:
+                later = any((r.get("label") or r.get("method")) == init
+                            for r in data["runs"][i + 1:] if isinstance(r, dict))
+                why = ("is a later run: list it before this one" if later
+                       else f"is no run of this suite.{_hint(init, labels)} Runs so far: {', '.join(labels) or 'none'}")
+                raise SuiteError(f"{source}: {where}init {init!r} {why}")
+        spec = RunSpec(label, str(raw["method"]), str(raw.get("backbone") or data["backbone"]), sets, init)
+        if init is not None and labels[init].backbone != spec.backbone:
+            raise SuiteError(f"{source}: {where}init {init!r} runs on {labels[init].backbone}, this run on "
+                             f"{spec.backbone}: a run can only start from one on the same backbone")
+        labels[label] = spec
+        runs.append(spec)
+
+    fusions: list[FusionSpec] = []
+    raw_fusions = data.get("fusions") or []
+    if not isinstance(raw_fusions, list):
+        raise SuiteError(f"{source}: fusions must be a list, got {type(raw_fusions).__name__}")
+    from .fusion import OBJECTIVES, SCORERS
+
+    for i, raw in enumerate(raw_fusions):
+        if not isinstance(raw, dict):
+            raise SuiteError(f"{source}: fusions[{i}] must be a mapping with experts, got {raw!r}")
+        _check_keys(f"fusions[{i}]: ", raw, FUSION_KEYS, source)
+        scorer = raw.get("scorer", "moe")
+        label = _label_ok(raw.get("label") or f"fuse-{scorer}", f"fusions[{i}]: ", source)
+        where = f"fusions[{i}] ({label}): "
+        if label in labels or label in {f.label for f in fusions}:
+            raise SuiteError(f"{source}: {where}label {label!r} is used twice; give the fusion its own `label:`")
+        experts = raw.get("experts")
+        if not isinstance(experts, list) or len(experts) < 2:
+            raise SuiteError(f"{source}: {where}experts must list at least two run labels, got {experts!r}")
+        for e in experts:
+            if e not in labels:
+                raise SuiteError(f"{source}: {where}expert {e!r} is no run of this suite.{_hint(e, labels)}"
+                                 f" Runs: {', '.join(labels)}")
+        if len(set(experts)) < len(experts):
+            raise SuiteError(f"{source}: {where}an expert is listed twice in {experts}")
+        try:
+            SCORERS.get(scorer)
+        except UnknownNameError as e:
+            raise SuiteError(f"{source}: {where}{e}") from None
+        objective = raw.get("objective", "balanced")
+        if objective not in OBJECTIVES:
+            raise SuiteError(f"{source}: {where}unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+        trials = raw.get("trials", 200)
+        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+            raise SuiteError(f"{source}: {where}trials must be a positive integer, got {trials!r}")
+        fusions.append(FusionSpec(label, list(experts), scorer, trials, objective, bool(raw.get("per_group", False))))
+
+    suite = Suite(name=name, dataset=str(data["dataset"]), backbone=str(data["backbone"]), budget=str(data["budget"]),
+                  seeds=seeds, sets=common, runs=runs, fusions=fusions, source=source,
+                  description=str(data.get("description") or ""))
+    suite.jobs = plan(suite)
+    return suite
+
+
+def plan(suite: Suite) -> list[Job]:
+    """Resolve every run (so a bad key fails before anything trains) into the suite's jobs, in order."""
+    src = suite.source
+    for bb in dict.fromkeys([suite.backbone] + [r.backbone for r in suite.runs]):
+        _check_backbone(bb, "backbone: ", src)
+    jobs: list[Job] = []
+    for seed in suite.seeds:
+        for i, spec in enumerate(suite.runs):
+            name = suite.expert_name(spec.label, seed)
+            flags = {"dataset": suite.dataset, "backbone": spec.backbone, "method": spec.method,
+                     "budget": suite.budget, "seed": seed, "name": name}
+            sets = {**suite.sets, **spec.sets}
+            if spec.init is not None:
+                sets["init"] = suite.expert_name(spec.init, seed)
+            try:
+                run = resolve_config(flags, sets)
+            except UnknownNameError as e:
+                raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}") from None
+            except ConfigError as e:
+                raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}".replace("--set ", "set: ")) from None
+            jobs.append(Job("run", spec.label, name, seed, run=run, explicit={**flags, **sets}))
+        for f in suite.fusions:
+            members = [suite.expert_name(e, seed) for e in f.experts]
+            jobs.append(Job("fusion", f.label, suite.expert_name(f.label, seed), seed, fusion=f, members=members))
+    return jobs
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file (YAML or JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: no such suite file") from None
+    except IsADirectoryError:
+        raise SuiteError(f"{path}: is a folder, not a suite file") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SuiteError(f"{path}: not valid YAML: {e}") from None
+    return parse_suite(data, str(path))
+
+
+def builtin_suite(name: str = "demo") -> Suite:
+    """A suite shipped in the package (`ltbench/suites/<name>.yaml`)."""
+    res = resources.files("ltbench") / "suites" / f"{name}.yaml"
+    if not res.is_file():
+        raise SuiteError(f"no built-in suite {name!r}")
+    return parse_suite(yaml.safe_load(res.read_text()), f"<built-in>/suites/{name}.yaml")
+
+
+# -- running ------------------------------------------------------------------------------
+def _norm(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _stale(job: Job, config: dict[str, Any]) -> list[str]:
+    """The keys the suite sets whose value differs in an already registered expert's config."""
+    diffs = []
+    for key, want in (job.explicit or {}).items():
+        if key in _OPERATIONAL:
+            continue
+        if key in RUN_DEFAULTS or key in ("method", "backbone", "dataset", "budget", "seed"):
+            have, want = config.get(key), job.run.get(key)
+            if key == "img_size" and want is None:
+                continue
+        elif key in job.run["method_config"]:
+            have, want = (config.get("method_config") or {}).get(key), job.run["method_config"][key]
+        else:
+            have, want = (config.get("data") or {}).get(key), job.run["data"].get(key)
+        if key == "budget":
+            from .budget import parse_budget
+
+            have, want = str(parse_budget(have)) if have else have, str(parse_budget(want))
+        if _norm(have) != _norm(want):
+            diffs.append(f"{key}: registered {have!r}, suite {want!r}")
+    return diffs
+
+
+def _stale_fusion(job: Job, config: dict[str, Any]) -> list[str]:
+    f = job.fusion
+    want = {"experts": job.members, "scorer": f.scorer, "trials": f.trials, "objective": f.objective,
+            "per_group": f.per_group}
+    return [f"{k}: registered {config.get(k)!r}, suite {v!r}" for k, v in want.items() if _norm(config.get(k)) != _norm(v)]
+
+
+def check_registered(suite: Suite, registry: Registry) -> list[str]:
+    """Names of the suite's experts already registered; an error if one was made differently."""
+    done = []
+    for job in suite.jobs:
+        if job.name not in registry:
+            continue
+        config = registry.get(job.name).config
+        diffs = _stale(job, config) if job.kind == "run" else _stale_fusion(job, config)
+        if diffs:
+            raise SuiteError(f"{suite.source}: expert {job.name!r} is registered with a different config "
+                             f"({'; '.join(diffs)}). Remove it (`ltbench rm {job.name}`) or rename the suite.")
+        done.append(job.name)
+    return done
+
+
+def run_suite(suite: Suite, registry: Registry | None = None, console: Console | None = None,
+              quiet: bool = False, train: Callable | None = None, fuse: Callable | None = None) -> list[str]:
+    """Train every run of the suite that is not registered yet, then fit its fusions; the experts' names.
+
+    One progress bar covers the whole suite (jobs done / total, the current job as its
+    description); each run's own bar appears under it. `train` / `fuse` default to
+    `train.train_expert` / `fusion.fuse_experts` (tests count calls through them).
+    """
+    from .fusion import fuse_experts
+    from .train import train_expert
+
+    train = train or train_expert
+    fuse = fuse or fuse_experts
+    registry = registry or Registry()
+    console = console or Console(stderr=True)
+    done = set(check_registered(suite, registry))
+    progress = Progress(TextColumn(f"[bold]suite {suite.name}[/]"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.description}"), TimeElapsedColumn(),
+                        console=console, disable=quiet, transient=False)
+    with progress:
+        task = progress.add_task("", total=len(suite.jobs))
+        for job in suite.jobs:
+            if job.name in done:
+                progress.update(task, advance=1, description=f"{job.name} (registered)")
+                continue
+            progress.update(task, description=f"{job.name} ({job.kind})")
+            if job.kind == "run":
+                train(job.run, registry=registry, console=console, quiet=quiet)
+            else:
+                f = job.fusion
+                fuse(job.members, f.scorer, name=job.name, trials=f.trials, objective=f.objective, seed=job.seed,
+                     per_group=f.per_group, registry=registry, console=console, quiet=quiet)
+            progress.update(task, advance=1)
+        progress.update(task, description="done")
+    return suite.names
+
+
+def default_report_dir(suite: Suite, registry: Registry) -> Path:
+    return registry.home / "reports" / suite.name
+
+
+def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path | None = None,
+                 plots: bool = True):
+    """The report of exactly the suite's experts: (rich table, files written into `out`)."""
+    from .report import collect, rich_table, write_plots, write_report
+
+    registry = registry or Registry()
+    out = Path(out) if out is not None else default_report_dir(suite, registry)
+    df = collect(registry, experts=suite.names, with_paths=plots)
+    written = write_report(df, out)
+    if plots:
+        written += write_plots(df, out)
+    return rich_table(df, title=f"ltbench suite {suite.name} — test accuracy (%), budget {suite.budget} a run"), written
