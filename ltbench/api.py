@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -18,20 +18,11 @@ from .report import collect, render, rich_table
 from .train import TrainingError, train_expert
 from .fusion import FusionError, fuse_experts
 
+if TYPE_CHECKING:
+    from .bench import Suite
+
 USER_ERRORS = (UnknownNameError, BudgetError, ConfigError, DataError, BackboneError, RegistryError, TrainingError)
 USER_ERRORS += (FusionError,)  # `ltbench fuse`: mismatched experts, missing val logits, bad options
-
-#: The built-in offline comparison (`ltbench demo`): sized to finish in minutes on 2 CPU cores.
-DEMO_RUNS: list[dict[str, Any]] = [
-    {"name": "demo-linear-probe", "method": "linear-probe", "budget": "30epochs"},
-]
-DEMO_COMMON: dict[str, Any] = {
-    "dataset": "fashion-mnist-lt",
-    "backbone": "dinov2-s14",
-    "seed": 0,
-    "set": {"img_size": 56, "test_per_class": 200},
-}
-
 
 def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str | Path | None = None,
           registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
@@ -115,19 +106,28 @@ def list_methods() -> list[tuple[str, str]]:
     return [(n, METHODS.help(n)) for n in METHODS]
 
 
-def demo(registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
-         runs: Iterable[dict[str, Any]] | None = None) -> list[str]:
-    """Train every demo run not yet registered (so a second demo only reports)."""
+def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: bool = True,
+          registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
+    """`ltbench bench SUITE.yaml`: train the suite's missing runs, fit its fusions, write its report.
+
+    Returns (the rich table, the files written, the suite's expert names). The report covers
+    exactly the suite's experts and goes to `out` (default <LTBENCH_HOME>/reports/<suite name>).
+    """
+    from .bench import Suite, load_suite, report_suite, run_suite
+
     registry = registry or Registry()
-    names = []
-    for spec in runs or DEMO_RUNS:
-        spec = {**DEMO_COMMON, **spec, "set": {**DEMO_COMMON["set"], **spec.get("set", {})}}
-        names.append(spec["name"])
-        if spec["name"] in registry:
-            continue
-        sets = spec.pop("set")
-        train_expert(resolve_config(spec, sets), registry=registry, console=console, quiet=quiet)
-    return names
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    names = run_suite(suite, registry=registry, console=console, quiet=quiet)
+    table, written = report_suite(suite, registry=registry, out=out, plots=plots)
+    return table, written, names
+
+
+def demo(registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
+         out: str | Path | None = None, plots: bool = True):
+    """`ltbench demo`: the built-in suite (ltbench/suites/demo.yaml) through `bench`."""
+    from .bench import builtin_suite
+
+    return bench(builtin_suite("demo"), out=out, plots=plots, registry=registry, console=console, quiet=quiet)
 
 
 def fuse(experts: str | list[str], scorer: str = "moe", trials: int = 200, name: str | None = None,

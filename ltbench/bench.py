@@ -176,6 +176,12 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
             raise SuiteError(f"{source}: missing required key {key!r}")
     name = data.get("name") or Path(source).stem
     _label_ok(name, "suite name: ", source)
+    from .budget import BudgetError, parse_budget
+
+    try:
+        parse_budget(str(data["budget"]))
+    except BudgetError as e:
+        raise SuiteError(f"{source}: budget: {e}") from None
     seeds = data.get("seeds", [0])
     seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
     if (not isinstance(seeds, list) or not seeds

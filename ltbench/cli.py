@@ -53,14 +53,19 @@ def train(
     weights: Optional[str] = typer.Option(None, help="local backbone weights file (offline use of hub models)"),
     root: Optional[str] = typer.Option(None, help="dataset root folder"),
     resume: bool = typer.Option(False, help="continue from the run's last checkpoint"),
+    skip_bad_images: bool = typer.Option(False, help="drop unreadable images (counted in the metrics) instead of failing"),
+    ood: List[str] = typer.Option([], "--ood", help="extra OOD set NAME=PATH (e.g. imagenet-r=/data/imagenet-r); repeatable"),
     set_: List[str] = typer.Option([], "--set", help="key=value override of any run, method or dataset key"),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON file of keys (flags and --set win)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Train an expert and register it (delta weights, cached logits, metrics, provenance)."""
     flags = dict(dataset=dataset, backbone=backbone, method=method, budget=budget, loss=loss, sampler=sampler,
-                 seed=seed, name=name, weights=weights, root=root, resume=resume or None)
+                 seed=seed, name=name, weights=weights, root=root, resume=resume or None, ood=ood or None,
+                 skip_bad_images=skip_bad_images or None)
     expert = api.train(flags, set_, config, console=err, quiet=quiet)
+    if expert is None:  # a non-zero rank of a torchrun job: rank 0 registers and reports
+        return
     out.print(f"registered [bold]{expert.name}[/] in {expert.path}")
     out.print(api.report_table(experts=[expert.name]))
 
@@ -166,12 +171,36 @@ def methods() -> None:
         out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)
 
 
+def _print_suite_result(table, written) -> None:
+    out.print(table)
+    if written:
+        err.print(f"wrote {len(written)} files to {written[0].parent}: {', '.join(p.name for p in written)}",
+                  highlight=False, soft_wrap=True)
+
+
 @app.command()
 @_guard
-def demo(quiet: bool = typer.Option(False, help="no progress bars")) -> None:
-    """Run the built-in offline comparison on fashion-mnist-lt with dinov2-s14, then report."""
-    names = api.demo(console=err, quiet=quiet)
-    out.print(api.report_table(experts=names))
+def bench(
+    suite: Path = typer.Argument(..., help="suite file (YAML): dataset, backbone, budget, seeds, runs, fusions"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="report folder (default <LTBENCH_HOME>/reports/<suite name>)"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="also write the PNG plots into the report folder"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+) -> None:
+    """Run a suite: every method under one budget (registered runs are skipped), fusions, then the report."""
+    table, written, _ = api.bench(suite, out=out_dir, plots=plots, console=err, quiet=quiet)
+    _print_suite_result(table, written)
+
+
+@app.command()
+@_guard
+def demo(
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="report folder (default <LTBENCH_HOME>/reports/demo)"),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="also write the PNG plots into the report folder"),
+    quiet: bool = typer.Option(False, help="no progress bars"),
+) -> None:
+    """Run the built-in offline suite on fashion-mnist-lt with dinov2-s14, then report (table + plots)."""
+    table, written, _ = api.demo(console=err, quiet=quiet, out=out_dir, plots=plots)
+    _print_suite_result(table, written)
 
 
 def main() -> None:  # `python -m ltbench`

@@ -35,6 +35,12 @@ RUN_DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
     "pretrained": True,
     "resume": False,
+    "ood": [],
+    "augment": True,  # random resized crop + flip on training images
+    "skip_bad_images": False,  # drop unreadable images (counted in the metrics) instead of failing
+    "amp": "auto",  # bf16 autocast: auto = on CUDA only
+    "channels_last": False,  # CUDA only
+    "compile": False,  # torch.compile the training forward  # extra OOD sets, NAME=PATH (imagenet-sketch, imagenet-r, imagenet-a, imagenet-v2)
 }
 
 

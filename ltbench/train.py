@@ -18,11 +18,13 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from .budget import Budget, Meter, Spent, Stopwatch, count_flops, parse_budget
 from .data import LTDataset, TorchSplit, create_dataset
 from .data.samplers import build_batch_sampler
+from .distributed import Dist, ShardedBatchSampler, all_ranks_sum, device_for, gather_rows, init_distributed
 from .data.transforms import build_transform
 from .experts.backbones import create_backbone
 from .losses import build_loss
@@ -43,6 +45,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """Every RNG an epoch draws from (timm's crops use `random`, flips and GCL noise use torch)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -58,12 +76,12 @@ def lr_factor(progress: float, warmup: float) -> float:
 
 
 def make_optimizer(phase: Phase, cfg) -> torch.optim.Optimizer:
-    groups = [{"params": g["params"], "lr": cfg.lr * g.get("lr_scale", 1.0), "lr_scale": g.get("lr_scale", 1.0)}
+    groups = [{"params": g["params"], "lr": cfg.effective_lr * g.get("lr_scale", 1.0), "lr_scale": g.get("lr_scale", 1.0)}
               for g in phase.param_groups]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.effective_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
     raise TrainingError(f"unknown optimizer {cfg.optimizer!r}: use sgd or adamw")
 
 
@@ -74,9 +92,27 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 @torch.no_grad()
-def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device) -> torch.Tensor:
-    outs = [fn(x.to(device)).float().cpu() for x, *_ in loader]
+def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
+                autocast: bool = False, channels_last: bool = False) -> torch.Tensor:
+    outs = []
+    for x, *_ in loader:
+        x = x.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            outs.append(fn(x).float().cpu())
     return torch.cat(outs) if outs else torch.empty(0)
+
+
+class _Classify(nn.Module):
+    """`method.classify` as a module, so DDP can wrap cached-feature phases too."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.method.classify(feats)
 
 
 @dataclass
@@ -86,33 +122,49 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs a method's phases under a budget on one device."""
+    """Runs a method's phases under a budget on one device (one rank of a distributed run)."""
 
     def __init__(self, method: Method, data: LTDataset, run: dict[str, Any], device: torch.device,
-                 console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False):
+                 console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False,
+                 dist: Dist | None = None):
         self.method, self.data, self.run, self.device = method, data, run, device
         self.cfg = method.cfg
+        self.dist = dist or Dist()
         self.console = console or Console(stderr=True)
         self.ckpt = ckpt_dir / "checkpoint.pt" if ckpt_dir else None
-        self.quiet = quiet
+        self.quiet = quiet or not self.dist.is_main
+        cuda = device.type == "cuda"
+        amp = run.get("amp", "auto")
+        self.autocast = cuda if amp == "auto" else bool(amp)  # bf16 on GPUs; fp32 on CPU unless asked
+        self.channels_last = bool(run.get("channels_last")) and cuda
+        self.pin = cuda
+        if self.channels_last:
+            method.to(memory_format=torch.channels_last)
         bb = method.info
-        self.train_tf = build_transform(bb.data_config, bb.img_size, train=True)
+        self.train_tf = build_transform(bb.data_config, bb.img_size, train=run.get("augment", True))
         self.eval_tf = build_transform(bb.data_config, bb.img_size, train=False)
 
     # -- data ----------------------------------------------------------------------------
+    def _loader(self, dataset, **kw) -> DataLoader:
+        workers = self.run["num_workers"]
+        return DataLoader(dataset, num_workers=workers, pin_memory=self.pin,
+                          persistent_workers=False, **kw)
+
     def _eval_loader(self, split) -> DataLoader:
-        return DataLoader(TorchSplit(split, self.eval_tf), batch_size=self.run["eval_batch_size"],
-                          shuffle=False, num_workers=self.run["num_workers"])
+        return self._loader(TorchSplit(split, self.eval_tf), batch_size=self.run["eval_batch_size"], shuffle=False)
 
     def _cached_features(self, meter: Meter, train) -> TensorDataset:
-        """Frozen features of un-augmented training images, charged once to the budget."""
-        loader = self._eval_loader(train)
+        """Frozen features of un-augmented training images, computed once (sharded over ranks)."""
+        d = self.dist
+        mine = train.subset(np.arange(d.rank, len(train), d.world)) if d.enabled else train
+        loader = self._eval_loader(mine)
         x0 = next(iter(loader))[0][:1].to(self.device)
         with torch.no_grad():
             flops_per_image = count_flops(lambda: self.method.embed(x0))
         with Stopwatch(self.device) as sw:
-            feats = run_batches(self.method.embed, loader, self.device)
-        meter.charge(flops=flops_per_image * len(feats), seconds=sw.elapsed)
+            feats = run_batches(self.method.embed, loader, self.device, self.autocast, self.channels_last)
+        feats = gather_rows(feats, len(train), d)
+        meter.charge(flops=flops_per_image * len(train), seconds=all_ranks_sum(sw.elapsed, d, self.device))
         return TensorDataset(feats, torch.as_tensor(train.labels), torch.arange(len(feats)))
 
     # -- the loop ------------------------------------------------------------------------
@@ -138,7 +190,7 @@ class Trainer:
         return result
 
     def _fit_phase(self, index: int, phase: Phase, meter: Meter, state: dict | None, result: TrainResult) -> dict:
-        cfg, method, device = self.cfg, self.method, self.device
+        cfg, method, device, d = self.cfg, self.method, self.device, self.dist
         if phase.on_start is not None:
             phase.on_start()
         method.requires_grad_(False)
@@ -152,24 +204,35 @@ class Trainer:
         loss_fn = build_loss(loss_name, counts, **phase.loss_kwargs).to(device)
         if phase.cache_features:
             dataset = self._cached_features(meter, train)
-            forward = method.classify
+            module: nn.Module = _Classify(method)
         else:
             dataset = TorchSplit(train, self.train_tf)
-            forward = method
+            module = method
         kind = phase.sampler or cfg.sampler
         bs = min(cfg.batch_size, len(dataset))
         batches = build_batch_sampler(kind, train.labels, bs, seed=self.run["seed"] + 1000 * index)
-        loader = DataLoader(dataset, batch_sampler=batches,
+        if d.enabled:
+            batches = ShardedBatchSampler(batches, d, halves=2 if kind == "dual" else 1)
+        loader = DataLoader(dataset, batch_sampler=batches, pin_memory=self.pin,
                             num_workers=0 if phase.cache_features else self.run["num_workers"])
+        forward = module
+        if d.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            forward = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
+                          find_unused_parameters=True)
+        if self.run.get("compile"):
+            forward = torch.compile(forward)
         optimizer = make_optimizer(phase, cfg)
         epoch, flops_per_image, step_seconds = 0, None, None
         if state is not None:
             method.load_delta(state["delta"])
+            method.load_resume_state(state.get("method_state", {}))
             optimizer.load_state_dict(state["optimizer"])
             meter.spent = Spent(**state["spent"])
             epoch = state["epoch"] + 1
             flops_per_image, step_seconds = state["flops_per_image"], state["step_seconds"]
-            torch.set_rng_state(state["torch_rng"])
+            set_rng_state(state["rng"])
         method.train()
         if not any(p.requires_grad for p in method.backbone.parameters()):
             method.backbone.eval()  # frozen: no dropout / drop-path noise in the features
@@ -181,20 +244,20 @@ class Trainer:
             task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
             done = False
             while not done and not meter.exhausted:
-                if hasattr(batches, "set_epoch"):
-                    batches.set_epoch(epoch)
-                elif hasattr(getattr(batches, "sampler", None), "set_epoch"):
-                    batches.sampler.set_epoch(epoch)
+                batches.set_epoch(epoch)
                 steps_per_epoch = len(loader)
                 for x, y, _ in loader:
+                    n_global = len(x) * d.world
                     cost = {"epochs": 1 / steps_per_epoch, "steps": 1,
-                            "flops": (flops_per_image or 0) * len(x), "seconds": step_seconds or 0}[meter.budget.unit]
+                            "flops": (flops_per_image or 0) * n_global, "seconds": step_seconds or 0}[meter.budget.unit]
                     if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost > meter.budget.amount * (1 + 1e-9):
-                        done = True  # the next step would overrun the budget: stop at it
+                        done = True  # the next step would overrun the budget: stop before it
                         break
                     for g in optimizer.param_groups:
                         g["lr"] = cfg.effective_lr * g["lr_scale"] * lr_factor(meter.fraction, cfg.warmup)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    if self.channels_last and x.dim() == 4:
+                        x = x.contiguous(memory_format=torch.channels_last)
                     weight = None
                     if kind == "dual":  # first half class-balanced (β = 1), second half instance (β decays)
                         half = len(x) // 2
@@ -202,11 +265,13 @@ class Trainer:
                         weight[half:] = phase.dual_eta * (1 - meter.fraction)
 
                     def step() -> torch.Tensor:
-                        out = forward(x)
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                            out = forward(x)
+                        out = out.float()
                         loss = loss_fn(out, y) if weight is None else loss_fn(out, y, weight)
                         extra = method.extra_loss()
                         if extra is not None:
-                            loss = loss + extra
+                            loss = loss + extra.float()
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         return loss
@@ -220,19 +285,21 @@ class Trainer:
                         else:
                             loss = step()
                         if not torch.isfinite(loss):
-                            raise TrainingError(
-                                f"{phase.name}: loss is {loss.item()} at step {meter.spent.steps + 1};"
-                                f" the last good checkpoint is {self.ckpt}")
+                            kept = f"the last good checkpoint is {self.ckpt}" if self.ckpt and self.ckpt.is_file() \
+                                else "no checkpoint was written yet"
+                            raise TrainingError(f"{phase.name}: loss is {loss.item()} at step {meter.spent.steps + 1}"
+                                                f" (epoch {epoch}); training stopped, {kept}")
                         optimizer.step()
-                    step_seconds = sw.elapsed if step_seconds is None else 0.9 * step_seconds + 0.1 * sw.elapsed
-                    meter.charge(steps=1, images=len(x), epochs=1 / steps_per_epoch,
-                                 flops=flops_per_image * len(x), seconds=sw.elapsed)
+                    seconds = all_ranks_sum(sw.elapsed, d, device)
+                    step_seconds = seconds if step_seconds is None else 0.9 * step_seconds + 0.1 * seconds
+                    meter.charge(steps=1, images=n_global, epochs=1 / steps_per_epoch,
+                                 flops=flops_per_image * n_global, seconds=seconds)
                     losses.append(loss.item())
                     progress.update(task, completed=meter.fraction, loss=losses[-1],
-                                    lr=optimizer.param_groups[-1]["lr"], ips=len(x) / max(sw.elapsed, 1e-9))
+                                    lr=optimizer.param_groups[-1]["lr"], ips=n_global / max(sw.elapsed, 1e-9))
                     if meter.exhausted:
                         break
-                self._save_checkpoint(index, epoch, method, optimizer, meter, flops_per_image, step_seconds, result)
+                self._save_checkpoint(index, epoch, optimizer, meter, flops_per_image, step_seconds, result)
                 epoch += 1
         if phase.on_end is not None:
             phase.on_end()
@@ -241,32 +308,38 @@ class Trainer:
                 "loss": loss_name, "sampler": kind, "train_images": len(train)}
 
     # -- checkpoints ----------------------------------------------------------------------
-    def _save_checkpoint(self, phase, epoch, method, optimizer, meter, flops_per_image, step_seconds, result) -> None:
-        if self.ckpt is None:
+    def _save_checkpoint(self, phase, epoch, optimizer, meter, flops_per_image, step_seconds, result) -> None:
+        """Everything a resumed run needs to continue exactly; written atomically by rank 0."""
+        if self.ckpt is None or not self.dist.is_main:
             return
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({
-            "phase": phase, "epoch": epoch, "delta": method.delta_state_dict(),
+            "phase": phase, "epoch": epoch, "delta": self.method.delta_state_dict(),
+            "method_state": self.method.resume_state(),
             "optimizer": optimizer.state_dict(), "spent": meter.spent.as_dict(),
             "flops_per_image": flops_per_image, "step_seconds": step_seconds,
-            "torch_rng": torch.get_rng_state(), "phase_log": result.phases,
+            "rng": rng_state(), "phase_log": list(result.phases),
             "config_hash": config_hash(self.run),
         }, self.ckpt)
 
     def _load_checkpoint(self) -> dict | None:
         if self.ckpt is None or not self.ckpt.is_file():
             return None
-        state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
+        except Exception as e:  # a checkpoint is written atomically, so this is outside damage
+            raise TrainingError(f"checkpoint {self.ckpt} cannot be read ({e}); remove it or drop --resume") from None
         if state.get("config_hash") != config_hash(self.run):
             raise TrainingError(f"checkpoint {self.ckpt} belongs to a different config; remove it or drop --resume")
         if state["phase"] > 0:  # earlier phases' tensors are part of the delta saved at this point
             self.method.load_delta(state["delta"])
+            self.method.load_resume_state(state.get("method_state", {}))
         return state
 
     # -- evaluation ----------------------------------------------------------------------
     def predict(self, split) -> torch.Tensor:
         self.method.eval()
-        return run_batches(self.method, self._eval_loader(split), self.device)
+        return run_batches(self.method, self._eval_loader(split), self.device, self.autocast, self.channels_last)
 
 
 def default_name(run: dict[str, Any]) -> str:
@@ -285,7 +358,11 @@ def build_all(run: dict[str, Any], registry: Registry | None = None) -> tuple[LT
 
     data = create_dataset(run["dataset"], root=run["root"], seed=run["seed"], **run["data"])
     data.many_threshold, data.few_threshold = run["many"], run["few"]
-    data.validate()
+    if run.get("ood"):
+        from .data import attach_ood
+
+        attach_ood(data, run["ood"])
+    data.validate(skip_bad_images=run.get("skip_bad_images", False))
     backbone = create_backbone(run["backbone"], img_size=run["img_size"], weights=run["weights"],
                                pretrained=run["pretrained"])
     init = run["method_config"].get("init")
@@ -315,8 +392,11 @@ def build_all(run: dict[str, Any], registry: Registry | None = None) -> tuple[LT
 
 
 def train_expert(run: dict[str, Any], registry: Registry | None = None, console: Console | None = None,
-                 quiet: bool = False) -> "Expert":  # noqa: F821
-    """Train one expert from a resolved config and register it; nothing is registered on failure."""
+                 quiet: bool = False) -> "Expert | None":  # noqa: F821
+    """Train one expert from a resolved config and register it; nothing is registered on failure.
+
+    Under torchrun every rank trains; rank 0 alone evaluates and registers (others return None).
+    """
     registry = registry or Registry()
     name = run["name"] or default_name(run)
     run = {**run, "name": name}
@@ -325,16 +405,19 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
 
         raise RegistryError(f"expert {name!r} is already registered in {registry.home}; pick --name or `ltbench rm {name}`")
     budget = parse_budget(run["budget"])
-    device = resolve_device(run["device"])
+    d = init_distributed(resolve_device(run["device"]))
+    device = device_for(str(resolve_device(run["device"])), d)
     seed_everything(run["seed"])
     t0 = time.perf_counter()
     data, method = build_all(run, registry)
-    img_size = method.info.img_size
-    run["img_size"] = img_size
+    run["img_size"] = method.info.img_size
     method.to(device)
-    trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.home / "runs" / name, quiet=quiet)
+    trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.home / "runs" / name, quiet=quiet, dist=d)
     result = trainer.fit(budget, resume=run["resume"])
-    logits = {}
+    if not d.is_main:
+        d.barrier()
+        return None
+    logits, artifacts = {}, {}
     with Stopwatch(device) as sw:
         for split, s in data.eval_splits().items():
             method.recorder = [] if split == "test" else None  # per-sample choices, e.g. LPT's prompts
@@ -345,15 +428,18 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     groups = data.shot_groups()
     subsets = {k: s.class_subset for k, s in data.eval_splits().items()}
     metrics = {split: evaluate_logits(lg, lb, groups, subsets[split]) for split, (lg, lb) in logits.items()}
+    if data.skipped:
+        metrics["skipped_images"] = data.skipped
     counts = method.param_counts()
     meta = {
         "created": now(), "git": git_hash(), "packages": package_versions(), "env": environment(device),
-        "seed": run["seed"], "config_hash": config_hash(run), "budget": str(budget),
+        "seed": run["seed"], "config_hash": config_hash(run), "budget": str(budget), "world_size": d.world,
         "spent": result.spent.as_dict(), "phases": result.phases, "eval_seconds": sw.elapsed,
         "wall_seconds": time.perf_counter() - t0, "params": counts,
         "shot_groups": {"many": int((groups == 0).sum()), "medium": int((groups == 1).sum()), "few": int((groups == 2).sum())},
         "class_counts": data.class_counts.tolist(), "classnames": data.classnames,
         "class_subsets": {k: [int(c) for c in v] for k, v in subsets.items() if v is not None},
+        "skipped_images": data.skipped,
     }
     expert = registry.register(name, {k: v for k, v in run.items() if k != "resume"}, method.delta_state_dict(),
                                logits, metrics, meta, extra_files=artifacts)
@@ -362,4 +448,5 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)
+    d.barrier()
     return expert

@@ -43,9 +43,22 @@ class Split:
     def subset(self, idx: Sequence[int] | np.ndarray) -> "Split":
         raise NotImplementedError
 
+    def unreadable(self) -> list[int]:
+        """Indices of samples whose image cannot be decoded (opens every image: slow, opt-in)."""
+        bad = []
+        for i in range(len(self)):
+            try:
+                self.image(i)
+            except DataError:
+                bad.append(i)
+        return bad
+
 
 class ArraySplit(Split):
     """Images held in memory as uint8 arrays (N×H×W grey or N×H×W×3 RGB)."""
+
+    def unreadable(self) -> list[int]:
+        return []
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_subset: np.ndarray | None = None):
         if len(images) != len(labels):
@@ -145,6 +158,21 @@ class LTDataset:
     few_threshold: int = 20
     #: The resolved source options (recorded in the expert's config).
     options: dict[str, Any] = field(default_factory=dict)
+    #: images dropped by `validate(skip_bad_images=True)`, per split
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def _drop_unreadable(self) -> None:
+        splits = {"train": self.train, "val": self.val, "test": self.test, **{f"ood:{k}": v for k, v in self.ood.items()}}
+        for name, split in splits.items():
+            bad = split.unreadable()
+            if not bad:
+                continue
+            self.skipped[name] = len(bad)
+            kept = split.subset(np.setdiff1d(np.arange(len(split)), bad))
+            if name.startswith("ood:"):
+                self.ood[name[4:]] = kept
+            else:
+                setattr(self, name, kept)
 
     @property
     def num_classes(self) -> int:
@@ -163,9 +191,15 @@ class LTDataset:
         out.update({f"ood:{k}": v for k, v in self.ood.items()})
         return out
 
-    def validate(self) -> None:
-        """Label range, empty training classes, readable files: fail before training starts."""
+    def validate(self, skip_bad_images: bool = False) -> None:
+        """Label range, empty training classes, readable files: fail before training starts.
+
+        With `skip_bad_images`, every image is opened and decoded once; unreadable or
+        truncated ones are dropped and counted in `self.skipped` instead of failing the run.
+        """
         c = self.num_classes
+        if skip_bad_images:
+            self._drop_unreadable()
         for split_name, split in [("train", self.train), ("val", self.val), ("test", self.test), *self.ood.items()]:
             bad = np.flatnonzero((split.labels < 0) | (split.labels >= c))
             if len(bad):

@@ -122,6 +122,13 @@ class Method(nn.Module):
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def resume_state(self) -> dict[str, Any]:
+        """State outside the delta that a resumed run needs (e.g. LT-Soups' partial soup)."""
+        return {}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        pass
+
     def extra_loss(self) -> torch.Tensor | None:
         """A term the last forward adds to the loss (LPT's key matching); None for most methods."""
         return None

@@ -110,6 +110,13 @@ class LTSoups(Method):
                 for n, p in self._weights().items():
                     p.copy_(self._soup[n])
 
+    def resume_state(self) -> dict[str, Any]:
+        return {"soup": self._soup, "merged": self._merged}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        if state:
+            self._soup, self._merged = state["soup"], state["merged"]
+
     def phases(self) -> list[Phase]:
         cfg = self.cfg
         counts = np.asarray(self.class_counts)
