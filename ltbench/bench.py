@@ -48,6 +48,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ._registry import UnknownNameError
 from .config import RUN_DEFAULTS, ConfigError, resolve_config
+from .methods import METHODS
 from .registry import Registry
 
 SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "runs", "fusions")
@@ -209,6 +210,10 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
             raise SuiteError(f"{source}: runs[{i}]: missing required key 'method'")
         label = _label_ok(raw.get("label") or raw["method"], f"runs[{i}]: ", source)
         where = f"runs[{i}] ({label}): "
+        try:
+            METHODS.get(str(raw["method"]))
+        except UnknownNameError as e:
+            raise SuiteError(f"{source}: {where}{e}") from None
         if label in labels:
             raise SuiteError(f"{source}: {where}label {label!r} is used twice; give one of the runs its own `label:`")
         sets = _mapping(raw.get("set"), f"runs[{i}].set", source)

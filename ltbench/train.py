@@ -104,15 +104,22 @@ def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     return torch.cat(outs) if outs else torch.empty(0)
 
 
-class _Classify(nn.Module):
-    """`method.classify` as a module, so DDP can wrap cached-feature phases too."""
+class _Step(nn.Module):
+    """One training forward as a module: (logits, extra loss term).
 
-    def __init__(self, method: Method):
+    The method's extra term (LPT's key matching) must be an output of the forward that DDP
+    sees, or DDP would count the parameters it reaches as unused; cached-feature phases
+    call `classify` instead of the full forward.
+    """
+
+    def __init__(self, method: Method, cached: bool):
         super().__init__()
-        self.method = method
+        self.method, self.cached = method, cached
 
-    def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.method.classify(feats)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.method.classify(x) if self.cached else self.method(x)
+        extra = self.method.extra_loss()
+        return out, extra if extra is not None else out.new_zeros(())
 
 
 @dataclass
@@ -204,10 +211,9 @@ class Trainer:
         loss_fn = build_loss(loss_name, counts, **phase.loss_kwargs).to(device)
         if phase.cache_features:
             dataset = self._cached_features(meter, train)
-            module: nn.Module = _Classify(method)
         else:
             dataset = TorchSplit(train, self.train_tf)
-            module = method
+        module = _Step(method, phase.cache_features)
         kind = phase.sampler or cfg.sampler
         bs = min(cfg.batch_size, len(dataset))
         batches = build_batch_sampler(kind, train.labels, bs, seed=self.run["seed"] + 1000 * index)
@@ -266,12 +272,10 @@ class Trainer:
 
                     def step() -> torch.Tensor:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                            out = forward(x)
+                            out, extra = forward(x)
                         out = out.float()
                         loss = loss_fn(out, y) if weight is None else loss_fn(out, y, weight)
-                        extra = method.extra_loss()
-                        if extra is not None:
-                            loss = loss + extra.float()
+                        loss = loss + extra.float()
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         return loss

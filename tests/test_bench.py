@@ -1,0 +1,165 @@
+"""`ltbench bench`: suite validation, one budget for every run, resuming, fusion, report files."""
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import ltbench.fusion
+import ltbench.train
+from conftest import TINY_DATA
+from ltbench.bench import SuiteError, builtin_suite, load_suite, run_suite
+from ltbench.cli import app
+from ltbench.registry import Registry
+
+runner = CliRunner()
+
+TINY_SUITE = {
+    "name": "tiny",
+    "dataset": "fashion-mnist-lt",
+    "backbone": "vit-tiny-test",
+    "budget": "3steps",
+    "seeds": [0],
+    "set": dict(TINY_DATA),
+    "runs": [
+        {"method": "linear-probe"},
+        {"method": "vpt-deep", "set": {"prompt_len": 2, "batch_size": 8}},
+    ],
+    "fusions": [{"label": "mean", "experts": ["linear-probe", "vpt-deep"], "scorer": "mean", "trials": 1}],
+}
+
+
+def runs(*specs):
+    """TINY_SUITE with other runs (and no fusions)."""
+    return {**TINY_SUITE, "runs": list(specs), "fusions": []}
+
+
+def write(tmp_path, data, name="suite.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def suite_error(tmp_path, data) -> str:
+    path = write(tmp_path, data)
+    with pytest.raises(SuiteError) as e:
+        load_suite(path)
+    assert str(path) in str(e.value)  # every message names the file
+    return str(e.value)
+
+
+def test_validation_errors_name_the_file_and_the_bad_key(tmp_path):
+    msg = suite_error(tmp_path, {**TINY_SUITE, "budjet": "3steps"})
+    assert "'budjet'" in msg and "Did you mean 'budget'" in msg
+
+    bad_method = runs({"method": "lpt+"})
+    msg = suite_error(tmp_path, bad_method)
+    assert "runs[0]" in msg and "unknown method 'lpt+'" in msg and "Did you mean 'lpt++'" in msg
+
+    no_dataset = {k: v for k, v in TINY_SUITE.items() if k != "dataset"}
+    assert "missing required key 'dataset'" in suite_error(tmp_path, no_dataset)
+
+    bad_set = runs({"method": "vpt-deep", "set": {"promt_len": 2}})
+    msg = suite_error(tmp_path, bad_set)
+    assert "runs[0] (vpt-deep)" in msg and "'promt_len'" in msg and "Did you mean 'prompt_len'" in msg
+
+    assert "unknown key 'lr'" in suite_error(tmp_path, runs({"method": "lpt", "lr": 1}))
+    assert "one budget" in suite_error(tmp_path, runs({"method": "lpt", "budget": "1steps"}))
+    assert "cannot parse budget" in suite_error(tmp_path, {**TINY_SUITE, "budget": "lots"})
+
+
+def test_init_must_name_an_earlier_run(tmp_path):
+    later = runs({"method": "lpt", "init": "base"}, {"label": "base", "method": "lpt"})
+    msg = suite_error(tmp_path, later)
+    assert "init 'base' is a later run" in msg
+
+    unknown = runs({"label": "base", "method": "lpt"}, {"method": "lpt++", "init": "bsae"})
+    msg = suite_error(tmp_path, unknown)
+    assert "init 'bsae' is no run of this suite" in msg and "Did you mean 'base'" in msg
+
+    fusion = {**TINY_SUITE, "fusions": [{"experts": ["linear-probe", "vpt"], "scorer": "mean"}]}
+    assert "expert 'vpt' is no run" in suite_error(tmp_path, fusion)
+    scorer = {**TINY_SUITE, "fusions": [{"experts": ["linear-probe", "vpt-deep"], "scorer": "moee"}]}
+    assert "Did you mean 'moe'" in suite_error(tmp_path, scorer)
+
+
+def test_init_resolves_to_the_earlier_runs_expert(tmp_path):
+    data = {**runs({"label": "base", "method": "lpt"}, {"label": "next", "method": "lpt", "init": "base"}),
+            "seeds": [0, 1]}
+    suite = load_suite(write(tmp_path, data))
+    jobs = [j for j in suite.jobs if j.kind == "run"]
+    assert [j.name for j in jobs] == ["tiny-base-s0", "tiny-next-s0", "tiny-base-s1", "tiny-next-s1"]
+    assert jobs[1].run["method_config"]["init"] == "tiny-base-s0"
+    assert jobs[3].run["method_config"]["init"] == "tiny-base-s1"
+    assert jobs[3].run["budget"] == "3steps" and jobs[3].run["seed"] == 1
+
+
+def test_the_builtin_demo_suite_is_valid():
+    suite = builtin_suite("demo")
+    assert suite.dataset == "fashion-mnist-lt" and suite.backbone == "dinov2-s14"
+    methods = {j.run["method"] for j in suite.jobs if j.kind == "run"}
+    assert {"linear-probe", "full-ft", "vpt-deep", "lpt", "lpt++", "lit"} <= methods
+    assert len({j.run["budget"] for j in suite.jobs if j.kind == "run"}) == 1  # one budget for all
+    assert any(j.kind == "fusion" and j.fusion.scorer == "moe" for j in suite.jobs)
+
+
+def test_suite_runs_then_resumes_without_retraining(tmp_path, home, monkeypatch):
+    calls = {"train": 0, "fuse": 0}
+    real_train, real_fuse = ltbench.train.train_expert, ltbench.fusion.fuse_experts
+
+    def counting_train(*a, **kw):
+        calls["train"] += 1
+        return real_train(*a, **kw)
+
+    def counting_fuse(*a, **kw):
+        calls["fuse"] += 1
+        return real_fuse(*a, **kw)
+
+    monkeypatch.setattr(ltbench.train, "train_expert", counting_train)
+    monkeypatch.setattr(ltbench.fusion, "fuse_experts", counting_fuse)
+    path = write(tmp_path, TINY_SUITE)
+    out = tmp_path / "report"
+
+    r = runner.invoke(app, ["bench", str(path), "--out", str(out), "--quiet"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert calls == {"train": 2, "fuse": 1}
+    names = ["tiny-linear-probe-s0", "tiny-vpt-deep-s0", "tiny-mean-s0"]
+    assert set(Registry(home).names()) == set(names)
+    for f in ("report.csv", "report.md", "report.tex", "report.json", "report.txt",
+              "accuracy_vs_params.png", "per_class_accuracy.png", "shot_groups.png"):
+        assert (out / f).is_file(), f
+    rows = {r["expert"]: r for r in json.loads((out / "report.json").read_text())}
+    assert set(rows) == set(names)
+    for name in names[:2]:  # budgets are enforced, and the report shows what each run spent
+        spent = Registry(home).get(name).meta["spent"]
+        assert spent["steps"] <= 3
+        assert rows[name]["flops"] > 0 and rows[name]["device_seconds"] > 0 and rows[name]["budget"] == "3steps"
+    created = {n: Registry(home).get(n).meta["created"] for n in names}
+
+    r = runner.invoke(app, ["bench", str(path), "--out", str(out), "--quiet", "--no-plots"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert calls == {"train": 2, "fuse": 1}  # the second run trains and fuses nothing
+    assert {n: Registry(home).get(n).meta["created"] for n in names} == created
+    assert "tiny-vpt-deep-s0" in r.output
+
+    # the default report folder is <LTBENCH_HOME>/reports/<suite name>
+    assert run_suite(load_suite(path), Registry(home), quiet=True) == names
+    r = runner.invoke(app, ["bench", str(path), "--quiet", "--no-plots"], catch_exceptions=False)
+    assert (home / "reports" / "tiny" / "report.json").is_file()
+
+
+def test_a_changed_suite_does_not_reuse_a_stale_expert(tmp_path, home):
+    data = runs({"method": "linear-probe"})
+    reg = Registry(home)
+    run_suite(load_suite(write(tmp_path, data)), reg, quiet=True)
+    changed = {**data, "runs": [{"method": "linear-probe", "set": {"lr": 0.5}}]}
+    with pytest.raises(SuiteError, match=r"tiny-linear-probe-s0.*registered with a different config.*lr"):
+        run_suite(load_suite(write(tmp_path, changed, "changed.yaml")), reg, quiet=True)
+
+
+def test_cli_bench_errors_are_one_line(tmp_path, home):
+    path = write(tmp_path, runs({"method": "lpt+"}))
+    r = runner.invoke(app, ["bench", str(path)])
+    assert r.exit_code == 2 and "Did you mean 'lpt++'" in r.output and str(path) in r.output
+    r = runner.invoke(app, ["bench", str(tmp_path / "missing.yaml")])
+    assert r.exit_code == 2 and "no such suite file" in r.output

@@ -1,0 +1,224 @@
+"""Scale and reliability: DDP on gloo, SIGKILL + resume, concurrent registry writers, bad input."""
+import json
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY_SETS
+from ltbench.cli import app
+from ltbench.registry import Registry
+
+TINY = ["--backbone", "vit-tiny-test", "--quiet"] + [a for s in TINY_SETS for a in ("--set", s)]
+
+
+def ltbench(*args, home, wait=True, env=None):
+    cmd = [sys.executable, "-m", "ltbench", *args]
+    e = {**os.environ, "LTBENCH_HOME": str(home), "OMP_NUM_THREADS": "1", **(env or {})}
+    if not wait:
+        return subprocess.Popen(cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=300)
+
+
+def max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("method,sets", [
+    ("full-ft", ["sampler=class"]),
+    ("lpt", ["loss=ce", "prompt_len=2", "pool_size=4"]),  # phase 2 uses the dual sampler
+])
+def test_two_gloo_processes_match_one_process(tmp_path, method, sets):
+    """Same global batch (8 = 2 × 4): the deltas agree to float rounding (tolerance 1e-5)."""
+    args = ["train", *TINY, "--method", method, "--budget", "6steps", "--set", "augment=false",
+            "--set", "batch_size=8", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, "LTBENCH_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", str(29500 + os.getpid() % 1000), "-m", "ltbench", *args, "--name", "ddp"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    single = ltbench(*args, "--name", "single", home=tmp_path)
+    assert single.returncode == 0, single.stderr[-2000:]
+    reg = Registry(tmp_path)
+    assert reg.names() == ["ddp", "single"]  # rank 1 registered nothing
+    a, b = reg.get("ddp"), reg.get("single")
+    assert a.meta["world_size"] == 2 and a.meta["spent"]["images"] == b.meta["spent"]["images"]
+    assert a.meta["spent"]["flops"] == b.meta["spent"]["flops"]
+    assert max_diff(a.delta(), b.delta()) < 1e-5
+    from ltbench.train import build_all
+
+    _, fresh = build_all(b.config)
+    assert max_diff(b.delta(), fresh.delta_state_dict()) > 1e-4  # and training did move the weights
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+    args = ["train", *TINY, "--method", "full-ft", "--budget", "30epochs", "--set", "batch_size=8"]
+    proc = ltbench(*args, "--name", "run", home=tmp_path, wait=False)
+    ckpt = tmp_path / "runs" / "run" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if ckpt.is_file() and torch.load(ckpt, weights_only=False)["epoch"] >= 2:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reg = Registry(tmp_path)
+    assert reg.names() == []
+    resumed = ltbench(*args, "--name", "run", "--resume", home=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight = ltbench(*args, "--name", "straight", home=tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a, b = reg.get("run"), reg.get("straight")
+    assert a.metrics == b.metrics
+    assert max_diff(a.delta(), b.delta()) == 0.0
+    assert a.meta["spent"]["steps"] == b.meta["spent"]["steps"]
+    assert not ckpt.exists()  # cleaned up once registered
+
+
+def _register_at_once(home, name, barrier):
+    reg = Registry(home)
+    barrier.wait()
+    reg.register(name, {"method": "m", "backbone": "b", "dataset": "d", "seed": 0}, {"w": torch.ones(2)},
+                 {"val": (torch.zeros(3, 2), np.array([0, 1, 0]))}, {"val": {"overall": 1.0}}, {"created": "x"})
+
+
+def test_writers_finishing_at_the_same_moment_all_register(tmp_path):
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_register_at_once, args=(tmp_path, f"e{i}", barrier)) for i in range(4)]
+    [p.start() for p in procs]
+    [p.join(60) for p in procs]
+    assert [p.exitcode for p in procs] == [0] * 4
+    assert Registry(tmp_path).names() == [f"e{i}" for i in range(4)]
+
+
+def test_two_trainings_at_once_while_a_reader_lists(tmp_path):
+    procs = [ltbench("train", *TINY, "--method", "linear-probe", "--budget", "3epochs", "--name", f"p{i}",
+                     home=tmp_path, wait=False) for i in range(2)]
+    reg = Registry(tmp_path)
+    seen = set()
+    while any(p.poll() is None for p in procs):
+        for row in reg.rows():  # whatever is listed is complete
+            ex = reg.get(row["name"])
+            assert ex.metrics["test"]["overall"] >= 0 and ex.logits("test").shape[1] == 10 and ex.delta()
+            seen.add(row["name"])
+        time.sleep(0.05)
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr.read()[-1000:] for p in procs]
+    assert reg.names() == ["p0", "p1"]
+    assert not [p for p in reg.experts_dir.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_rm_removes_row_and_folder_together(tmp_path):
+    _register_at_once(tmp_path, "gone", mp.get_context("spawn").Barrier(1))
+    reg = Registry(tmp_path)
+    reg.remove("gone")
+    assert reg.names() == [] and not (reg.experts_dir / "gone").exists()
+
+
+# -- bad input: one line naming the file / line / value, exit 2, nothing registered -------------
+
+def _places(tmp_path, train_lines, classnames="a 0\nb 1\n", image_bytes=None):
+    root = tmp_path / "imgs"
+    (root / "a").mkdir(parents=True)
+    for n in ("x.jpg", "y.jpg"):
+        Image.new("RGB", (8, 8), (120, 30, 30)).save(root / "a" / n)
+    if image_bytes is not None:
+        (root / "a" / "bad.jpg").write_bytes(image_bytes)
+    (tmp_path / "Places_LT_train.txt").write_text("\n".join(train_lines) + "\n")
+    for split in ("val", "test"):
+        (tmp_path / f"Places_LT_{split}.txt").write_text("a/x.jpg 0\na/y.jpg 1\n")
+    (tmp_path / "classnames.txt").write_text(classnames)
+    return ["train", "--dataset", "places-lt", "--root", str(root), "--backbone", "vit-tiny-test", "--quiet",
+            "--budget", "1steps", "--set", f"split_dir={tmp_path}", "--set", "num_classes=2",
+            "--set", "classnames_file=classnames.txt", "--set", "batch_size=2"]
+
+
+def _truncated_jpeg(tmp_path) -> bytes:
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(tmp_path / "full.jpg", quality=95)
+    return (tmp_path / "full.jpg").read_bytes()[:300]
+
+
+BAD = {
+    "malformed line": (["a/x.jpg 0", "a/y.jpg one"], {}, "Places_LT_train.txt:2"),
+    "label out of range": (["a/x.jpg 0", "a/y.jpg 7"], {}, "Places_LT_train.txt:2"),
+    "missing image": (["a/x.jpg 0", "a/nope.jpg 1"], {}, "Places_LT_train.txt:2"),
+    "classnames length": (["a/x.jpg 0", "a/y.jpg 1"], {"classnames": "a 0\nb 1\nc 2\n"}, "classnames.txt"),
+    "empty class": (["a/x.jpg 0", "a/y.jpg 0"], {}, "class 1 ('b') has no training images"),
+    "truncated image": (["a/x.jpg 0", "a/y.jpg 1", "a/bad.jpg 1"], {"image_bytes": "truncated"}, "bad.jpg"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_one_line_exit_2_nothing_registered(home, tmp_path, case):
+    lines, kw, expected = BAD[case]
+    if kw.get("image_bytes") == "truncated":
+        kw = {"image_bytes": _truncated_jpeg(tmp_path)}
+    r = CliRunner().invoke(app, _places(tmp_path, lines, **kw))
+    assert r.exit_code == 2, r.output
+    assert expected in r.output and r.output.startswith("error:")
+    assert len(r.output.strip().splitlines()) <= 3  # one line (wrapped at most by the terminal width)
+    assert Registry(home).names() == []
+
+
+def test_skip_bad_images_skips_and_counts(home, tmp_path):
+    args = _places(tmp_path, ["a/x.jpg 0", "a/y.jpg 1", "a/bad.jpg 1"], image_bytes=_truncated_jpeg(tmp_path))
+    r = CliRunner().invoke(app, args + ["--skip-bad-images", "--name", "ok"])
+    assert r.exit_code == 0, r.output
+    ex = Registry(home).get("ok")
+    assert ex.metrics["skipped_images"] == {"train": 1} and ex.meta["class_counts"] == [1, 1]
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--budget", "3 parsecs"], "cannot parse budget '3 parsecs'"),
+    (["--set", "lrr=0.1"], "unknown --set key 'lrr'"),
+])
+def test_bad_flags(home, args, expected):
+    r = CliRunner().invoke(app, ["train", *TINY, "--method", "linear-probe", *args])
+    assert r.exit_code == 2 and expected in r.output and Registry(home).names() == []
+
+
+def test_nan_loss_stops_names_the_step_and_keeps_the_last_checkpoint(home, monkeypatch):
+    import ltbench.train as t
+
+    real = t.build_loss
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        loss = real(*a, **kw)
+        forward = loss.forward
+
+        def nan_after(logits, targets, *rest):
+            calls["n"] += 1
+            out = forward(logits, targets, *rest)
+            return out * float("nan") if calls["n"] >= 7 else out
+
+        loss.forward = nan_after
+        return loss
+
+    monkeypatch.setattr(t, "build_loss", poisoned)
+    r = CliRunner().invoke(app, ["train", *TINY, "--method", "full-ft", "--budget", "5epochs", "--name", "nan",
+                                 "--set", "batch_size=32"])  # 5 steps an epoch
+    assert r.exit_code == 2
+    assert "loss is nan at step 7" in r.output
+    ckpt = home / "runs" / "nan" / "checkpoint.pt"
+    assert ckpt.is_file() and str(ckpt) in r.output.replace("\n", "")
+    assert Registry(home).names() == []
+
+
+def test_same_command_same_metrics(home):
+    args = ["train", *TINY, "--method", "vpt-deep", "--budget", "4steps"]
+    for name in ("a", "b"):
+        assert CliRunner().invoke(app, [*args, "--name", name]).exit_code == 0
+    reg = Registry(home)
+    assert reg.get("a").metrics == reg.get("b").metrics
+    assert max_diff(reg.get("a").delta(), reg.get("b").delta()) == 0.0
