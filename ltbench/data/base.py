@@ -144,6 +144,26 @@ def exponential_profile(num_classes: int, head: int, imbalance: float) -> list[i
     return [int(head * imbalance ** (-i / (num_classes - 1))) for i in range(num_classes)]
 
 
+def lt_train_val(labels: np.ndarray, classnames: Sequence[str], head: int, imbalance: float, val_per_class: int,
+                 rng_train: np.random.Generator, rng_val: np.random.Generator, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of an exponential-profile LT train split and a balanced val split from the rest."""
+    c = len(classnames)
+    counts = exponential_profile(c, head, imbalance)
+    if min(counts) < 1:
+        raise DataError(f"{source}: head={head}, imbalance={imbalance} leaves a class with no training images: {counts}")
+    avail = np.bincount(labels, minlength=c)
+    need = np.asarray(counts) + val_per_class
+    if (need > avail).any():
+        k = int(np.argmax(need > avail))
+        raise DataError(
+            f"{source}: class {k} ({classnames[k]}) has {int(avail[k])} training images,"
+            f" profile {counts[k]} + val_per_class {val_per_class} = {int(need[k])} requested"
+        )
+    train_idx = take_per_class(labels, counts, rng_train)
+    rest = np.setdiff1d(np.arange(len(labels)), train_idx, assume_unique=True)
+    return train_idx, take_per_class(labels, [val_per_class] * c, rng_val, pool=rest)
+
+
 @dataclass
 class LTDataset:
     """Everything a run needs from the data, and nothing about pixels' transforms."""

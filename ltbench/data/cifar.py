@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import DATASETS
-from .base import ArraySplit, DataError, LTDataset, exponential_profile, take_per_class
+from .base import ArraySplit, DataError, LTDataset, lt_train_val
 
 FOLDER = "cifar-100-python"
 
@@ -86,22 +86,8 @@ def cifar100_lt(
     if root is None:
         raise DataError(f"cifar100-lt needs root=<folder holding {FOLDER}/> (torchvision's CIFAR-100 layout)")
     names, x_tr, y_tr, x_te, y_te = load_cifar100(root)
-    c = len(names)
-    counts = exponential_profile(c, head, imbalance)
-    if min(counts) < 1:
-        raise DataError(f"head={head}, imbalance={imbalance} leaves a class with no training images")
-    avail = np.bincount(y_tr, minlength=c)
-    need = np.asarray(counts) + val_per_class
-    if (need > avail).any():
-        k = int(np.argmax(need > avail))
-        raise DataError(
-            f"cifar100-lt: class {k} ({names[k]}) has {int(avail[k])} training images,"
-            f" profile {counts[k]} + val_per_class {val_per_class} = {int(need[k])} requested"
-        )
     r_train, r_val = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    train_idx = take_per_class(y_tr, counts, r_train)
-    rest = np.setdiff1d(np.arange(len(y_tr)), train_idx, assume_unique=True)
-    val_idx = take_per_class(y_tr, [val_per_class] * c, r_val, pool=rest)
+    train_idx, val_idx = lt_train_val(y_tr, names, head, imbalance, val_per_class, r_train, r_val, "cifar100-lt")
     train = ArraySplit(x_tr[train_idx], y_tr[train_idx])
     train.indices = train_idx
     val = ArraySplit(x_tr[val_idx], y_tr[val_idx])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import DATASETS
-from .base import ArraySplit, DataError, LTDataset, exponential_profile, take_per_class
+from .base import ArraySplit, DataError, LTDataset, lt_train_val, take_per_class
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSNAMES = [
@@ -155,21 +155,9 @@ def fashion_mnist_lt(
     """Fashion-MNIST, exponential LT train (offline default; Debian dataset-fashion-mnist)."""
     x_tr, y_tr, x_te, y_te = load_fashion_mnist(root)
     c = len(CLASSNAMES)
-    counts = exponential_profile(c, head, imbalance)
-    if min(counts) < 1:
-        raise DataError(f"head={head}, imbalance={imbalance} leaves a class with no training images: {counts}")
-    avail = np.bincount(y_tr, minlength=c)
-    need = np.asarray(counts) + val_per_class
-    if (need > avail).any():
-        k = int(np.argmax(need > avail))
-        raise DataError(
-            f"fashion-mnist-lt: class {k} ({CLASSNAMES[k]}) has {int(avail[k])} training images,"
-            f" head/profile {counts[k]} + val_per_class {val_per_class} = {int(need[k])} requested"
-        )
     r_train, r_val, r_test = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    train_idx = take_per_class(y_tr, counts, r_train)
-    rest = np.setdiff1d(np.arange(len(y_tr)), train_idx, assume_unique=True)
-    val_idx = take_per_class(y_tr, [val_per_class] * c, r_val, pool=rest)
+    train_idx, val_idx = lt_train_val(y_tr, CLASSNAMES, head, imbalance, val_per_class, r_train, r_val,
+                                      "fashion-mnist-lt")
     if test_per_class is None:
         test_images, test_labels = x_te, y_te
     else:
