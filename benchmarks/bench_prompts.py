@@ -276,16 +276,17 @@ def bench_vpt(args) -> dict:
     model = method.backbone
     npt, P = model.num_prefix_tokens, cfg.prompt_len
     prompts = nn.Parameter(method.prompts.detach().clone())
-    head = nn.Linear(method.info.embed_dim, data.num_classes)
+    head = nn.Linear(method.head.weight.shape[1], method.head.weight.shape[0])
     with torch.no_grad():
         head.weight.copy_(method.head.weight)
         head.bias.copy_(method.head.bias)
-    train_tf = build_transform(method.info.data_config, method.info.img_size, train=True)
+    train_tf = build_transform(method.info.data_config, method.info.img_size, train=run.get("augment", True))
     assert repr(train_tf) == repr(trainer.train_tf)
     labels = data.train.labels
     steps_per_epoch = len(labels) // min(cfg.batch_size, len(labels))
     print(f"   train images {len(labels)}, {steps_per_epoch} batches/epoch, sampler {cfg.sampler}, loss {cfg.loss},"
-          f" sgd lr {cfg.effective_lr} momentum {cfg.momentum} wd {cfg.weight_decay}, warmup {cfg.warmup}")
+          f" sgd lr {cfg.effective_lr} momentum {cfg.momentum} wd {cfg.weight_decay}, warmup {cfg.warmup};"
+          f" trainer autocast {getattr(trainer, 'autocast', False)}, channels_last {getattr(trainer, 'channels_last', False)}")
 
     def bare_forward(images: torch.Tensor) -> torch.Tensor:
         x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))

@@ -201,6 +201,8 @@ class Trainer:
         if phase.on_start is not None:
             phase.on_start()
         method.requires_grad_(False)
+        for p in method.parameters():
+            p.grad = None  # an earlier phase's gradients must not outlive it
         for p in phase.parameters:
             p.requires_grad_(True)
         train = self.data.train
