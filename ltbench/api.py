@@ -7,25 +7,21 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from ._registry import UnknownNameError
-from .budget import BudgetError
-from .config import ConfigError, load_config_file, parse_sets, resolve_config
-from .data import DATASETS, DataError
-from .experts.backbones import BackboneError, create_backbone, list_backbones  # noqa: F401
-from .methods import METHODS, create_method
-from .registry import Registry, RegistryError
-from .report import collect, render, rich_table
-from .train import TrainingError, train_expert
-from .fusion import FusionError, fuse_experts
+from .errors import USER_ERRORS  # noqa: F401  (the CLI catches these)
+from .registry import Registry
+
+# Heavy imports (torch models, timm, open_clip, optuna) happen inside the functions that need
+# them, so `ltbench ls`, `show` and `report` start fast.
 
 if TYPE_CHECKING:
     from .bench import Suite
 
-USER_ERRORS = (UnknownNameError, BudgetError, ConfigError, DataError, BackboneError, RegistryError, TrainingError)
-USER_ERRORS += (FusionError,)  # `ltbench fuse`: mismatched experts, missing val logits, bad options
 
 def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str | Path | None = None,
           registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
+    from .config import load_config_file, parse_sets, resolve_config
+    from .train import train_expert
+
     base: dict[str, Any] = {}
     if config_file:
         base = load_config_file(config_file)
@@ -37,14 +33,20 @@ def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str
 
 def report_frame(registry: Registry | None = None, **filters):
     """Report rows; filters/options: dataset, method, experts, ci, group_seeds (see report.collect)."""
+    from .report import collect
+
     return collect(registry or Registry(), **filters)
 
 
 def report_table(registry: Registry | None = None, **filters) -> Table:
+    from .report import rich_table
+
     return rich_table(report_frame(registry, **filters))
 
 
 def report_text(fmt: str, registry: Registry | None = None, **filters) -> str:
+    from .report import render
+
     return render(report_frame(registry, **filters), fmt)
 
 
@@ -55,7 +57,7 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
     With `out`, every format is written there (report.csv/.md/.tex/.json/.txt); `plots` adds
     the PNG figures, into `out` or else `plots_dir`. The rows are read once for all of them.
     """
-    from .report import FORMATS, ReportError, write_plots, write_report
+    from .report import FORMATS, ReportError, render, rich_table, write_plots, write_report
 
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
@@ -94,15 +96,29 @@ def remove(name: str, registry: Registry | None = None) -> None:
 
 def params(method: str, backbone: str, num_classes: int, sets: list[str] | None = None) -> dict[str, int]:
     """Parameter counts without loading weights (random init of the backbone's shapes)."""
+    from .config import parse_sets
+    from .experts.backbones import create_backbone
+    from .methods import create_method
+
     bb = create_backbone(backbone, pretrained=False)
     return create_method(method, bb, num_classes, **parse_sets(sets or [])).param_counts()
 
 
 def list_datasets() -> list[tuple[str, str]]:
+    from .data import DATASETS
+
     return [(n, DATASETS.help(n)) for n in DATASETS]
 
 
+def list_backbones() -> list[tuple[str, str]]:
+    from .experts.backbones import list_backbones
+
+    return list_backbones()
+
+
 def list_methods() -> list[tuple[str, str]]:
+    from .methods import METHODS
+
     return [(n, METHODS.help(n)) for n in METHODS]
 
 
@@ -134,5 +150,7 @@ def fuse(experts: str | list[str], scorer: str = "moe", trials: int = 200, name:
          storage: str | None = None, objective: str = "balanced", seed: int = 0, per_group: bool = False,
          registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
     """`ltbench fuse`: fit a scorer on the experts' cached val logits and register the fused expert."""
+    from .fusion import fuse_experts
+
     return fuse_experts(experts, scorer, name=name, trials=trials, objective=objective, seed=seed,
                         per_group=per_group, storage=storage, registry=registry, console=console, quiet=quiet)

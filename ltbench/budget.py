@@ -22,8 +22,7 @@ UNITS = {
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]+)\s*$")
 
 
-class BudgetError(ValueError):
-    """A budget string that does not parse."""
+from .errors import BudgetError  # noqa: E402,F401
 
 
 @dataclass(frozen=True)

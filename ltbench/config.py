@@ -44,8 +44,7 @@ RUN_DEFAULTS: dict[str, Any] = {
 }
 
 
-class ConfigError(ValueError):
-    pass
+from .errors import ConfigError  # noqa: E402,F401
 
 
 def parse_value(text: str) -> Any:

@@ -35,8 +35,7 @@ CREATE TABLE IF NOT EXISTS experts (
 """
 
 
-class RegistryError(RuntimeError):
-    pass
+from .errors import RegistryError  # noqa: E402,F401
 
 
 def default_home() -> Path:

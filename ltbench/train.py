@@ -35,8 +35,7 @@ from .provenance import config_hash, environment, git_hash, now, package_version
 from .registry import Registry
 
 
-class TrainingError(RuntimeError):
-    pass
+from .errors import TrainingError  # noqa: E402,F401
 
 
 def seed_everything(seed: int) -> None:

@@ -16,8 +16,7 @@ MANY, MEDIUM, FEW = 0, 1, 2
 GROUP_NAMES = ("many", "medium", "few")
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, line or value at fault."""
+from ..errors import DataError  # noqa: E402,F401
 
 
 class Split:

@@ -22,8 +22,7 @@ from .._registry import Registry, UnknownNameError
 BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone")
 
 
-class BackboneError(RuntimeError):
-    pass
+from ..errors import BackboneError  # noqa: E402,F401
 
 
 @dataclass

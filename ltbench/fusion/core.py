@@ -49,8 +49,7 @@ OBJECTIVES = {
 FEATURES = ("max_prob", "entropy", "margin", "agreement")
 
 
-class FusionError(ValueError):
-    """A user error in fusion (mismatched experts, missing val logits, bad option); one line, exit 2."""
+from ..errors import FusionError  # noqa: E402,F401
 
 
 # -- probability stacks ------------------------------------------------------------------
