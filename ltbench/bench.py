@@ -144,6 +144,19 @@ def _label_ok(label: Any, where: str, source: str) -> str:
     return label
 
 
+#: `set:` keys a suite decides itself, and where they go instead.
+_SUITE_DECIDES = {"name": "the suite's name and the run's label", "seed": "seeds:", "dataset": "dataset:",
+                  "budget": "the top-level budget: (one budget for every run)", "resume": "the suite (it resumes by itself)",
+                  "method": "the run's method:", "backbone": "backbone: (top level or the run's)",
+                  "init": "the run's init: <label of an earlier run>"}
+
+
+def _check_set(sets: dict[str, Any], where: str, source: str) -> None:
+    for key, instead in _SUITE_DECIDES.items():
+        if key in sets:
+            raise SuiteError(f"{source}: {where}set: {key!r} is not a --set key in a suite; use {instead}")
+
+
 def _check_backbone(name: str, where: str, source: str) -> None:
     """Fail on an unknown backbone name before any run builds a model (no weights are loaded)."""
     import timm
@@ -189,9 +202,7 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
             or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds)):
         raise SuiteError(f"{source}: seeds must be a list of distinct integers, e.g. [0, 1, 2], got {seeds!r}")
     common = _mapping(data.get("set"), "set", source)
-    for key in ("name", "seed", "budget", "dataset", "resume"):
-        if key in common:
-            raise SuiteError(f"{source}: set: {key!r} is decided by the suite, not by --set keys")
+    _check_set(common, "", source)
     if not isinstance(data["runs"], list):
         raise SuiteError(f"{source}: runs must be a list of runs (each with a method), got {type(data['runs']).__name__}")
 
@@ -202,7 +213,7 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
             raw = {"method": raw}
         if not isinstance(raw, dict):
             raise SuiteError(f"{source}: runs[{i}] must be a mapping with a method, got {raw!r}")
-        if "budget" in raw or "budget" in (raw.get("set") or {}):
+        if "budget" in raw:
             raise SuiteError(f"{source}: runs[{i}]: a suite has one budget for every run; "
                              f"set it at the top level (budget: …)")
         _check_keys(f"runs[{i}]: ", raw, RUN_KEYS, source)
@@ -217,11 +228,7 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         if label in labels:
             raise SuiteError(f"{source}: {where}label {label!r} is used twice; give one of the runs its own `label:`")
         sets = _mapping(raw.get("set"), f"runs[{i}].set", source)
-        for key in ("name", "seed", "dataset", "resume"):
-            if key in sets:
-                raise SuiteError(f"{source}: {where}set: {key!r} is decided by the suite")
-        if "init" in sets:
-            raise SuiteError(f"{source}: {where}use `init: <label of an earlier run>` instead of set: init")
+        _check_set(sets, where, source)
         init = raw.get("init")
         if init is not None:
             if init not in labels:
@@ -325,10 +332,17 @@ def load_suite(path: str | Path) -> Suite:
 
 def builtin_suite(name: str = "demo") -> Suite:
     """A suite shipped in the package (`ltbench/suites/<name>.yaml`)."""
-    res = resources.files("ltbench") / "suites" / f"{name}.yaml"
-    if not res.is_file():
+    try:
+        res = resources.files("ltbench") / "suites" / f"{name}.yaml"
+        text = res.read_text() if res.is_file() else None
+    except (OSError, TypeError, ValueError):
+        # a stale editable install can leave `ltbench` a namespace package that
+        # importlib.resources cannot read: the file next to this module is the same file
+        path = Path(__file__).resolve().parent / "suites" / f"{name}.yaml"
+        text = path.read_text() if path.is_file() else None
+    if text is None:
         raise SuiteError(f"no built-in suite {name!r}")
-    return parse_suite(yaml.safe_load(res.read_text()), f"<built-in>/suites/{name}.yaml")
+    return parse_suite(yaml.safe_load(text), f"<built-in>/suites/{name}.yaml")
 
 
 # -- running ------------------------------------------------------------------------------
@@ -359,11 +373,23 @@ def _stale(job: Job, config: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def _stale_fusion(job: Job, config: dict[str, Any]) -> list[str]:
-    f = job.fusion
+def _stale_fusion(job: Job, fused, registry: Registry) -> list[str]:
+    """Options that differ, and constituents that are missing or not the ones it was fitted on."""
+    f, config = job.fusion, fused.config
     want = {"experts": job.members, "scorer": f.scorer, "trials": f.trials, "objective": f.objective,
             "per_group": f.per_group}
-    return [f"{k}: registered {config.get(k)!r}, suite {v!r}" for k, v in want.items() if _norm(config.get(k)) != _norm(v)]
+    diffs = [f"{k}: registered {config.get(k)!r}, suite {v!r}" for k, v in want.items()
+             if _norm(config.get(k)) != _norm(v)]
+    fitted_on = {c.get("name"): c for c in fused.meta.get("constituents") or []}
+    for name in job.members:
+        if name not in registry:
+            diffs.append(f"constituent {name} is not registered (it will be retrained)")
+            continue
+        ex, was = registry.get(name), fitted_on.get(name, {})
+        now = {"config_hash": ex.meta.get("config_hash"), "test": ex.metrics.get("test", {}).get("overall")}
+        if any(_norm(was.get(k)) != _norm(v) for k, v in now.items()):
+            diffs.append(f"constituent {name} changed since the fusion was fitted")
+    return diffs
 
 
 def check_registered(suite: Suite, registry: Registry) -> list[str]:
@@ -372,8 +398,8 @@ def check_registered(suite: Suite, registry: Registry) -> list[str]:
     for job in suite.jobs:
         if job.name not in registry:
             continue
-        config = registry.get(job.name).config
-        diffs = _stale(job, config) if job.kind == "run" else _stale_fusion(job, config)
+        ex = registry.get(job.name)
+        diffs = _stale(job, ex.config) if job.kind == "run" else _stale_fusion(job, ex, registry)
         if diffs:
             raise SuiteError(f"{suite.source}: expert {job.name!r} is registered with a different config "
                              f"({'; '.join(diffs)}). Remove it (`ltbench rm {job.name}`) or rename the suite.")

@@ -243,6 +243,19 @@ class Trainer:
         method.train()
         if not any(p.requires_grad for p in method.backbone.parameters()):
             method.backbone.eval()  # frozen: no dropout / drop-path noise in the features
+        # The schedule runs over what is left after a one-off feature pass, so that pass does not eat
+        # the warm-up (it may spend a large share of the budget before the first step).
+        unit = meter.budget.unit
+        if state is not None:
+            base = state.get("schedule_base", 0.0)
+        else:
+            base = meter.spent.get(unit) if phase.cache_features else 0.0
+
+        def schedule_progress() -> float:
+            left = meter.budget.amount - base
+            return min(1.0, (meter.spent.get(unit) - base) / left) if left > 0 else 1.0
+
+        self._schedule_base = base
         losses: list[float] = []
         progress = Progress(TextColumn(f"[bold]{method.name}[/] {phase.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                             TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[ips]:.0f} img/s"),
@@ -261,7 +274,7 @@ class Trainer:
                         done = True  # the next step would overrun the budget: stop before it
                         break
                     for g in optimizer.param_groups:
-                        g["lr"] = cfg.effective_lr * g["lr_scale"] * lr_factor(meter.fraction, cfg.warmup)
+                        g["lr"] = cfg.effective_lr * g["lr_scale"] * lr_factor(schedule_progress(), cfg.warmup)
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     if self.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
@@ -323,7 +336,7 @@ class Trainer:
             "method_state": self.method.resume_state(),
             "optimizer": optimizer.state_dict(), "spent": meter.spent.as_dict(),
             "flops_per_image": flops_per_image, "step_seconds": step_seconds,
-            "rng": rng_state(), "phase_log": list(result.phases),
+            "rng": rng_state(), "phase_log": list(result.phases), "schedule_base": self._schedule_base,
             "config_hash": config_hash(self.run),
         }, self.ckpt)
 

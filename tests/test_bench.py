@@ -65,6 +65,8 @@ def test_validation_errors_name_the_file_and_the_bad_key(tmp_path):
 
     assert "unknown key 'lr'" in suite_error(tmp_path, runs({"method": "lpt", "lr": 1}))
     assert "one budget" in suite_error(tmp_path, runs({"method": "lpt", "budget": "1steps"}))
+    assert "one budget" in suite_error(tmp_path, runs({"method": "lpt", "set": {"budget": "1steps"}}))
+    assert "init: <label" in suite_error(tmp_path, runs({"method": "lpt", "set": {"init": "x"}}))
     assert "cannot parse budget" in suite_error(tmp_path, {**TINY_SUITE, "budget": "lots"})
 
 
@@ -146,6 +148,11 @@ def test_suite_runs_then_resumes_without_retraining(tmp_path, home, monkeypatch)
     assert run_suite(load_suite(path), Registry(home), quiet=True) == names
     r = runner.invoke(app, ["bench", str(path), "--quiet", "--no-plots"], catch_exceptions=False)
     assert (home / "reports" / "tiny" / "report.json").is_file()
+
+    # a constituent removed (to be retrained) makes its registered fusion stale: an error, not a stale row
+    Registry(home).remove("tiny-vpt-deep-s0")
+    with pytest.raises(SuiteError, match=r"'tiny-mean-s0'.*constituent tiny-vpt-deep-s0 is not registered"):
+        run_suite(load_suite(path), Registry(home), quiet=True)
 
 
 def test_a_changed_suite_does_not_reuse_a_stale_expert(tmp_path, home):
