@@ -29,18 +29,24 @@ def _soups(**cfg):
     return create_method("lt-soups", create_backbone("vit-tiny-test"), 3, np.array([40, 10, 5]), **cfg)
 
 
-def test_sequential_merge_from_the_start():
-    m = _soups(factors=[0, 1], inner="lora")
+def _train_each(m, values):
+    """Stand-in for stage 1: every soup model is the start plus a constant, then merged."""
     w = m._weights()
-    start = {n: t.clone() for n, t in m._start.items()}
     trained = []
-    for value in (1.0, 2.0):
+    for value in values:
         m._restart()
         with torch.no_grad():
             for p in w.values():
                 p.add_(value)
         trained.append({n: p.clone() for n, p in w.items()})
         m._merge()
+    return w, trained
+
+
+def test_sequential_merge_from_the_start():
+    m = _soups(factors=[0, 1], inner="lora")
+    start = {n: t.clone() for n, t in m._start.items()}
+    w, trained = _train_each(m, (1.0, 2.0))
     for n, p in w.items():  # w ← 0.3·w + 0.7·w_k, starting from the start weights
         expected = 0.3 * (0.3 * start[n] + 0.7 * trained[0][n]) + 0.7 * trained[1][n]
         assert torch.allclose(p, expected, atol=1e-6), n
@@ -48,15 +54,7 @@ def test_sequential_merge_from_the_start():
 
 def test_uniform_merge_is_the_mean():
     m = _soups(factors=[0, 1, 2], merge="uniform")
-    w = m._weights()
-    trained = []
-    for value in (1.0, 2.0, 6.0):
-        m._restart()
-        with torch.no_grad():
-            for p in w.values():
-                p.add_(value)
-        trained.append({n: p.clone() for n, p in w.items()})
-        m._merge()
+    w, trained = _train_each(m, (1.0, 2.0, 6.0))
     for n, p in w.items():
         assert torch.allclose(p, sum(t[n] for t in trained) / 3, atol=1e-6)
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..experts.backbones import Backbone
+from .base import Method, Phase
 
 
 class Adapter(nn.Module):
@@ -106,3 +107,21 @@ def add_lora(backbone: Backbone, rank: int, alpha: float) -> list[LoRA]:
         getattr(module.parametrizations, name).original.requires_grad_(False)
         loras.append(lora)
     return loras
+
+
+class PEFTMethod(Method):
+    """A PEFT baseline: modules inserted into the frozen backbone (by `insert`) plus a head."""
+
+    def __init__(self, backbone, num_classes, cfg, *args):
+        super().__init__(backbone, num_classes, cfg, *args)
+        self.peft = nn.ModuleList(self.insert(backbone, cfg))
+        self.head = self.make_head()
+
+    def insert(self, backbone: Backbone, cfg) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.info.features(x))
+
+    def phases(self) -> list[Phase]:
+        return [Phase(self.name, [{"params": [*self.peft.parameters(), *self.head.parameters()]}])]

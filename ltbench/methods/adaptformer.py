@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from . import register_method
-from .adapters import add_adapters
-from .base import Method, MethodConfig, Phase
+from .adapters import PEFTMethod, add_adapters
+from .base import MethodConfig
 
 
 @dataclass
@@ -21,18 +19,10 @@ class AdaptFormerConfig(MethodConfig):
 
 
 @register_method("adaptformer")
-class AdaptFormer(Method):
+class AdaptFormer(PEFTMethod):
     """AdaptFormer adapters (parallel to each MLP) + head; a PEFT baseline"""
 
     Config = AdaptFormerConfig
 
-    def __init__(self, backbone, num_classes, cfg, *args):
-        super().__init__(backbone, num_classes, cfg, *args)
-        self.adapters = torch.nn.ModuleList(add_adapters(backbone, cfg.bottleneck, cfg.adapter_scale, cfg.learnable_scale))
-        self.head = self.make_head()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.info.features(x))
-
-    def phases(self) -> list[Phase]:
-        return [Phase("adapters", [{"params": [*self.adapters.parameters(), *self.head.parameters()]}])]
+    def insert(self, backbone, cfg):
+        return add_adapters(backbone, cfg.bottleneck, cfg.adapter_scale, cfg.learnable_scale)

@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from . import register_method
-from .adapters import add_lora
-from .base import Method, MethodConfig, Phase
+from .adapters import PEFTMethod, add_lora
+from .base import MethodConfig
 
 
 @dataclass
@@ -20,18 +18,10 @@ class LoRAConfig(MethodConfig):
 
 
 @register_method("lora")
-class LoRAMethod(Method):
+class LoRAMethod(PEFTMethod):
     """LoRA on the q/k/v projections + head; a PEFT baseline"""
 
     Config = LoRAConfig
 
-    def __init__(self, backbone, num_classes, cfg, *args):
-        super().__init__(backbone, num_classes, cfg, *args)
-        self.loras = torch.nn.ModuleList(add_lora(backbone, cfg.rank, cfg.alpha))
-        self.head = self.make_head()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.info.features(x))
-
-    def phases(self) -> list[Phase]:
-        return [Phase("lora", [{"params": [*self.loras.parameters(), *self.head.parameters()]}])]
+    def insert(self, backbone, cfg):
+        return add_lora(backbone, cfg.rank, cfg.alpha)
