@@ -49,9 +49,9 @@ def init_distributed(device: torch.device) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), local)
 
 
-def device_for(name: str, d: Dist) -> torch.device:
-    dev = torch.device(name)
-    return torch.device("cuda", d.local_rank) if dev.type == "cuda" and d.enabled else dev
+def device_for(device: torch.device, d: Dist) -> torch.device:
+    """Each rank of a GPU job gets its own GPU (LOCAL_RANK)."""
+    return torch.device("cuda", d.local_rank) if device.type == "cuda" and d.enabled else device
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

@@ -423,8 +423,9 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
 
         raise RegistryError(f"expert {name!r} is already registered in {registry.home}; pick --name or `ltbench rm {name}`")
     budget = parse_budget(run["budget"])
-    d = init_distributed(resolve_device(run["device"]))
-    device = device_for(str(resolve_device(run["device"])), d)
+    requested = resolve_device(run["device"])
+    d = init_distributed(requested)
+    device = device_for(requested, d)
     seed_everything(run["seed"])
     t0 = time.perf_counter()
     data, method = build_all(run, registry)

@@ -87,12 +87,16 @@ class Backbone:
         """The last block's tokens (prompts already removed) to pre-logits features."""
         return self.vit.forward_head(self.vit.norm(tokens), pre_logits=True)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-logits features (the final class token for token-pooled ViTs)."""
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Images through every block (no prompts): the last block's token sequence."""
         x = self.embed_tokens(x)
         for block in self.blocks:
             x = block(x)
-        return self.finish(x)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pre-logits features (the final class token for token-pooled ViTs)."""
+        return self.finish(self.tokens(x))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -50,13 +50,7 @@ class LiT(Method):
         return F.normalize(t.view(self.num_classes, self.templates_per_class, -1).mean(1), dim=-1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.info.finish(self._tokens(x), project=False)
-
-    def _tokens(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.info.embed_tokens(x)
-        for block in self.info.blocks:
-            t = block(t)
-        return t
+        return self.info.finish(self.info.tokens(x), project=False)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         img = F.normalize(self.info.project_image(feats), dim=-1)
