@@ -29,6 +29,14 @@ def ltbench(*args, home, wait=True, env=None):
     return subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=300)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
@@ -43,7 +51,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, method, sets):
             "--set", "batch_size=8", *[a for s in sets for a in ("--set", s)]]
     env = {**os.environ, "LTBENCH_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(29500 + os.getpid() % 1000), "-m", "ltbench", *args, "--name", "ddp"],
+                          "--master_port", str(free_port()), "-m", "ltbench", *args, "--name", "ddp"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-2000:]
     single = ltbench(*args, "--name", "single", home=tmp_path)
