@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import sqlite3
+import time
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,24 @@ CREATE TABLE IF NOT EXISTS experts (
 
 
 from .errors import RegistryError  # noqa: E402,F401
+
+
+def _set_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
+    """Switch a registry to WAL (persistent in the file, so once per open is enough).
+
+    SQLite does not call the busy handler while another process creates the same fresh
+    database, so processes opening a new home together (the ranks of a torchrun job) can get
+    'database is locked' here; retry until the timeout instead.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def default_home() -> Path:
@@ -105,13 +124,13 @@ class Registry:
         self.experts_dir = self.home / "experts"
         self.experts_dir.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
+            _set_wal(db)
             db.execute(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.home / "registry.sqlite", timeout=30, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=30000")
             yield db
         finally:
