@@ -152,6 +152,12 @@ def bootstrap_interval(
         draws = hits + table[inv[c:, None], u[1]]
     with np.errstate(invalid="ignore", divide="ignore"):
         ratio = hits.astype(np.float32) / draws  # (classes, resamples); 0/0 = NaN: class not drawn
-    stat = np.nanmean(ratio, axis=0) if not draws.all() else ratio.mean(axis=0, dtype=np.float64)
+    if draws.all():
+        stat = ratio.mean(axis=0, dtype=np.float64)
+    else:  # mean over the classes drawn; a resample that drew nothing at all (tiny sets) is dropped
+        drawn = (draws > 0).sum(axis=0)
+        stat = (np.nansum(ratio, axis=0, dtype=np.float64) / np.maximum(drawn, 1))[drawn > 0]
+        if not len(stat):
+            return float("nan"), float("nan")
     lo, hi = np.quantile(stat, [alpha, 1 - alpha])
     return float(lo), float(hi)

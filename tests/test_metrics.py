@@ -34,3 +34,15 @@ def test_ece_zero_when_confidence_matches_accuracy():
     probs = np.array([[1.0, 0.0], [0.0, 1.0]])
     assert expected_calibration_error(probs, np.array([0, 1])) == 0.0
     assert expected_calibration_error(probs, np.array([1, 0])) == 1.0
+
+
+def test_bootstrap_on_a_tiny_set_drops_empty_resamples_without_warnings():
+    """With 2 images some resamples draw nothing; they are dropped, not averaged as NaN."""
+    import warnings
+
+    from ltbench.metrics import bootstrap_interval
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lo, hi = bootstrap_interval(np.array([1.0, 1.0]), np.array([0, 1]), 2)
+    assert (lo, hi) == (1.0, 1.0)
