@@ -8,7 +8,7 @@ import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -56,6 +56,47 @@ def config_hash(config: dict[str, Any]) -> str:
     """Hash of the resolved config minus the run's name: same hash, same experiment."""
     payload = {k: v for k, v in config.items() if k not in ("name", "resume")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+#: Config keys that do not make a different experiment: two experts whose configs differ only
+#: here are seeds of one experiment.
+EXPERIMENT_IGNORE = ("name", "seed", "resume", "device", "num_workers", "eval_batch_size")
+#: A fusion's replicate is its members' seed (`data_seed`); its study and storage are operational.
+_FUSION_IGNORE = ("data_seed", "study_name", "storage")
+
+
+def is_fusion(config: dict[str, Any]) -> bool:
+    return str(config.get("method", "")).startswith("fuse:")
+
+
+def experiment_key(config: dict[str, Any], lookup: Callable[[str], dict[str, Any]] | None = None) -> str:
+    """Hash of a config minus seed, name and operational keys: same key, same experiment.
+
+    Experts built from other experts name them (a fusion's `experts`, `init=`), and those names
+    carry the seed; with `lookup(name) -> config` they enter by their own experiment key instead,
+    so replicates over seeds share a key. A name `lookup` raises KeyError for stays as it is.
+    """
+    def ref(name: str) -> str:
+        if lookup is None:
+            return name
+        try:
+            return experiment_key(lookup(name), lookup)
+        except KeyError:
+            return name
+
+    ignore = EXPERIMENT_IGNORE + (_FUSION_IGNORE if is_fusion(config) else ())
+    payload = {k: v for k, v in config.items() if k not in ignore}
+    if is_fusion(config):
+        payload["experts"] = [ref(n) for n in payload.get("experts") or []]
+    mc = payload.get("method_config")
+    if isinstance(mc, dict) and mc.get("init"):
+        payload["method_config"] = {**mc, "init": ref(mc["init"])}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def replicate_seed(config: dict[str, Any]) -> Any:
+    """The seed that tells replicates of one experiment apart (a fusion's: its members')."""
+    return config.get("data_seed", config.get("seed")) if is_fusion(config) else config.get("seed")
 
 
 def now() -> str:

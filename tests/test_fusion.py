@@ -26,7 +26,8 @@ def acc_of(profile):
 
 
 def add_expert(reg: Registry, name: str, profile, seed: int, *, dataset="synth", num_classes=C,
-               val_labels=None, splits=("val", "test", "ood:synth-r"), data_seed=0, stored_test=None) -> Expert:
+               val_labels=None, splits=("val", "test", "ood:synth-r"), data_seed=0, stored_test=None,
+               family=None) -> Expert:
     acc = np.resize(acc_of(profile), num_classes)
     labels = {"val": VAL if val_labels is None else val_labels, "test": TEST, "ood:synth-r": OOD}
     logits = {s: (expert_logits(labels[s] % num_classes, acc, num_classes, seed * 10 + i), labels[s] % num_classes)
@@ -34,8 +35,9 @@ def add_expert(reg: Registry, name: str, profile, seed: int, *, dataset="synth",
     if stored_test is not None:  # same logits, other labels on file
         logits["test"] = (logits["test"][0], stored_test)
     counts = np.resize(COUNTS, num_classes)
-    config = {"name": name, "method": "linear-probe", "backbone": f"bb-{name}", "dataset": dataset,
-              "seed": data_seed, "budget": "2epochs", "many": 100, "few": 20, "data": {"root": f"/data/{name}"}}
+    family = family or name  # experts of one family differ only by seed
+    config = {"name": name, "method": "linear-probe", "backbone": f"bb-{family}", "dataset": dataset,
+              "seed": data_seed, "budget": "2epochs", "many": 100, "few": 20, "data": {"root": f"/data/{family}"}}
     meta = {"class_counts": counts.tolist(), "classnames": [f"c{i}" for i in range(num_classes)],
             "params": {"trainable": 100, "total": 1000}, "spent": {"flops": 1e9, "seconds": 2.0},
             "config_hash": f"h-{name}", "created": "2025-01-01T00:00:00+00:00", "seed": data_seed}
@@ -250,3 +252,22 @@ def test_cli_round_trip(home):
     add_expert(reg, "other", MID, 3, dataset="other")
     r = runner.invoke(app, ["fuse", "--experts", "head,other", "--scorer", "mean"])
     assert r.exit_code == 2 and "differ in dataset" in r.output and "Traceback" not in r.output
+
+
+def test_fusions_over_seeds_group_into_one_report_row(tmp_path):
+    """fuse(head_s, tail_s) for s = 0, 1 is one experiment: one report row, mean ± std over 2 seeds."""
+    from ltbench.report.tables import collect
+
+    r = Registry(tmp_path / "reg")
+    for s in (0, 1):
+        for fam, prof in (("head", HEAD), ("tail", TAIL)):
+            add_expert(r, f"{fam}_s{s}", prof, 10 * s + len(fam), data_seed=s, family=fam)
+        fuse_experts(f"head_s{s},tail_s{s}", "mean", registry=r, quiet=True, name=f"avg_s{s}")
+    fuse_experts("head_s1,tail_s1", "search", registry=r, quiet=True, name="searched_s1", trials=5)
+    df = collect(r, ci=False).set_index("expert")
+    fused = df.loc["avg_s{0,1}"]
+    assert fused["seeds"] == 2 and fused["members"] == "avg_s0,avg_s1"
+    singles = [r.get(f"avg_s{s}").metrics["test"]["overall"] for s in (0, 1)]
+    assert fused["overall"] == pytest.approx(np.mean(singles))
+    assert df.loc["head_s{0,1}", "seeds"] == 2
+    assert df.loc["searched_s1", "seeds"] == 1  # another scorer is another experiment

@@ -24,7 +24,7 @@ runner = CliRunner()
 
 
 def register(reg, name, method="lpt", seed=0, acc=0.7, dataset="toy-lt", lr=0.01, trainable=1000,
-             total=100_000, ood=True, gen_seed=None):
+             total=100_000, ood=True, gen_seed=None, init=None):
     """An expert whose test predictions are right with probability `acc` (a bit higher on head classes)."""
     g = np.random.default_rng(gen_seed if gen_seed is not None else abs(hash(name)) % 2**32)
     labels = np.repeat(np.arange(C), PER_CLASS)
@@ -44,7 +44,7 @@ def register(reg, name, method="lpt", seed=0, acc=0.7, dataset="toy-lt", lr=0.01
     groups = shot_groups(np.array(COUNTS))
     metrics = {k: evaluate_logits(lg, lb, groups) for k, (lg, lb) in splits.items()}
     config = {"name": name, "method": method, "backbone": "vit-tiny-test", "dataset": dataset, "seed": seed,
-              "method_config": {"lr": lr}, "many": 100, "few": 20, "device": "cpu"}
+              "method_config": {"lr": lr, **({"init": init} if init else {})}, "many": 100, "few": 20, "device": "cpu"}
     meta = {"params": {"trainable": trainable, "total": total}, "spent": {"flops": 1e12 * (1 + seed), "seconds": 3.0 + seed},
             "budget": "2epochs", "class_counts": COUNTS, "created": "now", "config_hash": "x"}
     return reg.register(name, config, {"head.weight": torch.zeros(2)}, splits, metrics, meta)
@@ -104,6 +104,17 @@ def test_three_seeds_make_one_row_with_mean_and_std(reg):
     assert len(collect(reg, method="lpt", group_seeds=False)) == 3
     register(reg, "lpt_other_lr", method="lpt", seed=3, lr=0.5)
     assert sorted(collect(reg, method="lpt")["seeds"].tolist()) == [1, 3]
+
+
+def test_runs_started_from_seed_replicates_group_by_their_start(reg):
+    """init=lpt_s<k> names a seed; the runs group because their starts are one experiment."""
+    for s in range(3):
+        register(reg, f"ft_s{s}", method="lpt++", seed=s, init=f"lpt_s{s}")
+    register(reg, "ft_from_lp", method="lpt++", seed=3, init="lp_s0")  # another start: its own row
+    df = collect(reg, method="lpt++", ci=False).set_index("expert")
+    assert df.loc["ft_s{0,1,2}", "seeds"] == 3 and df.loc["ft_from_lp", "seeds"] == 1
+    reg.remove("lpt_s1")  # a start no longer registered: that run keeps its own row
+    assert sorted(collect(reg, method="lpt++", ci=False)["seeds"].tolist()) == [1, 1, 2]
 
 
 def test_bootstrap_intervals_contain_the_point_estimate(reg):

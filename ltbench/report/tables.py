@@ -11,7 +11,7 @@ Machine formats (JSON, CSV) carry fractions in [0, 1] and numeric `*_std`, `over
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import io
 import json
 import math
@@ -25,6 +25,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from ..provenance import experiment_key, replicate_seed
 from ..registry import Registry, RegistryError
 from . import logits as _logits
 
@@ -32,9 +33,6 @@ ACC_COLUMNS = ["overall", "many", "medium", "few"]
 FORMATS = ("table", "csv", "md", "latex", "json")
 #: Files `--out DIR` writes, one per format.
 FILES = {"csv": "report.csv", "md": "report.md", "latex": "report.tex", "json": "report.json", "table": "report.txt"}
-#: Config keys that do not make a different experiment: two experts whose configs differ only
-#: here are seeds of one experiment.
-GROUP_IGNORE = ("name", "seed", "resume", "device", "num_workers", "eval_batch_size")
 SORT = ["dataset", "method", "expert"]
 _HEADERS = {"trainable_params": "trainable", "trainable_pct": "% of model", "flops": "FLOPs",
             "device_seconds": "device s", "ece": "ECE"}
@@ -44,18 +42,12 @@ class ReportError(RegistryError):
     """A report that cannot be built as asked (bad format, nothing to plot …)."""
 
 
-def group_key(config: dict[str, Any]) -> str:
-    """Hash of the stored config minus seed, name and operational keys: same hash, same experiment."""
-    payload = {k: v for k, v in config.items() if k not in GROUP_IGNORE}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _expert_row(registry: Registry, r: dict[str, Any]) -> dict[str, Any]:
+def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]:
     ex = registry.get(r["name"])
     config, metrics, meta = ex.config, ex.metrics, ex.meta
     test = metrics.get("test", {})
     row: dict[str, Any] = {"expert": r["name"], "method": r["method"], "backbone": r["backbone"],
-                           "dataset": r["dataset"], "seeds": 1, "seed": r["seed"], "members": r["name"],
+                           "dataset": r["dataset"], "seeds": 1, "seed": replicate_seed(config), "members": r["name"],
                            **{k: test.get(k) for k in ACC_COLUMNS}, "ece": test.get("ece")}
     for split, m in sorted(metrics.items()):
         if split.startswith("ood:"):
@@ -69,8 +61,21 @@ def _expert_row(registry: Registry, r: dict[str, Any]) -> dict[str, Any]:
     row["device_seconds"] = spent.get("seconds")
     row["budget"] = meta.get("budget")
     row["_path"] = ex.path
-    row["_key"] = (r["dataset"], group_key(config))
+    row["_key"] = (r["dataset"], experiment_key(config, lookup))
     return row
+
+
+def _config_lookup(registry: Registry):
+    """name -> stored config, each read once; KeyError for a name no longer registered."""
+    known = set(registry.names())
+
+    @functools.lru_cache(maxsize=None)
+    def lookup(name: str) -> dict[str, Any]:
+        if name not in known:
+            raise KeyError(name)
+        return registry.get(name).config
+
+    return lookup
 
 
 def _stem(names: list[str]) -> str:
@@ -138,7 +143,8 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
         keep = set(wanted)
         rows = [r for r in rows if r["name"] in keep]
     rows = [r for r in rows if not (dataset and r["dataset"] != dataset) and not (method and r["method"] != method)]
-    singles = [_expert_row(registry, r) for r in rows]
+    lookup = _config_lookup(registry)
+    singles = [_expert_row(registry, r, lookup) for r in rows]
 
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for row in singles:
