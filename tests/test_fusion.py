@@ -72,7 +72,7 @@ def test_per_group_search_recovers_head_and_tail_weights(reg):
     assert cfg["method"] == "fuse:search" and cfg["experts"] == ["head", "tail"] and cfg["dataset"] == "synth"
     assert cfg["backbone"] == "bb-head+bb-tail"
     assert [c["name"] for c in meta["constituents"]] == ["head", "tail"]
-    assert meta["params"] == {"trainable": 6, "total": 2006}
+    assert meta["params"] == {"trainable": 206, "total": 2006, "fusion": 6}  # constituents' 2 × 100 + 6 weights
     assert meta["spent"]["flops"] == 2e9 and meta["spent"]["seconds"] >= 4.0
     assert meta["trials"]["completed"] == 60 and set(meta) >= {"git", "packages", "config_hash", "created"}
     assert set(fused.splits()) == {"val", "test", "ood:synth-r"}
@@ -102,7 +102,7 @@ def test_mean_is_probability_averaging(reg):
     assert torch.allclose(torch.softmax(fused.logits("test"), 1), expected, atol=2e-3)
     assert fused.meta["weights"]["w_base"] == [[0.5], [0.5]]
     assert fused.meta["trials"] is None and fused.config["method"] == "fuse:mean"
-    assert fused.meta["params"] == {"trainable": 0, "total": 2000}
+    assert fused.meta["params"] == {"trainable": 200, "total": 2000, "fusion": 0}
 
 
 def test_moe_at_least_best_single_and_reapplies_from_delta(reg):
@@ -117,7 +117,7 @@ def test_moe_at_least_best_single_and_reapplies_from_delta(reg):
     assert torch.allclose(again, fused.logits("test"), atol=0.05)
     model = FusionModel.from_delta(fused.delta())
     assert model.w_base.shape == (3, 1)
-    assert fused.meta["params"]["trainable"] == model.num_params()
+    assert fused.meta["params"]["fusion"] == model.num_params()
 
 
 def test_learned_offsets_train_and_are_deterministic(reg):

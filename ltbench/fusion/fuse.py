@@ -259,8 +259,11 @@ def fuse_experts(
     }
     c_flops = sum(float((m.get("spent") or {}).get("flops") or 0) for m in metas)
     c_seconds = sum(float((m.get("spent") or {}).get("seconds") or 0) for m in metas)
-    trainable = model.num_params(base=scorer in ("search", "moe"))  # mean / learned: W_base is fixed, not fitted
-    total = sum(int((m.get("params") or {}).get("total") or 0) for m in metas) + trainable
+    # Like compute, parameters count the constituents' as well as the scorer's own: the fused
+    # expert is all of them (its accuracy-vs-params point would otherwise sit at the scorer's few).
+    fitted = model.num_params(base=scorer in ("search", "moe"))  # mean / learned: W_base is fixed, not fitted
+    trainable = sum(int((m.get("params") or {}).get("trainable") or 0) for m in metas) + fitted
+    total = sum(int((m.get("params") or {}).get("total") or 0) for m in metas) + fitted
     search = info.get("search", {})
     meta = {
         "created": now(), "git": git_hash(), "packages": package_versions(), "env": environment("cpu"),
@@ -276,7 +279,7 @@ def fuse_experts(
                    "run_now": search.get("trials_run", 0), "best_trial": search.get("best_trial"),
                    "study_name": search.get("study_name"), "storage": storage} if search else None,
         "scorer_info": info,
-        "params": {"trainable": trainable, "total": total},
+        "params": {"trainable": trainable, "total": total, "fusion": fitted},
         # The fused expert's compute is its constituents' plus the fusion's own (flops of fusion: 0, uncounted).
         "spent": {"flops": c_flops, "seconds": c_seconds + fit_seconds},
         "spent_constituents": {"flops": c_flops, "seconds": c_seconds},

@@ -62,6 +62,48 @@ def _yerr(df: pd.DataFrame) -> np.ndarray:
     return np.vstack([lo, hi])
 
 
+#: Where a bubble's label may go, tried in order: (dx, dy) in units of (radius + 3 pt), alignment.
+_LABEL_SPOTS = [((1, 0), "left", "center"), ((-1, 0), "right", "center"), ((0, 1), "center", "bottom"),
+                ((0, -1), "center", "top"), ((0.75, 0.75), "left", "bottom"), ((0.75, -0.75), "left", "top"),
+                ((-0.75, 0.75), "right", "bottom"), ((-0.75, -0.75), "right", "top")]
+
+
+def _place_labels(fig, ax, x, y, radii, names) -> None:
+    """Label each bubble at the first spot around it whose text overlaps no other bubble, no label
+    placed so far, and stays inside the axes (else the spot with the least overlap)."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    centres = ax.transData.transform(np.column_stack([x, y]))
+    px = radii * fig.dpi / 72
+    placed: list = [Bbox.from_extents(cx - r, cy - r, cx + r, cy + r) for (cx, cy), r in zip(centres, px)]  # bubbles
+
+    def overlap(b) -> float:
+        area = sum(max(0.0, min(b.x1, o.x1) - max(b.x0, o.x0)) * max(0.0, min(b.y1, o.y1) - max(b.y0, o.y0))
+                   for o in placed)
+        outside = (b.x1 - b.x0) * (b.y1 - b.y0) - max(0.0, min(b.x1, frame.x1) - max(b.x0, frame.x0)) \
+            * max(0.0, min(b.y1, frame.y1) - max(b.y0, frame.y0))
+        return area + outside
+
+    for i in np.argsort(-y, kind="stable"):  # top to bottom
+        best = None
+        for (dx, dy), ha, va in _LABEL_SPOTS:
+            r = radii[i] + 3
+            t = ax.annotate(names[i], (x[i], y[i]), xytext=(dx * r, dy * r), textcoords="offset points",
+                            fontsize=7, ha=ha, va=va, zorder=4)
+            cost = overlap(t.get_window_extent(renderer))
+            if best is None or cost < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (cost, t)
+            else:
+                t.remove()
+            if cost == 0:
+                break
+        placed.append(best[1].get_window_extent(renderer))
+
+
 def accuracy_vs_params(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
     d = df[df["trainable_params"].notna() & df["overall"].notna()].reset_index(drop=True)
     if not len(d):
@@ -80,16 +122,14 @@ def accuracy_vs_params(df: pd.DataFrame, path: Path, dataset: str) -> Path | Non
         m = (d["method"] == method).to_numpy()
         ax.scatter(x[m], y[m], s=sizes[m], color=colors[method], alpha=0.55, edgecolors="black", linewidths=0.6,
                    label=method, zorder=3)
-    raw = d["trainable_params"].astype(float).to_numpy()
-    for xi, yi, si, name, n in zip(x, y, sizes, d["expert"], raw):
-        radius = np.sqrt(si / np.pi)  # marker area is in points²: label just right of the bubble
-        ax.annotate(name + (" (0 trainable)" if n == 0 else ""), (xi, yi), xytext=(radius + 3, 0),
-                    textcoords="offset points", fontsize=7, va="center", zorder=4)
     ax.set_xscale("log")
     lo, hi = x.min(), x.max()
     ax.set_xlim(lo / 3, hi * 6)
     pad = max(2.0, 0.15 * (y.max() - y.min()))
     ax.set_ylim(max(0, y.min() - pad), min(100, y.max() + pad))
+    raw = d["trainable_params"].astype(float).to_numpy()
+    names = [name + (" (0 trainable)" if n == 0 else "") for name, n in zip(d["expert"], raw)]
+    _place_labels(fig, ax, x, y, np.sqrt(sizes / np.pi), names)  # marker area is in points²
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel("overall test accuracy (%)")
     ax.set_title(f"{dataset}: accuracy vs trainable parameters\nbubble area ∝ total model size "
