@@ -32,15 +32,15 @@ RUN_DEFAULTS: dict[str, Any] = {
     "many": 100,  # shot groups: many > this
     "few": 20,  # few < this
     "device": "auto",
-    "num_workers": 0,
+    "num_workers": "auto",  # data-loader workers: auto = 0 on CPU, min(8, CPU cores) on CUDA
     "pretrained": True,
     "resume": False,
-    "ood": [],
+    "ood": [],  # extra OOD sets, NAME=PATH (imagenet-sketch, imagenet-r, imagenet-a, imagenet-v2)
     "augment": True,  # random resized crop + flip on training images
     "skip_bad_images": False,  # drop unreadable images (counted in the metrics) instead of failing
     "amp": "auto",  # bf16 autocast: auto = on CUDA only
     "channels_last": False,  # CUDA only
-    "compile": False,  # torch.compile the training forward  # extra OOD sets, NAME=PATH (imagenet-sketch, imagenet-r, imagenet-a, imagenet-v2)
+    "compile": False,  # torch.compile the training forward: true (inductor) or a backend name
 }
 
 
@@ -101,6 +101,31 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
+#: Run keys that take "auto" or a value of one kind, checked before any work.
+_SWITCHES = {"amp": ("auto", True, False), "num_workers": "auto or an integer >= 0",
+             "channels_last": (True, False), "compile": "true, false or a torch.compile backend"}
+
+
+def _compile_backends() -> list[str]:
+    import torch._dynamo
+
+    return torch._dynamo.list_backends(exclude_tags=())
+
+
+def _check_switches(run: dict[str, Any]) -> None:
+    for key, allowed in _SWITCHES.items():
+        v = run[key]
+        if key == "num_workers":
+            ok = v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+        elif key == "compile":
+            ok = isinstance(v, bool) or (isinstance(v, str) and v in _compile_backends())
+        else:
+            ok = any(v is a or (isinstance(a, str) and v == a) for a in allowed)
+        if not ok:
+            want = allowed if isinstance(allowed, str) else " or ".join(str(a).lower() for a in allowed)
+            raise ConfigError(f"--set {key}={v!r}: expected {want}")
+
+
 def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge defaults < flags < sets into {run keys…, "method_config": …, "data": …}."""
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -132,6 +157,7 @@ def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) ->
             raise ConfigError(f"unknown --set key {key!r} for method {run['method']!r} and dataset"
                               f" {run['dataset']!r}.{hint} Known keys: {', '.join(known)}")
     parse_budget(run["budget"])  # fail before any work
+    _check_switches(run)
     cls = METHODS.get(run["method"])
     try:
         mcfg = cls.Config(**method_over)

@@ -144,6 +144,10 @@ class Trainer:
         self.autocast = cuda if amp == "auto" else bool(amp)  # bf16 on GPUs; fp32 on CPU unless asked
         self.channels_last = bool(run.get("channels_last")) and cuda
         self.pin = cuda
+        workers = run.get("num_workers", "auto")
+        if workers == "auto":  # workers feed a GPU; on CPU they would compete with the training threads
+            workers = min(8, os.cpu_count() or 1) if cuda else 0
+        self.workers = workers
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
         bb = method.info
@@ -152,8 +156,7 @@ class Trainer:
 
     # -- data ----------------------------------------------------------------------------
     def _loader(self, dataset, **kw) -> DataLoader:
-        workers = self.run["num_workers"]
-        return DataLoader(dataset, num_workers=workers, pin_memory=self.pin,
+        return DataLoader(dataset, num_workers=self.workers, pin_memory=self.pin,
                           persistent_workers=False, **kw)
 
     def _eval_loader(self, split) -> DataLoader:
@@ -221,15 +224,17 @@ class Trainer:
         if d.enabled:
             batches = ShardedBatchSampler(batches, d, halves=2 if kind == "dual" else 1)
         loader = DataLoader(dataset, batch_sampler=batches, pin_memory=self.pin,
-                            num_workers=0 if phase.cache_features else self.run["num_workers"])
+                            num_workers=0 if phase.cache_features else self.workers)
         forward = module
         if d.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             forward = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
                           find_unused_parameters=True)
-        if self.run.get("compile"):
-            forward = torch.compile(forward)
+        counted = forward  # the FLOP-counted first step runs eagerly: the counter's global hooks and
+        compile_ = self.run.get("compile")  # a compiled graph do not mix (same FLOPs, a warning, a recompile)
+        if compile_:
+            forward = torch.compile(forward, **({"backend": compile_} if isinstance(compile_, str) else {}))
         optimizer = make_optimizer(phase, cfg)
         epoch, flops_per_image, step_seconds = 0, None, None
         if state is not None:
@@ -284,9 +289,9 @@ class Trainer:
                         weight = torch.ones(len(x), device=device)
                         weight[half:] = phase.dual_eta * (1 - meter.fraction)
 
-                    def step() -> torch.Tensor:
+                    def step(fwd=forward) -> torch.Tensor:
                         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                            out, extra = forward(x)
+                            out, extra = fwd(x)
                         out = out.float()
                         loss = loss_fn(out, y) if weight is None else loss_fn(out, y, weight)
                         loss = loss + extra.float()
@@ -297,7 +302,7 @@ class Trainer:
                     with Stopwatch(device) as sw:
                         if flops_per_image is None:
                             holder: list[torch.Tensor] = []
-                            flops = count_flops(lambda: holder.append(step()))
+                            flops = count_flops(lambda: holder.append(step(counted)))
                             loss = holder[0]
                             flops_per_image = flops / len(x)
                         else:

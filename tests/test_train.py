@@ -86,3 +86,47 @@ def test_checkpoint_written_at_each_epoch_end(tmp_path):
     trainer.fit(__import__("ltbench.budget", fromlist=["parse_budget"]).parse_budget("1epochs"))
     ckpt = torch.load(reg.home / "runs" / "resumed" / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["spent"]["epochs"] == pytest.approx(1)
+
+
+def test_bf16_autocast_on_cpu_trains_close_to_fp32(tmp_path):
+    """`amp=true` runs the CUDA speed path's bf16 autocast on CPU: it must engage (the weights
+    differ from fp32's) and stay close to fp32 (the loss and optimiser remain fp32)."""
+    reg = Registry(tmp_path)
+    runs = {amp: train_expert({**tiny_run("vpt-deep", "3steps", amp=amp), "name": f"amp-{amp}"}, reg, quiet=True)
+            for amp in (True, False)}
+    a, b = runs[True].delta(), runs[False].delta()
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert 0 < diff < 0.05, diff
+    assert runs[True].config["amp"] is True and runs[True].logits("test").dtype == torch.float32
+    assert runs[True].meta["spent"]["flops"] == runs[False].meta["spent"]["flops"]
+
+
+def test_compiled_training_forward_matches_eager(tmp_path, monkeypatch):
+    """`compile=<backend>` wraps the training forward in torch.compile (aot_eager here: tracing
+    without a C++ toolchain); the FLOP-counted first step stays eager, so FLOPs agree too."""
+    reg = Registry(tmp_path)
+    calls, real = [], torch.compile
+
+    def spy(model, **kw):
+        calls.append(kw)
+        return real(model, **kw)
+
+    monkeypatch.setattr(torch, "compile", spy)
+    runs = {c: train_expert({**tiny_run("lpt", "4steps", compile=c, prompt_len=2, pool_size=4), "name": f"c-{c}"},
+                            reg, quiet=True) for c in ("aot_eager", False)}
+    a, b = runs["aot_eager"].delta(), runs[False].delta()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    assert runs["aot_eager"].meta["spent"]["flops"] == runs[False].meta["spent"]["flops"]
+    assert calls == [{"backend": "aot_eager"}] * 2  # once per LPT phase, none for the eager run
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("amp", "maybe", "--set amp='maybe': expected auto or true or false"),
+    ("num_workers", -1, "--set num_workers=-1: expected auto or an integer >= 0"),
+    ("compile", "warp-drive", "--set compile='warp-drive': expected true, false or a torch.compile backend"),
+])
+def test_speed_switches_are_checked_before_any_work(key, value, expected):
+    from ltbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=__import__("re").escape(expected)):
+        tiny_run("vpt-deep", "3steps", **{key: value})
