@@ -219,20 +219,22 @@ def shot_group_bars(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
     ax = fig.add_subplot()
     width = 0.26
     xs = np.arange(n)
+    grouped = d["seeds"].fillna(1).to_numpy() > 1 if "seeds" in d else np.zeros(n, bool)
     for j, g in enumerate(("many", "medium", "few")):
         vals = 100 * d[g].astype(float).fillna(0).to_numpy()
-        err = None
-        if f"{g}_std" in d:
+        ax.bar(xs + (j - 1) * width, vals, width, color=GROUP_COLORS[g], label=g)
+        if f"{g}_std" in d and grouped.any():  # std bars on seed groups only (single runs have none)
             err = 100 * d[f"{g}_std"].astype(float).fillna(0).to_numpy()
-        ax.bar(xs + (j - 1) * width, vals, width, yerr=err, capsize=2, color=GROUP_COLORS[g], label=g,
-               error_kw={"elinewidth": 0.8})
+            ax.errorbar((xs + (j - 1) * width)[grouped], vals[grouped], yerr=err[grouped], fmt="none",
+                        ecolor="black", elinewidth=0.8, capsize=2)
     ax.scatter(xs, 100 * d["overall"].astype(float).to_numpy(), marker="D", color="black", s=18, zorder=3,
                label="overall")
     ax.set_xticks(xs)
     ax.set_xticklabels(d["expert"], rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=8)
     ax.set_ylim(0, 100)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{dataset}: accuracy by shot group (error bars: std over seeds)", fontsize=10)
+    note = " (error bars: std over seeds)" if grouped.any() else ""
+    ax.set_title(f"{dataset}: accuracy by shot group{note}", fontsize=10)
     ax.grid(True, axis="y", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _save(fig, path)
