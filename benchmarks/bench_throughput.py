@@ -30,16 +30,31 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ltbench.budget import parse_budget  # noqa: E402
 from ltbench.config import resolve_config  # noqa: E402
-from ltbench.data.base import ArraySplit, LTDataset, exponential_profile  # noqa: E402
+from ltbench.data.base import LTDataset, Split, exponential_profile  # noqa: E402
 from ltbench.experts.backbones import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
 from ltbench.train import Trainer, make_optimizer, resolve_device  # noqa: E402
+
+
+class PoolSplit(Split):
+    """`len(labels)` images drawn in turn from a small pool of random RGB images (no big copy)."""
+
+    def __init__(self, pool: np.ndarray, labels: np.ndarray):
+        self.pool, self.labels = pool, np.asarray(labels, dtype=np.int64)
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.pool[i % len(self.pool)])
+
+    def subset(self, idx) -> "PoolSplit":
+        idx = np.asarray(idx, dtype=np.int64)
+        return PoolSplit(self.pool[idx % len(self.pool)], self.labels[idx])
 
 
 def synthetic_data(num_classes: int, train_images: int, eval_images: int, side: int, seed: int = 0) -> LTDataset:
@@ -47,15 +62,11 @@ def synthetic_data(num_classes: int, train_images: int, eval_images: int, side: 
     rng = np.random.default_rng(seed)
     counts = np.array(exponential_profile(num_classes, head=max(1, train_images // 20), imbalance=100))
     counts = np.maximum(1, np.round(counts * train_images / counts.sum())).astype(int)
-    labels = np.repeat(np.arange(num_classes), counts)
-    pool = rng.integers(0, 256, size=(64, side, side, 3), dtype=np.uint8)  # 64 distinct images, reused
-
-    def split(lbl: np.ndarray) -> ArraySplit:
-        return ArraySplit(pool[np.arange(len(lbl)) % len(pool)], lbl)
-
+    pool = rng.integers(0, 256, size=(64, side, side, 3), dtype=np.uint8)
     eval_labels = np.arange(eval_images) % num_classes
-    return LTDataset("synthetic-lt", [f"c{i}" for i in range(num_classes)], split(labels), split(eval_labels[:2]),
-                     split(eval_labels))
+    return LTDataset("synthetic-lt", [f"c{i}" for i in range(num_classes)],
+                     PoolSplit(pool, np.repeat(np.arange(num_classes), counts)), PoolSplit(pool, eval_labels[:2]),
+                     PoolSplit(pool, eval_labels))
 
 
 def sync(device: torch.device) -> None:
