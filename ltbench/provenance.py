@@ -54,7 +54,10 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Hash of the resolved config minus the run's name: same hash, same experiment."""
-    payload = {k: v for k, v in config.items() if k not in ("name", "resume")}
+    return _hash({k: v for k, v in config.items() if k not in ("name", "resume")})
+
+
+def _hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -91,7 +94,7 @@ def experiment_key(config: dict[str, Any], lookup: Callable[[str], dict[str, Any
     mc = payload.get("method_config")
     if isinstance(mc, dict) and mc.get("init"):
         payload["method_config"] = {**mc, "init": ref(mc["init"])}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _hash(payload)
 
 
 def replicate_seed(config: dict[str, Any]) -> Any:
