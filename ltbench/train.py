@@ -231,8 +231,10 @@ class Trainer:
 
             forward = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
                           find_unused_parameters=True)
-        counted = forward  # the FLOP-counted first step runs eagerly: the counter's global hooks and
-        compile_ = self.run.get("compile")  # a compiled graph do not mix (same FLOPs, a warning, a recompile)
+        # The FLOP-counted first step runs eagerly: the counter's global module hooks and a compiled
+        # graph do not mix (the FLOPs come out the same, with a warning and a recompile).
+        counted = forward
+        compile_ = self.run.get("compile")
         if compile_:
             forward = torch.compile(forward, **({"backend": compile_} if isinstance(compile_, str) else {}))
         optimizer = make_optimizer(phase, cfg)
