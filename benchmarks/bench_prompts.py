@@ -56,7 +56,7 @@ from ltbench.data.samplers import build_batch_sampler  # noqa: E402
 from ltbench.data.transforms import build_transform  # noqa: E402
 from ltbench.experts.backbones import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
-from ltbench.train import Trainer, build_all, make_optimizer  # noqa: E402
+from ltbench.train import Trainer, begin_phase, build_all, make_optimizer  # noqa: E402
 
 TARGETS = {"lpt_train": (0.88, 0.83), "lpt_infer": (0.80, 0.75), "vpt": (1.10, None)}
 
@@ -154,11 +154,7 @@ def phase2_like_trainer(m):
     """What `Trainer._fit_phase` does before LPT's phase 2 (phase list of a phase=0 run)."""
     phase = m.phases()[-1]
     assert phase.name == "group-prompts", phase.name
-    if phase.on_start is not None:
-        phase.on_start()
-    m.requires_grad_(False)
-    for p in phase.parameters:
-        p.requires_grad_(True)
+    begin_phase(m, phase)
     opt = make_optimizer(phase, m.cfg)
     for g in opt.param_groups:
         g["lr"] = m.cfg.effective_lr * g["lr_scale"]

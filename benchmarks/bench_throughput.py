@@ -40,7 +40,7 @@ from ltbench.config import resolve_config  # noqa: E402
 from ltbench.data.base import LTDataset, Split, exponential_profile  # noqa: E402
 from ltbench.experts.backbones import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
-from ltbench.train import Trainer, make_optimizer, resolve_device  # noqa: E402
+from ltbench.train import Trainer, begin_phase, make_optimizer, resolve_device  # noqa: E402
 
 
 class PoolSplit(Split):
@@ -124,11 +124,7 @@ def model_only(args, method_name: str, device: torch.device) -> list[dict]:
     for phase in method.phases():
         if phase.cache_features:
             continue
-        if phase.on_start is not None:
-            phase.on_start()
-        method.requires_grad_(False)
-        for p in phase.parameters:
-            p.requires_grad_(True)
+        begin_phase(method, phase)
         opt = make_optimizer(phase, method.cfg)
 
         def train_step(bf16: bool):

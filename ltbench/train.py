@@ -103,6 +103,17 @@ def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, 
     return torch.cat(outs) if outs else torch.empty(0)
 
 
+def begin_phase(method: Method, phase: Phase) -> None:
+    """Switch `method` to `phase`: its start hook, then only the phase's parameters trainable."""
+    if phase.on_start is not None:
+        phase.on_start()
+    method.requires_grad_(False)
+    for p in method.parameters():
+        p.grad = None  # an earlier phase's gradients must not outlive it
+    for p in phase.parameters:
+        p.requires_grad_(True)
+
+
 class _Step(nn.Module):
     """One training forward as a module: (logits, extra loss term).
 
@@ -200,13 +211,7 @@ class Trainer:
 
     def _fit_phase(self, index: int, phase: Phase, meter: Meter, state: dict | None, result: TrainResult) -> dict:
         cfg, method, device, d = self.cfg, self.method, self.device, self.dist
-        if phase.on_start is not None:
-            phase.on_start()
-        method.requires_grad_(False)
-        for p in method.parameters():
-            p.grad = None  # an earlier phase's gradients must not outlive it
-        for p in phase.parameters:
-            p.requires_grad_(True)
+        begin_phase(method, phase)
         train = self.data.train
         if phase.subset is not None:
             train = train.subset(phase.subset(train.labels, self.run["seed"]))
