@@ -54,7 +54,7 @@ from ltbench.config import resolve_config  # noqa: E402
 from ltbench.data import TorchSplit  # noqa: E402
 from ltbench.data.samplers import build_batch_sampler  # noqa: E402
 from ltbench.data.transforms import build_transform  # noqa: E402
-from ltbench.experts.backbones import create_backbone  # noqa: E402
+from ltbench.backbones.base import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
 from ltbench.train import Trainer, begin_phase, build_all, make_optimizer  # noqa: E402
 

@@ -97,7 +97,7 @@ def remove(name: str, registry: Registry | None = None) -> None:
 def params(method: str, backbone: str, num_classes: int, sets: list[str] | None = None) -> dict[str, int]:
     """Parameter counts without loading weights (random init of the backbone's shapes)."""
     from .config import parse_sets
-    from .experts.backbones import create_backbone
+    from .backbones.base import create_backbone
     from .methods import create_method
 
     bb = create_backbone(backbone, pretrained=False)
@@ -111,7 +111,7 @@ def list_datasets() -> list[tuple[str, str]]:
 
 
 def list_backbones() -> list[tuple[str, str]]:
-    from .experts.backbones import list_backbones
+    from .backbones.base import list_backbones
 
     return list_backbones()
 

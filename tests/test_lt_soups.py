@@ -5,7 +5,7 @@ import torch
 
 from conftest import TINY_DATA
 from ltbench.config import resolve_config
-from ltbench.experts.backbones import create_backbone
+from ltbench.backbones.base import create_backbone
 from ltbench.methods import create_method
 from ltbench.methods.lt_soups import capped_subset
 from ltbench.registry import Registry

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from conftest import TINY_DATA
 from ltbench.cli import app
 from ltbench.config import resolve_config
-from ltbench.experts.backbones import create_backbone
+from ltbench.backbones.base import create_backbone
 from ltbench.methods import create_method
 from ltbench.registry import Registry
 from ltbench.train import train_expert

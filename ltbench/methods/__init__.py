@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from .._registry import Registry
-from ..experts.backbones import Backbone
+from ..backbones.base import Backbone
+from .base import resolve_method_config
 
 METHODS: Registry[type] = Registry("method")
 
@@ -29,7 +30,7 @@ def method_config_fields(name: str) -> dict[str, Any]:
 def create_method(name: str, backbone: Backbone, num_classes: int, class_counts: np.ndarray | None = None,
                   classnames: list[str] | None = None, **overrides: Any):
     cls = METHODS.get(name)
-    return cls(backbone, num_classes, cls.Config(**overrides), class_counts, classnames)
+    return cls(backbone, num_classes, resolve_method_config(cls, overrides), class_counts, classnames)
 
 
 from . import adaptformer, full_ft, linear_probe, lit, lora, lpt, lpt_pp, lt_soups, vpt, zero_shot  # noqa: E402,F401

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..experts.backbones import Backbone
+from ..backbones.base import Backbone
 from .base import Method, Phase
 
 

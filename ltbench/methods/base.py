@@ -14,13 +14,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..experts.backbones import Backbone
+from ..backbones.base import Backbone
+
+
+#: `preset=paper` (the default): the paper's values; `preset=reference`: the official code's
+#: values where they differ (each config class lists them in its REFERENCE table).
+PRESETS = ("paper", "reference")
 
 
 @dataclass
 class MethodConfig:
-    """Training defaults shared by every method; methods override the defaults they change."""
+    """Training defaults shared by every method; methods override the defaults they change.
 
+    Defaults follow the method's paper. `REFERENCE` holds the official code's values where
+    they differ, applied under the user's own overrides by `--set preset=reference`.
+    """
+
+    REFERENCE: ClassVar[dict[str, Any]] = {}
+
+    preset: str = "paper"
     loss: str = "ce"
     sampler: str = "instance"
     optimizer: str = "sgd"  # sgd | adamw
@@ -182,4 +194,12 @@ class Method(nn.Module):
 
 
 def resolve_method_config(cls: type[Method], overrides: dict[str, Any]) -> MethodConfig:
-    return cls.Config(**overrides)
+    """The method's config: its paper defaults, or its REFERENCE values under `preset=reference`,
+    then the user's overrides on top."""
+    from ..errors import ConfigError
+
+    preset = overrides.get("preset", "paper")
+    if preset not in PRESETS:
+        raise ConfigError(f"--set preset={preset!r}: expected {' or '.join(PRESETS)}")
+    base = dict(cls.Config.REFERENCE) if preset == "reference" else {}
+    return cls.Config(**{**base, **overrides})

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..experts.backbones import Backbone
+from ..backbones.base import Backbone
 
 PromptFn = Callable[[int], Optional[torch.Tensor]]
 

@@ -24,7 +24,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from .._registry import Registry
-from .backbones import Backbone, BackboneError
+from .base import Backbone, BackboneError
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 open_clip.add_model_config(CONFIG_DIR)  # ltbench-tiny-clip: random, for tests (no download)
