@@ -3,8 +3,6 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-
 # A fashion-mnist-lt small enough for a training run in about a second on 2 cores.
 TINY_DATA = {"head": 40, "imbalance": 10, "val_per_class": 4, "test_per_class": 6}
 TINY_SETS = [f"{k}={v}" for k, v in TINY_DATA.items()]

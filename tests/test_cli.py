@@ -4,7 +4,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import SHARED, TINY_SETS
+from conftest import TINY_SETS
 from ltbench.cli import app
 from ltbench.registry import Registry
 

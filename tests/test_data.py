@@ -19,18 +19,15 @@ from ltbench.data import (
 from ltbench.data.fashion_mnist import DEFAULT_ROOT as FMNIST_ROOT
 from ltbench.data.fashion_mnist import read_idx, sketch
 from ltbench.data.samplers import build_sampler
-from ltbench.data.splitfile import read_classnames, read_split_file
+from ltbench.data.splitfile import PACKAGED, read_classnames, read_split_file
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-PLACES_TRAIN = SHARED / "places_lt" / "Places_LT_train.txt"
-needs_places = pytest.mark.skipif(not PLACES_TRAIN.is_file(), reason=f"{PLACES_TRAIN} not present")
+PLACES_TRAIN = PACKAGED / "places_lt" / "Places_LT_train.txt.gz"
 needs_fmnist = pytest.mark.skipif(not Path(FMNIST_ROOT).is_dir(), reason="dataset-fashion-mnist not installed")
 
 
 # --------------------------------------------------------------------------- split files
 
 
-@needs_places
 def test_places_lt_counts_and_shot_groups_from_real_split_file(tmp_path):
     split = read_split_file(PLACES_TRAIN, tmp_path, 365)
     assert len(split) == 62_500
@@ -40,15 +37,42 @@ def test_places_lt_counts_and_shot_groups_from_real_split_file(tmp_path):
     assert split.lines[0] == 1 and split.lines[-1] == 62_500
 
 
-@needs_places
-def test_places_lt_dataset_builds_without_images_and_validate_finds_missing(tmp_path):
-    ds = create_dataset("places-lt", root=str(tmp_path), split_dir=str(PLACES_TRAIN.parent))
+def test_places_lt_dataset_builds_from_shipped_split_files_and_validate_finds_missing(tmp_path):
+    ds = create_dataset("places-lt", root=str(tmp_path))  # no split_dir: the files shipped in the package
     assert (len(ds.train), len(ds.val), len(ds.test)) == (62_500, 7_300, 36_500)
     assert ds.num_classes == 365 and ds.classnames[1] == "airplane cabin"
     assert np.bincount(ds.shot_groups(), minlength=3).tolist() == [131, 163, 71]
-    assert ds.options["num_classes"] == 365
-    with pytest.raises(DataError, match=r"Places_LT_train\.txt:1 "):
+    assert ds.options["num_classes"] == 365 and ds.options["split_dir"] is None
+    assert ds.train.paths[0] == "train/airfield/00004851.jpg" and ds.test.paths[-1].startswith("val/")
+    with pytest.raises(DataError, match=r"Places_LT_train\.txt\.gz:1 "):
         ds.validate()
+
+
+def test_imagenet_lt_ships_val_test_and_classnames_but_not_train(tmp_path):
+    with pytest.raises(DataError, match=r"ImageNet_LT_train\.txt not found \(not shipped with ltbench\); set split_dir="):
+        create_dataset("imagenet-lt", root=str(tmp_path))
+    # a train file of the user's own (absolute path), the shipped val / test / class names
+    own = tmp_path / "ImageNet_LT_train.txt"
+    own.write_text("".join(f"train/n{k:08d}/x.JPEG {k}\n" for k in range(1000)))
+    ds = create_dataset("imagenet-lt", root=str(tmp_path), train_file=str(own))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (1000, 20_000, 50_000)
+    assert ds.classnames[:3] == ["tench", "goldfish", "great white shark"] and ds.train.source == str(own)
+
+
+def test_user_split_dir_wins_plain_or_gzipped(tmp_path):
+    import gzip
+
+    sdir = tmp_path / "splits"
+    sdir.mkdir()
+    (sdir / "Places_LT_train.txt").write_text("a/1.jpg 0\nb/1.jpg 1\nb/2.jpg 1\n")
+    with gzip.open(sdir / "Places_LT_val.txt.gz", "wt") as f:
+        f.write("a/2.jpg 0\nb/3.jpg 1\n")
+    (sdir / "Places_LT_test.txt").write_text("a/3.jpg 0\nb/4.jpg 1\n")
+    ds = create_dataset("places-lt", root=str(tmp_path), split_dir=str(sdir), num_classes=2, classnames_file=None)
+    assert ds.train.labels.tolist() == [0, 1, 1] and ds.val.paths == ["a/2.jpg", "b/3.jpg"]
+    assert ds.classnames == ["a", "b"] and ds.val.source == str(sdir / "Places_LT_val.txt.gz")
+    with pytest.raises(DataError, match=r"classnames_file .*splits/classnames\.txt not found; set split_dir="):
+        create_dataset("places-lt", root=str(tmp_path), split_dir=str(sdir), num_classes=2)
 
 
 def test_split_file_source_needs_root(tmp_path):
@@ -56,8 +80,8 @@ def test_split_file_source_needs_root(tmp_path):
         create_dataset("places-lt")
     with pytest.raises(DataError, match="not a folder"):
         create_dataset("places-lt", root=str(tmp_path / "nope"))
-    with pytest.raises(DataError, match="Places_LT_train.txt"):
-        create_dataset("places-lt", root=str(tmp_path))
+    with pytest.raises(DataError, match="iNaturalist18_train.txt not found; set split_dir="):
+        create_dataset("inat2018", root=str(tmp_path))  # inat2018's split files are not shipped
 
 
 @pytest.mark.parametrize(
@@ -127,10 +151,10 @@ def test_classnames_formats_and_length_mismatch(tmp_path):
         read_classnames(f, 4)
 
 
-@pytest.mark.skipif(not (SHARED / "imagenet_lt" / "classnames.txt").is_file(), reason="shared data absent")
-def test_shared_imagenet_lt_classnames():
-    names = read_classnames(SHARED / "imagenet_lt" / "classnames.txt", 1000)
+def test_shipped_class_names():
+    names = read_classnames(PACKAGED / "imagenet_lt" / "classnames.txt.gz", 1000)
     assert names[:3] == ["tench", "goldfish", "great white shark"]
+    assert read_classnames(PACKAGED / "places_lt" / "classnames.txt.gz", 365)[:2] == ["airfield", "airplane cabin"]
 
 
 # --------------------------------------------------------------------------- CIFAR-100-LT

@@ -4,13 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED
 from ltbench.data import OOD_SETS, DataError, FileSplit, LTDataset, attach_ood, load_ood
 from ltbench.data.ood import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, wnids_from_classnames, wnids_from_split
-from ltbench.data.splitfile import read_split_file
+from ltbench.data.splitfile import PACKAGED, read_split_file
 from ltbench.metrics import evaluate_logits
 
-CLASSNAMES = SHARED / "data" / "imagenet_lt" / "classnames.txt"
+CLASSNAMES = PACKAGED / "imagenet_lt" / "classnames.txt.gz"
 WNIDS = wnids_from_classnames(CLASSNAMES)
 INDEX = {w: k for k, w in enumerate(WNIDS)}
 
@@ -32,7 +31,7 @@ def imagenet_like(tmp_path) -> LTDataset:
 
 def test_the_wnid_order_comes_from_classnames_or_split_paths():
     assert len(WNIDS) == 1000 and WNIDS == sorted(WNIDS) and WNIDS[0] == "n01440764"
-    test = read_split_file(SHARED / "data" / "imagenet_lt" / "ImageNet_LT_test.txt", "/nonexistent", 1000)
+    test = read_split_file(PACKAGED / "imagenet_lt" / "ImageNet_LT_test.txt.gz", "/nonexistent", 1000)
     assert wnids_from_split(test, 1000) == WNIDS
     assert len(set(IMAGENET_R_WNIDS)) == len(set(IMAGENET_A_WNIDS)) == 200
     assert set(IMAGENET_R_WNIDS) <= set(WNIDS) and set(IMAGENET_A_WNIDS) <= set(WNIDS)

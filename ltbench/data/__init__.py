@@ -1,7 +1,7 @@
 """Data sources for ltbench: one registry, one way in.
 
     ds = create_dataset("fashion-mnist-lt", seed=0, imbalance=100)
-    ds = create_dataset("places-lt", root="/data/places365", split_dir="shared/data/places_lt")
+    ds = create_dataset("places-lt", root="/data/places365")  # the split files ship with ltbench
 
 A source is a builder `fn(root, seed, **options) -> LTDataset` registered with
 `@DATASETS.register("name")`; its keyword defaults are its options. `create_dataset`

@@ -6,14 +6,14 @@
     imagenet-v2       PATH/<class index 0..999>/*.jpeg                             1000 classes
 
 Labels are ImageNet-1k class indices. A wnid's index is its position in the dataset's class
-order, which for ImageNet(-LT) is the sorted wnid list: the first column of
-`shared/data/imagenet_lt/classnames.txt` (`n01440764 tench`), or equivalently the
+order, which for ImageNet(-LT) is the sorted wnid list: the first column of imagenet-lt's
+shipped `ltbench/data/splits/imagenet_lt/classnames.txt.gz` (`n01440764 tench`), or equivalently the
 `train/<wnid>/…` folders of the split files (`wnids_from_split`, what `attach_ood` uses, so
 the map always matches the dataset's own labels). ImageNet-R and -A cover 200 classes: their
 splits carry `class_subset` (the official 200-wnid lists below, from the datasets' release
 code), so scoring masks the logits to those classes (`metrics.mask_to_subset`).
 
-    ds = create_dataset("imagenet-lt", root=..., split_dir=...)
+    ds = create_dataset("imagenet-lt", root=..., train_file=".../ImageNet_LT_train.txt")
     attach_ood(ds, ["imagenet-r=/data/imagenet-r", "imagenet-sketch=/data/imagenet-sketch"])
     # → ds.ood["imagenet-r"], cached and scored as split "ood:imagenet-r"
 """
@@ -88,11 +88,13 @@ IMAGENET_CLASSES = 1000
 
 # -- wnid ↔ class index ---------------------------------------------------------------------
 def wnids_from_classnames(path: str | Path) -> list[str]:
-    """The first column of a `wnid name` classnames file (imagenet-lt's classnames.txt)."""
+    """The first column of a `wnid name` classnames file (imagenet-lt's classnames.txt[.gz])."""
+    from .splitfile import read_text
+
     path = Path(path)
     try:
-        rows = [ln.split() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except OSError as e:
+        rows = [ln.split() for ln in read_text(path).splitlines() if ln.strip()]
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read classnames file {path}: {e}") from None
     for no, r in enumerate(rows, start=1):
         if not WNID.match(r[0]):

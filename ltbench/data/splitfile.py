@@ -1,8 +1,11 @@
 """Split-file datasets: `places-lt`, `imagenet-lt`, `inat2018`.
 
 The standard format: one `relative/path label` per line, labels 0..C−1, paths relative to
-an image `root`. The split files are looked up in `split_dir` (default: root). Nothing is
-stat'ed at build time; `LTDataset.validate()` (FileSplit.check) finds missing images
+an image `root`. The split files are looked up in `split_dir`; Places-LT's and ImageNet-LT's
+ship with ltbench (gzipped, `ltbench/data/splits/`) and are the default, so only the images
+are needed; a user's own `split_dir` (plain or `.gz` files) still wins. ImageNet-LT's train
+file is not shipped (give `train_file=/path/ImageNet_LT_train.txt` or a `split_dir`), nor are
+iNaturalist 2018's (`split_dir` defaults to root). Nothing is stat'ed at build time; `LTDataset.validate()` (FileSplit.check) finds missing images
 before training, naming the split file and line.
 
 iNaturalist 2018 has no separate test set: its official val file serves as test, and the
@@ -11,6 +14,7 @@ validation split (used for model selection and fusion) is held out from the trai
 """
 from __future__ import annotations
 
+import gzip
 import re
 from pathlib import Path
 
@@ -18,6 +22,25 @@ import numpy as np
 
 from . import DATASETS
 from .base import DataError, FileSplit, LTDataset, take_per_class
+
+
+#: The split files shipped as package data, one folder per dataset.
+PACKAGED = Path(__file__).resolve().parent / "splits"
+
+
+def read_text(path: Path) -> str:
+    """A text file's contents, gunzipped when its name ends in `.gz`."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return f.read()
+    return path.read_text(encoding="utf-8")
+
+
+def find_file(path: str | Path) -> Path | None:
+    """`path`, or else `path.gz`; None when neither is a file."""
+    path = Path(path)
+    gz = path.with_name(path.name + ".gz")
+    return path if path.is_file() else gz if path.suffix != ".gz" and gz.is_file() else None
 
 
 def read_split_file(path: str | Path, root: str | Path, num_classes: int | None = None) -> FileSplit:
@@ -28,10 +51,10 @@ def read_split_file(path: str | Path, root: str | Path, num_classes: int | None 
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except FileNotFoundError:
         raise DataError(f"split file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read split file {path}: {e}") from None
     paths: list[str] = []
     labels: list[int] = []
@@ -67,10 +90,10 @@ def read_classnames(path: str | Path, num_classes: int | None = None) -> list[st
     `-` or a digit, or repeats the name). Underscores in names become spaces."""
     path = Path(path)
     try:
-        rows = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        rows = [ln.strip() for ln in read_text(path).splitlines()]
     except FileNotFoundError:
         raise DataError(f"classnames file {path} not found (pass classnames_file=None to name classes from the train paths)") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read classnames file {path}: {e}") from None
     rows = [r for r in rows if r]
     if num_classes is not None and len(rows) != num_classes:
@@ -114,21 +137,24 @@ def build_split_dataset(
     classnames_file: str | None,
     num_classes: int,
     val_per_class: int,
+    packaged: str | None = None,
 ) -> LTDataset:
-    """The one builder behind every split-file source."""
+    """The one builder behind every split-file source; `packaged` names its shipped folder."""
     if root is None:
         raise DataError(f"{name} needs root=<image folder> (the folder the split files' paths are relative to)")
     root_p = Path(root).expanduser()
     if not root_p.is_dir():
         raise DataError(f"{name}: image root {root_p} is not a folder")
-    sdir = Path(split_dir).expanduser() if split_dir else root_p
+    sdir = Path(split_dir).expanduser() if split_dir else PACKAGED / packaged if packaged else root_p
 
     def locate(option: str, file: str) -> Path:
         p = Path(file).expanduser()
         p = p if p.is_absolute() else sdir / p
-        if not p.is_file():
-            raise DataError(f"{name}: {option} {p} not found (set split_dir= or {option}=)")
-        return p
+        found = find_file(p)
+        if found is None:
+            where = " (not shipped with ltbench)" if not split_dir and packaged and not Path(file).is_absolute() else ""
+            raise DataError(f"{name}: {option} {p} not found{where}; set split_dir=<folder> or {option}=<file>")
+        return found
 
     train = read_split_file(locate("train_file", train_file), root_p, num_classes)
     test = read_split_file(locate("test_file", test_file), root_p, num_classes)
@@ -153,7 +179,7 @@ def build_split_dataset(
 def places_lt(
     root: str | None = None,
     seed: int = 0,
-    split_dir: str | None = None,
+    split_dir: str | None = None,  # None: the shipped split files
     train_file: str = "Places_LT_train.txt",
     val_file: str | None = "Places_LT_val.txt",
     test_file: str = "Places_LT_test.txt",
@@ -161,9 +187,9 @@ def places_lt(
     num_classes: int = 365,
     val_per_class: int = 20,
 ) -> LTDataset:
-    """Places-LT split files (365 classes, 4,980…5 a class) over a Places365 image root."""
+    """Places-LT (365 classes, 4,980…5 a class; split files shipped) over a Places365 image root"""
     return build_split_dataset(
-        "places-lt", root, seed, split_dir=split_dir, train_file=train_file, val_file=val_file,
+        "places-lt", root, seed, packaged="places_lt", split_dir=split_dir, train_file=train_file, val_file=val_file,
         test_file=test_file, classnames_file=classnames_file, num_classes=num_classes, val_per_class=val_per_class,
     )
 
@@ -172,7 +198,7 @@ def places_lt(
 def imagenet_lt(
     root: str | None = None,
     seed: int = 0,
-    split_dir: str | None = None,
+    split_dir: str | None = None,  # None: the shipped files (train_file= then needs a path)
     train_file: str = "ImageNet_LT_train.txt",
     val_file: str | None = "ImageNet_LT_val.txt",
     test_file: str = "ImageNet_LT_test.txt",
@@ -180,9 +206,9 @@ def imagenet_lt(
     num_classes: int = 1000,
     val_per_class: int = 20,
 ) -> LTDataset:
-    """ImageNet-LT split files (1000 classes, 1,280…5 a class) over an ImageNet image root."""
+    """ImageNet-LT (1000 classes, 1,280…5 a class; val/test files shipped) over an ImageNet root"""
     return build_split_dataset(
-        "imagenet-lt", root, seed, split_dir=split_dir, train_file=train_file, val_file=val_file,
+        "imagenet-lt", root, seed, packaged="imagenet_lt", split_dir=split_dir, train_file=train_file, val_file=val_file,
         test_file=test_file, classnames_file=classnames_file, num_classes=num_classes, val_per_class=val_per_class,
     )
 
@@ -191,7 +217,7 @@ def imagenet_lt(
 def inat2018(
     root: str | None = None,
     seed: int = 0,
-    split_dir: str | None = None,
+    split_dir: str | None = None,  # None: root (iNaturalist's files are not shipped)
     train_file: str = "iNaturalist18_train.txt",
     val_file: str | None = None,
     test_file: str = "iNaturalist18_val.txt",
