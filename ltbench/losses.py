@@ -1,9 +1,9 @@
 """Long-tail losses, each a module `loss(logits, targets, weight=None)` built from training class counts.
 
-Every loss computes a per-sample loss l_i and returns `(weight * l).mean()` — the mean over the
-batch, not divided by the sum of the weights — or plain `l.mean()` when `weight` is None.
-`weight` is an optional per-sample weight of shape [B] (LPT's dual sampling weighs its
-instance-balanced half by β = η·(E−e)/E this way).
+Every loss computes a per-sample loss l_i and returns `l.mean()`, or `(weight * l).mean()` with
+an optional per-sample weight of shape [B] (the mean over the batch, not divided by the sum of
+the weights). A phase whose batch has several parts (LPT's dual sampling) gives each part its
+own loss module and mean; the trainer weighs the parts (`methods.base.PartSpec`).
 
 `build_loss(name, class_counts, **options)` is the entry point; an option a loss does not take
 is an error, not silently dropped.
@@ -79,16 +79,16 @@ class GaussianCloudedLogit(LTLoss):
     """Gaussian clouded logit loss (Li et al. 2022), as LPT uses it.
 
     Per-class margin m_j = log n_max − log n_j (0 for the head class, largest for the rarest).
-    In training mode every logit is lowered by `scale · noise_mul · |ε| · m_j / max_j m_j`,
-    ε ~ N(0, std 1/3) clipped to [−1, 1], one draw per sample broadcast over the classes (the
-    GCL reference code draws one per logit; ltbench follows the brief's per-sample cloud). The
-    noise comes from torch's global CPU generator, so a seeded (or resumed, via
+    In training mode every logit is lowered by `scale · noise_mul · |ε_ij| · m_j / max_j m_j`,
+    ε_ij ~ N(0, std 1/3) clipped to [−1, 1], one draw per logit as in the GCL and LPT official
+    code (`noise = Normal(0, 1/3).sample(cosine.shape)`; LPT's Eq. 6 writes one ε without saying
+    its shape). The noise comes from torch's global CPU generator, so a seeded (or resumed, via
     torch.set_rng_state) run draws the same clouds on any device. In eval mode there is no noise.
 
     ltbench's cosine head already multiplies cosines by its scale, so the perturbation (defined
-    on cosines in the paper) is multiplied by `scale` here; LPT passes its cosine scale 20.
-    `margin` is subtracted (times `scale`) from the target logit; then softmax cross-entropy with
-    optional `label_smoothing`.
+    on cosines, then scaled by α in LPT's Eq. 6) is multiplied by `scale` here; LPT passes its
+    cosine scale 20. `margin` is subtracted (times `scale`) from the target logit; then softmax
+    cross-entropy with optional `label_smoothing`.
     """
 
     def __init__(self, class_counts: np.ndarray, scale: float = 1.0, noise_mul: float = 0.5,
@@ -106,9 +106,9 @@ class GaussianCloudedLogit(LTLoss):
     def perturb(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The GCL logits: noise (training mode only) and the target margin."""
         if self.training and self.noise_mul != 0.0:
-            eps = (torch.randn(logits.shape[0]) / 3.0).clamp_(-1.0, 1.0).abs_()
+            eps = (torch.randn(tuple(logits.shape)) / 3.0).clamp_(-1.0, 1.0).abs_()
             eps = eps.to(device=logits.device, dtype=logits.dtype)
-            logits = logits - (self.scale * self.noise_mul) * eps[:, None] * self.cloud.to(logits.dtype)
+            logits = logits - (self.scale * self.noise_mul) * eps * self.cloud.to(logits.dtype)
         if self.margin != 0.0:
             onehot = F.one_hot(targets, logits.shape[-1]).to(logits.dtype)
             logits = logits - (self.scale * self.margin) * onehot
@@ -119,25 +119,36 @@ class GaussianCloudedLogit(LTLoss):
                                label_smoothing=self.label_smoothing, reduction="none")
 
 
-@LOSSES.register("agcl", help="A-GCL (LPT): GCL logits + asymmetric focal re-weighting (gamma+ 0, gamma- 4)")
+@LOSSES.register("agcl", help="A-GCL (LPT): GCL logits + asymmetric focusing (gamma+ 0 on the target, gamma- 4 off it)")
 class AsymmetricGCL(GaussianCloudedLogit):
-    """A-GCL, LPT's loss: GCL-perturbed logits, then ASL's single-label asymmetric re-weighting.
+    """A-GCL, LPT's loss (Sec. 4.3, Eqs. 6–8): GCL-perturbed logits, then asymmetric focusing.
 
     z = GCL logits (see `gcl`); log_p = log_softmax(z); p = exp(log_p); t = one_hot(y);
-    w = (1 − p·t − (1−p)·(1−t)) ** (gamma_pos·t + gamma_neg·(1−t))   [(1−p) on the target, p off it];
-    t' = t·(1 − ε) + ε/C (label smoothing ε); loss_i = −Σ_j t'_j · w_j · log p_j.
-    With gamma_neg > 0 the off-target terms only matter when ε > 0.
+    w_j = (1 − p_j)^gamma_pos on the target, p_j^gamma_neg off it;
+    c = t·(1 − ε) + ε/C + neg_weight·(1 − t)      (ε = label_smoothing);
+    loss_i = −Σ_j c_j · w_j · log p_j.
 
-    Defaults are the paper's: gamma_pos 0, gamma_neg 4, margin 0, label_smoothing 0,
-    noise_mul 0.5. The LPT reference code instead uses margin=0.1 and label_smoothing=0.1, and
-    its instance-balanced branch gamma_pos=0.5, gamma_neg=8 — all available as options.
+    Reading of Eq. 8. The paper writes L = (1 − p_y)^λ+ log p_y + Σ_{j≠y} p_j^λ− log p_j, which
+    is ≤ 0 and is minimised by p_y → 0: read literally it cannot be a loss. We negate it (every
+    term −w_j log p_j ≥ 0), which is what the official code computes (`loss = −t·w·log p` in
+    its `ASLSingleLabel`): the same focusing weights, the same log p_j (softmax, not ASL's
+    multi-label log(1 − p_j)). The paper counts each off-target term once (neg_weight 1); the
+    official code multiplies every term by its label-smoothed target instead, so its off-target
+    terms weigh ε/C and vanish without smoothing. With the defaults (the paper's: gamma_pos 0,
+    gamma_neg 4, neg_weight 1, no margin, no smoothing) A-GCL therefore differs from GCL; the
+    off-target term −p^λ log p lowers p_j for every p_j < e^(−1/λ−) (0.78 at λ− = 4) and the
+    whole loss is minimised by the one-hot prediction. `preset=reference` (LPT's REFERENCE
+    table) selects the official variant: neg_weight 0, label_smoothing 0.1, margin 0.1, and on
+    the instance-sampled half gamma_pos 0.5, gamma_neg 8.
     """
 
     def __init__(self, class_counts: np.ndarray, scale: float = 1.0, noise_mul: float = 0.5,
-                 margin: float = 0.0, label_smoothing: float = 0.0, gamma_pos: float = 0.0, gamma_neg: float = 4.0):
+                 margin: float = 0.0, label_smoothing: float = 0.0, gamma_pos: float = 0.0, gamma_neg: float = 4.0,
+                 neg_weight: float = 1.0):
         super().__init__(class_counts, scale=scale, noise_mul=noise_mul, margin=margin, label_smoothing=label_smoothing)
         self.gamma_pos = float(gamma_pos)
         self.gamma_neg = float(gamma_neg)
+        self.neg_weight = float(neg_weight)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         z = self.perturb(logits, targets)
@@ -148,13 +159,12 @@ class AsymmetricGCL(GaussianCloudedLogit):
         if self.gamma_pos == 0.0 and self.gamma_neg == 0.0:
             weighted = log_p
         else:
-            base = 1 - p * t - (1 - p) * (1 - t)
+            base = t * (1 - p) + (1 - t) * p
             # clamp: base 0 (p saturated at 1 or 0) would give 0·∞ = nan gradients for fractional gammas
             base = base.clamp_min(torch.finfo(base.dtype).tiny)
             weighted = log_p * base.pow(self.gamma_pos * t + self.gamma_neg * (1 - t))
-        if self.label_smoothing > 0:
-            t = t * (1 - self.label_smoothing) + self.label_smoothing / num_classes
-        return -(t * weighted).sum(-1)
+        coef = t * (1 - self.label_smoothing) + self.label_smoothing / num_classes + self.neg_weight * (1 - t)
+        return -(coef * weighted).sum(-1)
 
 
 def build_loss(name: str, class_counts: np.ndarray, **kwargs) -> nn.Module:
