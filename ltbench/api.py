@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from .errors import USER_ERRORS  # noqa: F401  (the CLI catches these)
+from .errors import USER_ERRORS, ConfigError  # noqa: F401  (the CLI catches these)
 from .registry import Registry
 
 # Heavy imports (torch models, timm, open_clip, optuna) happen inside the functions that need
@@ -73,7 +73,7 @@ def ls_table(registry: Registry | None = None) -> Table:
     table = Table(title="registered experts")
     for col in ("name", "method", "backbone", "dataset", "seed", "created"):
         table.add_column(col)
-    for r in (registry or Registry()).rows():
+    for r in (registry or Registry()).healthy_rows():
         table.add_row(r["name"], r["method"], r["backbone"], r["dataset"], str(r["seed"]), r["created"])
     return table
 
@@ -84,14 +84,21 @@ def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
             "splits": ex.splits()}
     for extra in sorted(ex.path.glob("*.json")):
         if extra.name not in ("config.json", "metrics.json", "meta.json"):
-            import json
-
-            info[extra.stem] = json.loads(extra.read_text())
+            info[extra.stem] = ex._json(extra.name)
     return info
 
 
 def remove(name: str, registry: Registry | None = None) -> None:
     (registry or Registry()).remove(name)
+
+
+def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry | None = None):
+    """`ltbench doctor`: (problems found, problems fixed); fixes only with `repair`."""
+    registry = registry or Registry()
+    if not repair:
+        return registry.check(), []
+    done = registry.repair(remove_broken=remove_broken)
+    return registry.check(), done
 
 
 def params(method: str, backbone: str, num_classes: int, sets: list[str] | None = None) -> dict[str, int]:

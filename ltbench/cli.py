@@ -18,6 +18,24 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A warning about user data (a broken expert) is one line naming it; others keep Python's form."""
+    from .errors import BrokenExpertWarning
+
+    if issubclass(category, BrokenExpertWarning):
+        from rich.markup import escape
+
+        err.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+import warnings  # noqa: E402
+
+_python_showwarning = warnings.showwarning
+warnings.showwarning = _show_warning
+
+
 def _fail(e: Exception) -> None:
     from rich.markup import escape
 
@@ -136,6 +154,26 @@ def rm(name: str) -> None:
     """Remove an expert (index row and folder together)."""
     api.remove(name)
     out.print(f"removed {name}")
+
+
+@app.command()
+@_guard
+def doctor(
+    repair: bool = typer.Option(False, "--repair", help="re-index complete folders, drop orphan rows, delete stale temporaries"),
+    remove_broken: bool = typer.Option(False, "--remove-broken", help="with --repair: also remove unreadable experts"),
+) -> None:
+    """Check the registry: orphan rows and folders, unreadable records, half-written temporaries (exit 1 if any)."""
+    if remove_broken and not repair:
+        _fail(api.ConfigError("--remove-broken only works together with --repair"))
+    found, done = api.doctor(repair=repair, remove_broken=remove_broken)
+    for p in done:
+        out.print(f"fixed {p.kind} {p.name} ({p.path})", highlight=False, markup=False, soft_wrap=True)
+    for p in found:
+        out.print(f"{p.kind} {p.name}: {p.detail} ({p.path}); {p.fix}",
+                  highlight=False, markup=False, soft_wrap=True)
+    if not found:
+        out.print("registry OK" + (f" ({len(done)} fixed)" if done else ""), highlight=False)
+    raise typer.Exit(code=1 if found else 0)
 
 
 @app.command()

@@ -29,6 +29,10 @@ class RegistryError(RuntimeError):
     """A registry lookup or write that cannot be done (unknown or duplicate name, newer format)."""
 
 
+class BrokenExpertWarning(UserWarning):
+    """An indexed expert whose folder is missing or unreadable: `ls`/`report` skip it and name it."""
+
+
 class TrainingError(RuntimeError):
     """A run that cannot go on (NaN loss, unreadable checkpoint …)."""
 

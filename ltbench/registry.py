@@ -1,16 +1,23 @@
 """The expert registry: a SQLite index plus one complete folder per expert.
 
 An expert is written to a temporary folder, renamed into place, then inserted in one
-transaction, so readers (`ls`, `report`) never see a half-written expert.
+transaction, so readers (`ls`, `report`) never see a half-written expert. The registry never
+destroys what it did not write: a name whose folder exists (indexed or not) is refused, two
+writers of one name are serialised by the index's write lock, and `doctor` reports (and with
+`repair` fixes) what a crash or outside damage left behind.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import sqlite3
 import time
 import uuid
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +43,88 @@ CREATE TABLE IF NOT EXISTS experts (
 """
 
 
-from .errors import RegistryError  # noqa: E402,F401
+from .errors import BrokenExpertWarning, RegistryError  # noqa: E402,F401
+
+#: Expert names: they become folder names, so a safe charset, no separators, a bounded length.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+NAME_MAX = 200
+RECORDS = ("config.json", "metrics.json", "meta.json")
+
+
+def check_name(name: str) -> str:
+    """Return `name` if it is a safe expert name, else raise a one-line RegistryError (before any work)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or len(name) > NAME_MAX:
+        why = (f"longer than {NAME_MAX} characters" if isinstance(name, str) and len(name) > NAME_MAX
+               else "use letters, digits and . _ + = - only, starting with a letter or digit (no / or spaces)")
+        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:57] + "..."
+        raise RegistryError(f"invalid expert name {shown!r}: {why}")
+    return name
+
+
+class LockHeld(RegistryError):
+    """Another live process holds the lock file."""
+
+
+@contextmanager
+def file_lock(path: Path, what: str, remove_dir: bool = False) -> Iterator[None]:
+    """An exclusive, non-blocking flock on `path` (pid written inside); released when the process dies.
+
+    The lock file is removed on release (with `remove_dir`, its folder too if nothing else is
+    left in it); a process that opened the old file sees it unlinked and takes a new one.
+    """
+    for _ in range(10):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the folder was removed by a releasing holder just now
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise LockHeld(f"{what} is in use by process {holder} (lock {path}); wait for it to finish") from None
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder removed the file after we opened it: take the new one
+    else:
+        raise LockHeld(f"{what}: cannot take the lock {path}")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # still ours (not removed and re-created)
+                path.unlink()
+        except FileNotFoundError:
+            pass
+        if remove_dir:
+            try:
+                path.parent.rmdir()  # only if empty: a checkpoint keeps it
+            except OSError:
+                pass
+        os.close(fd)
+
+
+def _is_locked(path: Path) -> bool:
+    """Whether a live process holds the flock on `path` (False if there is no such file)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _set_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
@@ -69,7 +157,14 @@ class Expert:
     path: Path
 
     def _json(self, file: str) -> dict[str, Any]:
-        return json.loads((self.path / file).read_text())
+        try:
+            obj = json.loads((self.path / file).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise RegistryError(f"expert {self.name!r}: {self.path / file} is unreadable"
+                                f" ({type(e).__name__}: {e}); run `ltbench doctor`") from None
+        if not isinstance(obj, dict):
+            raise RegistryError(f"expert {self.name!r}: {self.path / file} is not a JSON object; run `ltbench doctor`")
+        return obj
 
     @property
     def config(self) -> dict[str, Any]:
@@ -105,6 +200,22 @@ class Expert:
 
         return load_file(str(self.path / "delta.safetensors"))
 
+    def problem(self) -> str | None:
+        """Why this folder is not a complete, readable expert (None if it is); reads headers only."""
+        if not self.path.is_dir():
+            return f"its folder {self.path} is missing"
+        try:
+            for file in RECORDS:
+                self._json(file)
+            for file in [self.path / "delta.safetensors", *sorted((self.path / "logits").glob("*.safetensors"))]:
+                with safe_open(str(file), "pt") as f:
+                    f.keys()
+        except RegistryError as e:
+            return str(e).split(": ", 1)[1].removesuffix("; run `ltbench doctor`")
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own types for a damaged header)
+            return f"{file} is unreadable ({type(e).__name__}: {e})"
+        return None
+
 
 def _quote(split: str) -> str:
     return split.replace(":", "__")
@@ -118,23 +229,51 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+@dataclass
+class Problem:
+    """One thing `doctor` found: what, which name, where, and what `repair` would do."""
+
+    kind: str  # orphan-row | orphan-folder | unreadable | temporary
+    name: str
+    path: Path
+    detail: str
+    fix: str
+
+
 class Registry:
     def __init__(self, home: str | Path | None = None):
         self.home = Path(home) if home is not None else default_home()
         self.experts_dir = self.home / "experts"
-        self.experts_dir.mkdir(parents=True, exist_ok=True)
+        self.index = self.home / "registry.sqlite"
+        try:
+            self.experts_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RegistryError(f"cannot create the registry in {self.home} ({e.strerror}); make it writable"
+                                " or point LTBENCH_HOME at a writable folder") from None
         with self._connect() as db:
             _set_wal(db)
             db.execute(_SCHEMA)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.home / "registry.sqlite", timeout=30, isolation_level=None)
+        """A connection; SQLite's own errors become one line naming the index file and what to do."""
+        db = None
         try:
+            db = sqlite3.connect(self.index, timeout=30, isolation_level=None)
             db.execute("PRAGMA busy_timeout=30000")
             yield db
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as e:
+            text = str(e)
+            if any(w in text for w in ("readonly", "read-only", "unable to open", "disk I/O")):
+                raise RegistryError(f"cannot write the registry index {self.index} ({text}); make {self.home}"
+                                    " writable or point LTBENCH_HOME at a writable folder") from None
+            raise RegistryError(f"the registry index {self.index} is damaged ({text}); move it and its -wal/-shm"
+                                " files aside, then `ltbench doctor --repair` re-indexes the expert folders") from None
         finally:
-            db.close()
+            if db is not None:
+                db.close()
 
     # -- reading -----------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -145,6 +284,18 @@ class Registry:
         with self._connect() as db:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM experts ORDER BY dataset, method, name")]
+
+    def healthy_rows(self) -> list[dict[str, Any]]:
+        """`rows()` minus experts whose folder is missing or unreadable, each named in a BrokenExpertWarning."""
+        out = []
+        for r in self.rows():
+            why = Expert(r["name"], self.experts_dir / r["name"]).problem()
+            if why is None:
+                out.append(r)
+            else:
+                warnings.warn(f"skipping expert {r['name']!r}: {why}; `ltbench doctor` for details",
+                              BrokenExpertWarning, stacklevel=2)
+        return out
 
     def __contains__(self, name: str) -> bool:
         with self._connect() as db:
@@ -158,12 +309,23 @@ class Registry:
 
             close = difflib.get_close_matches(name, self.names(), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
+            if os.path.lexists(self.experts_dir / name):
+                hint = f" Its folder {self.experts_dir / name} exists without an index row: see `ltbench doctor`."
             raise RegistryError(f"no expert named {name!r} in {self.home}.{hint}")
         if row[0] > FORMAT_VERSION:
             raise RegistryError(
                 f"expert {name!r} was written by a newer ltbench (format {row[0]} > {FORMAT_VERSION}); upgrade ltbench"
             )
         return Expert(name, self.experts_dir / name)
+
+    # -- runs in progress ----------------------------------------------------------------
+    def run_dir(self, name: str) -> Path:
+        """The checkpoint folder of a run not registered yet."""
+        return self.home / "runs" / check_name(name)
+
+    def lock_run(self, name: str):
+        """Hold the run's checkpoint folder for this process: a second run of `name` stops at once."""
+        return file_lock(self.run_dir(name) / ".lock", f"run {name!r}", remove_dir=True)
 
     # -- writing -----------------------------------------------------------------------
     def register(
@@ -176,53 +338,151 @@ class Registry:
         meta: dict[str, Any],
         extra_files: dict[str, Any] | None = None,
     ) -> Expert:
-        """Write the folder completely, move it into place, then index it in one transaction."""
-        if not name or "/" in name or name.startswith("."):
-            raise RegistryError(f"invalid expert name {name!r}")
-        if name in self:
-            raise RegistryError(f"expert {name!r} is already registered in {self.home}; pick --name or `ltbench rm {name}`")
-        tmp = self.experts_dir / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+        """Write the folder completely, then (under the index's write lock) move it into place and index it.
+
+        Refuses — and touches nothing of it — a name that is indexed or whose folder exists.
+        """
+        check_name(name)
+        self._refuse_taken(name)
+        token = uuid.uuid4().hex[:8]
+        tmp = self.experts_dir / f".tmp-{name}-{token}"
         final = self.experts_dir / name
-        try:
-            (tmp / "logits").mkdir(parents=True)
-            _write_json(tmp / "config.json", config)
-            save_file({k: v.detach().contiguous().cpu() for k, v in delta.items()}, str(tmp / "delta.safetensors"))
-            for split, (lg, labels) in logits.items():
-                save_file(
-                    {"logits": lg.detach().to(torch.float16).contiguous().cpu(),
-                     "labels": torch.as_tensor(np.ascontiguousarray(labels), dtype=torch.int64)},
-                    str(tmp / "logits" / f"{_quote(split)}.safetensors"),
-                )
-            _write_json(tmp / "metrics.json", metrics)
-            _write_json(tmp / "meta.json", {**meta, "format": FORMAT_VERSION})
-            for file, obj in (extra_files or {}).items():
-                _write_json(tmp / file, obj)
-            if final.exists():  # a folder without an index row: left by a crash between rename and insert
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        try:
-            with self._connect() as db:
-                db.execute(
-                    "INSERT INTO experts (name, method, backbone, dataset, seed, config_hash, created, format)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (name, config.get("method"), config.get("backbone"), config.get("dataset"),
-                     config.get("seed"), meta.get("config_hash"), meta.get("created", ""), FORMAT_VERSION),
-                )
-        except BaseException:
-            shutil.rmtree(final, ignore_errors=True)
-            raise
+        with file_lock(self.experts_dir / f".tmp-{name}-{token}.lock", f"registration of {name!r}"):
+            try:
+                (tmp / "logits").mkdir(parents=True)
+                _write_json(tmp / "config.json", config)
+                save_file({k: v.detach().contiguous().cpu() for k, v in delta.items()}, str(tmp / "delta.safetensors"))
+                for split, (lg, labels) in logits.items():
+                    save_file(
+                        {"logits": lg.detach().to(torch.float16).contiguous().cpu(),
+                         "labels": torch.as_tensor(np.ascontiguousarray(labels), dtype=torch.int64)},
+                        str(tmp / "logits" / f"{_quote(split)}.safetensors"),
+                    )
+                _write_json(tmp / "metrics.json", metrics)
+                _write_json(tmp / "meta.json", {**meta, "format": FORMAT_VERSION})
+                for file, obj in (extra_files or {}).items():
+                    _write_json(tmp / file, obj)
+                with self._connect() as db:
+                    db.execute("BEGIN IMMEDIATE")  # one writer at a time from here to COMMIT
+                    try:
+                        self._refuse_taken(name, db)
+                        os.rename(tmp, final)  # fails, replacing nothing, if a non-empty `final` appeared
+                        try:
+                            db.execute(
+                                "INSERT INTO experts (name, method, backbone, dataset, seed, config_hash, created,"
+                                " format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                _row(name, config, meta))
+                            db.execute("COMMIT")
+                        except BaseException:
+                            os.rename(final, tmp)  # ours: put it back so the cleanup below removes it
+                            raise
+                    except BaseException:
+                        if db.in_transaction:
+                            db.execute("ROLLBACK")
+                        raise
+            except OSError as e:
+                if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and Path(e.filename or "") == tmp:
+                    raise RegistryError(f"cannot register {name!r}: {final} appeared meanwhile (another"
+                                        " process?); it was left as it is") from None
+                raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         return Expert(name, final)
 
+    def _refuse_taken(self, name: str, db: sqlite3.Connection | None = None) -> None:
+        if db is None:
+            with self._connect() as db2:
+                return self._refuse_taken(name, db2)
+        if db.execute("SELECT 1 FROM experts WHERE name=?", (name,)).fetchone() is not None:
+            raise RegistryError(f"expert {name!r} is already registered in {self.home}; pick --name or `ltbench rm {name}`")
+        if os.path.lexists(self.experts_dir / name):
+            raise RegistryError(f"cannot register {name!r}: {self.experts_dir / name} exists but is not indexed;"
+                                " it was left as it is — `ltbench doctor --repair` re-indexes it if complete,"
+                                " or pick another --name")
+
     def remove(self, name: str) -> None:
-        """Drop the row and the folder together (row first: readers never list a missing folder)."""
+        """Drop the row and the folder together (row first: readers never list a missing folder).
+
+        An orphan row (its folder gone) is dropped alone.
+        """
         self.get(name)
         trash = self.experts_dir / f".rm-{name}-{uuid.uuid4().hex[:8]}"
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("DELETE FROM experts WHERE name=?", (name,))
-            os.replace(self.experts_dir / name, trash)
+            folder = self.experts_dir / name
+            if os.path.lexists(folder):
+                os.replace(folder, trash)
             db.execute("COMMIT")
         shutil.rmtree(trash, ignore_errors=True)
+
+    # -- checking and repair -------------------------------------------------------------
+    def check(self) -> list[Problem]:
+        """Orphan rows, orphan folders, unreadable records and stale half-written temporaries."""
+        found: list[Problem] = []
+        indexed = set(self.names())
+        for name in sorted(indexed):
+            folder = self.experts_dir / name
+            why = Expert(name, folder).problem()
+            if not os.path.lexists(folder):
+                found.append(Problem("orphan-row", name, folder, "indexed, but its folder is missing",
+                                     "--repair drops the index row"))
+            elif why:
+                found.append(Problem("unreadable", name, folder, why, "--repair --remove-broken removes it"))
+        for entry in sorted(self.experts_dir.iterdir()):
+            n = entry.name
+            if n.startswith((".tmp-", ".rm-")):
+                lock = entry if n.endswith(".lock") else entry.with_name(n + ".lock")
+                if not _is_locked(lock):
+                    found.append(Problem("temporary", n, entry, "left by an interrupted write or removal",
+                                         "--repair deletes it"))
+            elif n not in indexed:
+                why = Expert(n, entry).problem()
+                if why is None:
+                    found.append(Problem("orphan-folder", n, entry, "a complete expert folder without an index row",
+                                         "--repair re-indexes it"))
+                else:
+                    found.append(Problem("unreadable", n, entry, f"not indexed and incomplete: {why}",
+                                         "--repair --remove-broken removes it"))
+        runs = self.home / "runs"
+        for tmp in sorted(runs.glob("*/checkpoint.pt.tmp*")) if runs.is_dir() else []:
+            if not _is_locked(tmp.parent / ".lock"):
+                found.append(Problem("temporary", tmp.parent.name, tmp, "a half-written checkpoint", "--repair deletes it"))
+        return found
+
+    def repair(self, remove_broken: bool = False) -> list[Problem]:
+        """Fix what `check` finds: re-index complete folders, drop orphan rows, delete stale temporaries;
+        broken experts are removed only with `remove_broken`. Returns what was done."""
+        done = []
+        for p in self.check():
+            if p.kind == "orphan-row":
+                with self._connect() as db:
+                    db.execute("DELETE FROM experts WHERE name=?", (p.name,))
+            elif p.kind == "orphan-folder":
+                ex = Expert(p.name, p.path)
+                try:
+                    with self._connect() as db:
+                        db.execute("INSERT INTO experts (name, method, backbone, dataset, seed, config_hash, created,"
+                                   " format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _row(p.name, ex.config, ex.meta))
+                except sqlite3.IntegrityError:  # indexed meanwhile
+                    continue
+            elif p.kind == "temporary":
+                if p.path.is_dir() and not p.path.is_symlink():
+                    shutil.rmtree(p.path, ignore_errors=True)
+                else:
+                    p.path.unlink(missing_ok=True)
+            elif p.kind == "unreadable" and remove_broken:
+                with self._connect() as db:
+                    db.execute("DELETE FROM experts WHERE name=?", (p.name,))
+                trash = self.experts_dir / f".rm-{p.name}-{uuid.uuid4().hex[:8]}"
+                os.replace(p.path, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                continue
+            done.append(p)
+        return done
+
+
+def _row(name: str, config: dict[str, Any], meta: dict[str, Any]) -> tuple:
+    return (name, config.get("method"), config.get("backbone"), config.get("dataset"), config.get("seed"),
+            meta.get("config_hash"), meta.get("created", ""), int(meta.get("format", FORMAT_VERSION)))

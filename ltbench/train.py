@@ -6,6 +6,7 @@ warm-up + cosine curve. A checkpoint is written atomically at the end of every e
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -32,7 +33,7 @@ from .methods import create_method
 from .methods.base import Method, Phase
 from .metrics import evaluate_logits
 from .provenance import config_hash, environment, git_hash, now, package_versions
-from .registry import Registry
+from .registry import Registry, check_name
 
 
 from .errors import TrainingError  # noqa: E402,F401
@@ -428,7 +429,7 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     Under torchrun every rank trains; rank 0 alone evaluates and registers (others return None).
     """
     registry = registry or Registry()
-    name = run["name"] or default_name(run)
+    name = check_name(run["name"] or default_name(run))
     run = {**run, "name": name}
     if name in registry:
         from .registry import RegistryError
@@ -438,12 +439,21 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     requested = resolve_device(run["device"])
     d = init_distributed(requested)
     device = device_for(requested, d)
+    with contextlib.ExitStack() as held:
+        if d.is_main:  # one run per checkpoint folder: a second run of this name stops here
+            held.enter_context(registry.lock_run(name))
+        return _train_locked(run, registry, budget, d, device, console, quiet)
+
+
+def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Dist, device: torch.device,
+                  console: Console | None, quiet: bool) -> "Expert | None":  # noqa: F821
+    name = run["name"]
     seed_everything(run["seed"])
     t0 = time.perf_counter()
     data, method = build_all(run, registry)
     run["img_size"] = method.info.img_size
     method.to(device)
-    trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.home / "runs" / name, quiet=quiet, dist=d)
+    trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.run_dir(name), quiet=quiet, dist=d)
     result = trainer.fit(budget, resume=run["resume"])
     if not d.is_main:
         d.barrier()
@@ -474,7 +484,7 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     }
     expert = registry.register(name, {k: v for k, v in run.items() if k != "resume"}, method.delta_state_dict(),
                                logits, metrics, meta, extra_files=artifacts)
-    ckpt = registry.home / "runs" / name
+    ckpt = registry.run_dir(name)
     if ckpt.exists():
         import shutil
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_SETS
 from ltbench.cli import app
-from ltbench.registry import Registry
+from ltbench.registry import Registry, RegistryError
 
 TINY = ["--backbone", "vit-tiny-test", "--quiet"] + [a for s in TINY_SETS for a in ("--set", s)]
 
@@ -247,3 +247,157 @@ def test_same_command_same_metrics(home):
     reg = Registry(home)
     assert reg.get("a").metrics == reg.get("b").metrics
     assert max_diff(reg.get("a").delta(), reg.get("b").delta()) == 0.0
+
+
+# -- the registry never destroys what it did not write ------------------------------------------
+
+def _complete(ex) -> bool:
+    return (ex.problem() is None and ex.metrics == {"val": {"overall": 1.0}} and torch.equal(ex.delta()["w"], torch.ones(2))
+            and ex.logits("val").shape == (3, 2))
+
+
+def test_register_refuses_a_folder_the_index_does_not_know(tmp_path):
+    """An emptied index must not let a new registration replace the old expert's folder."""
+    _register_at_once(tmp_path, "old", mp.get_context("spawn").Barrier(1))
+    reg = Registry(tmp_path)
+    with reg._connect() as db:
+        db.execute("DELETE FROM experts")
+    before = {p.name: p.read_bytes() for p in (reg.experts_dir / "old").rglob("*") if p.is_file()}
+    with pytest.raises(RegistryError, match="exists but is not indexed"):
+        _register_at_once(tmp_path, "old", mp.get_context("spawn").Barrier(1))
+    assert {p.name: p.read_bytes() for p in (reg.experts_dir / "old").rglob("*") if p.is_file()} == before
+    assert reg.names() == [] and sorted(p.name for p in reg.experts_dir.iterdir()) == ["old"]
+
+
+def _register_or_report(home, name, barrier, queue):
+    try:
+        _register_at_once(home, name, barrier)
+        queue.put("ok")
+    except RegistryError as e:
+        queue.put(f"error: {e}")
+
+
+def test_concurrent_registrations_of_one_name_give_one_complete_expert(tmp_path):
+    ctx = mp.get_context("spawn")
+    for attempt in range(3):
+        home = tmp_path / str(attempt)
+        barrier, queue = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_register_or_report, args=(home, "same", barrier, queue)) for _ in range(4)]
+        [p.start() for p in procs]
+        [p.join(60) for p in procs]
+        assert [p.exitcode for p in procs] == [0] * 4
+        results = sorted(queue.get(timeout=5) for _ in procs)
+        assert results[-1] == "ok" and results.count("ok") == 1, results
+        assert all("'same'" in r and ("already registered" in r or "appeared meanwhile" in r) for r in results[:-1])
+        reg = Registry(home)
+        assert reg.names() == ["same"] and _complete(reg.get("same"))
+        assert sorted(p.name for p in reg.experts_dir.iterdir()) == ["same"]  # no temporaries or locks left
+
+
+def _broken_home(tmp_path):
+    """A registry with one good expert and one of each kind of damage."""
+    home = tmp_path / "home"
+    for name in ("good", "no-folder", "bad-meta", "unindexed"):
+        _register_at_once(home, name, mp.get_context("spawn").Barrier(1))
+    reg = Registry(home)
+    import shutil
+
+    shutil.rmtree(reg.experts_dir / "no-folder")
+    meta = reg.experts_dir / "bad-meta" / "meta.json"
+    meta.write_text(meta.read_text()[:20])  # truncated
+    with reg._connect() as db:
+        db.execute("DELETE FROM experts WHERE name='unindexed'")
+    (reg.experts_dir / ".tmp-half-0123abcd" / "logits").mkdir(parents=True)  # a crashed writer's
+    return home, reg
+
+
+def _doctor(home, *args):
+    import os as _os
+
+    old = _os.environ.get("LTBENCH_HOME")
+    _os.environ["LTBENCH_HOME"] = str(home)
+    try:
+        return CliRunner().invoke(app, ["doctor", *args])
+    finally:
+        _os.environ.pop("LTBENCH_HOME") if old is None else _os.environ.__setitem__("LTBENCH_HOME", old)
+
+
+def test_doctor_finds_and_repair_fixes_only_when_asked(tmp_path):
+    home, reg = _broken_home(tmp_path)
+    r = _doctor(home)
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    assert any(l.startswith("orphan-row no-folder:") for l in lines)
+    assert any(l.startswith("unreadable bad-meta:") and "meta.json" in l for l in lines)
+    assert any(l.startswith("orphan-folder unindexed:") for l in lines)
+    assert any(l.startswith("temporary .tmp-half-0123abcd:") for l in lines)
+    assert not any("good" in l for l in lines) and len(lines) == 4
+    assert reg.names() == ["bad-meta", "good", "no-folder"]  # a check changes nothing
+    assert (reg.experts_dir / ".tmp-half-0123abcd").is_dir()
+
+    r = _doctor(home, "--repair")
+    assert r.exit_code == 1  # the unreadable expert is still there: removing it needs --remove-broken
+    assert reg.names() == ["bad-meta", "good", "unindexed"] and _complete(reg.get("unindexed"))
+    assert not (reg.experts_dir / ".tmp-half-0123abcd").exists() and (reg.experts_dir / "bad-meta").is_dir()
+    r = _doctor(home, "--repair", "--remove-broken")
+    assert r.exit_code == 0, r.output
+    assert reg.names() == ["good", "unindexed"] and not (reg.experts_dir / "bad-meta").exists()
+    assert _doctor(home).output.strip() == "registry OK"
+
+
+def test_a_broken_expert_is_skipped_with_a_warning_and_rm_drops_an_orphan_row(tmp_path):
+    home, reg = _broken_home(tmp_path)
+    r = ltbench("report", "--format", "csv", "--no-ci", home=home)
+    assert r.returncode == 0, r.stderr
+    assert [l.split(",")[0] for l in r.stdout.splitlines()[1:]] == ["good"]
+    warned = [l for l in r.stderr.splitlines() if l.startswith("warning:")]
+    assert len(warned) == 2 and "'bad-meta'" in warned[0] + warned[1] and "'no-folder'" in warned[0] + warned[1]
+    r = ltbench("ls", home=home)
+    assert r.returncode == 0 and "good" in r.stdout and "bad-meta" not in r.stdout and "no-folder" in r.stderr
+    r = ltbench("show", "bad-meta", home=home)
+    assert r.returncode == 2 and r.stderr.startswith("error: expert 'bad-meta'") and "meta.json" in r.stderr
+    assert ltbench("show", "good", home=home).returncode == 0
+    r = ltbench("rm", "no-folder", home=home)
+    assert r.returncode == 0, r.stderr
+    assert "no-folder" not in reg.names()
+
+
+def test_a_damaged_index_or_a_read_only_home_is_one_line(tmp_path):
+    home = tmp_path / "home"
+    _register_at_once(home, "a", mp.get_context("spawn").Barrier(1))
+    index = home / "registry.sqlite"
+    saved = index.read_bytes()
+    for extra in ("-wal", "-shm"):
+        Path(str(index) + extra).unlink(missing_ok=True)
+    index.write_bytes(b"garbage " * 512)
+    r = ltbench("ls", home=home)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert str(index) in r.stderr and "doctor --repair" in r.stderr
+    index.write_bytes(saved)
+
+    # a read-only home that holds a registry, and one that cannot be created
+    import shutil
+    import tempfile
+
+    ro = Path(tempfile.mkdtemp(prefix="ltbench-ro-"))  # pytest's tmp_path is not reachable for nobody
+    _register_at_once(ro / "home", "a", mp.get_context("spawn").Barrier(1))
+    for extra in ("-wal", "-shm"):
+        Path(str(ro / "home" / "registry.sqlite") + extra).unlink(missing_ok=True)
+    paths = [ro / "home", ro / "new"]
+    for p in [ro, *paths[0].rglob("*"), paths[0]]:
+        os.chmod(p, 0o555 if p.is_dir() else 0o444)
+    # root ignores permissions: the child imports what it needs, then runs as nobody
+    child = ("import os, sys\nfrom ltbench.registry import Registry, RegistryError\n"
+             "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
+             "for home in sys.argv[1:]:\n"
+             "    try: Registry(home).names()\n    except RegistryError as e: print(f'error: {e}')\n")
+    try:
+        r = subprocess.run([sys.executable, "-c", child, *map(str, paths)], capture_output=True, text=True, timeout=120)
+    finally:
+        for p in [ro, *ro.rglob("*")]:
+            os.chmod(p, 0o755)
+        shutil.rmtree(ro)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 2, r.stdout + r.stderr
+    assert str(paths[0] / "registry.sqlite") in lines[0] and "readonly" in lines[0] and "LTBENCH_HOME" in lines[0]
+    assert str(paths[1]) in lines[1] and "Permission denied" in lines[1] and "LTBENCH_HOME" in lines[1]

@@ -36,7 +36,7 @@ from rich.console import Console
 from ..data.base import GROUP_NAMES, shot_groups
 from ..metrics import evaluate_logits
 from ..provenance import config_hash, environment, git_hash, now, package_versions
-from ..registry import Expert, Registry
+from ..registry import Expert, Registry, check_name
 from .core import OBJECTIVES, FusionError, FusionModel, ProbStack
 from .scorers import SCORERS, FitContext
 
@@ -195,8 +195,7 @@ def fuse_experts(
     if trials < 1:
         raise FusionError(f"--trials must be at least 1, got {trials}")
     name = name or f"fuse-{scorer}_{'+'.join(names)}"
-    if "/" in name or name.startswith("."):
-        raise FusionError(f"invalid expert name {name!r} (no '/', no leading '.')")
+    check_name(name)
     if name in registry:
         raise FusionError(f"expert {name!r} is already registered in {registry.home}; "
                           f"pick --name or `ltbench rm {name}`")

@@ -73,7 +73,10 @@ def _config_lookup(registry: Registry):
     def lookup(name: str) -> dict[str, Any]:
         if name not in known:
             raise KeyError(name)
-        return registry.get(name).config
+        try:
+            return registry.get(name).config
+        except RegistryError:  # a broken member: keep its name
+            raise KeyError(name) from None
 
     return lookup
 
@@ -133,7 +136,7 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     `experts` names unknown to the registry raise RegistryError (with a suggestion).
     `with_paths=True` keeps a private `_paths` column (member folders) for the plots.
     """
-    rows = registry.rows()
+    rows = registry.healthy_rows()  # a broken expert is skipped with a warning naming it
     wanted = list(dict.fromkeys(experts)) if experts else None
     if wanted is not None:
         known = {r["name"] for r in rows}
