@@ -31,7 +31,7 @@ from .backbones.base import create_backbone
 from .losses import build_loss
 from .methods import create_method
 from .methods.base import Method, Phase
-from .metrics import evaluate_logits
+from .metrics import class_averaged_accuracy, evaluate_logits
 from .provenance import config_hash, environment, git_hash, now, package_versions
 from .registry import Registry, check_name
 
@@ -115,6 +115,12 @@ def begin_phase(method: Method, phase: Phase) -> None:
         p.requires_grad_(True)
 
 
+def train_mode(method: Method) -> None:
+    method.train()
+    if not any(p.requires_grad for p in method.backbone.parameters()):
+        method.backbone.eval()  # frozen: no dropout / drop-path noise in the features
+
+
 class _Step(nn.Module):
     """One training forward as a module: (logits, extra loss term).
 
@@ -131,6 +137,35 @@ class _Step(nn.Module):
         out = self.method.classify(x) if self.cached else self.method(x)
         extra = self.method.extra_loss()
         return out, extra if extra is not None else out.new_zeros(())
+
+
+class _Checks:
+    """A phase's validation checks: run when the schedule passes k / val_checks, the last at its end.
+
+    `reserve()` is what the checks still due will cost in the budget's unit, so training stops early
+    enough for them (nothing under an epochs or steps budget: they train on no image)."""
+
+    def __init__(self, trainer: "Trainer", phase: Phase, meter: Meter):
+        self.trainer, self.phase, self.meter = trainer, phase, meter
+        self.n = phase.val_checks if phase.on_val is not None else 0
+        self.done = 0
+        self.scores: list[float] = []
+        if self.n and meter.budget.unit == "flops":
+            trainer.val_pass_flops()
+
+    def reserve(self) -> float:
+        per_check = {"flops": self.trainer._val_flops or 0.0, "seconds": self.trainer._val_seconds}
+        return (self.n - self.done) * per_check.get(self.meter.budget.unit, 0.0)
+
+    def due(self, progress: float) -> None:
+        while self.done < self.n and progress >= (self.done + 1) / self.n - 1e-9:
+            self.done += 1
+            self.phase.on_val(self._score)
+
+    def _score(self) -> float:
+        value = self.trainer.val_score(self.meter)
+        self.scores.append(value)
+        return value
 
 
 @dataclass
@@ -165,6 +200,8 @@ class Trainer:
         bb = method.info
         self.train_tf = build_transform(bb.data_config, bb.img_size, train=run.get("augment", True))
         self.eval_tf = build_transform(bb.data_config, bb.img_size, train=False)
+        self._val_flops: float | None = None  # one validation pass (a phase's `val_checks`)
+        self._val_seconds = 0.0
 
     # -- data ----------------------------------------------------------------------------
     def _loader(self, dataset, **kw) -> DataLoader:
@@ -253,9 +290,7 @@ class Trainer:
             epoch = state["epoch"] + 1
             flops_per_image, step_seconds = state["flops_per_image"], state["step_seconds"]
             set_rng_state(state["rng"])
-        method.train()
-        if not any(p.requires_grad for p in method.backbone.parameters()):
-            method.backbone.eval()  # frozen: no dropout / drop-path noise in the features
+        train_mode(method)
         # The schedule runs over what is left after a one-off feature pass, so that pass does not eat
         # the warm-up (it may spend a large share of the budget before the first step).
         unit = meter.budget.unit
@@ -269,6 +304,9 @@ class Trainer:
             return min(1.0, (meter.spent.get(unit) - base) / left) if left > 0 else 1.0
 
         self._schedule_base = base
+        checks = _Checks(self, phase, meter)
+        if state is not None:  # the checks due before the checkpoint were done
+            checks.done = min(phase.val_checks, int(schedule_progress() * phase.val_checks + 1e-9))
         losses: list[float] = []
         progress = Progress(TextColumn(f"[bold]{method.name}[/] {phase.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                             TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[ips]:.0f} img/s"),
@@ -283,7 +321,8 @@ class Trainer:
                     n_global = len(x) * d.world
                     cost = {"epochs": 1 / steps_per_epoch, "steps": 1,
                             "flops": (flops_per_image or 0) * n_global, "seconds": step_seconds or 0}[meter.budget.unit]
-                    if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost > meter.budget.amount * (1 + 1e-9):
+                    if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost + checks.reserve() \
+                            > meter.budget.amount * (1 + 1e-9):
                         done = True  # the next step would overrun the budget: stop before it
                         break
                     for g in optimizer.param_groups:
@@ -321,6 +360,8 @@ class Trainer:
                             raise TrainingError(f"{phase.name}: loss is {loss.item()} at step {meter.spent.steps + 1}"
                                                 f" (epoch {epoch}); training stopped, {kept}")
                         optimizer.step()
+                        if phase.on_step is not None:
+                            phase.on_step()
                     seconds = all_ranks_sum(sw.elapsed, d, device)
                     step_seconds = seconds if step_seconds is None else 0.9 * step_seconds + 0.1 * seconds
                     meter.charge(steps=1, images=n_global, epochs=1 / steps_per_epoch,
@@ -328,15 +369,39 @@ class Trainer:
                     losses.append(loss.item())
                     progress.update(task, completed=meter.fraction, loss=losses[-1],
                                     lr=optimizer.param_groups[-1]["lr"], ips=n_global / max(sw.elapsed, 1e-9))
+                    checks.due(schedule_progress())
                     if meter.exhausted:
                         break
                 self._save_checkpoint(index, epoch, optimizer, meter, flops_per_image, step_seconds, result)
                 epoch += 1
+        checks.due(1.0)  # the last check closes the phase, however its steps ended
         if phase.on_end is not None:
             phase.on_end()
         return {"phase": phase.name, "spent": meter.spent.as_dict(), "budget": str(meter.budget),
                 "final_loss": float(np.mean(losses[-10:])) if losses else None,
-                "loss": loss_name, "sampler": kind, "train_images": len(train)}
+                "loss": loss_name, "sampler": kind, "train_images": len(train),
+                **({"val_checks": checks.scores} if phase.val_checks else {})}
+
+    def val_pass_flops(self) -> float:
+        """FLOPs of one forward pass over the validation split (one image counted, times its size)."""
+        if self._val_flops is None:
+            x0 = next(iter(self._eval_loader(self.data.val)))[0][:1].to(self.device)
+            self.method.eval()
+            with torch.no_grad():
+                self._val_flops = float(count_flops(lambda: self.method(x0)) * len(self.data.val))
+            train_mode(self.method)
+        return self._val_flops
+
+    def val_score(self, meter: Meter) -> float:
+        """Per-class-averaged validation accuracy of the method's current forward, charged to `meter`."""
+        split = self.data.val
+        self.val_pass_flops()
+        with Stopwatch(self.device) as sw:
+            logits = self.predict(split)
+        train_mode(self.method)
+        self._val_seconds = sw.elapsed
+        meter.charge(flops=self._val_flops, seconds=sw.elapsed)
+        return class_averaged_accuracy(logits.argmax(1).numpy() == split.labels, split.labels, self.data.num_classes)
 
     # -- checkpoints ----------------------------------------------------------------------
     def _save_checkpoint(self, phase, epoch, optimizer, meter, flops_per_image, step_seconds, result) -> None:

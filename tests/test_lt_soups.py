@@ -1,15 +1,27 @@
-"""LT-Soups: cap rule, merge rule, losses per stage, one budget for the whole run."""
+"""LT-Soups against oracles written from the official code's formulas (github Masseeh/LT-Soups):
+cap sizes, EMA, best-on-validation per branch, branch averaging, the 0.3 / 0.7 merge, the cosine
+head, LoRA on q and v only, and one budget for every branch."""
+import math
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import TINY_DATA
-from ltbench.config import resolve_config
 from ltbench.backbones.base import create_backbone
+from ltbench.config import resolve_config
 from ltbench.methods import create_method
+from ltbench.methods.adapters import add_lora
 from ltbench.methods.lt_soups import capped_subset
 from ltbench.registry import Registry
 from ltbench.train import train_expert
+
+COUNTS = np.array([40, 10, 5])
+
+
+def _soups(**cfg):
+    return create_method("lt-soups", create_backbone("vit-tiny-test"), 3, COUNTS, **cfg)
 
 
 def test_capped_subsets_follow_the_cap_rule_and_nest():
@@ -25,61 +37,180 @@ def test_capped_subsets_follow_the_cap_rule_and_nest():
     assert not np.array_equal(capped_subset(labels, 6, 0), capped_subset(labels, 6, 1))
 
 
-def _soups(**cfg):
-    return create_method("lt-soups", create_backbone("vit-tiny-test"), 3, np.array([40, 10, 5]), **cfg)
+def test_phase_subsets_have_the_official_cap_sizes():
+    """Official `sample_balance_factor`: minority_num = int(min count · 2^k), per class min(n_c, it);
+    two branches per factor on the same subset size, then the classifier on everything."""
+    labels = np.repeat(np.arange(3), COUNTS)
+    m = _soups(factors=[0, 1, 2, 3])
+    phases = m.phases()
+    assert len(phases) == 4 * 2 + 1
+    for i, ph in enumerate(phases[:-1]):
+        k = [0, 1, 2, 3][i // 2]
+        cap = int(COUNTS.min() * 2 ** k)
+        assert np.array_equal(np.bincount(labels[ph.subset(labels, 0)], minlength=3), [min(n, cap) for n in COUNTS])
+        assert ph.loss == ("ce" if k == 0 else "la")
+    assert phases[-1].subset is None and phases[-1].cache_features and phases[-1].loss == "la"
 
 
-def _train_each(m, values):
-    """Stand-in for stage 1: every soup model is the start plus a constant, then merged."""
-    w = m._weights()
-    trained = []
-    for value in values:
-        m._restart()
+def test_budget_shares_count_every_branch():
+    m = _soups(factors=[0, 1, 2])
+    phases = m.phases()
+    sizes = [int(np.minimum(COUNTS, 5 * 2 ** k).sum()) for k in range(3)]
+    expected = [0.9 * s / sum(sizes) / 2 for s in sizes for _ in range(2)]
+    assert [p.share for p in phases[:-1]] == pytest.approx(expected)
+    assert [p.epoch_share for p in phases[:-1]] == pytest.approx([0.9 / 6] * 6)
+    assert sum(p.share for p in phases) == pytest.approx(1.0)
+
+
+def _oracle_branch(start, steps, decay, checks, score):
+    """torch.optim.swa_utils.get_ema_avg_fn as the official code uses it: the first update copies,
+    then ema ← d·ema + (1 − d)·w; at each check the EMA is scored, the first best one is kept."""
+    ema, best, best_score = None, None, -math.inf
+    for t, w in enumerate(steps, 1):
+        ema = {n: v.clone() for n, v in w.items()} if ema is None else \
+            {n: decay * ema[n] + (1 - decay) * w[n] for n in w}
+        if t in checks:
+            s = score(ema)
+            if s > best_score:
+                best, best_score = {n: v.clone() for n, v in ema.items()}, s
+    return best
+
+
+def test_stage1_soup_matches_the_official_formulas():
+    """EMA (0.99) → best EMA on validation per branch → mean of the 2 branches → w ← 0.3·w + 0.7·w_k."""
+    m = _soups(factors=[0, 1, 2], val_checks=2)
+    phases = m.phases()[:-1]
+    params = m._weights()
+    start = {n: p.detach().clone() for n, p in params.items()}
+    gen = torch.Generator().manual_seed(0)
+    targets: dict = {}
+
+    def score_of(w):  # a validation score that is a real function of the weights evaluated
+        return -float(sum(((w[n] - targets[n]) ** 2).sum() for n in w))
+
+    T, checks = 6, {3, 6}
+    per_branch = []
+    for i, ph in enumerate(phases):
+        ph.on_start()
+        assert all(torch.equal(p, start[n]) for n, p in params.items())  # every branch from the start
+        # the weights drift by t·δ; the score's optimum sits behind them (the first check wins) in
+        # even branches and far ahead (the last check wins) in odd ones
+        delta = {n: torch.randn(p.shape, generator=gen) for n, p in params.items()}
+        steps = [{n: start[n] + t * delta[n] + 0.01 * torch.randn(p.shape, generator=gen) for n, p in params.items()}
+                 for t in range(1, T + 1)]
+        targets.update({n: start[n] + (0 if i % 2 == 0 else 50) * delta[n] for n in params})
+        for t, w in enumerate(steps, 1):
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(w[n])
+            ph.on_step()
+            if t in checks:
+                ph.on_val(lambda: score_of({n: p.detach() for n, p in params.items()}))
+        ph.on_end()
+        per_branch.append(_oracle_branch(start, steps, 0.99, checks, score_of))
+    soup = start
+    for k in range(3):
+        pair = per_branch[2 * k: 2 * k + 2]
+        w_k = {n: (pair[0][n] + pair[1][n]) / 2 for n in start}
+        soup = {n: 0.3 * soup[n] + 0.7 * w_k[n] for n in start}
+    for n, p in params.items():
+        assert torch.allclose(p, soup[n], atol=1e-6), n
+
+
+def test_stage2_keeps_the_best_ema_of_the_head():
+    m = _soups(factors=[0], ema=0.5, val_checks=2)
+    stage2 = m.phases()[-1]
+    head = dict(m.inner.head.named_parameters())
+    stage2.on_start()
+    values = [{n: torch.full_like(p, float(v)) for n, p in head.items()} for v in (1.0, 3.0, 5.0, 7.0)]
+    scores = iter([1.0, 0.0])  # the first check wins
+    for t, w in enumerate(values, 1):
         with torch.no_grad():
-            for p in w.values():
-                p.add_(value)
-        trained.append({n: p.clone() for n, p in w.items()})
-        m._merge()
-    return w, trained
+            for n, p in head.items():
+                p.copy_(w[n])
+        stage2.on_step()
+        if t in (2, 4):
+            stage2.on_val(lambda: next(scores))
+    stage2.on_end()
+    for n, p in head.items():  # EMA after 2 steps with d = 0.5: 0.5·1 + 0.5·3 = 2
+        assert torch.allclose(p, torch.full_like(p, 2.0)), n
 
 
-def test_sequential_merge_from_the_start():
-    m = _soups(factors=[0, 1], inner="lora")
-    start = {n: t.clone() for n, t in m._start.items()}
-    w, trained = _train_each(m, (1.0, 2.0))
-    for n, p in w.items():  # w ← 0.3·w + 0.7·w_k, starting from the start weights
-        expected = 0.3 * (0.3 * start[n] + 0.7 * trained[0][n]) + 0.7 * trained[1][n]
+def test_uniform_merge_is_the_mean_of_branch_means():
+    m = _soups(factors=[0, 1], merge="uniform", ema=0.0, val_checks=0)
+    params = m._weights()
+    outs = []
+    for ph, v in zip(m.phases()[:-1], (1.0, 2.0, 4.0, 9.0)):
+        ph.on_start()
+        with torch.no_grad():
+            for p in params.values():
+                p.add_(v)
+        outs.append({n: p.detach().clone() for n, p in params.items()})
+        ph.on_end()
+    for n, p in params.items():
+        expected = ((outs[0][n] + outs[1][n]) / 2 + (outs[2][n] + outs[3][n]) / 2) / 2
         assert torch.allclose(p, expected, atol=1e-6), n
 
 
-def test_uniform_merge_is_the_mean():
-    m = _soups(factors=[0, 1, 2], merge="uniform")
-    w, trained = _train_each(m, (1.0, 2.0, 6.0))
-    for n, p in w.items():
-        assert torch.allclose(p, sum(t[n] for t in trained) / 3, atol=1e-6)
+def test_cosine_head_scale_30_and_text_initialised_on_clip():
+    m = _soups()
+    f = torch.randn(4, m.info.feature_dim)
+    w = m.inner.head.weight.detach()
+    assert torch.allclose(m.classify(f), 30 * F.normalize(f, dim=-1) @ F.normalize(w, dim=-1).T, atol=1e-5)
+    assert m.inner.head.bias is None
+    names = ["cat", "dog", "car"]
+    bb = create_backbone("clip:tiny-test")
+    clip = create_method("lt-soups", bb, 3, COUNTS, classnames=names)
+    assert torch.allclose(clip.inner.head.weight, bb.text_classifier(names).t(), atol=1e-6)
 
 
-def test_phases_losses_and_shares():
-    m = _soups(factors=[0, 1, 2])
-    phases = m.phases()
-    assert [p.loss for p in phases] == ["ce", "la", "la", "la"]
-    assert phases[-1].cache_features and phases[-1].share == pytest.approx(0.1)
-    sizes = [int(np.minimum([40, 10, 5], 5 * 2 ** k).sum()) for k in range(3)]
-    assert [p.share for p in phases[:3]] == pytest.approx([0.9 * s / sum(sizes) for s in sizes])
+def test_lora_on_q_and_v_rows_only():
+    bb = create_backbone("vit-tiny-test")
+    module, name = bb.qkv_weight(bb.blocks[0])
+    w0 = getattr(module, name).detach().clone()
+    D = w0.shape[1]
+    loras = add_lora(bb, rank=2, alpha=4, targets="qv")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for part in loras[0].parts.values():
+            part.B.copy_(torch.randn(part.B.shape, generator=gen))
+    q, v = loras[0].parts["q"], loras[0].parts["v"]
+    expected = w0.clone()
+    expected[:D] += (4 / 2) * q.B.detach() @ q.A.detach()
+    expected[2 * D:] += (4 / 2) * v.B.detach() @ v.A.detach()
+    assert torch.allclose(getattr(module, name), expected, atol=1e-6)  # k rows unchanged
+    m = _soups()  # lt-soups' LoRA: the k rows of every block stay the frozen weights, whatever it learns
+    with torch.no_grad():
+        for p in m._weights().values():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    for block in m.info.blocks:
+        module, name = m.info.qkv_weight(block)
+        diff = getattr(module, name) - getattr(module.parametrizations, name).original
+        assert torch.count_nonzero(diff[D:2 * D]) == 0 and torch.count_nonzero(diff[:D]) > 0
+        assert torch.count_nonzero(diff[2 * D:]) > 0
+
+
+def test_reference_preset_is_the_official_script():
+    cfg = _soups(preset="reference").cfg
+    assert (cfg.inner, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.branches, cfg.ema) == \
+        ("full-ft", 3e-5, 1e-2, 128, 2, 0.99)
+    assert _soups().cfg.inner == "lora"
 
 
 @pytest.mark.parametrize("inner", ["lora", "full-ft"])
 def test_a_run_respects_one_budget(tmp_path, inner):
     run = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "4epochs"},
-                         {**TINY_DATA, "batch_size": 8, "factors": [0, 1, 2], "inner": inner})
+                         {**TINY_DATA, "batch_size": 8, "factors": [0, 1], "inner": inner, "val_checks": 2})
     ex = train_expert(run, Registry(tmp_path), quiet=True)
     phases = ex.meta["phases"]
     counts = np.array(ex.meta["class_counts"])
     n_min = counts.min()
-    for k, ph in enumerate(phases[:3]):
-        assert ph["train_images"] == int(np.minimum(counts, n_min * 2 ** k).sum())
-        share = 4 * 0.9 / 3  # every soup model gets the same epochs; a step that would overrun is not taken
-        steps_per_epoch = ph["train_images"] // 8
+    assert len(phases) == 2 * 2 + 1
+    for i, ph in enumerate(phases[:4]):
+        assert ph["train_images"] == int(np.minimum(counts, n_min * 2 ** (i // 2)).sum())
+        share = 4 * 0.9 / 4  # every branch gets the same epochs; a step that would overrun is not taken
+        steps_per_epoch = -(-ph["train_images"] // 8)
         assert share - 1 / steps_per_epoch <= ph["spent"]["epochs"] <= share + 1e-9
-    assert phases[3]["train_images"] == counts.sum() and phases[3]["loss"] == "la"
+        assert len(ph["val_checks"]) == 2 and all(0 <= s <= 1 for s in ph["val_checks"])
+    assert phases[4]["train_images"] == counts.sum() and phases[4]["loss"] == "la"
     assert 4 - 0.5 < ex.meta["spent"]["epochs"] <= 4 + 1e-9

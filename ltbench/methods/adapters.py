@@ -4,7 +4,8 @@ AdaptFormer-style adapters run a bottleneck in parallel with a block's MLP: its 
 residual stream entering the MLP branch (tapped at the block's MLP norm), its output is
 scaled by s and added to the block's output. The up-projection starts at zero, so a freshly
 adapted backbone computes exactly what the frozen one did. LoRA is a parametrization of the
-fused q/k/v weight: W + (α/r)·B·A with B = 0 at the start.
+fused q/k/v weight: W + (α/r)·B·A with B = 0 at the start, over all of q/k/v (`targets="qkv"`)
+or as separate factors on the q and v rows only (`targets="qv"`, LT-Soups' official modules).
 """
 from __future__ import annotations
 
@@ -92,17 +93,39 @@ class LoRA(nn.Module):
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.scaling = alpha / rank
 
+    def delta(self) -> torch.Tensor:
+        return self.scaling * (self.B @ self.A)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.scaling * (self.B @ self.A).to(weight.dtype)
+        return weight + self.delta().to(weight.dtype)
 
 
-def add_lora(backbone: Backbone, rank: int, alpha: float) -> list[LoRA]:
-    """LoRA on every block's fused q/k/v weight; the original weights stay frozen."""
-    loras = []
+class SlicedLoRA(nn.Module):
+    """LoRA on some row blocks of a fused [3D, D] q/k/v weight: one (A, B) pair per target, zero elsewhere."""
+
+    def __init__(self, dim: int, rank: int, alpha: float, targets: str):
+        super().__init__()
+        self.targets = targets
+        self.parts = nn.ModuleDict({t: LoRA(dim, dim, rank, alpha) for t in targets})
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        dim = weight.shape[1]
+        rows = [self.parts[t].delta() if t in self.parts else weight.new_zeros(dim, dim) for t in "qkv"]
+        return weight + torch.cat(rows).to(weight.dtype)
+
+
+LORA_TARGETS = ("qkv", "qv")
+
+
+def add_lora(backbone: Backbone, rank: int, alpha: float, targets: str = "qkv") -> list[nn.Module]:
+    """LoRA on every block's fused q/k/v weight (all of it, or the q and v rows); originals stay frozen."""
+    if targets not in LORA_TARGETS:
+        raise ValueError(f"LoRA targets must be one of {', '.join(LORA_TARGETS)}, got {targets!r}")
+    loras: list[nn.Module] = []
     for block in backbone.blocks:
         module, name = _qkv_of(backbone, block)
         w = getattr(module, name)
-        lora = LoRA(w.shape[0], w.shape[1], rank, alpha)
+        lora = LoRA(w.shape[0], w.shape[1], rank, alpha) if targets == "qkv" else SlicedLoRA(w.shape[1], rank, alpha, targets)
         parametrize.register_parametrization(module, name, lora)
         getattr(module.parametrizations, name).original.requires_grad_(False)
         loras.append(lora)

@@ -69,6 +69,13 @@ class Phase:
     on_end: Callable[[], None] | None = None  # e.g. merge this phase's weights into a soup
     #: train on a subset of the training split: (train labels, seed) -> indices (LT-Soups' caps)
     subset: Callable[[np.ndarray, int], np.ndarray] | None = None
+    #: called after every optimizer step (LT-Soups: update the EMA of the weights)
+    on_step: Callable[[], None] | None = None
+    #: `val_checks` validation checks evenly spaced over the phase, the last at its end: the trainer
+    #: calls `on_val(score)`, `score()` being the current forward's per-class-averaged accuracy on
+    #: the validation split (its compute is charged to the phase's budget). LT-Soups keeps its best EMA.
+    val_checks: int = 0
+    on_val: Callable[[Callable[[], float]], None] | None = None
 
     @property
     def parameters(self) -> list[nn.Parameter]:

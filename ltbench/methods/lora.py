@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2022) on every block's fused q/k/v projection, plus a head."""
+"""LoRA (Hu et al. 2022) on every block's fused q/k/v projection (or its q and v rows), plus a head."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +12,7 @@ from .base import MethodConfig
 class LoRAConfig(MethodConfig):
     rank: int = 8
     alpha: float = 16.0
+    targets: str = "qkv"  # qkv: one factor pair over the fused weight | qv: a pair each for q and v
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -24,4 +25,4 @@ class LoRAMethod(PEFTMethod):
     Config = LoRAConfig
 
     def insert(self, backbone, cfg):
-        return add_lora(backbone, cfg.rank, cfg.alpha)
+        return add_lora(backbone, cfg.rank, cfg.alpha, cfg.targets)

@@ -1,23 +1,31 @@
-"""LT-Soups (2025): model soups over class-capped subsets, then a classifier retrained on all data.
+"""LT-Soups (NeurIPS 2025): model soups over class-capped subsets, then a classifier retrained on all data.
 
 Stage 1: for each factor k, cap every class at n_min·2^k images (the subset's imbalance is
-at most 2^k), fine-tune the inner method (LoRA, AdaptFormer or full fine-tuning) on it from
-the same start (cross-entropy at k = 0, logit adjustment otherwise), and merge: in sequence
-from the start, w ← α·w + (1 − α)·w_k with α = 0.3 (reference code), or a uniform average.
-Stage 2: retrain only the classifier on the full long-tailed data with logit adjustment,
-on cached features of the soup. Every stage-1 model gets the same number of epochs, so the
-budget is shared in proportion to the subsets' sizes.
+at most 2^k) and fine-tune `branches` models on it, each from the same start (the inner
+method: LoRA on q and v, AdaptFormer or full fine-tuning, with a cosine head; cross-entropy
+at k = 0, logit adjustment with the subset's counts otherwise). During a branch an EMA of its
+weights (decay 0.99) is kept and checked on validation `val_checks` times; the best EMA is the
+branch's result. The branches of one factor are averaged, and the factors are merged in
+sequence from the start, w ← α·w + (1 − α)·w_k with α = 0.3 (or a uniform average).
+Stage 2: retrain only the classifier on the full long-tailed data with logit adjustment, on
+cached features of the soup (EMA and best-on-validation as in stage 1).
+
+Budget: every branch is a phase of its own, so branches share the run's one budget (two
+branches per factor get half the epochs each); validation checks are charged to it too.
+Values and their sources: docs/methods.md ("LT-Soups").
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
-from . import METHODS, create_method, register_method
+from . import METHODS, register_method
 from .base import Method, MethodConfig, Phase
+
+Weights = dict[str, torch.Tensor]
 
 
 def capped_subset(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
@@ -36,16 +44,83 @@ def capped_subset(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
 
 @dataclass
 class LTSoupsConfig(MethodConfig):
-    inner: str = "lora"  # lora | adaptformer | full-ft (the reference code's options)
+    #: the official code's reproduction script (scripts/run_lt_soups.sh): full fine-tuning,
+    #: AdamW lr 3e-5, wd 1e-2, batch 128, warm-up max(20 steps, 1 %); stage 2 the same lr for as
+    #: many epochs as one branch (10 of 7 × 2 + 1 such units).
+    REFERENCE: ClassVar[dict[str, Any]] = {
+        "inner": "full-ft", "lr": 3e-5, "weight_decay": 1e-2, "batch_size": 128, "warmup": 0.01,
+        "stage2_lr": 3e-5, "stage2_share": 1 / 15,
+    }
+
+    inner: str = "lora"  # lora | adaptformer | full-ft
     inner_set: dict[str, Any] = field(default_factory=dict)  # the inner method's own keys (rank, bottleneck …)
     factors: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
+    branches: int = 2  # models per subset size, averaged (official meta_bsz)
+    ema: float = 0.99  # decay of the weights' EMA during a branch; 0: off (the live weights)
+    val_checks: int = 5  # evaluations on validation per branch, best kept (official eval_freq); 0: the last
     merge: str = "sequential"  # sequential (w ← α·w + (1−α)·w_k, from the start) | uniform
     merge_alpha: float = 0.3
     stage2_share: float = 0.1  # share of the budget for retraining the classifier
     stage2_lr: float = 1e-2
+    classifier: str = "cosine"
+    cosine_scale: float = 30.0  # what the official head runs with (its config's scale 25 never reaches it)
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
+
+
+def _clone(w: Weights) -> Weights:
+    return {n: p.detach().clone() for n, p in w.items()}
+
+
+def _load(params: Weights, values: Weights) -> None:
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(values[n])
+
+
+class _Selection:
+    """EMA of some weights and the best of it on validation (torch's get_ema_avg_fn: the first
+    update copies, then ema ← d·ema + (1 − d)·w); `result()` is what the stretch of training gives."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.ema: Weights | None = None
+        self.best: Weights | None = None
+        self.best_score = -float("inf")
+
+    def step(self, params: Weights) -> None:
+        if self.decay <= 0:
+            return
+        if self.ema is None:
+            self.ema = _clone(params)
+            return
+        with torch.no_grad():
+            for n, p in params.items():
+                self.ema[n].mul_(self.decay).add_(p.detach(), alpha=1 - self.decay)
+
+    def check(self, params: Weights, score: Callable[[], float]) -> None:
+        """Score the EMA (or, without one, the live weights) on validation; keep it if it is the best."""
+        if self.ema is None:
+            value, candidate = score(), params
+        else:
+            live = _clone(params)
+            _load(params, self.ema)
+            value, candidate = score(), self.ema
+            _load(params, live)
+        if value > self.best_score:  # the first of equal scores is kept
+            self.best_score, self.best = value, _clone(candidate)
+
+    def result(self, params: Weights) -> Weights:
+        if self.best is not None:
+            return self.best
+        return self.ema if self.ema is not None else _clone(params)
+
+    def state(self) -> dict[str, Any]:
+        return {"ema": self.ema, "best": self.best, "best_score": self.best_score}
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.ema, self.best, self.best_score = state["ema"], state["best"], state["best_score"]
 
 
 @register_method("lt-soups")
@@ -60,16 +135,24 @@ class LTSoups(Method):
             raise ValueError(f"inner must be lora, adaptformer or full-ft, got {cfg.inner!r}")
         if cfg.merge not in ("sequential", "uniform"):
             raise ValueError(f"merge must be sequential or uniform, got {cfg.merge!r}")
+        if cfg.branches < 1 or cfg.val_checks < 0 or not 0 <= cfg.ema < 1:
+            raise ValueError(f"need branches >= 1, val_checks >= 0 and 0 <= ema < 1, got branches={cfg.branches},"
+                             f" val_checks={cfg.val_checks}, ema={cfg.ema}")
         if class_counts is None:
             raise ValueError("lt-soups needs the training class counts")
         shared = {k: getattr(cfg, k) for k in ("optimizer", "lr", "weight_decay", "momentum", "warmup",
                                                "batch_size", "classifier", "cosine_scale")}
+        if cfg.inner == "lora":
+            shared["targets"] = "qv"  # the official LoRA modules: q and v of every block
         inner_cfg = METHODS.get(cfg.inner).Config(**{**shared, **cfg.inner_set})
         self.inner = METHODS.get(cfg.inner)(backbone, num_classes, inner_cfg, class_counts, classnames)
         self.n_min = int(np.min(class_counts[class_counts > 0]))
-        self._start = {k: v.clone() for k, v in self._weights().items()}
-        self._soup: dict[str, torch.Tensor] | None = None
+        self._names = set(self.inner.trainable_names())
+        self._start = _clone(self._weights())
+        self._soup: Weights | None = None
         self._merged = 0
+        self._branch_results: list[Weights] = []
+        self._sel = _Selection(cfg.ema)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x)
@@ -81,58 +164,83 @@ class LTSoups(Method):
         return self.inner.head(feats)
 
     # -- stage 1: the soup -----------------------------------------------------------------
-    def _weights(self) -> dict[str, torch.Tensor]:
-        return {n: p for n, p in self.inner.named_parameters() if n in set(self.inner.trainable_names())}
+    def _weights(self) -> Weights:
+        return {n: p for n, p in self.inner.named_parameters() if n in self._names}
+
+    def _head(self) -> Weights:
+        return dict(self.inner.head.named_parameters())
 
     def caps(self) -> list[int]:
         return [self.n_min * 2 ** k for k in self.cfg.factors]
 
     def _restart(self) -> None:
-        with torch.no_grad():
-            for n, p in self._weights().items():
-                p.copy_(self._start[n])
+        """A branch starts from the start weights, with a fresh EMA and selection."""
+        _load(self._weights(), self._start)
+        self._sel = _Selection(self.cfg.ema)
 
-    def _merge(self) -> None:
-        w_k = {n: p.detach().clone() for n, p in self._weights().items()}
+    def _end_branch(self) -> None:
+        self._branch_results.append(_clone(self._sel.result(self._weights())))
+        if len(self._branch_results) == self.cfg.branches:
+            names = self._branch_results[0]
+            mean = {n: sum(b[n] for b in self._branch_results) / len(self._branch_results) for n in names}
+            self._branch_results = []
+            self._merge(mean)
+
+    def _merge(self, w_k: Weights) -> None:
+        """Fold one subset size's (branch-averaged) weights into the soup."""
         self._merged += 1
-        if self._soup is None:
-            base = self._start if self.cfg.merge == "sequential" else None
-            self._soup = ({n: self.cfg.merge_alpha * base[n] + (1 - self.cfg.merge_alpha) * w for n, w in w_k.items()}
-                          if base is not None else w_k)
-        elif self.cfg.merge == "sequential":
-            a = self.cfg.merge_alpha
-            self._soup = {n: a * self._soup[n] + (1 - a) * w_k[n] for n in w_k}
+        a = self.cfg.merge_alpha
+        if self.cfg.merge == "sequential":
+            prev = self._start if self._soup is None else self._soup
+            self._soup = {n: a * prev[n] + (1 - a) * w for n, w in w_k.items()}
+        elif self._soup is None:
+            self._soup = w_k
         else:  # uniform: running mean
-            m = self._merged
-            self._soup = {n: self._soup[n] + (w_k[n] - self._soup[n]) / m for n in w_k}
-        if self._merged == len(self.cfg.factors):  # the last model: the soup replaces it
-            with torch.no_grad():
-                for n, p in self._weights().items():
-                    p.copy_(self._soup[n])
+            self._soup = {n: self._soup[n] + (w_k[n] - self._soup[n]) / self._merged for n in w_k}
+        if self._merged == len(self.cfg.factors):  # the last subset size: the soup replaces the weights
+            _load(self._weights(), self._soup)
+
+    # -- stage 2 ---------------------------------------------------------------------------
+    def _begin_stage2(self) -> None:
+        self._sel = _Selection(self.cfg.ema)
+
+    def _end_stage2(self) -> None:
+        _load(self._head(), self._sel.result(self._head()))
 
     def resume_state(self) -> dict[str, Any]:
-        return {"soup": self._soup, "merged": self._merged}
+        return {"soup": self._soup, "merged": self._merged, "branches": self._branch_results,
+                "selection": self._sel.state()}
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
         if state:
             self._soup, self._merged = state["soup"], state["merged"]
+            self._branch_results = state.get("branches", [])
+            if "selection" in state:
+                self._sel.load(state["selection"])
 
     def phases(self) -> list[Phase]:
         cfg = self.cfg
         counts = np.asarray(self.class_counts)
         sizes = [int(np.minimum(counts, cap).sum()) for cap in self.caps()]
         params = list(self._weights().values())
+        n_models = len(sizes) * cfg.branches
         stage1 = []
         for k, cap, size in zip(cfg.factors, self.caps(), sizes):
-            stage1.append(Phase(
-                f"soup k={k} (cap {cap})", [{"params": params}],
-                share=(1 - cfg.stage2_share) * size / sum(sizes),
-                epoch_share=(1 - cfg.stage2_share) / len(sizes),
-                loss="ce" if k == 0 else "la",
-                subset=lambda labels, seed, cap=cap: capped_subset(labels, cap, seed),
-                on_start=self._restart, on_end=self._merge,
-            ))
+            for b in range(cfg.branches):
+                stage1.append(Phase(
+                    f"soup k={k} (cap {cap}) branch {b + 1}/{cfg.branches}", [{"params": params}],
+                    share=(1 - cfg.stage2_share) * size / sum(sizes) / cfg.branches,
+                    epoch_share=(1 - cfg.stage2_share) / n_models,
+                    loss="ce" if k == 0 else "la",
+                    subset=lambda labels, seed, cap=cap: capped_subset(labels, cap, seed),
+                    on_start=self._restart, on_end=self._end_branch,
+                    on_step=lambda: self._sel.step(self._weights()),
+                    val_checks=cfg.val_checks, on_val=lambda score: self._sel.check(self._weights(), score),
+                ))
         head = list(self.inner.head.parameters())
         stage2 = Phase("classifier (LA, full data)", [{"params": head, "lr_scale": cfg.stage2_lr / cfg.lr}],
-                       share=cfg.stage2_share, loss="la", sampler="instance", cache_features=True)
+                       share=cfg.stage2_share, loss="la", sampler="instance", cache_features=True,
+                       on_start=self._begin_stage2, on_end=self._end_stage2,
+                       on_step=lambda: self._sel.step(self._head()),
+                       val_checks=cfg.val_checks, on_val=lambda score: self._sel.check(self._head(), score))
         return [*stage1, stage2]
