@@ -25,12 +25,14 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    """ECE (Guo et al. 2017): Σ_m |B_m|/N · |acc(B_m) − conf(B_m)| over equal-width confidence bins
+    B_m = ((m − 1)/M, m/M] (right-closed, as in their code; a confidence of 0 joins the first bin)."""
     conf = probs.max(1)
     correct = (probs.argmax(1) == labels).astype(np.float64)
-    bins = np.minimum((conf * n_bins).astype(np.int64), n_bins - 1)
-    weight = np.bincount(bins, minlength=n_bins)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
     gap = np.abs(np.bincount(bins, weights=correct, minlength=n_bins) - np.bincount(bins, weights=conf, minlength=n_bins))
-    return float(gap.sum() / max(1, weight.sum()))
+    return float(gap.sum() / max(1, len(conf)))
 
 
 def evaluate_logits(

@@ -30,10 +30,31 @@ def test_subset_masking_scores_only_covered_classes():
     assert evaluate_logits(logits, np.array([3]), groups=np.zeros(5, int))["overall"] == 0.0
 
 
-def test_ece_zero_when_confidence_matches_accuracy():
-    probs = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert expected_calibration_error(probs, np.array([0, 1])) == 0.0
-    assert expected_calibration_error(probs, np.array([1, 0])) == 1.0
+def _ece_oracle(probs, labels, n_bins=15):
+    """Guo et al. 2017, Eq. 3, with their bins (lower, upper]: a loop over bins, written independently."""
+    conf, acc = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            total += inside.mean() * abs(acc[inside].mean() - conf[inside].mean())
+    return total
+
+
+def test_ece_matches_the_published_definition_on_random_inputs():
+    rng = np.random.default_rng(0)
+    for n_classes, n_bins in ((10, 15), (3, 10), (2, 5)):
+        logits = rng.normal(size=(500, n_classes)) * rng.uniform(0.1, 4, size=(500, 1))
+        probs = torch.softmax(torch.as_tensor(logits), 1).numpy()
+        labels = rng.integers(0, n_classes, 500)
+        assert abs(expected_calibration_error(probs, labels, n_bins) - _ece_oracle(probs, labels, n_bins)) <= 1e-9
+    # confidences exactly on bin edges belong to the bin below (right-closed bins)
+    conf = np.repeat(np.linspace(0.5, 1.0, 16)[1:], 7)  # the edges 8/15 … 15/15 of 15 bins
+    probs = np.stack([conf, 1 - conf], 1)
+    labels = rng.integers(0, 2, len(conf))
+    assert abs(expected_calibration_error(probs, labels) - _ece_oracle(probs, labels)) <= 1e-9
+    assert expected_calibration_error(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([0, 1])) == 0.0
 
 
 def test_bootstrap_on_a_tiny_set_drops_empty_resamples_without_warnings():

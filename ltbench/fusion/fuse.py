@@ -264,6 +264,7 @@ def fuse_experts(
     trainable = sum(int((m.get("params") or {}).get("trainable") or 0) for m in metas) + fitted
     total = sum(int((m.get("params") or {}).get("total") or 0) for m in metas) + fitted
     search = info.get("search", {})
+    val_split = info.pop("split", None)
     meta = {
         "created": now(), "git": git_hash(), "packages": package_versions(), "env": environment("cpu"),
         "seed": seed, "config_hash": config_hash(config), "budget": "fuse",
@@ -278,6 +279,8 @@ def fuse_experts(
                    "run_now": search.get("trials_run", 0), "best_trial": search.get("best_trial"),
                    "study_name": search.get("study_name"), "storage": storage} if search else None,
         "scorer_info": info,
+        # which validation rows fitted what (moe: W_base on one part, W_offset on the other); None: all of it
+        "val_split": val_split,
         "params": {"trainable": trainable, "total": total, "fusion": fitted},
         # The fused expert's compute is its constituents' plus the fusion's own (flops of fusion: 0, uncounted).
         "spent": {"flops": c_flops, "seconds": c_seconds + fit_seconds},

@@ -3,6 +3,10 @@
 A scorer is ``fit(ctx) -> (FusionModel, info)``. ``ctx`` carries the **validation** split
 only: the experts' val probabilities and the val labels. Nothing a scorer sees can reach
 test or OOD labels; the fitted model is applied to the other splits afterwards.
+
+``moe`` splits validation in two disjoint, stratified, seeded parts: W_base is searched on one,
+W_offset fitted (and its held-out gate judged) on the other, so the offsets are never fitted
+to images the search already chose W_base on. The rows of each part are in ``info["split"]``.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import numpy as np
 import torch
 
 from .._registry import Registry
-from .core import FusionModel, ProbStack, make_objective, normalise_base
+from .core import FusionError, FusionModel, ProbStack, make_objective, normalise_base, stratified_holdout
 from .learned import fit_offsets
 from .search import search_weights
 
@@ -38,6 +42,12 @@ class FitContext:
     def score(self, labels: np.ndarray | None = None) -> Callable[[torch.Tensor], float]:
         return make_objective(self.objective, self.labels if labels is None else labels, self.shot_groups)
 
+    def part(self, rows: torch.Tensor) -> "FitContext":
+        """The same context on some validation rows only."""
+        from dataclasses import replace
+
+        return replace(self, stack=self.stack.subset(rows), labels=np.asarray(self.labels)[np.asarray(rows)])
+
     def equal(self) -> torch.Tensor:
         return normalise_base(torch.ones(self.stack.num_experts, self.stack.num_groups))
 
@@ -46,9 +56,13 @@ Scorer = Callable[[FitContext], "tuple[FusionModel, dict[str, Any]]"]
 SCORERS: Registry[Scorer] = Registry("scorer")
 
 
+#: share of validation held out from the W_base search for fitting W_offset (``moe``)
+OFFSET_SHARE = 0.5
+
+
 def _learn(ctx: FitContext, w_base: torch.Tensor) -> tuple[FusionModel, dict[str, Any]]:
-    return fit_offsets(ctx.stack, ctx.labels, w_base, ctx.groups, ctx.score(), ctx.score, ctx.seed,
-                       **(ctx.options or {}))
+    options = {k: v for k, v in (ctx.options or {}).items() if k != "offset_share"}
+    return fit_offsets(ctx.stack, ctx.labels, w_base, ctx.groups, ctx.score(), ctx.score, ctx.seed, **options)
 
 
 @SCORERS.register("mean", help="plain probability averaging: equal weights, nothing fitted (baseline)")
@@ -71,7 +85,14 @@ def fit_learned(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
 
 @SCORERS.register("moe", help="LPT++ MoE scorer: searched W_base plus learned per-sample W_offset")
 def fit_moe(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
-    w, search_info = search_weights(ctx.stack, ctx.score(), ctx.experts, ctx.group_names, ctx.trials, ctx.seed,
-                                    ctx.storage, ctx.study_name)
-    model, learn_info = _learn(ctx, w)
-    return model, {"search": search_info, "learned": learn_info}
+    share = float((ctx.options or {}).get("offset_share", OFFSET_SHARE))
+    if not 0 < share < 1:
+        raise FusionError(f"offset_share={share}: the share of validation for W_offset must be in (0, 1)")
+    rows_search, rows_offset = stratified_holdout(ctx.labels, share, ctx.seed)
+    searched = ctx.part(rows_search)
+    w, search_info = search_weights(searched.stack, searched.score(), ctx.experts, ctx.group_names, ctx.trials,
+                                    ctx.seed, ctx.storage, ctx.study_name)
+    model, learn_info = _learn(ctx.part(rows_offset), w)
+    split = {"kind": "disjoint", "offset_share": share, "seed": ctx.seed,
+             "search_rows": rows_search.tolist(), "offset_rows": rows_offset.tolist()}
+    return model, {"search": search_info, "learned": learn_info, "split": split}
