@@ -61,11 +61,23 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
 
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    df = report_frame(registry, with_paths=plots, **filters)
+    suite = filters.pop("suite", None)
+    if suite is not None:  # exactly the suite's experts, with its published reference rows
+        from .bench import load_suite, suite_runs
+        from .report import add_references
+
+        suite = load_suite(suite)
+        registry = registry or Registry()
+        filters["experts"] = [n for n in suite.names if n in registry]
+        if not filters["experts"]:
+            raise ReportError(f"no expert of suite {suite.name!r} is registered in {registry.home}; "
+                              f"run `ltbench bench {suite.source}` first")
+    measured = report_frame(registry, with_paths=plots, **filters)
+    df = add_references(measured, suite.references, suite_runs(suite)) if suite is not None else measured
     shown = rich_table(df) if fmt == "table" else render(df, fmt)
     written = write_report(df, out) if out is not None else []
     if plots:
-        written += write_plots(df, out if out is not None else plots_dir)
+        written += write_plots(measured, out if out is not None else plots_dir)
     return shown, written
 
 
@@ -143,6 +155,15 @@ def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: boo
     names = run_suite(suite, registry=registry, console=console, quiet=quiet)
     table, written = report_suite(suite, registry=registry, out=out, plots=plots)
     return table, written, names
+
+
+def plan(suite: "str | Path | Suite"):
+    """`ltbench bench SUITE --plan`: (the plan as a rich table, its rows); validates, trains nothing."""
+    from .bench import Suite, load_suite, plan_rows, plan_table
+
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    rows = plan_rows(suite)
+    return plan_table(suite, rows), rows
 
 
 def demo(registry: Registry | None = None, console: Console | None = None, quiet: bool = False,

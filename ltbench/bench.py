@@ -25,6 +25,16 @@ A suite is a YAML file (`ltbench bench SUITE.yaml`; `ltbench demo` runs the buil
         experts: [lpt, lpt++-vl]   # run labels
         scorer: moe                # mean | search | learned | moe
         trials: 200
+    reference:                     # published numbers (%, as printed), shown beside the measured rows
+      - run: lpt                   # the run (or fusion) label they belong to; omit for a paper-only row
+        source: "LPT (ICLR 2023), Table 3"
+        overall: 50.07
+        many: 49.27
+        ood: {imagenet-sketch: 36.22}
+
+`ltbench bench SUITE --plan` validates the suite and prints what it would run (runs, seeds,
+budget, training images counted from the split files, estimated FLOPs) without training,
+without weights and without the datasets' images.
 
 The whole suite is validated before anything trains: every run is resolved through
 `config.resolve_config`, so an unknown key, method, dataset or budget fails at once, with
@@ -51,7 +61,9 @@ from .config import RUN_DEFAULTS, ConfigError, resolve_config
 from .methods import METHODS
 from .registry import Registry
 
-SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "runs", "fusions")
+SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "runs", "fusions", "reference")
+REFERENCE_KEYS = ("run", "name", "source", "overall", "many", "medium", "few", "ood")
+ACCURACY_KEYS = ("overall", "many", "medium", "few")
 RUN_KEYS = ("label", "method", "backbone", "set", "init")
 FUSION_KEYS = ("label", "experts", "scorer", "trials", "objective", "per_group")
 REQUIRED = ("dataset", "backbone", "budget", "runs")
@@ -109,6 +121,8 @@ class Suite:
     source: str = "<suite>"
     description: str = ""
     jobs: list[Job] = field(default_factory=list)
+    #: published rows: {run, name, source, overall, many, medium, few (fractions or None), ood: {set: fraction}}
+    references: list[dict[str, Any]] = field(default_factory=list)
 
     def expert_name(self, label: str, seed: int) -> str:
         return f"{self.name}-{label}-s{seed}"
@@ -171,8 +185,8 @@ def _check_backbone(name: str, where: str, source: str) -> None:
         body = name[len("clip:"):]
         if body in CLIP_BACKBONES or body.partition("/")[0] in open_clip.list_models():
             return
-    elif name in BACKBONES or name in timm.list_models():
-        return
+    elif name in BACKBONES or name in timm.list_models() or name in timm.list_models(pretrained=True):
+        return  # a tagged name (vit_base_patch16_224.augreg_in21k) is known without its weights
     try:
         create_backbone(name, pretrained=False)  # raises its "did you mean" for unknown names
     except UnknownNameError as e:
@@ -280,11 +294,42 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
             raise SuiteError(f"{source}: {where}trials must be a positive integer, got {trials!r}")
         fusions.append(FusionSpec(label, list(experts), scorer, trials, objective, bool(raw.get("per_group", False))))
 
+    references = _parse_references(data.get("reference"), [*labels, *(f.label for f in fusions)], source)
     suite = Suite(name=name, dataset=str(data["dataset"]), backbone=str(data["backbone"]), budget=str(data["budget"]),
                   seeds=seeds, sets=common, runs=runs, fusions=fusions, source=source,
-                  description=str(data.get("description") or ""))
+                  description=str(data.get("description") or ""), references=references)
     suite.jobs = plan(suite)
     return suite
+
+
+def _parse_references(raw: Any, labels: list[str], source: str) -> list[dict[str, Any]]:
+    """`reference:` rows, percentages as published → fractions; each names its source."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise SuiteError(f"{source}: reference must be a list of published rows, got {type(raw).__name__}")
+    out = []
+    for i, row in enumerate(raw):
+        where = f"{source}: reference[{i}]: "
+        if not isinstance(row, dict):
+            raise SuiteError(f"{where}must be a mapping (run, source, overall, many, medium, few, ood), got {row!r}")
+        _check_keys(f"reference[{i}]: ", row, REFERENCE_KEYS, source)
+        if not isinstance(row.get("source"), str) or not row["source"].strip():
+            raise SuiteError(f"{where}missing 'source' (the paper and table the numbers come from)")
+        run = row.get("run")
+        if run is not None and run not in labels:
+            raise SuiteError(f"{where}run {run!r} is no run or fusion of this suite.{_hint(run, labels)}")
+        ood = _mapping(row.get("ood"), f"reference[{i}].ood", source)
+        values = {k: row.get(k) for k in ACCURACY_KEYS}
+        for key, v in [*values.items(), *((f"ood.{k}", v) for k, v in ood.items())]:
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100):
+                raise SuiteError(f"{where}{key} must be a percentage in [0, 100] as published, got {v!r}")
+        if all(v is None for v in [*values.values(), *ood.values()]):
+            raise SuiteError(f"{where}gives no number (overall, many, medium, few or ood)")
+        out.append({"run": run, "name": str(row.get("name") or run or f"reference {i}"), "source": row["source"],
+                    **{k: None if v is None else v / 100 for k, v in values.items()},
+                    "ood": {str(k): v / 100 for k, v in ood.items() if v is not None}})
+    return out
 
 
 def plan(suite: Suite) -> list[Job]:
@@ -448,15 +493,149 @@ def default_report_dir(suite: Suite, registry: Registry) -> Path:
     return registry.home / "reports" / suite.name
 
 
+def suite_runs(suite: Suite) -> dict[str, str]:
+    """Expert name → the run (or fusion) label it belongs to, for every seed."""
+    return {j.name: j.label for j in suite.jobs}
+
+
 def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path | None = None,
                  plots: bool = True):
     """The report of exactly the suite's experts: (rich table, files written into `out`)."""
-    from .report import collect, rich_table, write_plots, write_report
+    from .report import add_references, collect, rich_table, write_plots, write_report
 
     registry = registry or Registry()
     out = Path(out) if out is not None else default_report_dir(suite, registry)
-    df = collect(registry, experts=suite.names, with_paths=plots)
+    measured = collect(registry, experts=suite.names, with_paths=plots)
+    df = add_references(measured, suite.references, suite_runs(suite))
     written = write_report(df, out)
     if plots:
-        written += write_plots(df, out)
+        written += write_plots(measured, out)
     return rich_table(df, title=f"ltbench suite {suite.name} — test accuracy (%), budget {suite.budget} a run"), written
+
+
+# -- plan: what a suite would run, without training -------------------------------------------
+def train_image_count(run: dict[str, Any]) -> int | None:
+    """Training images of a resolved run, from its split file's lines or its LT profile; None if unknown.
+
+    Reads no image: split-file sources count their train file (minus the validation images held
+    out of it), CIFAR-100-LT / Fashion-MNIST-LT follow their exponential profile."""
+    import numpy as np
+
+    from .data import DataError, create_dataset, exponential_profile
+    from .data.splitfile import PACKAGED, find_file, read_split_file
+
+    name, opts = run["dataset"], run["data"]
+    try:
+        if name in ("places-lt", "imagenet-lt", "inat2018"):
+            packaged = {"places-lt": "places_lt", "imagenet-lt": "imagenet_lt"}.get(name)
+            sdir = Path(opts["split_dir"]).expanduser() if opts.get("split_dir") else \
+                PACKAGED / packaged if packaged else Path(run["root"] or ".").expanduser()
+            path = Path(opts["train_file"]).expanduser()
+            found = find_file(path if path.is_absolute() else sdir / path)
+            if found is None:
+                return None
+            labels = read_split_file(found, ".", opts["num_classes"]).labels
+            held = 0 if opts.get("val_file") else int(np.minimum(opts["val_per_class"],
+                                                                np.bincount(labels) // 2).sum())
+            return len(labels) - held
+        if name == "cifar100-lt":
+            return int(sum(exponential_profile(100, opts["head"], opts["imbalance"])))
+        if name == "fashion-mnist-lt":
+            return int(sum(exponential_profile(10, opts["head"], opts["imbalance"])))
+        return len(create_dataset(name, root=run["root"], seed=run["seed"], **opts).train)
+    except (DataError, OSError, KeyError):
+        return None
+
+
+def forward_flops(backbone: str, img_size: int | None) -> tuple[float | None, int | None]:
+    """(FLOPs of one image's forward through the backbone, its input size), counted on the meta
+    device: no weights are loaded or allocated. (None, None) when the model cannot be built so."""
+    import torch
+
+    from .backbones.base import create_backbone
+    from .budget import count_flops
+
+    try:
+        body = backbone[len("clip:"):] if backbone.startswith("clip:") else None
+        from .backbones.clip import CLIP_BACKBONES
+
+        if body is not None and body not in CLIP_BACKBONES:  # an open_clip architecture: its image tower
+            import open_clip
+
+            from .backbones.clip import _quiet_open_clip
+
+            with _quiet_open_clip():
+                model = open_clip.create_model(body.partition("/")[0], pretrained=None, device="meta")
+            size = model.visual.image_size
+            size = int(size[0] if isinstance(size, (tuple, list)) else size)
+            x = torch.zeros(1, 3, size, size, device="meta")
+            return float(count_flops(lambda: model.encode_image(x))), size
+        arch = backbone if body is not None else backbone.partition(".")[0]  # a timm tag names weights only
+        with torch.device("meta"):
+            bb = create_backbone(arch, img_size=img_size, pretrained=False)
+        x = torch.zeros(1, 3, bb.img_size, bb.img_size, device="meta")
+        return float(count_flops(lambda: bb.features(x))), int(bb.img_size)
+    except Exception:  # an estimate only: a model that cannot be built on meta is "unknown"
+        return None, None
+
+
+#: A training step costs about 3 forward passes (forward + backward) per image.
+TRAIN_FORWARDS = 3
+
+
+def plan_rows(suite: Suite) -> list[dict[str, Any]]:
+    """One row per run and fusion label: seeds, budget, training images, estimated FLOPs per seed.
+
+    FLOPs ≈ 3 × the backbone's forward FLOPs × the images a run sees (epochs × training images, or
+    steps × batch size); a FLOPs budget is its own estimate, a seconds budget has none. Runs on
+    cached features spend less (one forward per image); evaluation passes are not counted."""
+    from .budget import parse_budget
+
+    budget = parse_budget(suite.budget)
+    rows: list[dict[str, Any]] = []
+    fwd_cache: dict[tuple, tuple] = {}
+    first = {j.label: j for j in reversed(suite.jobs)}  # the first seed's job of each label
+    for spec in suite.runs:
+        run = first[spec.label].run
+        key = (run["backbone"], run["img_size"])
+        if key not in fwd_cache:
+            fwd_cache[key] = forward_flops(*key)
+        fwd, size = fwd_cache[key]
+        images = train_image_count(run)
+        seen = {"epochs": None if images is None else budget.amount * images,
+                "steps": budget.amount * run["method_config"].get("batch_size", 0), "flops": None,
+                "seconds": None}[budget.unit]
+        flops = budget.amount if budget.unit == "flops" else \
+            (TRAIN_FORWARDS * fwd * seen if fwd is not None and seen is not None else None)
+        rows.append({"label": spec.label, "kind": "run", "method": spec.method, "backbone": spec.backbone,
+                     "img_size": size, "seeds": list(suite.seeds), "budget": str(budget), "train_images": images,
+                     "forward_flops": fwd, "flops_per_seed": flops,
+                     "reference": [r["name"] for r in suite.references if r["run"] == spec.label]})
+    for f in suite.fusions:
+        rows.append({"label": f.label, "kind": "fusion", "method": f"fuse:{f.scorer}", "backbone": "+".join(f.experts),
+                     "img_size": None, "seeds": list(suite.seeds), "budget": "fuse", "train_images": None,
+                     "forward_flops": None, "flops_per_seed": 0.0,
+                     "reference": [r["name"] for r in suite.references if r["run"] == f.label]})
+    return rows
+
+
+def plan_table(suite: Suite, rows: list[dict[str, Any]]):
+    """The plan as a rich table (what `ltbench bench SUITE --plan` prints)."""
+    from rich.table import Table
+
+    unknown = "unknown"
+    table = Table(title=f"ltbench suite {suite.name} — plan ({len(suite.jobs)} jobs, seeds {suite.seeds},"
+                        f" budget {suite.budget} a run)",
+                  caption="FLOPs ≈ 3 × forward × images seen, per seed (an estimate: training measures exactly)")
+    for col in ("run", "method", "backbone", "px", "train images", "est. FLOPs / seed", "published"):
+        table.add_column(col, justify="left" if col in ("run", "method", "backbone", "published") else "right")
+    total = 0.0
+    for r in rows:
+        flops = r["flops_per_seed"]
+        total = total + flops * len(r["seeds"]) if flops is not None and total is not None else None
+        table.add_row(r["label"], r["method"], r["backbone"], str(r["img_size"] or "—"),
+                      unknown if r["kind"] == "run" and r["train_images"] is None else
+                      f"{r['train_images']:,}" if r["train_images"] is not None else "—",
+                      unknown if flops is None else f"{flops:.2e}", ", ".join(r["reference"]) or "—")
+    table.add_row("total", "", "", "", "", unknown if total is None else f"{total:.2e}", "", end_section=True)
+    return table

@@ -115,6 +115,7 @@ def report(
     dataset: Optional[str] = typer.Option(None, help="only this dataset"),
     method: Optional[str] = typer.Option(None, help="only this method"),
     experts: Optional[str] = typer.Option(None, help="comma-separated expert names"),
+    suite: Optional[Path] = typer.Option(None, "--suite", help="only this suite's experts, beside its published reference rows"),
     format: str = typer.Option("table", "--format", help="table | csv | md | latex | json"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="also write every format (report.csv/.md/.tex/.json/.txt) here"),
     plots: bool = typer.Option(False, "--plots", help="write PNG plots into --out (default ./ltbench-report)"),
@@ -124,7 +125,7 @@ def report(
     """Print the comparison table from the registry (no retraining)."""
     names = experts.split(",") if experts else None
     shown, written = api.report(format, out=out_dir, plots=plots, dataset=dataset, method=method, experts=names,
-                                ci=ci, group_seeds=group_seeds)
+                                ci=ci, group_seeds=group_seeds, suite=suite)
     if format == "table":
         out.print(shown)
     else:
@@ -223,8 +224,12 @@ def bench(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="report folder (default <LTBENCH_HOME>/reports/<suite name>)"),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="also write the PNG plots into the report folder"),
     quiet: bool = typer.Option(False, help="no progress bars"),
+    plan: bool = typer.Option(False, "--plan", help="validate and print runs, seeds, budget, estimated FLOPs; train nothing"),
 ) -> None:
     """Run a suite: every method under one budget (registered runs are skipped), fusions, then the report."""
+    if plan:
+        out.print(api.plan(suite)[0])
+        return
     table, written, _ = api.bench(suite, out=out_dir, plots=plots, console=err, quiet=quiet)
     _print_suite_result(table, written)
 

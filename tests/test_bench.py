@@ -170,3 +170,54 @@ def test_cli_bench_errors_are_one_line(tmp_path, home):
     assert r.exit_code == 2 and "Did you mean 'lpt++'" in r.output and str(path) in r.output
     r = runner.invoke(app, ["bench", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 2 and "no such suite file" in r.output
+
+
+REPRO = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "ltbench" / "suites" / "repro").glob("*.yaml"))
+
+
+def _vit_flops(layers, dim, tokens, patch, mlp=4):
+    """FLOPs (2 × multiply-adds) of a ViT's forward up to its pre-logits, written from its shapes:
+    patch embedding, then per block q/k/v + projection (4·N·D²), attention (2·N²·D), MLP (2·mlp·N·D²)."""
+    per_block = (4 + 2 * mlp) * tokens * dim ** 2 + 2 * tokens ** 2 * dim
+    return 2 * (layers * per_block + (tokens - 1) * dim * 3 * patch ** 2)
+
+
+@pytest.mark.parametrize("path", REPRO, ids=[p.stem for p in REPRO])
+def test_every_repro_suite_validates_and_plans(path):
+    from ltbench.api import plan
+
+    suite = load_suite(path)
+    assert suite.runs and all(r["source"] for r in suite.references)
+    _, rows = plan(suite)
+    assert [r["label"] for r in rows] == [r.label for r in suite.runs] + [f.label for f in suite.fusions]
+    for row in rows:
+        if row["kind"] == "run" and row["backbone"] == "vit_base_patch16_224.augreg_in21k":
+            assert row["forward_flops"] == _vit_flops(12, 768, 197, 16)  # ViT-B/16 at 224 px, counted on meta
+    if suite.dataset == "places-lt":  # the shipped split file: 62,500 training images
+        run = rows[0]
+        assert run["train_images"] == 62_500
+        assert run["flops_per_seed"] == 3 * run["forward_flops"] * 80 * 62_500
+    r = runner.invoke(app, ["bench", str(path), "--plan"])
+    assert r.exit_code == 0, r.output
+    assert suite.name in r.output and "est. FLOPs" in r.output
+
+
+def test_plan_says_unknown_without_split_files_and_trains_nothing(tmp_path, home):
+    data = {**TINY_SUITE, "dataset": "inat2018", "budget": "2epochs", "set": {}, "fusions": [],
+            "runs": [{"method": "linear-probe"}]}
+    _, rows = __import__("ltbench.api", fromlist=["plan"]).plan(load_suite(write(tmp_path, data)))
+    assert rows[0]["train_images"] is None and rows[0]["flops_per_seed"] is None
+    r = runner.invoke(app, ["bench", str(write(tmp_path, data)), "--plan"])
+    assert r.exit_code == 0 and "unknown" in r.output
+    assert not Registry(home).names()
+
+
+def test_reference_rows_are_validated(tmp_path):
+    ref = {"run": "linear-probe", "source": "a paper, Table 1", "overall": 50.0}
+    assert load_suite(write(tmp_path, {**TINY_SUITE, "reference": [ref]})).references[0]["overall"] == 0.5
+    cases = [({**ref, "overal": 1}, "Did you mean 'overall'"), ({**ref, "source": ""}, "missing 'source'"),
+             ({**ref, "run": "lpt"}, "run 'lpt' is no run or fusion"), ({**ref, "overall": 150}, "percentage"),
+             ({"source": "x"}, "gives no number")]
+    for bad, expected in cases:
+        msg = suite_error(tmp_path, {**TINY_SUITE, "reference": [bad]})
+        assert "reference[0]" in msg and expected in msg, msg

@@ -225,3 +225,47 @@ def test_cli_report_errors(reg):
 def test_empty_registry(home):
     assert json.loads(invoke("report", "--format", "json").output) == []
     assert invoke("report").exit_code == 0
+
+
+def test_suite_report_shows_published_rows_and_differences(home, tmp_path):
+    """`ltbench report --suite` (and the suite's own report): published rows beside the measured
+    ones, each measured row of a run with a reference gets measured − published."""
+    import yaml
+
+    from ltbench.bench import load_suite, report_suite
+
+    suite = {"name": "toy", "dataset": "fashion-mnist-lt", "backbone": "vit-tiny-test", "budget": "1epochs",
+             "seeds": [0, 1], "runs": [{"method": "linear-probe"}, {"method": "lpt"}],
+             "reference": [{"run": "lpt", "source": "LPT, Table 3", "overall": 50.0, "few": 40.0, "ood": {"sketch": 30.0}},
+                           {"name": "VPT", "source": "LPT, Table 1", "overall": 44.17}]}
+    path = tmp_path / "toy.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    r = Registry(home)
+    for s in (0, 1):
+        register(r, f"toy-lpt-s{s}", method="lpt", seed=s, acc=0.6 + 0.1 * s)
+    for s in (0, 1):
+        register(r, f"toy-linear-probe-s{s}", method="linear-probe", seed=s, acc=0.5)
+    register(r, "other", method="lpt", acc=0.9)  # not the suite's: not shown
+
+    rows = json.loads(invoke("report", "--suite", str(path), "--format", "json", "--no-ci").output)
+    names = [x["expert"] for x in rows]
+    assert "other" not in names and names[-1] == "published: VPT"
+    lpt = next(x for x in rows if x["members"] == "toy-lpt-s0,toy-lpt-s1")
+    assert names.index("published: lpt") == names.index(lpt["expert"]) + 1  # right below the measured row
+    test = [r.get(f"toy-lpt-s{s}").metrics for s in (0, 1)]
+    overall = np.mean([m["test"]["overall"] for m in test])
+    assert lpt["delta:overall"] == pytest.approx(overall - 0.5, abs=1e-12)
+    assert lpt["delta:few"] == pytest.approx(np.mean([m["test"]["few"] for m in test]) - 0.4, abs=1e-12)
+    assert lpt["delta:ood:sketch"] == pytest.approx(np.mean([m["ood:sketch"]["overall"] for m in test]) - 0.3, abs=1e-12)
+    assert lpt.get("delta:many") is None  # the reference gives no many-shot number
+    published = rows[names.index("published: lpt")]
+    assert (published["overall"], published["few"], published["ood:sketch"], published["source"]) == \
+        (0.5, 0.4, 0.3, "LPT, Table 3")
+    lp = next(x for x in rows if x["method"] == "linear-probe")
+    assert lp.get("delta:overall") is None  # no reference for the linear probe
+
+    text = invoke("report", "--suite", str(path), "--format", "md", "--no-ci").output
+    assert "published: lpt" in text and "Δ overall" in text and f"{100 * (overall - 0.5):+.2f}" in text
+    table, written = report_suite(load_suite(path), r, out=tmp_path / "rep", plots=False)
+    on_file = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert [x["expert"] for x in on_file if x["expert"].startswith("published")] == ["published: lpt", "published: VPT"]

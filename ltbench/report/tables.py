@@ -184,6 +184,50 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     return df
 
 
+# -- published reference rows ---------------------------------------------------------------
+def add_references(df: pd.DataFrame, references: list[dict[str, Any]], run_of: dict[str, str]) -> pd.DataFrame:
+    """Published rows beside the measured ones (a suite's `reference:` block).
+
+    Each reference becomes a row (`expert` "published: <name>", its `source`), placed after the
+    measured rows of the run it belongs to; those rows get `delta:<column>` = measured − published
+    for every number the reference gives. `run_of` maps an expert name to its run label."""
+    if not references:
+        return df
+    by_run: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for ref in references:
+        by_run[ref.get("run")].append(ref)
+    dataset = df["dataset"].dropna().iloc[0] if len(df) and df["dataset"].notna().any() else None
+
+    def published(ref: dict[str, Any], method: Any) -> dict[str, Any]:
+        row = {"expert": f"published: {ref['name']}", "method": method, "dataset": dataset, "source": ref["source"],
+               **{c: ref.get(c) for c in ACC_COLUMNS}}
+        row.update({f"ood:{k}": v for k, v in (ref.get("ood") or {}).items()})
+        return row
+
+    recs = df.to_dict("records")
+    runs = [run_of.get(str(r.get("members") or r["expert"]).split(",")[0]) for r in recs]
+    last = {run: i for i, run in enumerate(runs) if run is not None}
+    rows = []
+    for i, (rec, run) in enumerate(zip(recs, runs)):
+        refs = by_run.get(run, []) if run is not None else []
+        for ref in refs[:1]:  # the differences are to the run's first reference
+            for col in ACC_COLUMNS:
+                if ref.get(col) is not None and not _missing(rec.get(col)):
+                    rec[f"delta:{col}"] = rec[col] - ref[col]
+            for k, v in (ref.get("ood") or {}).items():
+                if not _missing(rec.get(f"ood:{k}")):
+                    rec[f"delta:ood:{k}"] = rec[f"ood:{k}"] - v
+        rows.append(rec)
+        if run is not None and last[run] == i:  # after the run's last measured row
+            rows += [published(ref, rec.get("method")) for ref in refs]
+    rows += [published(ref, None) for run, refs in by_run.items() if run not in last for ref in refs]
+    out = pd.DataFrame(rows)
+    deltas = sorted(c for c in out.columns if c.startswith("delta:"))
+    lead = [c for c in df.columns if c in out.columns]
+    ood = [c for c in out.columns if c.startswith("ood:") and c not in lead]
+    return out.reindex(columns=[*lead, *ood, *deltas, "source"])
+
+
 # -- formatting ---------------------------------------------------------------------------
 def _missing(v) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
@@ -207,6 +251,8 @@ def _cell(col: str, row: pd.Series) -> str:
         elif col == "overall" and not _missing(row.get("overall_lo")) and not _missing(row.get("overall_hi")):
             text += f" [{_pct(row['overall_lo'], 1)}, {_pct(row['overall_hi'], 1)}]"
         return text
+    if col.startswith("delta:"):
+        return f"{100 * v:+.2f}"
     if col == "ece":
         text = f"{v:.3f}"
         if grouped and not _missing(row.get("ece_std")):
@@ -237,11 +283,12 @@ def _count(n) -> str:
 def _display_columns(df: pd.DataFrame) -> list[str]:
     ood = sorted(c for c in df.columns if c.startswith("ood:"))
     lead = ["expert", "method", "backbone"] + (["dataset"] if df["dataset"].nunique() > 1 else [])
-    return [*lead, "seeds", *ACC_COLUMNS, *ood, "ece", "trainable_params", "flops", "device_seconds"]
+    deltas = [c for c in df.columns if c.startswith("delta:")]
+    return [*lead, "seeds", *ACC_COLUMNS, *ood, *deltas, "ece", "trainable_params", "flops", "device_seconds"]
 
 
 def _header(col: str) -> str:
-    return _HEADERS.get(col, col)
+    return _HEADERS.get(col, f"Δ {col[len('delta:'):]}" if col.startswith("delta:") else col)
 
 
 TITLE = "ltbench report — test accuracy (%)"
