@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/ltbench demo "$@"
+VENV=${LTBENCH_VENV:-.venv}
+exec "$VENV/bin/python" -m ltbench demo "$@"

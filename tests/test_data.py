@@ -354,3 +354,19 @@ def test_transforms_shapes():
         assert tuple(x.shape) == (3, 32, 32)
     names = [type(t).__name__ for t in build_transform(cfg, 32, True).transforms]
     assert "ColorJitter" not in names and "RandomHorizontalFlip" in names
+
+
+@needs_fmnist
+def test_fashion_mnist_folder_from_environment(tmp_path, monkeypatch):
+    """LTBENCH_FASHION_MNIST replaces the Debian folder (set-up without root); root= still wins."""
+    from ltbench.data.fashion_mnist import load_fashion_mnist
+
+    for f in Path(FMNIST_ROOT).glob("*-ubyte.gz"):
+        (tmp_path / f.name).symlink_to(f)
+    monkeypatch.setenv("LTBENCH_FASHION_MNIST", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"folder .*nowhere not found.*LTBENCH_FASHION_MNIST"):
+        load_fashion_mnist()
+    assert load_fashion_mnist(FMNIST_ROOT)[1].shape == (60_000,)
+    monkeypatch.setenv("LTBENCH_FASHION_MNIST", str(tmp_path))
+    x_tr, y_tr, x_te, y_te = load_fashion_mnist()
+    assert x_tr.shape == (60_000, 28, 28) and y_te.shape == (10_000,)

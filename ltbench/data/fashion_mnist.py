@@ -1,7 +1,7 @@
 """`fashion-mnist-lt`: the offline default source.
 
 Fashion-MNIST comes from the Debian package `dataset-fashion-mnist` (IDX files in
-/usr/share/datasets/fashion-mnist/). The training split follows the CIFAR-LT exponential
+/usr/share/datasets/fashion-mnist/), or from the folder `root` / `$LTBENCH_FASHION_MNIST` names. The training split follows the CIFAR-LT exponential
 profile over the 10 classes; the balanced validation split is drawn from the training
 images left over (disjoint from the LT split); the test split is the official 10,000
 (optionally a balanced subset). The OOD set `fashion-mnist-sketch` renders the same test
@@ -100,11 +100,11 @@ def _load_cached(folder: str, stamp: tuple) -> tuple[np.ndarray, ...]:
 
 def load_fashion_mnist(root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, test images, test labels), read-only arrays, cached per folder."""
-    folder = Path(root) if root is not None else Path(DEFAULT_ROOT)
+    folder = Path(root if root is not None else os.environ.get("LTBENCH_FASHION_MNIST") or DEFAULT_ROOT)
     if not folder.is_dir():
         raise DataError(
-            f"Fashion-MNIST folder {folder} not found: run `apt-get install -y dataset-fashion-mnist`"
-            " or pass root=<folder with the IDX .gz files>"
+            f"Fashion-MNIST folder {folder} not found: run `apt-get install -y dataset-fashion-mnist`,"
+            " or point LTBENCH_FASHION_MNIST (or --set root=) at a folder with the four IDX .gz files"
         )
     stamp = []
     for stem in FILES.values():
