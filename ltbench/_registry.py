@@ -11,6 +11,12 @@ from typing import Callable, Generic, Iterator, TypeVar
 T = TypeVar("T")
 
 
+def suggest(name: str, known) -> str:
+    """" Did you mean 'x'?" for the closest of `known`, or ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 class UnknownNameError(KeyError):
     """An unknown dataset / backbone / method name; the message lists what is known."""
 
@@ -19,8 +25,12 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str) -> None:
+    """`catalog` (ltbench/catalog.py's table for this kind): the names and one-line help known
+    without importing; every registration must be listed there, from the module it names."""
+
+    def __init__(self, kind: str, catalog: dict[str, tuple[str, str]] | None = None) -> None:
         self.kind = kind
+        self.catalog = catalog
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
 
@@ -28,8 +38,15 @@ class Registry(Generic[T]):
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
+            if self.catalog is not None:
+                module = getattr(obj, "__module__", None)
+                if self.catalog.get(name, (None,))[0] != module:
+                    raise ValueError(f"{self.kind} {name!r} (module {module}) is not in ltbench/catalog.py: add"
+                                     f" {name!r}: ({module!r}, '<one-line help>') so listings find it without importing")
+                doc = self.catalog[name][1]
+            else:
+                doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()
             self._items[name] = obj
-            doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()
             self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
             return obj
 
@@ -42,9 +59,7 @@ class Registry(Generic[T]):
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, list(self._items), n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Known: {', '.join(sorted(self._items))}"
+        return f"unknown {self.kind} {name!r}.{suggest(name, self._items)} Known: {', '.join(sorted(self._items))}"
 
     def help(self, name: str) -> str:
         return self._help.get(name, "")

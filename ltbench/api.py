@@ -1,17 +1,33 @@
 """The library calls behind each CLI command, so the CLI only parses and prints."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
+from . import catalog
 from .errors import USER_ERRORS, ConfigError  # noqa: F401  (the CLI catches these)
 from .registry import Registry
 
 # Heavy imports (torch models, timm, open_clip, optuna) happen inside the functions that need
-# them, so `ltbench ls`, `show` and `report` start fast.
+# them, so `--help`, `ls`, `show` and the listings start without torch (tests/test_cli.py checks).
+
+
+def use_home(home: str | Path | None) -> None:
+    """Point this process (and the runs it starts) at the registry in `home` ($LTBENCH_HOME)."""
+    if home is not None:
+        os.environ["LTBENCH_HOME"] = str(home)
+
+
+def version() -> str:
+    """`ltbench 0.1.0 (git 1a2b3c…)`: the package version and the checkout's commit."""
+    from . import __version__
+    from .provenance import git_hash
+
+    return f"ltbench {__version__} (git {git_hash() or 'unknown'})"
 
 if TYPE_CHECKING:
     from .bench import Suite
@@ -35,7 +51,7 @@ def report_frame(registry: Registry | None = None, **filters):
     """Report rows; filters/options: dataset, method, experts, ci, group_seeds (see report.collect)."""
     from .report import collect
 
-    return collect(registry or Registry(), **filters)
+    return collect(registry or Registry.existing(), **filters)
 
 
 def report_table(registry: Registry | None = None, **filters) -> Table:
@@ -60,38 +76,54 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
     from .report import FORMATS, ReportError, render, rich_table, write_plots, write_report
 
     if fmt not in FORMATS:
-        raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        from ._registry import suggest
+
+        raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.{suggest(fmt, FORMATS)}")
     suite = filters.pop("suite", None)
     if suite is not None:  # exactly the suite's experts, with its published reference rows
         from .bench import load_suite, suite_runs
         from .report import add_references
 
         suite = load_suite(suite)
-        registry = registry or Registry()
+        registry = registry or Registry.existing()
         filters["experts"] = [n for n in suite.names if n in registry]
         if not filters["experts"]:
             raise ReportError(f"no expert of suite {suite.name!r} is registered in {registry.home}; "
                               f"run `ltbench bench {suite.source}` first")
     measured = report_frame(registry, with_paths=plots, **filters)
     df = add_references(measured, suite.references, suite_runs(suite)) if suite is not None else measured
-    shown = rich_table(df) if fmt == "table" else render(df, fmt)
-    written = write_report(df, out) if out is not None else []
+    doc = {"suite": suite.name, "budget": suite.budget} if suite is not None else {}
+    shown = rich_table(df) if fmt == "table" else render(df, fmt, **doc)
+    written = write_report(df, out, **doc) if out is not None else []
     if plots:
         written += write_plots(measured, out if out is not None else plots_dir)
     return shown, written
 
 
-def ls_table(registry: Registry | None = None) -> Table:
+LS_COLUMNS = ("name", "method", "backbone", "dataset", "seed", "created")
+LS_FORMATS = ("table", "json")
+
+
+def ls(fmt: str = "table", registry: Registry | None = None) -> "Table | str":
+    """`ltbench ls`: the registered experts as a rich Table, or as JSON (a list of objects)."""
+    from ._registry import suggest
+    from .jsonio import dumps
+
+    if fmt not in LS_FORMATS:
+        raise ConfigError(f"--format {fmt!r}: use one of {', '.join(LS_FORMATS)}.{suggest(fmt, LS_FORMATS)}")
+    rows = [{c: r[c] for c in LS_COLUMNS} for r in (registry or Registry.existing()).healthy_rows()]
+    if fmt == "json":
+        return dumps(rows, indent=2) + "\n"
     table = Table(title="registered experts")
-    for col in ("name", "method", "backbone", "dataset", "seed", "created"):
+    for col in LS_COLUMNS:
         table.add_column(col)
-    for r in (registry or Registry()).healthy_rows():
-        table.add_row(r["name"], r["method"], r["backbone"], r["dataset"], str(r["seed"]), r["created"])
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in LS_COLUMNS))
     return table
 
 
 def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
-    ex = (registry or Registry()).get(name)
+    ex = (registry or Registry.existing()).get(name)
     info = {"name": ex.name, "path": str(ex.path), "config": ex.config, "metrics": ex.metrics, "meta": ex.meta,
             "splits": ex.splits()}
     for extra in sorted(ex.path.glob("*.json")):
@@ -101,12 +133,12 @@ def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
 
 
 def remove(name: str, registry: Registry | None = None) -> None:
-    (registry or Registry()).remove(name)
+    (registry or Registry.existing()).remove(name)
 
 
 def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry | None = None):
     """`ltbench doctor`: (problems found, problems fixed); fixes only with `repair`."""
-    registry = registry or Registry()
+    registry = registry or Registry.existing()
     if not repair:
         return registry.check(), []
     done = registry.repair(remove_broken=remove_broken)
@@ -115,30 +147,26 @@ def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry
 
 def params(method: str, backbone: str, num_classes: int, sets: list[str] | None = None) -> dict[str, int]:
     """Parameter counts without loading weights (random init of the backbone's shapes)."""
-    from .config import parse_sets
     from .backbones.base import create_backbone
+    from .config import method_overrides, parse_sets
     from .methods import create_method
 
+    overrides = method_overrides(method, parse_sets(sets or []))  # unknown keys fail before any model is built
     bb = create_backbone(backbone, pretrained=False)
-    return create_method(method, bb, num_classes, **parse_sets(sets or [])).param_counts()
+    return create_method(method, bb, num_classes, **overrides).param_counts()
 
 
+# The listings read ltbench/catalog.py: no dataset, backbone or method module (nor torch) is imported.
 def list_datasets() -> list[tuple[str, str]]:
-    from .data import DATASETS
-
-    return [(n, DATASETS.help(n)) for n in DATASETS]
+    return catalog.listing(catalog.DATASETS)
 
 
 def list_backbones() -> list[tuple[str, str]]:
-    from .backbones.base import list_backbones
-
-    return list_backbones()
+    return catalog.listing(catalog.BACKBONES) + catalog.listing(catalog.CLIP_BACKBONES, "clip:") + catalog.BACKBONE_FORMS
 
 
 def list_methods() -> list[tuple[str, str]]:
-    from .methods import METHODS
-
-    return [(n, METHODS.help(n)) for n in METHODS]
+    return catalog.listing(catalog.METHODS)
 
 
 def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: bool = True,

@@ -507,7 +507,7 @@ def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path
     out = Path(out) if out is not None else default_report_dir(suite, registry)
     measured = collect(registry, experts=suite.names, with_paths=plots)
     df = add_references(measured, suite.references, suite_runs(suite))
-    written = write_report(df, out)
+    written = write_report(df, out, suite=suite.name, budget=suite.budget)
     if plots:
         written += write_plots(measured, out)
     return rich_table(df, title=f"ltbench suite {suite.name} — test accuracy (%), budget {suite.budget} a run"), written

@@ -1,18 +1,21 @@
 """The `ltbench` command line: parse, call the library, print. No logic lives here."""
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from . import api
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Train, register, fuse and compare long-tailed classifiers on frozen ViTs.")
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click.exceptions import ClickException, UsageError
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException, UsageError
+
 # Wide when piped (CI logs, files): a table is worth more than an 80-column wrap.
 out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
@@ -36,10 +39,60 @@ _python_showwarning = warnings.showwarning
 warnings.showwarning = _show_warning
 
 
-def _fail(e: Exception) -> None:
+def _error_line(text: str) -> None:
     from rich.markup import escape
 
-    err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+class _OneLineErrors(TyperGroup):
+    """A usage error (unknown option or command, bad value) is one line, click's "did you mean"
+    included, instead of a usage box."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except UsageError as e:
+            from ._registry import suggest
+
+            message = e.format_message()
+            if getattr(e, "possibilities", None):  # an unknown option: name the closest, not all
+                message = f"No such option: {e.option_name}.{suggest(e.option_name, e.possibilities)}"
+            where = f" (see `{e.ctx.command_path} -h`)" if e.ctx is not None else ""
+            _error_line(message + where)
+            sys.exit(e.exit_code)
+        except ClickException as e:
+            _error_line(e.format_message())
+            sys.exit(e.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(cls=_OneLineErrors, no_args_is_help=True, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Train, register, fuse and compare long-tailed classifiers on frozen ViTs.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(api.version(), highlight=False, markup=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(
+    home: Optional[Path] = typer.Option(None, "--home", envvar="LTBENCH_HOME", show_envvar=True,
+                                        show_default="./ltbench-runs", help="the registry folder"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="print the version and git commit, then exit"),
+) -> None:
+    """Train, register, fuse and compare long-tailed classifiers on frozen ViTs."""
+    api.use_home(home)
+
+
+def _fail(e: Exception) -> None:
+    _error_line(str(e))
     raise typer.Exit(code=2)
 
 
@@ -137,16 +190,22 @@ def report(
 
 @app.command("ls")
 @_guard
-def ls() -> None:
+def ls(format: str = typer.Option("table", "--format", help="table | json")) -> None:
     """List registered experts."""
-    out.print(api.ls_table())
+    shown = api.ls(format)
+    if format == "table":
+        out.print(shown)
+    else:
+        sys.stdout.write(shown)
 
 
 @app.command()
 @_guard
 def show(name: str) -> None:
     """Show an expert's config, metrics and provenance."""
-    out.print_json(json.dumps(api.show(name), default=str))
+    from .jsonio import dumps
+
+    out.print_json(dumps(api.show(name)))
 
 
 @app.command()
@@ -186,7 +245,9 @@ def params(
     set_: List[str] = typer.Option([], "--set", help="method config key=value"),
 ) -> None:
     """Print {"trainable": n, "total": n} for a method on a backbone."""
-    sys.stdout.write(json.dumps(api.params(method, backbone, num_classes, set_)) + "\n")
+    from .jsonio import dumps
+
+    sys.stdout.write(dumps(api.params(method, backbone, num_classes, set_)) + "\n")
 
 
 @app.command()
@@ -247,4 +308,4 @@ def demo(
 
 
 def main() -> None:  # `python -m ltbench`
-    app()
+    app(prog_name="ltbench")

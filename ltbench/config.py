@@ -127,6 +127,26 @@ def _check_switches(run: dict[str, Any]) -> None:
             raise ConfigError(f"--set {key}={v!r}: expected {want}")
 
 
+def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
+    """`--set` keys of a method's config alone (`ltbench params`): checked and coerced, so an
+    unknown key is one line naming the closest known one, never a TypeError."""
+    cls = METHODS.get(method)
+    mfields = method_config_fields(method)
+    out = {}
+    for key, value in sets.items():
+        if key not in mfields:
+            close = difflib.get_close_matches(key, list(mfields), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown --set key {key!r} for method {method!r}.{hint}"
+                              f" Known keys: {', '.join(sorted(mfields))}")
+        out[key] = _coerce(key, value, mfields[key])
+    try:
+        resolve_method_config(cls, out)
+    except TypeError as e:
+        raise ConfigError(f"method {method!r}: {e}") from None
+    return out
+
+
 def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) -> dict[str, Any]:
     """Merge defaults < flags < sets into {run keys…, "method_config": …, "data": …}."""
     flags = {k: v for k, v in flags.items() if v is not None}

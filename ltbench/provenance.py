@@ -8,9 +8,10 @@ import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PACKAGES = ("ltbench", "torch", "torchvision", "timm", "open_clip_torch", "optuna", "numpy", "scipy",
             "pandas", "safetensors", "onnx")
@@ -40,6 +41,8 @@ def git_hash() -> str | None:
 
 
 def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
+    import torch
+
     device = torch.device(device)
     env = {
         "python": platform.python_version(),

@@ -21,12 +21,14 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
+
+if TYPE_CHECKING:
+    import torch
+# torch and safetensors are imported where tensors are read or written, so that `ltbench ls`
+# and `show` (JSON and SQLite only) start without them (tests/test_cli.py checks sys.modules).
 
 FORMAT_VERSION = 1
 _SCHEMA = """
@@ -184,6 +186,8 @@ class Expert:
 
     def logits(self, split: str) -> torch.Tensor:
         """fp32 logits of a split; never returns labels, so fusion cannot peek at test labels."""
+        from safetensors import safe_open
+
         file = self.path / "logits" / f"{_quote(split)}.safetensors"
         if not file.is_file():
             raise RegistryError(f"expert {self.name!r} has no cached logits for split {split!r} ({file})")
@@ -191,6 +195,8 @@ class Expert:
             return f.get_tensor("logits").float()
 
     def labels(self, split: str) -> np.ndarray:
+        from safetensors import safe_open
+
         file = self.path / "logits" / f"{_quote(split)}.safetensors"
         with safe_open(str(file), "pt") as f:
             return f.get_tensor("labels").numpy()
@@ -226,7 +232,9 @@ def _unquote(stem: str) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    from .jsonio import dumps
+
+    path.write_text(dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -253,6 +261,16 @@ class Registry:
         with self._connect() as db:
             _set_wal(db)
             db.execute(_SCHEMA)
+
+    @classmethod
+    def existing(cls, home: str | Path | None = None) -> "Registry":
+        """The registry at `home` (default $LTBENCH_HOME) for reading; one that is not there is
+        an error naming the folder, never created (a mistyped home must not look empty)."""
+        path = Path(home) if home is not None else default_home()
+        if not (path / "registry.sqlite").is_file():
+            raise RegistryError(f"no ltbench registry in {path.resolve()} (--home / LTBENCH_HOME, default"
+                                f" ./ltbench-runs): nothing has been registered there")
+        return cls(path)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -305,10 +323,9 @@ class Registry:
         with self._connect() as db:
             row = db.execute("SELECT format FROM experts WHERE name=?", (name,)).fetchone()
         if row is None:
-            import difflib
+            from ._registry import suggest
 
-            close = difflib.get_close_matches(name, self.names(), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = suggest(name, self.names())
             if os.path.lexists(self.experts_dir / name):
                 hint = f" Its folder {self.experts_dir / name} exists without an index row: see `ltbench doctor`."
             raise RegistryError(f"no expert named {name!r} in {self.home}.{hint}")
@@ -342,6 +359,9 @@ class Registry:
 
         Refuses — and touches nothing of it — a name that is indexed or whose folder exists.
         """
+        import torch
+        from safetensors.torch import save_file
+
         check_name(name)
         self._refuse_taken(name)
         token = uuid.uuid4().hex[:8]

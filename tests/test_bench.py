@@ -130,7 +130,9 @@ def test_suite_runs_then_resumes_without_retraining(tmp_path, home, monkeypatch)
     for f in ("report.csv", "report.md", "report.tex", "report.json", "report.txt",
               "accuracy_vs_params.png", "per_class_accuracy.png", "shot_groups.png"):
         assert (out / f).is_file(), f
-    rows = {r["expert"]: r for r in json.loads((out / "report.json").read_text())}
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["suite"] == "tiny" and doc["budget"] == "3steps"
+    rows = {r["expert"]: r for r in doc["rows"]}
     assert set(rows) == set(names)
     for name in names[:2]:  # budgets are enforced, and the report shows what each run spent
         spent = Registry(home).get(name).meta["spent"]

@@ -18,7 +18,7 @@ def test_linear_probe_on_dinov2_beats_chance(home, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["train", "--method", "linear-probe", "--budget", "20epochs", "--quiet",
                                  "--name", "lp"] + [a for s in sets for a in ("--set", s)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
-    row = json.loads(CliRunner().invoke(app, ["report", "--format", "json"]).output)[0]
+    row = json.loads(CliRunner().invoke(app, ["report", "--format", "json"]).output)["rows"][0]
     # 10 classes: chance is 0.1; real DINOv2 features separate Fashion-MNIST far better
     assert row["overall"] > 0.5, row
     assert row["backbone"] == "dinov2-s14" and row["trainable_params"] == 384 * 10 + 10

@@ -281,7 +281,7 @@ def test_cli_round_trip(home):
     assert r.exit_code == 0, r.output
     assert "registered hf" in r.output and "fuse:search" in r.output
     assert "hf" in runner.invoke(app, ["ls"]).output
-    rows = {row["expert"]: row for row in json.loads(runner.invoke(app, ["report", "--format", "json"]).output)}
+    rows = {row["expert"]: row for row in json.loads(runner.invoke(app, ["report", "--format", "json"]).output)["rows"]}
     assert rows["hf"]["method"] == "fuse:search" and 0 <= rows["hf"]["overall"] <= 1 and "ood:synth-r" in rows["hf"]
     assert rows["hf"]["flops"] == 2e9
     shown = json.loads(runner.invoke(app, ["show", "hf"]).output)

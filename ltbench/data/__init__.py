@@ -14,6 +14,7 @@ import difflib
 import inspect
 from typing import Any, Callable
 
+from .. import catalog
 from .._registry import Registry, UnknownNameError
 from .base import (
     FEW,
@@ -34,7 +35,7 @@ from .base import (
 Builder = Callable[..., LTDataset]
 
 #: name -> builder(root, seed, **options) -> LTDataset
-DATASETS: Registry[Builder] = Registry("dataset")
+DATASETS: Registry[Builder] = Registry("dataset", catalog.DATASETS)
 
 #: Arguments every builder takes that are not source options.
 _COMMON = ("root", "seed")

@@ -6,11 +6,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import catalog
 from .._registry import Registry
 from ..backbones.base import Backbone
 from .base import resolve_method_config
 
-METHODS: Registry[type] = Registry("method")
+METHODS: Registry[type] = Registry("method", catalog.METHODS)
 
 
 def register_method(name: str):

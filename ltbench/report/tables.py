@@ -6,14 +6,15 @@ device) are grouped into one row: mean and sample standard deviation over seeds,
 Single runs get a percentile bootstrap interval of per-class-averaged test accuracy instead,
 from their cached test logits (optional: `ci=False` reads no logits at all).
 
-Machine formats (JSON, CSV) carry fractions in [0, 1] and numeric `*_std`, `overall_lo`,
-`overall_hi` columns; human formats (table, md, latex) show percentages.
+Machine formats (JSON, CSV) carry fractions in [0, 1] and numeric `<column>_std` (one scheme:
+`overall_std`, `ood:sketch_std`), `overall_lo`, `overall_hi` columns; human formats (table, md,
+latex) show percentages. JSON is strict (NaN → null) and wraps the rows in an object that says
+what produced them: {ltbench_version, git_hash, date, suite, budget, rows}.
 """
 from __future__ import annotations
 
 import functools
 import io
-import json
 import math
 import re
 from collections import defaultdict
@@ -115,11 +116,16 @@ def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _std_name(col: str) -> str:
-    return f"ood_std:{col[4:]}" if col.startswith("ood:") else f"{col}_std"
+    return f"{col}_std"
+
+
+def _ood_columns(df: pd.DataFrame) -> list[str]:
+    """The `ood:<name>` accuracy columns (not their `ood:<name>_std`)."""
+    return sorted(c for c in df.columns if c.startswith("ood:") and not c.endswith("_std"))
 
 
 def _columns(df: pd.DataFrame) -> list[str]:
-    ood = sorted(c for c in df.columns if c.startswith("ood:"))
+    ood = _ood_columns(df)
     cols = ["expert", "method", "backbone", "dataset", "seeds", "seed", "members",
             "overall", "overall_lo", "overall_hi", "overall_std", "many", "many_std", "medium", "medium_std",
             "few", "few_std", *ood, *[_std_name(c) for c in ood], "ece", "ece_std",
@@ -281,7 +287,7 @@ def _count(n) -> str:
 
 
 def _display_columns(df: pd.DataFrame) -> list[str]:
-    ood = sorted(c for c in df.columns if c.startswith("ood:"))
+    ood = _ood_columns(df)
     lead = ["expert", "method", "backbone"] + (["dataset"] if df["dataset"].nunique() > 1 else [])
     deltas = [c for c in df.columns if c.startswith("delta:")]
     return [*lead, "seeds", *ACC_COLUMNS, *ood, *deltas, "ece", "trainable_params", "flops", "device_seconds"]
@@ -338,10 +344,27 @@ def _latex_escape(s: str) -> str:
     return s
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """Machine formats keep fractions in [0, 1]; human ones (table, md, latex) show percentages."""
+def document(df: pd.DataFrame, suite: str | None = None, budget: str | None = None) -> dict[str, Any]:
+    """The JSON report: the rows and what produced them. `budget` defaults to the rows' common
+    budget ("mixed" when they differ, null when there are no rows)."""
+    from .. import __version__
+    from ..provenance import git_hash, now
+
+    rows = records(df)
+    if budget is None:
+        budgets = {r.get("budget") for r in rows} - {None}
+        budget = budgets.pop() if len(budgets) == 1 else ("mixed" if budgets else None)
+    return {"ltbench_version": __version__, "git_hash": git_hash(), "date": now(), "suite": suite,
+            "budget": budget, "rows": rows}
+
+
+def render(df: pd.DataFrame, fmt: str, suite: str | None = None, budget: str | None = None) -> str:
+    """Machine formats keep fractions in [0, 1]; human ones (table, md, latex) show percentages.
+    `suite` and `budget` go into the JSON document (see `document`)."""
     if fmt == "json":
-        return json.dumps(records(df), indent=2) + "\n"
+        from ..jsonio import dumps
+
+        return dumps(document(df, suite, budget), indent=2) + "\n"
     if fmt == "csv":
         return df[[c for c in df.columns if not c.startswith("_")]].to_csv(index=False)
     if fmt == "table":
@@ -364,12 +387,13 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+def write_report(df: pd.DataFrame, out_dir: str | Path, suite: str | None = None,
+                 budget: str | None = None) -> list[Path]:
     """Every format at once: report.csv, report.md, report.tex, report.json, report.txt."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for fmt, file in FILES.items():
-        (out / file).write_text(render(df, fmt), encoding="utf-8")
+        (out / file).write_text(render(df, fmt, suite, budget), encoding="utf-8")
         written.append(out / file)
     return written
