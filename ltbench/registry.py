@@ -208,13 +208,15 @@ class Expert:
 
     def problem(self) -> str | None:
         """Why this folder is not a complete, readable expert (None if it is); reads headers only."""
+        from safetensors import safe_open
+
         if not self.path.is_dir():
             return f"its folder {self.path} is missing"
         try:
             for file in RECORDS:
                 self._json(file)
             for file in [self.path / "delta.safetensors", *sorted((self.path / "logits").glob("*.safetensors"))]:
-                with safe_open(str(file), "pt") as f:
+                with safe_open(str(file), "numpy") as f:  # headers only: no torch needed (`ltbench ls`)
                     f.keys()
         except RegistryError as e:
             return str(e).split(": ", 1)[1].removesuffix("; run `ltbench doctor`")
