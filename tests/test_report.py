@@ -248,7 +248,9 @@ def test_suite_report_shows_published_rows_and_differences(home, tmp_path):
         register(r, f"toy-linear-probe-s{s}", method="linear-probe", seed=s, acc=0.5)
     register(r, "other", method="lpt", acc=0.9)  # not the suite's: not shown
 
-    rows = json.loads(invoke("report", "--suite", str(path), "--format", "json", "--no-ci").output)
+    doc = json.loads(invoke("report", "--suite", str(path), "--format", "json", "--no-ci").output)
+    rows = doc["rows"]
+    assert doc["suite"] == load_suite(path).name and doc["budget"] == load_suite(path).budget
     names = [x["expert"] for x in rows]
     assert "other" not in names and names[-1] == "published: VPT"
     lpt = next(x for x in rows if x["members"] == "toy-lpt-s0,toy-lpt-s1")
@@ -268,5 +270,5 @@ def test_suite_report_shows_published_rows_and_differences(home, tmp_path):
     text = invoke("report", "--suite", str(path), "--format", "md", "--no-ci").output
     assert "published: lpt" in text and "Δ overall" in text and f"{100 * (overall - 0.5):+.2f}" in text
     table, written = report_suite(load_suite(path), r, out=tmp_path / "rep", plots=False)
-    on_file = json.loads((tmp_path / "rep" / "report.json").read_text())
+    on_file = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
     assert [x["expert"] for x in on_file if x["expert"].startswith("published")] == ["published: lpt", "published: VPT"]
