@@ -626,7 +626,8 @@ def plan_table(suite: Suite, rows: list[dict[str, Any]]):
     unknown = "unknown"
     table = Table(title=f"ltbench suite {suite.name} — plan ({len(suite.jobs)} jobs, seeds {suite.seeds},"
                         f" budget {suite.budget} a run)",
-                  caption="FLOPs ≈ 3 × forward × images seen, per seed (an estimate: training measures exactly)")
+                  caption="est. FLOPs ≈ 3 × forward × (epochs × training images, or steps × batch) per seed: an upper"
+                          " estimate (class-capped subsets and cached-feature phases see fewer); training measures exactly")
     for col in ("run", "method", "backbone", "px", "train images", "est. FLOPs / seed", "published"):
         table.add_column(col, justify="left" if col in ("run", "method", "backbone", "published") else "right")
     total = 0.0

@@ -214,3 +214,29 @@ def test_a_run_respects_one_budget(tmp_path, inner):
         assert len(ph["val_checks"]) == 2 and all(0 <= s <= 1 for s in ph["val_checks"])
     assert phases[4]["train_images"] == counts.sum() and phases[4]["loss"] == "la"
     assert 4 - 0.5 < ex.meta["spent"]["epochs"] <= 4 + 1e-9
+
+
+def test_a_resumed_run_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
+    """Killed as the second branch ends (after its last checkpoint): the resumed run restores the
+    first branch's result, the EMA and the selection, and ends with the same weights and logits."""
+    from ltbench.methods.lt_soups import LTSoups
+
+    reg = Registry(tmp_path)
+    run = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "2epochs"},
+                         {**TINY_DATA, "batch_size": 8, "factors": [1], "val_checks": 2, "ema": 0.5})
+    straight = train_expert({**run, "name": "straight"}, reg, quiet=True)
+    real, ends = LTSoups._end_branch, []
+
+    def dies_at_the_second(self):
+        ends.append(1)
+        if len(ends) == 2:
+            raise KeyboardInterrupt
+        real(self)
+
+    monkeypatch.setattr(LTSoups, "_end_branch", dies_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        train_expert({**run, "name": "resumed"}, reg, quiet=True)
+    monkeypatch.setattr(LTSoups, "_end_branch", real)
+    resumed = train_expert({**run, "name": "resumed", "resume": True}, reg, quiet=True)
+    assert all(torch.equal(v, straight.delta()[k]) for k, v in resumed.delta().items())
+    assert torch.equal(resumed.logits("test"), straight.logits("test"))
