@@ -56,7 +56,7 @@ from ltbench.data.samplers import build_batch_sampler  # noqa: E402
 from ltbench.data.transforms import build_transform  # noqa: E402
 from ltbench.backbones.base import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
-from ltbench.train import Trainer, begin_phase, build_all, make_optimizer  # noqa: E402
+from ltbench.train import Trainer, begin_phase, build_all, make_optimizer, resolve_workers  # noqa: E402
 
 TARGETS = {"lpt_train": (0.88, 0.83), "lpt_infer": (0.80, 0.75), "vpt": (1.10, None)}
 
@@ -166,8 +166,8 @@ def phase2_like_trainer(m):
 
 def lpt_forward_loss(m, x, y):
     loss = F.cross_entropy(m(x), y)
-    extra = m.extra_loss()
-    return loss + extra if extra is not None else loss
+    extra = m.extra_loss()  # per image
+    return loss + extra.mean() if extra is not None else loss
 
 
 def bench_lpt(args) -> dict:
@@ -301,7 +301,7 @@ def bench_vpt(args) -> dict:
             bs = min(cfg.batch_size, len(labels))
             self.batches = build_batch_sampler(cfg.sampler, labels, bs, seed=run["seed"])
             self.loader = DataLoader(TorchSplit(data.train, train_tf), batch_sampler=self.batches,
-                                     num_workers=run["num_workers"])
+                                     num_workers=resolve_workers(run["num_workers"], cuda=False))
             self.opt = torch.optim.SGD([{"params": [prompts, head.weight, head.bias]}], lr=cfg.effective_lr,
                                        momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             self.epoch = 0

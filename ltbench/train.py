@@ -67,6 +67,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_workers(value: int | str, cuda: bool) -> int:
+    """DataLoader workers for `--set num_workers`: "auto" is min(8, cores) feeding a GPU and 0 on CPU,
+    where workers would compete with the training threads."""
+    return (min(8, os.cpu_count() or 1) if cuda else 0) if value == "auto" else int(value)
+
+
 def lr_factor(progress: float, warmup: float) -> float:
     """Linear warm-up over the first `warmup` share, then cosine to zero."""
     if warmup > 0 and progress < warmup:
@@ -136,7 +142,66 @@ class _Step(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.method.classify(x) if self.cached else self.method(x)
         extra = self.method.extra_loss()
-        return out, extra if extra is not None else out.new_zeros(())
+        return out, extra if extra is not None else out.new_zeros(out.shape[0])
+
+
+def mixup_parts(x: torch.Tensor, n_parts: int, alpha: float) -> tuple[torch.Tensor, list[tuple[float, torch.Tensor]]]:
+    """Mixup (Zhang et al. 2018) within each of the batch's parts: x_p ← λ_p·x_p + (1 − λ_p)·x_p[π_p],
+    λ_p ~ Beta(α, α), π_p a permutation of the part; returns the mixed images and every (λ_p, π_p).
+    Draws from torch's global generator (checkpointed), so a resumed run mixes the same way."""
+    size = len(x) // n_parts
+    out, mix = x.clone(), []
+    for p in range(n_parts):
+        lam = float(torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha))).sample())
+        perm = torch.randperm(size)
+        part = x[p * size:(p + 1) * size]
+        out[p * size:(p + 1) * size] = lam * part + (1 - lam) * part[perm.to(x.device)]
+        mix.append((lam, perm))
+    return out, mix
+
+
+def batch_loss(out: torch.Tensor, y: torch.Tensor, extra: torch.Tensor, losses: list[nn.Module],
+               weights: list[float], mix: list[tuple[float, torch.Tensor]] | None = None) -> torch.Tensor:
+    """Σ_p w_p · (L_p(part p) + mean extra_p): each part its own loss, options and mean (LPT's Eq. 5 with
+    dual sampling, as the official code weighs it). Mixed parts take λ·L(y) + (1 − λ)·L(y[π])."""
+    size = len(y) // len(losses)
+    total = out.new_zeros(())
+    for p, (fn, w) in enumerate(zip(losses, weights)):
+        part = slice(p * size, (p + 1) * size)
+        o, t = out[part], y[part]
+        if mix is None:
+            loss = fn(o, t)
+        else:
+            lam, perm = mix[p]
+            loss = lam * fn(o, t) + (1 - lam) * fn(o, t[perm.to(t.device)])
+        total = total + w * (loss + extra[part].float().mean())
+    return total
+
+
+def forward_loss(fwd: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]], x: torch.Tensor,
+                 y: torch.Tensor, losses: list[nn.Module], weights: list[float], mixup: float = 0.0,
+                 autocast: bool = False) -> tuple[torch.Tensor, list[tuple[float, torch.Tensor]] | None]:
+    """One training forward of a phase: Mixup within each part (α > 0), `fwd(x) -> (logits, extra)`,
+    then `batch_loss`. Returns the loss and the Mixup draws (None without Mixup)."""
+    mix = None
+    if mixup > 0:
+        x, mix = mixup_parts(x, len(losses), mixup)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        out, extra = fwd(x)
+    if extra is None:
+        extra = out.new_zeros(out.shape[0])
+    return batch_loss(out.float(), y, extra, losses, weights, mix), mix
+
+
+def phase_epochs(meter: Meter, epoch: int, steps_per_epoch: int) -> float:
+    """How many epochs the phase runs: exact for epochs and steps budgets, else estimated from the
+    share spent by the epochs done (inf before the first one ends: only e/E = 0 is needed then)."""
+    unit, amount = meter.budget.unit, meter.budget.amount
+    if unit == "epochs":
+        return amount
+    if unit == "steps":
+        return amount / steps_per_epoch
+    return epoch / meter.fraction if epoch and meter.fraction > 0 else math.inf
 
 
 class _Checks:
@@ -191,10 +256,7 @@ class Trainer:
         self.autocast = cuda if amp == "auto" else bool(amp)  # bf16 on GPUs; fp32 on CPU unless asked
         self.channels_last = bool(run.get("channels_last")) and cuda
         self.pin = cuda
-        workers = run.get("num_workers", "auto")
-        if workers == "auto":  # workers feed a GPU; on CPU they would compete with the training threads
-            workers = min(8, os.cpu_count() or 1) if cuda else 0
-        self.workers = workers
+        self.workers = resolve_workers(run.get("num_workers", "auto"), cuda)
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
         bb = method.info
@@ -254,18 +316,20 @@ class Trainer:
         if phase.subset is not None:
             train = train.subset(phase.subset(train.labels, self.run["seed"]))
         counts = np.bincount(train.labels, minlength=self.data.num_classes)
-        loss_name = phase.loss or cfg.loss
-        loss_fn = build_loss(loss_name, counts, **phase.loss_kwargs).to(device)
+        parts = phase.batch_parts(cfg)
+        losses_fn = [build_loss(p.loss, counts, **p.loss_kwargs).to(device) for p in parts]
+        loss_name = "+".join(p.loss for p in parts)
         if phase.cache_features:
             dataset = self._cached_features(meter, train)
         else:
             dataset = TorchSplit(train, self.train_tf)
         module = _Step(method, phase.cache_features)
-        kind = phase.sampler or cfg.sampler
+        kinds = [p.sampler for p in parts]
+        kind = "+".join(kinds)
         bs = min(cfg.batch_size, len(dataset))
-        batches = build_batch_sampler(kind, train.labels, bs, seed=self.run["seed"] + 1000 * index)
+        batches = build_batch_sampler(kinds, train.labels, bs, seed=self.run["seed"] + 1000 * index)
         if d.enabled:
-            batches = ShardedBatchSampler(batches, d, halves=2 if kind == "dual" else 1)
+            batches = ShardedBatchSampler(batches, d, halves=len(parts))
         loader = DataLoader(dataset, batch_sampler=batches, pin_memory=self.pin,
                             num_workers=0 if phase.cache_features else self.workers)
         forward = module
@@ -308,6 +372,7 @@ class Trainer:
         if state is not None:  # the checks due before the checkpoint were done
             checks.done = min(phase.val_checks, int(schedule_progress() * phase.val_checks + 1e-9))
         losses: list[float] = []
+        part_weights: list[list[float]] = []  # per epoch of this run (a resumed run logs from where it resumed)
         progress = Progress(TextColumn(f"[bold]{method.name}[/] {phase.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                             TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[ips]:.0f} img/s"),
                             TimeElapsedColumn(), console=self.console, disable=self.quiet, transient=False)
@@ -317,6 +382,8 @@ class Trainer:
             while not done and not meter.exhausted:
                 batches.set_epoch(epoch)
                 steps_per_epoch = len(loader)
+                weights = [p.weight_at(epoch, phase_epochs(meter, epoch, steps_per_epoch)) for p in parts]
+                part_weights.append(weights)
                 for x, y, _ in loader:
                     n_global = len(x) * d.world
                     cost = {"epochs": 1 / steps_per_epoch, "steps": 1,
@@ -330,18 +397,9 @@ class Trainer:
                     x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                     if self.channels_last and x.dim() == 4:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    weight = None
-                    if kind == "dual":  # first half class-balanced (β = 1), second half instance (β decays)
-                        half = len(x) // 2
-                        weight = torch.ones(len(x), device=device)
-                        weight[half:] = phase.dual_eta * (1 - meter.fraction)
 
                     def step(fwd=forward) -> torch.Tensor:
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                            out, extra = fwd(x)
-                        out = out.float()
-                        loss = loss_fn(out, y) if weight is None else loss_fn(out, y, weight)
-                        loss = loss + extra.float()
+                        loss, _ = forward_loss(fwd, x, y, losses_fn, weights, phase.mixup, self.autocast)
                         optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         return loss
@@ -380,7 +438,8 @@ class Trainer:
         return {"phase": phase.name, "spent": meter.spent.as_dict(), "budget": str(meter.budget),
                 "final_loss": float(np.mean(losses[-10:])) if losses else None,
                 "loss": loss_name, "sampler": kind, "train_images": len(train),
-                **({"val_checks": checks.scores} if phase.val_checks else {})}
+                **({"val_checks": checks.scores} if phase.val_checks else {}),
+                **({"part_weights": part_weights} if len(parts) > 1 else {})}
 
     def val_pass_flops(self) -> float:
         """FLOPs of one forward pass over the validation split (one image counted, times its size)."""

@@ -1,10 +1,14 @@
-"""LPT's dual sampler and build_batch_sampler."""
+"""LPT's dual sampler (a PartsBatchSampler: class-balanced part + instance part) and build_batch_sampler."""
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import BatchSampler, DataLoader, TensorDataset
 
-from ltbench.data.samplers import DualBatchSampler, build_batch_sampler, build_sampler
+from ltbench.data.samplers import PartsBatchSampler, build_batch_sampler, build_sampler
+
+
+def DualBatchSampler(labels, batch_size, seed=0, drop_last=True):
+    return PartsBatchSampler(labels, batch_size, ("class", "instance"), seed, drop_last)
 
 LT_LABELS = np.repeat(np.arange(4), [1000, 100, 10, 2])  # 1112 images
 
@@ -57,7 +61,7 @@ def test_build_batch_sampler_all_kinds_in_a_dataloader():
     ds = TensorDataset(torch.arange(len(LT_LABELS)))
     for kind in ("instance", "class", "sqrt", "dual"):
         bs = build_batch_sampler(kind, LT_LABELS, 32, seed=1)
-        assert isinstance(bs, BatchSampler if kind != "dual" else DualBatchSampler)
+        assert isinstance(bs, BatchSampler if kind != "dual" else PartsBatchSampler)
         width = 64 if kind == "dual" else 32
         loader = DataLoader(ds, batch_sampler=bs)
         bs.set_epoch(2)

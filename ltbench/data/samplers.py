@@ -6,8 +6,9 @@ resumed run draw exactly the order epoch e drew the first time. Draws are vector
 (randperm / randint / multinomial), so a 400k-image epoch costs milliseconds.
 
 `build_batch_sampler(kind, labels, batch_size, seed)` is the one call for every kind: a
-BatchSampler (with `set_epoch`) over `build_sampler(kind, …)`, or for "dual" a
-DualBatchSampler whose batches hold a class-balanced half and then an instance-balanced half.
+BatchSampler (with `set_epoch`) over `build_sampler(kind, …)`, or for several kinds (a tuple;
+"dual" = ("class", "instance"), LPT's dual sampling) a PartsBatchSampler whose batches hold
+one part per kind.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from torch.utils.data import BatchSampler, Sampler
 
 SAMPLERS = ("instance", "class", "sqrt")
 BATCH_SAMPLERS = SAMPLERS + ("dual",)
+DUAL = ("class", "instance")  # LPT's dual sampling: a class-balanced part, then an instance part
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
@@ -117,7 +119,7 @@ def build_sampler(kind: str, labels: np.ndarray, seed: int, num_samples: int | N
     elif kind == "sqrt":
         s = ClassWeightedSampler(labels, seed, num_samples, power=0.5)
     elif kind == "dual":
-        raise ValueError("sampler 'dual' yields whole batches (class-balanced + instance-balanced halves): "
+        raise ValueError("sampler 'dual' yields whole batches (class-balanced + instance-sampled parts): "
                          "use build_batch_sampler('dual', labels, batch_size, seed)")
     else:
         raise ValueError(f"unknown sampler {kind!r}; known samplers: {', '.join(SAMPLERS)}")
@@ -125,54 +127,59 @@ def build_sampler(kind: str, labels: np.ndarray, seed: int, num_samples: int | N
     return s
 
 
-class DualBatchSampler(Sampler[list[int]]):
-    """LPT's dual sampling: each batch is `batch_size` class-balanced indices, then `batch_size`
-    instance-balanced ones (2·batch_size in all; split a batch with `x[:batch_size]`, `x[batch_size:]`).
+class PartsBatchSampler(Sampler[list[int]]):
+    """Batches made of parts: `batch_size` indices from each kind's sampler, in order.
 
-    The instance half is a shuffled pass over the data; its number of batches sets the epoch
-    length (`len`); with drop_last the partial last batch is dropped, otherwise it is kept with
-    an equally short class-balanced half. The class half draws a class uniformly, then an image of
-    it (with replacement). Both halves come from one generator seeded by (seed, epoch), so
-    `set_epoch(e)` replays epoch e.
+    LPT's dual sampling is `("class", "instance")`: a class-balanced part, then an
+    instance-sampled part (2·batch_size in all; part p is `x[p·batch_size:(p+1)·batch_size]`).
+    An epoch is `len(labels) // batch_size` batches (one pass of instance sampling), or with
+    `drop_last=False` one more, shorter batch whose parts are equally short. Every part's stream
+    is drawn from one generator seeded by (seed, epoch), so `set_epoch(e)` replays epoch e.
     """
 
-    kind = "dual"
-
-    def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0, drop_last: bool = True):
+    def __init__(self, labels: np.ndarray, batch_size: int, kinds: tuple[str, ...] | list[str], seed: int = 0,
+                 drop_last: bool = True):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.balanced = ClassWeightedSampler(labels, seed, power=0.0)  # validates labels; its tables
+        self.kinds = tuple(kinds)
+        if not self.kinds:
+            raise ValueError("a batch needs at least one part")
+        self.samplers = [build_sampler(k, labels, seed) for k in self.kinds]  # validate kinds and labels
         self.batch_size = int(batch_size)
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
         self.epoch = 0
-        n = len(self.balanced.labels)
-        self.num_instances = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        if self.num_instances == 0:
+        n = len(self.samplers[0].labels)
+        self.num_samples = (n // self.batch_size) * self.batch_size if self.drop_last else n
+        if self.num_samples == 0:
             raise ValueError(f"{n} images make no full batch of {self.batch_size}")
-        self.balanced.num_samples = self.num_instances
+        for s in self.samplers:
+            s.num_samples = self.num_samples
+
+    @property
+    def kind(self) -> str:
+        return "+".join(self.kinds)
 
     def set_epoch(self, epoch: int) -> None:
         """The next `__iter__` draws epoch `epoch`'s batches."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return -(-self.num_instances // self.batch_size)
+        return -(-self.num_samples // self.batch_size)
 
-    def indices(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Epoch `epoch`'s (class-balanced, instance) index streams, each `num_instances` long."""
+    def indices(self, epoch: int) -> list[torch.Tensor]:
+        """Epoch `epoch`'s index stream of every part, each `num_samples` long."""
         g = _generator(self.seed, epoch)
-        instance = torch.randperm(len(self.balanced.labels), generator=g)[: self.num_instances]
-        return self.balanced._draw(g), instance
+        return [s._draw(g) for s in self.samplers]
 
     def __iter__(self) -> Iterator[list[int]]:
-        balanced, instance = self.indices(self.epoch)
+        streams = self.indices(self.epoch)
         self.epoch += 1
         bs = self.batch_size
-        full = self.num_instances // bs * bs
-        batches = torch.cat([balanced[:full].view(-1, bs), instance[:full].view(-1, bs)], 1).tolist()
-        if full < self.num_instances:
-            batches.append(balanced[full:].tolist() + instance[full:].tolist())
+        full = self.num_samples // bs * bs
+        batches = torch.cat([st[:full].view(-1, bs) for st in streams], 1).tolist()
+        if full < self.num_samples:
+            batches.append([i for st in streams for i in st[full:].tolist()])
         return iter(batches)
 
 
@@ -187,13 +194,18 @@ class EpochBatchSampler(BatchSampler):
         self.sampler.set_epoch(epoch)
 
 
-def build_batch_sampler(kind: str, labels: np.ndarray, batch_size: int, seed: int,
-                        drop_last: bool = True) -> BatchSampler | DualBatchSampler:
-    """Batches for any kind, for DataLoader(batch_sampler=...): `dual` gives a DualBatchSampler
-    (batches of 2·batch_size), every other kind a BatchSampler over `build_sampler(kind, ...)`.
-    Both have `set_epoch`."""
+def build_batch_sampler(kind: str | tuple[str, ...] | list[str], labels: np.ndarray, batch_size: int, seed: int,
+                        drop_last: bool = True) -> BatchSampler | PartsBatchSampler:
+    """Batches for DataLoader(batch_sampler=...), with `set_epoch`: for one kind a BatchSampler over
+    `build_sampler(kind, ...)`; for several kinds, or `dual` (= class + instance), a
+    PartsBatchSampler with one `batch_size` part per kind."""
     if kind == "dual":
-        return DualBatchSampler(labels, batch_size, seed, drop_last=drop_last)
+        kind = DUAL
+    if not isinstance(kind, str):
+        kinds = tuple(kind)
+        if len(kinds) > 1:
+            return PartsBatchSampler(labels, batch_size, kinds, seed, drop_last=drop_last)
+        kind = kinds[0]
     if kind not in SAMPLERS:
         raise ValueError(f"unknown sampler {kind!r}; known samplers: {', '.join(BATCH_SAMPLERS)}")
     return EpochBatchSampler(build_sampler(kind, labels, seed), batch_size, drop_last)

@@ -7,7 +7,7 @@ is frozen unless a phase says otherwise; the trainer never needs to know which m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Union
 
 import numpy as np
 import torch
@@ -51,6 +51,26 @@ class MethodConfig:
         return self.lr * self.batch_size / self.lr_ref_batch if self.lr_ref_batch else self.lr
 
 
+#: a part's weight: a constant, or `f(e, E)` of the phase's epoch e (0-based) and its length E in
+#: epochs, re-evaluated at the start of every epoch (LPT's β = η·(E − e)/E, stepped per epoch)
+PartWeight = Union[float, Callable[[int, float], float]]
+
+
+@dataclass
+class PartSpec:
+    """One part of a phase's batch: `batch_size` images drawn by `sampler`, with their own loss
+    (and options), their own mean, and a weight. A batch holds its parts in order; the phase's
+    loss is Σ_p weight_p · (mean loss_p + mean extra term_p) — see `train.batch_loss`."""
+
+    sampler: str | None = None  # None: the method config's sampler
+    loss: str | None = None  # None: the method config's loss
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    weight: PartWeight = 1.0
+
+    def weight_at(self, epoch: int, epochs: float) -> float:
+        return float(self.weight(epoch, epochs)) if callable(self.weight) else float(self.weight)
+
+
 @dataclass
 class Phase:
     """One stage of training: which parameters train, how, and its share of the budget."""
@@ -60,11 +80,14 @@ class Phase:
     share: float = 1.0
     #: share under an epochs budget, when it differs (LT-Soups: equal epochs on subsets of unequal size)
     epoch_share: float | None = None
-    loss: str | None = None  # None: the method config's loss
+    loss: str | None = None  # None: the method config's loss (a one-part phase; see `parts`)
     sampler: str | None = None
     cache_features: bool = False  # train `classify` on cached `embed` outputs of un-augmented images
     loss_kwargs: dict[str, Any] = field(default_factory=dict)
-    dual_eta: float = 0.5  # dual sampler: the instance half's weight starts at eta and decays to 0
+    #: the batch's parts (LPT's dual sampling: a class-balanced and an instance-sampled part);
+    #: None: one part from `sampler`, `loss` and `loss_kwargs`
+    parts: list[PartSpec] | None = None
+    mixup: float = 0.0  # Mixup's Beta(α, α) α, applied within each part; 0: off
     on_start: Callable[[], None] | None = None  # e.g. switch the method's forward to this phase
     on_end: Callable[[], None] | None = None  # e.g. merge this phase's weights into a soup
     #: train on a subset of the training split: (train labels, seed) -> indices (LT-Soups' caps)
@@ -80,6 +103,11 @@ class Phase:
     @property
     def parameters(self) -> list[nn.Parameter]:
         return [p for g in self.param_groups for p in g["params"]]
+
+    def batch_parts(self, cfg: MethodConfig) -> list[PartSpec]:
+        """The parts with every sampler and loss resolved against the method's config."""
+        parts = self.parts or [PartSpec(self.sampler, self.loss, dict(self.loss_kwargs))]
+        return [PartSpec(p.sampler or cfg.sampler, p.loss or cfg.loss, dict(p.loss_kwargs), p.weight) for p in parts]
 
 
 class ClassifierHead(nn.Module):
@@ -149,7 +177,8 @@ class Method(nn.Module):
         pass
 
     def extra_loss(self) -> torch.Tensor | None:
-        """A term the last forward adds to the loss (LPT's key matching); None for most methods."""
+        """A per-sample term [B] the last forward adds to the loss (LPT's key matching), averaged
+        over each batch part like the part's loss; None for most methods."""
         return None
 
     def artifacts(self, test_labels: np.ndarray | None = None) -> dict[str, Any]:

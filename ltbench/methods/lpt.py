@@ -10,8 +10,9 @@ reused: a phase-2 forward costs L + (L−K) blocks, not 2L.
 from __future__ import annotations
 
 from collections import Counter
+import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -19,27 +20,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_method
-from .base import Method, MethodConfig, Phase
-from .prompting import patch_area, run_blocks, strip, vpt_init_
+from ..losses import LOSSES
+from .base import Method, MethodConfig, PartSpec, Phase
+from .prompting import run_blocks, strip
 
 
 @dataclass
 class LPTConfig(MethodConfig):
-    # Paper: SGD, lr 0.002·B/256, wd 1e-4, cosine schedule, 5 warm-up epochs of 40 a phase.
-    # (Reference code: lr 0.02·B/256, wd 0.01, 1 warm-up epoch, batch 256.)
+    """LPT's defaults are the paper's (Sec. 4, App. B); REFERENCE holds the official code's
+    values (github DongSky/LPT, phase2_test/train_dual_dualloss.py) where they differ.
+    docs/methods.md lists every value with its source."""
+
+    REFERENCE: ClassVar[dict[str, Any]] = {
+        "lr": 0.02, "weight_decay": 0.01, "warmup": 1 / 40, "batch_size": 256,  # argparse defaults
+        # AGCL(m=0.1, s=20, noise_mul=0.5) over ASLSingleLabel(eps=0.1): smoothed targets weigh
+        # the off-target terms; the instance-sampled half uses gamma_pos 0.5, gamma_neg 8
+        "margin": 0.1, "label_smoothing": 0.1, "neg_weight": 0.0, "ins_gamma_pos": 0.5, "ins_gamma_neg": 8.0,
+    }
+
+    # Paper: SGD (momentum 0.9), lr 0.002·B/256, wd 1e-4, cosine schedule, 5 warm-up epochs of 40 a phase.
     optimizer: str = "sgd"
     lr: float = 0.002
     lr_ref_batch: int = 256
     weight_decay: float = 1e-4
     warmup: float = 5 / 40
-    batch_size: int = 32
+    batch_size: int = 32  # per batch part (phase 2's dual batches hold two)
     classifier: str = "cosine"
-    cosine_scale: float = 20.0
+    cosine_scale: float = 20.0  # the loss's α (official s = 20)
     loss: str = "agcl"  # both phases (A-GCL)
+    # A-GCL / GCL options (Sec. 4.3; App. B: λ+ 0, λ− 4); ignored by losses that do not take them
+    gamma_pos: float = 0.0
+    gamma_neg: float = 4.0
+    ins_gamma_pos: float = 0.0  # phase 2's instance-sampled part (the paper: the same loss)
+    ins_gamma_neg: float = 4.0
+    neg_weight: float = 1.0  # weight of each off-target term of Eq. 8 (official: 0, via smoothing only)
+    margin: float = 0.0
+    label_smoothing: float = 0.0
+    noise_mul: float = 0.5
+    mixup: float = 1.0  # Mixup α in both phases (App. B; α from the official mixup.py)
+    dropout: float = 0.1  # before the head (official nn.Dropout(0.1); the paper does not say)
     sampler: str = "instance"  # phase 1; phase 2 uses phase2_sampler
-    phase2_sampler: str = "dual"
-    eta: float = 0.5  # dual sampling: instance-batch weight η·(E−e)/E
-    match_weight: float = 1.0  # weight of 1 − mean cos(q, chosen keys); reference code: 0.5
+    phase2_sampler: str = "dual"  # dual: class-balanced part (weight 1) + instance part (weight β)
+    eta: float = 0.5  # dual sampling: instance part weight β = η·(E−e)/E, stepped per epoch
+    match_weight: float = 1.0  # weight of 1 − mean_k cos(q, chosen keys) (Eq. 5; official −0.5·Σ_k cos)
     prompt_len: int = 10
     pool_size: int = 20
     top_k: int = 2
@@ -62,17 +85,24 @@ class LPT(Method):
             raise ValueError(f"phase must be 0 (both), 1 or 2, got {cfg.phase}")
         if cfg.phase == 2 and not cfg.init:
             raise ValueError("phase=2 needs init=<registered phase-1 expert> (--set init=NAME)")
-        L, D, area = backbone.depth, backbone.embed_dim, patch_area(backbone)
+        L, D = backbone.depth, backbone.embed_dim
         self.group_layers = cfg.group_layers if cfg.group_layers is not None else L // 2
         if not 0 < self.group_layers <= L:
             raise ValueError(f"group_layers must be in 1..{L}, got {self.group_layers}")
         if not 0 < cfg.top_k <= cfg.pool_size:
             raise ValueError(f"top_k must be in 1..pool_size={cfg.pool_size}, got {cfg.top_k}")
         self.K = L - self.group_layers
-        self.shared = nn.Parameter(vpt_init_(torch.empty(L, cfg.prompt_len, D), area))
-        self.pool = nn.Parameter(vpt_init_(torch.empty(cfg.pool_size, self.group_layers, cfg.prompt_len, D), area))
-        self.keys = nn.Parameter(nn.init.uniform_(torch.empty(cfg.pool_size, backbone.feature_dim), -1, 1))
+        # the official initialisation (PromptLearner): truncated normal, std 0.02, for the shared
+        # prompt, the pool and the keys; the cosine head's rows uniform in [−1, 1] (NormedLinear)
+        self.shared = nn.Parameter(nn.init.trunc_normal_(torch.empty(L, cfg.prompt_len, D), std=0.02))
+        self.pool = nn.Parameter(nn.init.trunc_normal_(torch.empty(cfg.pool_size, self.group_layers, cfg.prompt_len, D),
+                                                       std=0.02))
+        self.keys = nn.Parameter(nn.init.trunc_normal_(torch.empty(cfg.pool_size, backbone.feature_dim), std=0.02))
         self.head = self.make_head()
+        if cfg.classifier == "cosine" and not (backbone.is_clip and self.classnames):
+            with torch.no_grad():
+                self.head.weight.uniform_(-1, 1)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.stage = 1 if cfg.phase == 1 else 2
         self._match: torch.Tensor | None = None
 
@@ -95,12 +125,12 @@ class LPT(Method):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.stage == 1:
-            return self.head(self.query(images)[0])
+            return self.head(self.dropout(self.query(images)[0]))
         frozen_query = not self.shared.requires_grad
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_query):
             q, xk, prev = self.query(images)
         idx, top_sim, group = self.select(q.detach() if frozen_query else q)
-        self._match = 1 - top_sim.mean(dim=1)
+        self._match = 1 - top_sim.mean(dim=1)  # [B]
         if self.recorder is not None:
             self.recorder.append(idx.detach().cpu())
         bb = self.info
@@ -112,12 +142,13 @@ class LPT(Method):
             return torch.cat([shared, group[:, i - self.K]], dim=1)
 
         x, prev = run_blocks(bb, xk, self.K, bb.depth, prompts, prev)
-        return self.head(bb.finish(strip(x, bb.num_prefix_tokens, prev)))
+        return self.head(self.dropout(bb.finish(strip(x, bb.num_prefix_tokens, prev))))
 
     def extra_loss(self) -> torch.Tensor | None:
+        """Per image: match_weight · (1 − mean cosine to its top-k keys), Eq. 5's matching term."""
         if self.stage == 1 or self._match is None or not self.training:
             return None
-        return self.cfg.match_weight * self._match.mean()
+        return self.cfg.match_weight * self._match
 
     # -- training --------------------------------------------------------------------------
     def _set_stage(self, stage: int) -> None:
@@ -128,14 +159,31 @@ class LPT(Method):
         head = list(self.head.parameters())
         return [self.shared, *head] if phase == 1 else [self.pool, self.keys, *head]
 
+    def loss_kwargs(self, instance: bool = False) -> dict[str, Any]:
+        """The config's loss options that its loss takes (`instance`: phase 2's instance part)."""
+        cfg = self.cfg
+        opts = {"gamma_pos": cfg.ins_gamma_pos if instance else cfg.gamma_pos,
+                "gamma_neg": cfg.ins_gamma_neg if instance else cfg.gamma_neg,
+                "neg_weight": cfg.neg_weight, "margin": cfg.margin, "label_smoothing": cfg.label_smoothing,
+                "noise_mul": cfg.noise_mul}
+        if cfg.classifier == "cosine":
+            opts["scale"] = cfg.cosine_scale  # GCL's noise and margin live on cosines (times α)
+        accepted = inspect.signature(LOSSES.get(cfg.loss)).parameters
+        return {k: v for k, v in opts.items() if k in accepted}
+
     def phases(self) -> list[Phase]:
         cfg = self.cfg
-        kw = {"scale": cfg.cosine_scale} if cfg.loss in ("gcl", "agcl") and cfg.classifier == "cosine" else {}
-        p1 = Phase("shared-prompt", [{"params": self.phase_params(1)}],
-                   share=cfg.phase1_share, loss_kwargs=kw, on_start=lambda: self._set_stage(1))
-        p2 = Phase("group-prompts", [{"params": self.phase_params(2)}],
-                   share=1 - cfg.phase1_share, sampler=cfg.phase2_sampler, loss_kwargs=kw, dual_eta=cfg.eta,
-                   on_start=lambda: self._set_stage(2))
+        p1 = Phase("shared-prompt", [{"params": self.phase_params(1)}], share=cfg.phase1_share,
+                   loss_kwargs=self.loss_kwargs(), mixup=cfg.mixup, on_start=lambda: self._set_stage(1))
+        if cfg.phase2_sampler == "dual":
+            eta = cfg.eta
+            parts = [PartSpec("class", loss_kwargs=self.loss_kwargs()),
+                     PartSpec("instance", loss_kwargs=self.loss_kwargs(instance=True),
+                              weight=lambda e, E: eta * max(0.0, 1.0 - e / E))]
+        else:
+            parts = [PartSpec(cfg.phase2_sampler, loss_kwargs=self.loss_kwargs())]
+        p2 = Phase("group-prompts", [{"params": self.phase_params(2)}], share=1 - cfg.phase1_share,
+                   parts=parts, mixup=cfg.mixup, on_start=lambda: self._set_stage(2))
         return {0: [p1, p2], 1: [p1], 2: [p2]}[cfg.phase]
 
     def trainable_names(self) -> list[str]:
