@@ -203,6 +203,7 @@ def bench_lpt(args) -> dict:
     grads = {}
     for reuse, m in methods.items():
         opts[reuse].zero_grad(set_to_none=True)
+        torch.manual_seed(2)  # the same dropout mask on both sides
         lpt_forward_loss(m, x, y).backward()
         grads[reuse] = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
         opts[reuse].zero_grad(set_to_none=True)
