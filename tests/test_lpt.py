@@ -223,3 +223,13 @@ def test_losses_without_the_options_get_none_of_them():
     p1, p2 = make(loss="la").phases()
     assert p1.loss_kwargs == {} and all(p.loss_kwargs == {} for p in p2.parts)
     assert make(loss="ce", label_smoothing=0.1).phases()[0].loss_kwargs == {"label_smoothing": 0.1}
+
+
+def test_run_config_records_the_preset_and_its_values():
+    from ltbench.config import resolve_config
+
+    run = resolve_config({"backbone": "vit-tiny-test", "method": "lpt", "budget": "1epochs"},
+                         {"preset": "reference", "label_smoothing": 0.2})
+    mc = run["method_config"]  # what `ltbench show` prints under config.method_config
+    assert mc["preset"] == "reference" and mc["margin"] == 0.1 and mc["ins_gamma_neg"] == 8.0
+    assert mc["label_smoothing"] == 0.2  # the user's --set over the preset
