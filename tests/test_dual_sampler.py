@@ -74,3 +74,27 @@ def test_build_batch_sampler_all_kinds_in_a_dataloader():
     assert len(build_batch_sampler("instance", LT_LABELS, 100, seed=1, drop_last=False)) == 12
     with pytest.raises(ValueError, match="instance, class, sqrt, dual"):
         build_batch_sampler("balanced", LT_LABELS, 32, seed=0)
+
+
+def test_class_part_follows_kangs_two_step_draw():
+    # oracle (Kang et al. 2020; LPT 3.1): P(image i) = 1 / (C · n_{c(i)}), independent of the instance part
+    s = DualBatchSampler(LT_LABELS, batch_size=32, seed=5)
+    hits = np.zeros(len(LT_LABELS))
+    for _ in range(60):
+        b = _epoch(s)
+        np.add.at(hits, b[:, :32].ravel(), 1)
+    n = np.bincount(LT_LABELS)
+    want = hits.sum() / (4 * n[LT_LABELS])
+    rare = LT_LABELS >= 2  # 12 images, ≈ 1,600 and 8,200 draws each expected
+    assert np.allclose(hits[rare], want[rare], rtol=0.08)
+
+
+def test_parts_sampler_takes_any_kinds_in_order():
+    s = PartsBatchSampler(LT_LABELS, 16, ("instance", "class", "sqrt"), seed=0)
+    b = _epoch(s)
+    assert b.shape == (1112 // 16, 48)
+    first = b[:, :16].ravel()
+    assert len(set(first)) == len(first)  # the instance part: one shuffled pass
+    freq = np.bincount(LT_LABELS[b[:, 32:].ravel()], minlength=4) / b[:, 32:].size
+    sq = np.sqrt(np.bincount(LT_LABELS))
+    assert np.allclose(freq, sq / sq.sum(), atol=0.03)  # the sqrt part: class probability ∝ √n_c
