@@ -57,7 +57,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ._registry import UnknownNameError
-from .config import RUN_DEFAULTS, ConfigError, resolve_config
+from .config import RUN_DEFAULTS, ConfigError, load_yaml, resolve_config
 from .methods import METHODS
 from .registry import Registry
 
@@ -369,9 +369,9 @@ def load_suite(path: str | Path) -> Suite:
     except IsADirectoryError:
         raise SuiteError(f"{path}: is a folder, not a suite file") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
-        raise SuiteError(f"{path}: not valid YAML: {e}") from None
+        raise SuiteError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     return parse_suite(data, str(path))
 
 
@@ -387,7 +387,7 @@ def builtin_suite(name: str = "demo") -> Suite:
         text = path.read_text() if path.is_file() else None
     if text is None:
         raise SuiteError(f"no built-in suite {name!r}")
-    return parse_suite(yaml.safe_load(text), f"<built-in>/suites/{name}.yaml")
+    return parse_suite(load_yaml(text), f"<built-in>/suites/{name}.yaml")
 
 
 # -- running ------------------------------------------------------------------------------

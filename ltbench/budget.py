@@ -5,6 +5,7 @@ decides when a run stops, and its numbers are what the report shows as compute s
 """
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,6 +20,8 @@ UNITS = {
     "flop": "flops", "flops": "flops",
     "s": "seconds", "sec": "seconds", "secs": "seconds", "second": "seconds", "seconds": "seconds",
 }
+#: Sane upper bounds: past them a run would not end in any useful time (1e21 FLOPs is ~10 GPU-years).
+MAX_BUDGET = {"epochs": 1e6, "steps": 1e9, "flops": 1e21, "seconds": 1e8}
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]+)\s*$")
 
 
@@ -50,6 +53,8 @@ def parse_budget(text: str | Budget) -> Budget:
             " e.g. 3epochs, 500steps, 2e13flops or 600s"
         )
     amount = float(m.group(1))
+    if not math.isfinite(amount) or amount > MAX_BUDGET[unit]:
+        raise BudgetError(f"budget {text!r}: at most {MAX_BUDGET[unit]:g} {unit} (a run that long never ends)")
     if unit == "steps" and amount != int(amount):
         raise BudgetError(f"budget {text!r}: steps must be a whole number")
     return Budget(amount, unit)

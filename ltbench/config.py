@@ -15,34 +15,46 @@ from typing import Any
 import yaml
 
 from .budget import parse_budget
-from .data import create_dataset, dataset_options  # noqa: F401  (re-exported for callers)
+from .checks import Bool, Choice, Either, Int, Key, ListOf, Opt, Str, check_key, dataclass_checks, signature_checks
+from .data import DATASETS, create_dataset, dataset_options  # noqa: F401  (re-exported for callers)
 from .methods import METHODS, method_config_fields
 from .methods.base import resolve_method_config
 
-RUN_DEFAULTS: dict[str, Any] = {
-    "dataset": "fashion-mnist-lt",
-    "backbone": "dinov2-s14",
-    "method": "linear-probe",
-    "budget": "5epochs",
-    "seed": 0,
-    "name": None,
-    "weights": None,
-    "root": None,
-    "img_size": None,  # None: the backbone's own default
-    "eval_batch_size": 128,
-    "many": 100,  # shot groups: many > this
-    "few": 20,  # few < this
-    "device": "auto",
-    "num_workers": "auto",  # data-loader workers: auto = 0 on CPU, min(8, CPU cores) on CUDA
-    "pretrained": True,
-    "resume": False,
-    "ood": [],  # extra OOD sets, NAME=PATH (imagenet-sketch, imagenet-r, imagenet-a, imagenet-v2)
-    "augment": True,  # random resized crop + flip on training images
-    "skip_bad_images": False,  # drop unreadable images (counted in the metrics) instead of failing
-    "amp": "auto",  # bf16 autocast: auto = on CUDA only
-    "channels_last": False,  # CUDA only
-    "compile": False,  # torch.compile the training forward: true (inductor) or a backend name
+def _compile_backends() -> list[str]:
+    import torch._dynamo
+
+    return torch._dynamo.list_backends(exclude_tags=())
+
+
+_AUTO = Choice(("auto",))
+
+#: Every run key: its default and its check (type and range), so `--set`, a config file and a
+#: suite are checked alike before any work.
+RUN_KEYS: dict[str, Key] = {
+    "dataset": Key("fashion-mnist-lt", Str()),  # names are checked by their registries ("did you mean")
+    "backbone": Key("dinov2-s14", Str()),
+    "method": Key("linear-probe", Str()),
+    "budget": Key("5epochs", Str()),  # parsed and bounded by budget.parse_budget
+    "seed": Key(0, Int(lo=0, hi=2**63 - 1)),
+    "name": Key(None, Opt(Str())),  # and registry.check_name
+    "weights": Key(None, Opt(Str())),
+    "root": Key(None, Opt(Str())),
+    "img_size": Key(None, Opt(Int(lo=1, hi=8192))),  # None: the backbone's own default
+    "eval_batch_size": Key(128, Int(lo=1, hi=2**20)),
+    "many": Key(100, Int(lo=0)),  # shot groups: many > this
+    "few": Key(20, Int(lo=0)),  # few < this
+    "device": Key("auto", Str()),  # and check_device: auto | cpu | cuda[:N] | mps, available here
+    "num_workers": Key("auto", Either((_AUTO, Int(lo=0, hi=1024)))),  # auto = 0 on CPU, min(8, cores) on CUDA
+    "pretrained": Key(True, Bool()),
+    "resume": Key(False, Bool()),
+    "ood": Key([], ListOf(Str())),  # extra OOD sets, NAME=PATH (imagenet-sketch, imagenet-r, imagenet-a, imagenet-v2)
+    "augment": Key(True, Bool()),  # random resized crop + flip on training images
+    "skip_bad_images": Key(False, Bool()),  # drop unreadable images (counted in the metrics) instead of failing
+    "amp": Key("auto", Choice(("auto", True, False))),  # bf16 autocast: auto = on CUDA only
+    "channels_last": Key(False, Bool()),  # CUDA only
+    "compile": Key(False, Either((Bool(), Choice(_compile_backends)))),  # true (inductor) or a backend name
 }
+RUN_DEFAULTS: dict[str, Any] = {k: v.default for k, v in RUN_KEYS.items()}
 
 
 from .errors import ConfigError  # noqa: E402,F401
@@ -78,53 +90,82 @@ def parse_sets(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last one silently)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_yaml(text: str) -> Any:
+    """YAML (or JSON) with duplicate keys an error; what `--config` and suite files are read with."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON file of run keys, with an optional `set:` mapping of further keys."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(encoding="utf-8-sig")) or {}
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: cannot read it ({e})") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML/JSON: {e}") from None
+        raise ConfigError(f"--config {path}: not valid YAML/JSON: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of keys, got {type(data).__name__}")
     return data
 
 
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    if isinstance(default, bool) or value is None or default is None:
-        return value
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(default, (int, float)) and not isinstance(value, (int, float)):
-        raise ConfigError(f"--set {key}={value!r}: expected a number like {default!r}")
-    return value
+def check_device(name: str) -> None:
+    """A device request this machine can meet, else a one-line ConfigError (before any work)."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--set device={name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError(f"--set device={name!r}: CUDA is not available on this machine; use device=cpu or auto")
+        if dev.index is not None and dev.index >= n:
+            raise ConfigError(f"--set device={name!r}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ConfigError(f"--set device={name!r}: MPS is not available on this machine; use device=cpu or auto")
+    elif dev.type != "cpu":
+        raise ConfigError(f"--set device={name!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
-#: Run keys that take "auto" or a value of one kind, checked before any work.
-_SWITCHES = {"amp": ("auto", True, False), "num_workers": "auto or an integer >= 0",
-             "channels_last": (True, False), "compile": "true, false or a torch.compile backend"}
+def _check_run(run: dict[str, Any]) -> None:
+    """Checks across run keys and the ones a Check cannot express (names, devices, budgets)."""
+    from .registry import check_name
 
-
-def _compile_backends() -> list[str]:
-    import torch._dynamo
-
-    return torch._dynamo.list_backends(exclude_tags=())
-
-
-def _check_switches(run: dict[str, Any]) -> None:
-    for key, allowed in _SWITCHES.items():
-        v = run[key]
-        if key == "num_workers":
-            ok = v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
-        elif key == "compile":
-            ok = isinstance(v, bool) or (isinstance(v, str) and v in _compile_backends())
-        else:
-            ok = any(v is a or (isinstance(a, str) and v == a) for a in allowed)
-        if not ok:
-            want = allowed if isinstance(allowed, str) else " or ".join(str(a).lower() for a in allowed)
-            raise ConfigError(f"--set {key}={v!r}: expected {want}")
+    for key, spec in RUN_KEYS.items():
+        run[key] = check_key(key, run[key], spec.check)
+    if run["few"] > run["many"] + 1:
+        raise ConfigError(f"--set few={run['few']} many={run['many']}: few (< few) and many (> many) shot groups"
+                          " would overlap; need few <= many + 1")
+    if run["name"] is not None:
+        check_name(run["name"])
+    check_device(run["device"])
+    parse_budget(run["budget"])
 
 
 def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
@@ -161,24 +202,28 @@ def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) ->
     METHODS.get(run["method"])  # an unknown method fails here, with suggestions
     mfields = method_config_fields(run["method"])
     dfields = dataset_options(run["dataset"])
+    mchecks = dataclass_checks(METHODS.get(run["method"]).Config)
+    dchecks = signature_checks(DATASETS.get(run["dataset"]))
     data_over: dict[str, Any] = {}
     for key, value in sets.items():
         if key in mfields and key in dfields:
             raise ConfigError(f"--set {key}: both method {run['method']!r} and dataset {run['dataset']!r} have this key")
         if key in RUN_DEFAULTS:
-            run[key] = _coerce(key, value, RUN_DEFAULTS[key])
+            run[key] = value
         elif key in mfields:
-            method_over[key] = _coerce(key, value, mfields[key])
+            method_over[key] = check_key(key, value, mchecks[key][0])
         elif key in dfields:
-            data_over[key] = _coerce(key, value, dfields[key])
+            data_over[key] = check_key(key, value, dchecks[key][0])
         else:
             known = sorted(set(RUN_DEFAULTS) | set(mfields) | set(dfields))
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown --set key {key!r} for method {run['method']!r} and dataset"
                               f" {run['dataset']!r}.{hint} Known keys: {', '.join(known)}")
-    parse_budget(run["budget"])  # fail before any work
-    _check_switches(run)
+    _check_run(run)  # fail before any work
+    for key in ("loss", "sampler"):  # the --loss / --sampler flags
+        if key in method_over:
+            method_over[key] = check_key(key, method_over[key], mchecks[key][0])
     cls = METHODS.get(run["method"])
     try:
         mcfg = resolve_method_config(cls, method_over)

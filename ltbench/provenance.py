@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import re
 import subprocess
 from datetime import datetime, timezone
 from importlib import metadata
@@ -41,6 +43,7 @@ def git_hash() -> str | None:
 
 
 def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where the numbers came from: what decides float results beyond the seed (see `numeric_environment`)."""
     import torch
 
     device = torch.device(device)
@@ -49,10 +52,52 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
+        "numeric": numeric_environment(),
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
+        env["cudnn"] = torch.backends.cudnn.version()
     return env
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def numeric_environment() -> dict[str, Any]:
+    """CPU model and vector ISA, torch build, BLAS / oneDNN versions, thread counts: two machines
+    that differ here may round differently (same seed, numbers equal to ~1e-6, accuracies ±0.1)."""
+    import torch
+
+    config = torch.__config__.show()
+
+    def line(*needles: str) -> str | None:
+        for ln in config.splitlines():
+            if any(n in ln for n in needles):
+                return ln.strip(" -\t")
+        return None
+
+    blas = re.search(r"BLAS_INFO=([^,\s]+)", config)
+    return {
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "torch_git": torch.version.git_version,
+        "torch_cuda": torch.version.cuda,
+        "blas": blas.group(1) if blas else None,
+        "blas_version": line("Math Kernel Library", "OpenBLAS", "BLIS"),
+        "onednn": line("MKL-DNN", "oneDNN"),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "thread_env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
 
 
 def config_hash(config: dict[str, Any]) -> str:

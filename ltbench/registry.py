@@ -71,8 +71,9 @@ class LockHeld(RegistryError):
 def file_lock(path: Path, what: str, remove_dir: bool = False) -> Iterator[None]:
     """An exclusive, non-blocking flock on `path` (pid written inside); released when the process dies.
 
-    The lock file is removed on release (with `remove_dir`, its folder too if nothing else is
-    left in it); a process that opened the old file sees it unlinked and takes a new one.
+    The lock file is removed on release (with `remove_dir`, its folder and that folder's parent
+    too, if nothing else is left in them); a process that opened the old file sees it unlinked
+    and takes a new one.
     """
     for _ in range(10):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,11 +107,14 @@ def file_lock(path: Path, what: str, remove_dir: bool = False) -> Iterator[None]
                 path.unlink()
         except FileNotFoundError:
             pass
-        if remove_dir:
-            try:
-                path.parent.rmdir()  # only if empty: a checkpoint keeps it
-            except OSError:
-                pass
+        if remove_dir:  # the folder, and the one above (runs/), if this left them empty
+            for folder in (path.parent, path.parent.parent):
+                try:
+                    folder.rmdir()
+                except FileNotFoundError:
+                    continue
+                except OSError:  # not empty
+                    break
         os.close(fd)
 
 
@@ -365,7 +369,7 @@ class Registry:
         from safetensors.torch import save_file
 
         check_name(name)
-        self._refuse_taken(name)
+        self.check_free(name)
         token = uuid.uuid4().hex[:8]
         tmp = self.experts_dir / f".tmp-{name}-{token}"
         final = self.experts_dir / name
@@ -387,7 +391,7 @@ class Registry:
                 with self._connect() as db:
                     db.execute("BEGIN IMMEDIATE")  # one writer at a time from here to COMMIT
                     try:
-                        self._refuse_taken(name, db)
+                        self.check_free(name, db)
                         os.rename(tmp, final)  # fails, replacing nothing, if a non-empty `final` appeared
                         try:
                             db.execute(
@@ -411,10 +415,11 @@ class Registry:
                 shutil.rmtree(tmp, ignore_errors=True)
         return Expert(name, final)
 
-    def _refuse_taken(self, name: str, db: sqlite3.Connection | None = None) -> None:
+    def check_free(self, name: str, db: sqlite3.Connection | None = None) -> None:
+        """Raise RegistryError if `name` is indexed or its folder exists (callers check before any work)."""
         if db is None:
             with self._connect() as db2:
-                return self._refuse_taken(name, db2)
+                return self.check_free(name, db2)
         if db.execute("SELECT 1 FROM experts WHERE name=?", (name,)).fetchone() is not None:
             raise RegistryError(f"expert {name!r} is already registered in {self.home}; pick --name or `ltbench rm {name}`")
         if os.path.lexists(self.experts_dir / name):

@@ -517,9 +517,14 @@ def build_all(run: dict[str, Any], registry: Registry | None = None) -> tuple[LT
         from .data import attach_ood
 
         attach_ood(data, run["ood"])
+    try:  # before validating the data: a bad img_size fails at once
+        backbone = create_backbone(run["backbone"], img_size=run["img_size"], weights=run["weights"],
+                                   pretrained=run["pretrained"])
+    except ValueError as e:
+        from .errors import BackboneError
+
+        raise BackboneError(f"backbone {run['backbone']!r}: {e}") from None
     data.validate(skip_bad_images=run.get("skip_bad_images", False))
-    backbone = create_backbone(run["backbone"], img_size=run["img_size"], weights=run["weights"],
-                               pretrained=run["pretrained"])
     init = run["method_config"].get("init")
     delta: dict[str, torch.Tensor] = {}
     loaded: list[str] = []
@@ -555,10 +560,7 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     registry = registry or Registry()
     name = check_name(run["name"] or default_name(run))
     run = {**run, "name": name}
-    if name in registry:
-        from .registry import RegistryError
-
-        raise RegistryError(f"expert {name!r} is already registered in {registry.home}; pick --name or `ltbench rm {name}`")
+    registry.check_free(name)  # indexed, or a folder the index does not know: refuse before any work
     budget = parse_budget(run["budget"])
     requested = resolve_device(run["device"])
     d = init_distributed(requested)

@@ -25,7 +25,7 @@ def test_unknown_set_key_suggests_the_closest():
 def test_bad_set_syntax_and_type():
     with pytest.raises(ConfigError, match="key=value"):
         parse_sets(["lr"])
-    with pytest.raises(ConfigError, match="expected a number"):
+    with pytest.raises(ConfigError, match="expected a finite number"):
         resolve_config({}, {"lr": "fast"})
 
 

@@ -173,11 +173,12 @@ def dinov2_record() -> dict[str, Any]:
 def _tiny(name: str, reg_tokens: int = 0) -> Callable[..., Backbone]:
     def build(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
         img_size = img_size or 32
-        torch.manual_seed(0)  # the tiny test backbones are random but always the same
-        model = VisionTransformer(
-            img_size=img_size, patch_size=8, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0,
-            num_classes=0, reg_tokens=reg_tokens, no_embed_class=reg_tokens > 0,
-        )
+        with torch.random.fork_rng(devices=[]):  # the caller's seeded RNG stays untouched
+            torch.manual_seed(0)  # the tiny test backbones are random but always the same
+            model = VisionTransformer(
+                img_size=img_size, patch_size=8, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0,
+                num_classes=0, reg_tokens=reg_tokens, no_embed_class=reg_tokens > 0,
+            )
         if weights:
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         return _finish(name, model, img_size, weights_record("file", weights) if weights else

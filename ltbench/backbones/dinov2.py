@@ -123,7 +123,10 @@ def _timm_reference_shapes(img_size: int = NATIVE_IMG_SIZE) -> dict[str, torch.S
     """Keys and shapes of the timm model the converted state dict must fill exactly."""
     import timm
 
-    model = timm.create_model(TIMM_MODEL_NAME, pretrained=False, num_classes=0, img_size=img_size)
+    # On the meta device: shapes only, no memory, and no draw from the global RNG — this runs only
+    # on the first (converting) run, which must give the same numbers as every later one.
+    with torch.device("meta"):
+        model = timm.create_model(TIMM_MODEL_NAME, pretrained=False, num_classes=0, img_size=img_size)
     return {k: v.shape for k, v in model.state_dict().items()}
 
 

@@ -5,6 +5,8 @@ class counts, shot groups and metrics never touch pixels.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -17,6 +19,18 @@ GROUP_NAMES = ("many", "medium", "few")
 
 
 from ..errors import DataError  # noqa: E402,F401
+
+
+def load_image(path: str | Path, draft: bool = False) -> Image.Image:
+    """An RGB image; 16-bit greys (PNG `I;16`, `I`) are scaled to 8 bits, not clipped at 255."""
+    with Image.open(path) as im:
+        if draft:
+            im.draft("RGB", (64, 64))  # JPEG only: a faster decode of the same bytes, for checks
+        if im.mode.startswith("I;16") or im.mode == "I":
+            a = np.asarray(im).astype(np.int64)
+            im8 = Image.fromarray((np.clip(a, 0, 65535) >> 8).astype(np.uint8), "L")
+            return im8.convert("RGB")
+        return im.convert("RGB")
 
 
 class Split:
@@ -36,8 +50,8 @@ class Split:
         """Where sample i comes from, for error messages."""
         return f"sample {i}"
 
-    def check(self) -> None:
-        """Fail before training if any sample cannot be read (cheap checks only)."""
+    def check(self, decode: bool = True) -> None:
+        """Fail before training if any sample cannot be read (with `decode`, every image is decoded)."""
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "Split":
         raise NotImplementedError
@@ -98,20 +112,39 @@ class FileSplit(Split):
             return f"{self.source}:{self.lines[i]} ({self.paths[i]})"
         return str(self.root / self.paths[i])
 
-    def image(self, i: int) -> Image.Image:
+    def image(self, i: int, draft: bool = False) -> Image.Image:
         path = self.root / self.paths[i]
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
+            return load_image(path, draft)
         except FileNotFoundError:
             raise DataError(f"missing image {path} listed at {self.where(i)}") from None
-        except OSError as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise DataError(f"unreadable image {path} listed at {self.where(i)}: {e}") from None
 
-    def check(self) -> None:
+    def _decode_errors(self) -> dict[int, str]:
+        """Every image decoded once (threads; JPEGs at reduced scale, which still reads every byte)."""
+        def error(i: int) -> str | None:
+            try:
+                self.image(i, draft=True)
+            except DataError as e:
+                return str(e)
+            return None
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            return {i: e for i, e in enumerate(pool.map(error, range(len(self)), chunksize=32)) if e}
+
+    def unreadable(self) -> list[int]:
+        return sorted(self._decode_errors())
+
+    def check(self, decode: bool = True) -> None:
         for i, p in enumerate(self.paths):
             if not (self.root / p).is_file():
                 raise DataError(f"missing image {self.root / p} listed at {self.where(i)}")
+        errors = self._decode_errors() if decode else {}
+        if errors:
+            first = errors[min(errors)]
+            more = f" ({len(errors)} unreadable in this split)" if len(errors) > 1 else ""
+            raise DataError(f"{first}{more}; fix or drop it, or pass --skip-bad-images")
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "FileSplit":
         idx = [int(i) for i in idx]
@@ -213,8 +246,9 @@ class LTDataset:
     def validate(self, skip_bad_images: bool = False) -> None:
         """Label range, empty training classes, readable files: fail before training starts.
 
-        With `skip_bad_images`, every image is opened and decoded once; unreadable or
-        truncated ones are dropped and counted in `self.skipped` instead of failing the run.
+        Every image of every split (train, val, test, OOD) is decoded once, so a bad test image
+        fails now, not after training. With `skip_bad_images`, unreadable or truncated ones are
+        dropped and counted in `self.skipped` instead of failing the run.
         """
         c = self.num_classes
         if skip_bad_images:
@@ -234,7 +268,7 @@ class LTDataset:
                 f" ({len(empty)} empty classes in all)"
             )
         for split in [self.train, self.val, self.test, *self.ood.values()]:
-            split.check()
+            split.check(decode=not skip_bad_images)  # skipping decoded them all already
 
 
 class TorchSplit:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from ..checks import Float, Int
 from . import DATASETS
 from .base import ArraySplit, DataError, LTDataset, lt_train_val
 
@@ -78,9 +79,9 @@ def load_cifar100(root: str | Path) -> tuple[list[str], np.ndarray, np.ndarray, 
 def cifar100_lt(
     root: str | None = None,
     seed: int = 0,
-    imbalance: float = 100,
-    head: int = 500,
-    val_per_class: int = 20,
+    imbalance: Annotated[float, Float(lo=1, hi=1e6)] = 100,
+    head: Annotated[int, Int(lo=1, hi=10**7)] = 500,
+    val_per_class: Annotated[int, Int(lo=1, hi=10**6)] = 20,
 ) -> LTDataset:
     """CIFAR-100-LT (n_i = int(500·IF^(−i/99))) from <root>/cifar-100-python pickles."""
     if root is None:

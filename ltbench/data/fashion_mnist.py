@@ -10,12 +10,14 @@ images as line drawings (edges dark on white), the analogue of ImageNet-Sketch.
 from __future__ import annotations
 
 import gzip
+from typing import Annotated
 import os
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from ..checks import Float, Int, Opt
 from . import DATASETS
 from .base import ArraySplit, DataError, LTDataset, lt_train_val, take_per_class
 
@@ -147,10 +149,10 @@ def sketch(images: np.ndarray) -> np.ndarray:
 def fashion_mnist_lt(
     root: str | None = None,
     seed: int = 0,
-    imbalance: float = 100,
-    head: int = 500,
-    val_per_class: int = 20,
-    test_per_class: int | None = None,
+    imbalance: Annotated[float, Float(lo=1, hi=1e6)] = 100,
+    head: Annotated[int, Int(lo=1, hi=10**7)] = 500,
+    val_per_class: Annotated[int, Int(lo=1, hi=10**6)] = 20,
+    test_per_class: Annotated[int | None, Opt(Int(lo=1, hi=10**6))] = None,
 ) -> LTDataset:
     """Fashion-MNIST, exponential LT train (offline default; Debian dataset-fashion-mnist)."""
     x_tr, y_tr, x_te, y_te = load_fashion_mnist(root)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
+from ..checks import Float, Int, Opt
 from . import DATASETS
 from .base import DataError, FileSplit, LTDataset, exponential_profile, take_per_class
 
@@ -54,9 +56,9 @@ def scan_folder(root: Path, split: str, classes: list[str]) -> FileSplit:
 def image_folder(
     root: str | None = None,
     seed: int = 0,
-    val_per_class: int = 20,
-    imbalance: float | None = None,
-    head: int | None = None,
+    val_per_class: Annotated[int, Int(lo=1, hi=10**6)] = 20,
+    imbalance: Annotated[float | None, Opt(Float(lo=1, hi=1e6))] = None,
+    head: Annotated[int | None, Opt(Int(lo=1, hi=10**7))] = None,
 ) -> LTDataset:
     """Generic root/{train,val,test}/<class>/ image folders, optional LT profile on train."""
     if root is None:

@@ -1,7 +1,7 @@
 """Split-file datasets: `places-lt`, `imagenet-lt`, `inat2018`.
 
 The standard format: one `relative/path label` per line, labels 0..C−1, paths relative to
-an image `root`. The split files are looked up in `split_dir`; Places-LT's and ImageNet-LT's
+an image `root` (the label is the last field, so a path may contain spaces). The split files are looked up in `split_dir`; Places-LT's and ImageNet-LT's
 ship with ltbench (gzipped, `ltbench/data/splits/`) and are the default, so only the images
 are needed; a user's own `split_dir` (plain or `.gz` files) still wins. ImageNet-LT's train
 file is not shipped (give `train_file=/path/ImageNet_LT_train.txt` or a `split_dir`), nor are
@@ -15,11 +15,13 @@ validation split (used for model selection and fusion) is held out from the trai
 from __future__ import annotations
 
 import gzip
+from typing import Annotated
 import re
 from pathlib import Path
 
 import numpy as np
 
+from ..checks import Int, Opt, Str
 from . import DATASETS
 from .base import DataError, FileSplit, LTDataset, take_per_class
 
@@ -30,10 +32,10 @@ PACKAGED = Path(__file__).resolve().parent / "splits"
 
 def read_text(path: Path) -> str:
     """A text file's contents, gunzipped when its name ends in `.gz`."""
-    if path.suffix == ".gz":
-        with gzip.open(path, "rt", encoding="utf-8") as f:
+    if path.suffix == ".gz":  # utf-8-sig: a byte-order mark (Windows editors) is dropped, not read as a path
+        with gzip.open(path, "rt", encoding="utf-8-sig") as f:
             return f.read()
-    return path.read_text(encoding="utf-8")
+    return path.read_text(encoding="utf-8-sig")
 
 
 def find_file(path: str | Path) -> Path | None:
@@ -60,7 +62,8 @@ def read_split_file(path: str | Path, root: str | Path, num_classes: int | None 
     labels: list[int] = []
     lines: list[int] = []
     for no, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
+        # the label is the last field and the path all before it, so a path may contain spaces
+        parts = line.strip().rsplit(None, 1)
         if not parts:
             continue
         if len(parts) != 2:
@@ -68,7 +71,8 @@ def read_split_file(path: str | Path, root: str | Path, num_classes: int | None 
         try:
             label = int(parts[1])
         except ValueError:
-            raise DataError(f"{path}:{no}: label {parts[1]!r} is not an integer in {line.strip()!r}") from None
+            raise DataError(f"{path}:{no}: label {parts[1]!r} is not an integer in {line.strip()!r}"
+                            " (the label must be the line's last field; a path may contain spaces)") from None
         if label < 0 or (num_classes is not None and label >= num_classes):
             top = f"0..{num_classes - 1}" if num_classes is not None else "non-negative"
             raise DataError(f"{path}:{no}: label {label} is outside {top} in {line.strip()!r}")
@@ -179,13 +183,13 @@ def build_split_dataset(
 def places_lt(
     root: str | None = None,
     seed: int = 0,
-    split_dir: str | None = None,  # None: the shipped split files
-    train_file: str = "Places_LT_train.txt",
-    val_file: str | None = "Places_LT_val.txt",
-    test_file: str = "Places_LT_test.txt",
-    classnames_file: str | None = "classnames.txt",
-    num_classes: int = 365,
-    val_per_class: int = 20,
+    split_dir: Annotated[str | None, Opt(Str())] = None,  # None: the shipped split files
+    train_file: Annotated[str, Str()] = "Places_LT_train.txt",
+    val_file: Annotated[str | None, Opt(Str())] = "Places_LT_val.txt",
+    test_file: Annotated[str, Str()] = "Places_LT_test.txt",
+    classnames_file: Annotated[str | None, Opt(Str())] = "classnames.txt",
+    num_classes: Annotated[int, Int(lo=1, hi=10**6)] = 365,
+    val_per_class: Annotated[int, Int(lo=1, hi=10**6)] = 20,
 ) -> LTDataset:
     """Places-LT (365 classes, 4,980…5 a class; split files shipped) over a Places365 image root"""
     return build_split_dataset(
@@ -198,13 +202,13 @@ def places_lt(
 def imagenet_lt(
     root: str | None = None,
     seed: int = 0,
-    split_dir: str | None = None,  # None: the shipped files (train_file= then needs a path)
-    train_file: str = "ImageNet_LT_train.txt",
-    val_file: str | None = "ImageNet_LT_val.txt",
-    test_file: str = "ImageNet_LT_test.txt",
-    classnames_file: str | None = "classnames.txt",
-    num_classes: int = 1000,
-    val_per_class: int = 20,
+    split_dir: Annotated[str | None, Opt(Str())] = None,  # None: the shipped files (train_file= then needs a path)
+    train_file: Annotated[str, Str()] = "ImageNet_LT_train.txt",
+    val_file: Annotated[str | None, Opt(Str())] = "ImageNet_LT_val.txt",
+    test_file: Annotated[str, Str()] = "ImageNet_LT_test.txt",
+    classnames_file: Annotated[str | None, Opt(Str())] = "classnames.txt",
+    num_classes: Annotated[int, Int(lo=1, hi=10**6)] = 1000,
+    val_per_class: Annotated[int, Int(lo=1, hi=10**6)] = 20,
 ) -> LTDataset:
     """ImageNet-LT (1000 classes, 1,280…5 a class; val/test files shipped) over an ImageNet root"""
     return build_split_dataset(
@@ -217,13 +221,13 @@ def imagenet_lt(
 def inat2018(
     root: str | None = None,
     seed: int = 0,
-    split_dir: str | None = None,  # None: root (iNaturalist's files are not shipped)
-    train_file: str = "iNaturalist18_train.txt",
-    val_file: str | None = None,
-    test_file: str = "iNaturalist18_val.txt",
-    classnames_file: str | None = None,
-    num_classes: int = 8142,
-    val_per_class: int = 1,
+    split_dir: Annotated[str | None, Opt(Str())] = None,  # None: root (iNaturalist's files are not shipped)
+    train_file: Annotated[str, Str()] = "iNaturalist18_train.txt",
+    val_file: Annotated[str | None, Opt(Str())] = None,
+    test_file: Annotated[str, Str()] = "iNaturalist18_val.txt",
+    classnames_file: Annotated[str | None, Opt(Str())] = None,
+    num_classes: Annotated[int, Int(lo=1, hi=10**6)] = 8142,
+    val_per_class: Annotated[int, Int(lo=1, hi=10**6)] = 1,
 ) -> LTDataset:
     """iNaturalist 2018 split files (8,142 classes); official val is the test set."""
     return build_split_dataset(

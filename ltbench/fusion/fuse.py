@@ -196,9 +196,7 @@ def fuse_experts(
         raise FusionError(f"--trials must be at least 1, got {trials}")
     name = name or f"fuse-{scorer}_{'+'.join(names)}"
     check_name(name)
-    if name in registry:
-        raise FusionError(f"expert {name!r} is already registered in {registry.home}; "
-                          f"pick --name or `ltbench rm {name}`")
+    registry.check_free(name)
     members = [registry.get(n) for n in names]
     shared = check_compatible(members)
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+from ..checks import Bool, Float, Int
 from . import register_method
 from .adapters import PEFTMethod, add_adapters
 from .base import MethodConfig
@@ -10,9 +12,9 @@ from .base import MethodConfig
 
 @dataclass
 class AdaptFormerConfig(MethodConfig):
-    bottleneck: int = 64
-    adapter_scale: float = 0.1  # AdaptFormer's fixed s
-    learnable_scale: bool = False
+    bottleneck: Annotated[int, Int(lo=1, hi=65536)] = 64
+    adapter_scale: Annotated[float, Float(lo=0, hi=100)] = 0.1  # AdaptFormer's fixed s
+    learnable_scale: Annotated[bool, Bool()] = False
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -7,7 +7,7 @@ is frozen unless a phase says otherwise; the trainer never needs to know which m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Union
+from typing import Annotated, Any, Callable, ClassVar, Union
 
 import numpy as np
 import torch
@@ -15,11 +15,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
+from ..checks import Choice, Float, Int, Opt, Str
 
 
 #: `preset=paper` (the default): the paper's values; `preset=reference`: the official code's
 #: values where they differ (each config class lists them in its REFERENCE table).
 PRESETS = ("paper", "reference")
+
+
+def _losses() -> list[str]:
+    from ..losses import LOSSES
+
+    return list(LOSSES)
+
+
+def _samplers() -> tuple[str, ...]:
+    from ..data.samplers import BATCH_SAMPLERS
+
+    return BATCH_SAMPLERS
 
 
 @dataclass
@@ -32,19 +45,19 @@ class MethodConfig:
 
     REFERENCE: ClassVar[dict[str, Any]] = {}
 
-    preset: str = "paper"
-    loss: str = "ce"
-    sampler: str = "instance"
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    warmup: float = 0.1  # share of each phase's budget spent warming up the lr linearly
-    batch_size: int = 32
-    classifier: str = "linear"  # linear | cosine
-    cosine_scale: float = 20.0
-    lr_ref_batch: int = 0  # >0: the lr is given for this batch size and scaled linearly (lr·B/ref)
-    init: str | None = None  # start from a registered expert's delta (tensors with matching names)
+    preset: Annotated[str, Choice(PRESETS)] = "paper"
+    loss: Annotated[str, Choice(_losses)] = "ce"
+    sampler: Annotated[str, Choice(_samplers)] = "instance"
+    optimizer: Annotated[str, Choice(("sgd", "adamw"))] = "sgd"
+    lr: Annotated[float, Float(lo=0, hi=10, lo_open=True)] = 0.01
+    weight_decay: Annotated[float, Float(lo=0, hi=10)] = 1e-4
+    momentum: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.9
+    warmup: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.1  # share of each phase's budget spent warming up the lr linearly
+    batch_size: Annotated[int, Int(lo=1, hi=2**20)] = 32
+    classifier: Annotated[str, Choice(("linear", "cosine"))] = "linear"
+    cosine_scale: Annotated[float, Float(lo=0, hi=1e4, lo_open=True)] = 20.0
+    lr_ref_batch: Annotated[int, Int(lo=0, hi=2**20)] = 0  # >0: the lr is given for this batch size and scaled linearly (lr·B/ref)
+    init: Annotated[str | None, Opt(Str())] = None  # start from a registered expert's delta (tensors with matching names)
 
     @property
     def effective_lr(self) -> float:

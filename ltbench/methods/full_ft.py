@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from ..checks import Float
 from . import register_method
 from .base import Method, MethodConfig, Phase
 
@@ -13,7 +15,7 @@ from .base import Method, MethodConfig, Phase
 class FullFTConfig(MethodConfig):
     optimizer: str = "adamw"
     lr: float = 1e-3  # the head's lr
-    backbone_lr_scale: float = 0.01  # backbone lr = lr × this
+    backbone_lr_scale: Annotated[float, Float(lo=0, hi=100)] = 0.01  # backbone lr = lr × this
     weight_decay: float = 0.05
 
 

@@ -12,17 +12,19 @@ aligned projections with `--set init=<this expert>`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from ..checks import Choice
 from . import register_method
 from .base import Method, MethodConfig, Phase
 
 
 @dataclass
 class LiTConfig(MethodConfig):
-    templates: str = "simple"
+    templates: Annotated[str, Choice(("simple", "openai"))] = "simple"
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4

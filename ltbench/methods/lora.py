@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
+from ..checks import Choice, Float, Int
 from . import register_method
 from .adapters import PEFTMethod, add_lora
 from .base import MethodConfig
@@ -10,9 +12,9 @@ from .base import MethodConfig
 
 @dataclass
 class LoRAConfig(MethodConfig):
-    rank: int = 8
-    alpha: float = 16.0
-    targets: str = "qkv"  # qkv: one factor pair over the fused weight | qv: a pair each for q and v
+    rank: Annotated[int, Int(lo=1, hi=65536)] = 8
+    alpha: Annotated[float, Float(lo=0, hi=1e6, lo_open=True)] = 16.0
+    targets: Annotated[str, Choice(("qkv", "qv"))] = "qkv"  # qkv: one factor pair over the fused weight | qv: a pair each for q and v
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4

@@ -9,9 +9,11 @@ experts are combined afterwards with `ltbench fuse` (the MoE scorer, phase 3).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 
+from ..checks import Float, Int
 from . import register_method
 from .adapters import add_adapters
 from .lpt import LPT, LPTConfig
@@ -21,8 +23,8 @@ from .lpt import LPT, LPTConfig
 class LPTPlusPlusConfig(LPTConfig):
     # Bottleneck 48 makes the adapters add about 1% of a ViT-B/16's parameters
     # (12 × (2·768·48 + 48 + 768 + 1) = 894,540 = 1.04% of 85.8M), LPT++'s stated overhead.
-    bottleneck: int = 48
-    adapter_scale: float = 0.1  # initial value of the learnable scale s
+    bottleneck: Annotated[int, Int(lo=1, hi=65536)] = 48
+    adapter_scale: Annotated[float, Float(lo=0, hi=100)] = 0.1  # initial value of the learnable scale s
 
 
 @register_method("lpt++")

@@ -17,11 +17,12 @@ Values and their sources: docs/methods.md ("LT-Soups").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
+from ..checks import Choice, Float, Int, ListOf, Mapping
 from . import METHODS, register_method
 from .base import Method, MethodConfig, Phase
 
@@ -52,16 +53,16 @@ class LTSoupsConfig(MethodConfig):
         "stage2_lr": 3e-5, "stage2_share": 1 / 15,
     }
 
-    inner: str = "lora"  # lora | adaptformer | full-ft
-    inner_set: dict[str, Any] = field(default_factory=dict)  # the inner method's own keys (rank, bottleneck …)
-    factors: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
-    branches: int = 2  # models per subset size, averaged (official meta_bsz)
-    ema: float = 0.99  # decay of the weights' EMA during a branch; 0: off (the live weights)
-    val_checks: int = 5  # evaluations on validation per branch, best kept (official eval_freq); 0: the last
-    merge: str = "sequential"  # sequential (w ← α·w + (1−α)·w_k, from the start) | uniform
-    merge_alpha: float = 0.3
-    stage2_share: float = 0.1  # share of the budget for retraining the classifier
-    stage2_lr: float = 1e-2
+    inner: Annotated[str, Choice(("lora", "adaptformer", "full-ft"))] = "lora"  # lora | adaptformer | full-ft
+    inner_set: Annotated[dict[str, Any], Mapping()] = field(default_factory=dict)  # the inner method's own keys (rank, bottleneck …)
+    factors: Annotated[list[int], ListOf(Int(lo=0, hi=64), nonempty=True)] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
+    branches: Annotated[int, Int(lo=1, hi=1024)] = 2  # models per subset size, averaged (official meta_bsz)
+    ema: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.99  # decay of the weights' EMA during a branch; 0: off (the live weights)
+    val_checks: Annotated[int, Int(lo=0, hi=10**6)] = 5  # evaluations on validation per branch, best kept (official eval_freq); 0: the last
+    merge: Annotated[str, Choice(("sequential", "uniform"))] = "sequential"  # sequential (w ← α·w + (1−α)·w_k, from the start) | uniform
+    merge_alpha: Annotated[float, Float(lo=0, hi=1)] = 0.3
+    stage2_share: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.1  # share of the budget for retraining the classifier
+    stage2_lr: Annotated[float, Float(lo=0, hi=10, lo_open=True)] = 1e-2
     classifier: str = "cosine"
     cosine_scale: float = 30.0  # what the official head runs with (its config's scale 25 never reaches it)
     optimizer: str = "adamw"

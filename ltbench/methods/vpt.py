@@ -7,10 +7,12 @@ lr 0.02, wd 1e-4 and class-balanced sampling (44.17% on Places-LT): those are th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from ..checks import Int
 from . import register_method
 from .base import Method, MethodConfig, Phase
 from .prompting import patch_area, prompted_features, vpt_init_
@@ -18,7 +20,7 @@ from .prompting import patch_area, prompted_features, vpt_init_
 
 @dataclass
 class VPTConfig(MethodConfig):
-    prompt_len: int = 10
+    prompt_len: Annotated[int, Int(lo=1, hi=4096)] = 10
     sampler: str = "class"
     optimizer: str = "sgd"
     lr: float = 0.02

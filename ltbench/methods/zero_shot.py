@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 
+from ..checks import Choice
 from . import register_method
 from .base import Method, MethodConfig, Phase
 
 
 @dataclass
 class ZeroShotConfig(MethodConfig):
-    templates: str = "simple"  # open_clip's SIMPLE_IMAGENET_TEMPLATES, or "openai" (80 templates)
+    templates: Annotated[str, Choice(("simple", "openai"))] = "simple"  # open_clip's SIMPLE_IMAGENET_TEMPLATES, or "openai" (80 templates)
 
 
 @register_method("zero-shot")

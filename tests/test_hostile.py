@@ -1,0 +1,221 @@
+"""Hostile input, one case a row: exit code, the one-line message, and nothing changed.
+
+Every case runs the real CLI in process (CliRunner) inside a temporary working folder that
+also holds the registry home, a registered expert and a file outside the home that a bad
+`--name` could reach. After the command, every file there must be as before, except the
+run's own checkpoint folder (`<home>/runs/<name>`), and the index must list the same experts.
+The README's reliability section lists the same cases with their messages.
+"""
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import TINY_SETS
+from ltbench.cli import app
+from ltbench.registry import Registry
+
+TINY = ["--backbone", "vit-tiny-test", "--quiet", "--method", "linear-probe", "--budget", "1steps"] + \
+    [a for s in TINY_SETS for a in ("--set", s)]
+
+
+def _train(*extra):
+    return ["train", *TINY, *extra]
+
+
+def _places(tmp, train="a/x.jpg 0\na/y.jpg 1\n", test="a/x.jpg 0\na/y.jpg 1\n", classnames="a 0\nb 1\n",
+            bad=None, encoding="utf-8"):
+    """Places-LT-style split files over 8×8 JPEGs (`bad`: bytes written as a/bad.jpg)."""
+    data = tmp / "data"
+    root = data / "imgs"
+    (root / "a").mkdir(parents=True, exist_ok=True)
+    for n in ("x.jpg", "y.jpg"):
+        Image.new("RGB", (8, 8), (120, 30, 30)).save(root / "a" / n)
+    if bad is not None:
+        (root / "a" / "bad.jpg").write_bytes(bad)
+    (data / "Places_LT_train.txt").write_text(train, encoding=encoding)
+    (data / "Places_LT_val.txt").write_text("a/x.jpg 0\na/y.jpg 1\n")
+    (data / "Places_LT_test.txt").write_text(test)
+    (data / "classnames.txt").write_text(classnames)
+    return ["train", "--dataset", "places-lt", "--root", str(root), "--backbone", "vit-tiny-test", "--quiet",
+            "--budget", "1steps", "--set", f"split_dir={data}", "--set", "num_classes=2",
+            "--set", "classnames_file=classnames.txt", "--set", "batch_size=2"]
+
+
+def _truncated_jpeg(tmp) -> bytes:
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(tmp / "full.jpg", quality=95)
+    data = (tmp / "full.jpg").read_bytes()[:300]
+    (tmp / "full.jpg").unlink()
+    return data
+
+
+def _suite(tmp, body: str):
+    path = tmp / "suite.yaml"
+    path.write_text("name: s\ndataset: fashion-mnist-lt\nbackbone: vit-tiny-test\n" + body)
+    return ["bench", str(path), "--quiet", "--no-plots"]
+
+
+def _unindexed_folder(tmp, home):
+    """An expert folder whose index row is gone (an emptied registry.sqlite)."""
+    (home / "experts" / "old").mkdir(parents=True)
+    (home / "experts" / "old" / "meta.json").write_text("{}")
+    return _train("--name", "old")
+
+
+def _garbage_index(tmp, home):
+    for extra in ("-wal", "-shm"):
+        Path(str(home / "registry.sqlite") + extra).unlink(missing_ok=True)
+    (home / "registry.sqlite").write_bytes(b"not a database " * 300)
+    return ["ls"]
+
+
+def _config_twice(tmp, home):
+    (tmp / "c.yaml").write_text("budget: 1steps\nbudget: 9epochs\n")
+    return _train("--config", str(tmp / "c.yaml"))
+
+
+# case -> (args, or a function (tmp, home) -> args; exit code; what the one line must contain)
+CASES = {
+    # -- data loss ------------------------------------------------------------------------------
+    "name's folder exists without an index row": (_unindexed_folder, 2, "exists but is not indexed"),
+    "name with ../": (_train("--name", "../../victim"), 2, "invalid expert name '../../victim'"),
+    "absolute name": (lambda t, h: _train("--name", str(t / "victim")), 2, "invalid expert name '/"),
+    "300-character name": (_train("--name", "n" * 300), 2, "longer than 200 characters"),
+    "name with a space": (_train("--name", "a b"), 2, "invalid expert name 'a b'"),
+    "name already registered": (_train("--name", "kept"), 2, "expert 'kept' is already registered"),
+    # -- the registry -------------------------------------------------------------------------------
+    "garbage registry.sqlite": (_garbage_index, 2, "registry.sqlite is damaged"),
+    "show an unknown name": (["show", "kep"], 2, "no expert named 'kep'"),
+    "rm an unknown name": (["rm", "nope"], 2, "no expert named 'nope'"),
+    # -- values: run keys -----------------------------------------------------------------------
+    "batch_size=0": (_train("--set", "batch_size=0"), 2, "--set batch_size=0: expected an integer >= 1"),
+    "batch_size=-4": (_train("--set", "batch_size=-4"), 2, "--set batch_size=-4: expected an integer >= 1"),
+    "batch_size=2.5": (_train("--set", "batch_size=2.5"), 2, "--set batch_size=2.5: expected an integer"),
+    "lr=-1": (_train("--set", "lr=-1"), 2, "--set lr=-1: expected a finite number > 0"),
+    "lr=nan": (_train("--set", "lr=nan"), 2, "--set lr=nan: expected a finite number > 0"),
+    "eval_batch_size=0": (_train("--set", "eval_batch_size=0"), 2, "--set eval_batch_size=0: expected an integer >= 1"),
+    "img_size=0": (_train("--set", "img_size=0"), 2, "--set img_size=0: expected null or an integer >= 1"),
+    "img_size=-14": (_train("--set", "img_size=-14"), 2, "--set img_size=-14: expected null or an integer >= 1"),
+    "img_size=13 on dinov2-s14": (_train("--backbone", "dinov2-s14", "--set", "img_size=13"), 2,
+                                  "img_size must be a positive multiple of 14"),
+    "augment=maybe": (_train("--set", "augment=maybe"), 2, "--set augment='maybe': expected true or false"),
+    "pretrained=nope": (_train("--set", "pretrained=nope"), 2, "--set pretrained='nope': expected true or false"),
+    "few=-5": (_train("--set", "few=-5"), 2, "--set few=-5: expected an integer >= 0"),
+    "few above many": (_train("--set", "few=50", "--set", "many=10"), 2, "would overlap"),
+    "device=foo": (_train("--set", "device=foo"), 2, "--set device='foo': expected auto, cpu, cuda"),
+    "device=cuda:99": (_train("--set", "device=cuda:99"), 2, "--set device='cuda:99'"),
+    "num_workers=-1": (_train("--set", "num_workers=-1"), 2, "--set num_workers=-1: expected one of auto or"),
+    "unknown --set key": (_train("--set", "lrr=0.1"), 2, "unknown --set key 'lrr'"),
+    # -- values: method keys --------------------------------------------------------------------------
+    "sampler=foo": (_train("--set", "sampler=foo"), 2, "--set sampler='foo': expected one of instance"),
+    "--sampler foo": (_train("--sampler", "foo"), 2, "sampler='foo': expected one of instance"),
+    "--loss foo": (_train("--loss", "foo"), 2, "loss='foo': expected one of agcl, bs, ce"),
+    "optimizer=adam": (_train("--set", "optimizer=adam"), 2, "--set optimizer='adam': expected one of sgd, adamw"),
+    "prompt_len=0 (vpt)": (_train("--method", "vpt-deep", "--set", "prompt_len=0"), 2,
+                           "--set prompt_len=0: expected an integer >= 1"),
+    # -- values: dataset keys -------------------------------------------------------------------------
+    "val_per_class=0": (_train("--set", "val_per_class=0"), 2, "--set val_per_class=0: expected an integer >= 1"),
+    "test_per_class=0": (_train("--set", "test_per_class=0"), 2, "--set test_per_class=0: expected null or an integer >= 1"),
+    "imbalance=0.5": (_train("--set", "imbalance=0.5"), 2, "--set imbalance=0.5: expected a finite number >= 1"),
+    # -- budgets ------------------------------------------------------------------------------------------
+    "budget 3 parsecs": (_train("--budget", "3 parsecs"), 2, "cannot parse budget '3 parsecs'"),
+    "budget 1e999flops": (_train("--budget", "1e999flops"), 2, "budget '1e999flops': at most 1e+21 flops"),
+    "budget 1e7epochs": (_train("--budget", "1e7epochs"), 2, "at most 1e+06 epochs"),
+    # -- files: config and suites ---------------------------------------------------------------------------
+    "--config with a key twice": (_config_twice, 2, "key 'budget' appears twice (lines 1 and 2)"),
+    "suite with budget twice": (lambda t, h: _suite(t, "budget: 1steps\nbudget: 1e999flops\nruns: [{method: linear-probe}]\n"),
+                                2, "key 'budget' appears twice"),
+    "suite set: {batch_size: 0}": (lambda t, h: _suite(t, "budget: 1steps\nset: {batch_size: 0}\nruns: [{method: linear-probe}]\n"),
+                                   2, "set: batch_size=0: expected an integer >= 1"),
+    "suite budget 1e999flops": (lambda t, h: _suite(t, "budget: 1e999flops\nruns: [{method: linear-probe}]\n"),
+                                2, "at most 1e+21 flops"),
+    # -- split files and images (the train split, and now every split) --------------------------------------
+    "malformed line": (lambda t, h: _places(t, train="a/x.jpg 0\nonlyone\n"), 2, "Places_LT_train.txt:2: expected"),
+    "label not an integer": (lambda t, h: _places(t, train="a/x.jpg 0\na/y.jpg one\n"), 2,
+                             "Places_LT_train.txt:2: label 'one' is not an integer"),
+    "path with a space and no label": (lambda t, h: _places(t, train="a/x.jpg 0\na/y y.jpg\n"), 2,
+                                       "the label must be the line's last field"),
+    "label out of range": (lambda t, h: _places(t, train="a/x.jpg 0\na/y.jpg 7\n"), 2, "Places_LT_train.txt:2: label 7"),
+    "missing image": (lambda t, h: _places(t, train="a/x.jpg 0\na/nope.jpg 1\n"), 2, "Places_LT_train.txt:2"),
+    "classnames length": (lambda t, h: _places(t, classnames="a 0\nb 1\nc 2\n"), 2, "has 3 names but num_classes is 2"),
+    "empty class": (lambda t, h: _places(t, train="a/x.jpg 0\na/y.jpg 0\n"), 2, "class 1 ('b') has no training images"),
+    "truncated train image": (lambda t, h: _places(t, train="a/x.jpg 0\na/y.jpg 1\na/bad.jpg 1\n", bad=_truncated_jpeg(t)),
+                              2, "Places_LT_train.txt:3 (a/bad.jpg)"),
+    "unreadable test image": (lambda t, h: _places(t, test="a/x.jpg 0\na/bad.jpg 1\n", bad=b"not an image"),
+                              2, "Places_LT_test.txt:2 (a/bad.jpg)"),
+}
+
+
+def _snapshot(root: Path, skip: Path) -> dict[str, str]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p == skip or skip in p.parents:
+            continue
+        if p.name.endswith(("-wal", "-shm")):  # SQLite's own journal files change on any open
+            continue
+        out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+    return out
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_input(case, tmp_path, monkeypatch):
+    args, code, message = CASES[case]
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # anything written to the working folder is seen
+    home = work / "home"
+    monkeypatch.setenv("LTBENCH_HOME", str(home))
+    Registry(home).register("kept", {"method": "m", "backbone": "b", "dataset": "d", "seed": 0},
+                            {"w": torch.ones(2)}, {"val": (torch.zeros(2, 2), np.array([0, 1]))}, {}, {})
+    (work / "victim").mkdir()
+    (work / "victim" / "checkpoint.pt").write_bytes(b"someone else's file")
+    if callable(args):
+        args = args(work, home)
+    names = Registry(home).names() if "garbage" not in case else None
+    name = args[args.index("--name") + 1] if "--name" in args else ""
+    safe = name and "/" not in name and len(name) <= 200
+    own = home / "runs" / name if safe else home / "runs" / "-none-"  # the run's own folder may change
+    before = _snapshot(work, own)
+
+    r = CliRunner().invoke(app, args)
+
+    assert r.exit_code == code, f"{case}: exit {r.exit_code}\n{r.output}\n{r.exception!r}"
+    lines = r.output.strip().splitlines()
+    assert lines and lines[0].startswith("error:") and message in " ".join(r.output.split()), r.output
+    assert len(r.output.strip()) <= 600 and len(lines) <= 4, r.output  # one line (the terminal may wrap it)
+    assert _snapshot(work, own) == before, case
+    if names is not None:
+        assert Registry(home).names() == names
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda(home):
+    r = CliRunner().invoke(app, _train("--set", "device=cuda"))
+    assert r.exit_code == 2 and "CUDA is not available on this machine" in r.output
+
+
+# -- inputs that are handled, not refused ---------------------------------------------------------------
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    from ltbench.data.base import load_image
+
+    grey = np.array([[0, 16384], [32768, 65535]], dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")  # really a 16-bit file
+    rgb = np.asarray(load_image(tmp_path / "g16.png"))
+    assert rgb.shape == (2, 2, 3)
+    assert rgb[..., 0].tolist() == [[0, 64], [128, 255]]  # value >> 8; clipping would give 255 for all but 0
+
+
+def test_split_file_with_bom_and_a_path_with_spaces(home, tmp_path):
+    args = _places(tmp_path, train="a/x.jpg 0\na/y y.jpg 1\n", encoding="utf-8-sig")
+    Image.new("RGB", (8, 8), (0, 90, 200)).save(tmp_path / "data" / "imgs" / "a" / "y y.jpg")
+    assert (tmp_path / "data" / "Places_LT_train.txt").read_bytes().startswith(b"\xef\xbb\xbf")
+    r = CliRunner().invoke(app, args + ["--name", "ok"])
+    assert r.exit_code == 0, r.output
+    assert Registry(home).get("ok").meta["class_counts"] == [1, 1]
