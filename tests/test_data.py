@@ -87,7 +87,8 @@ def test_split_file_source_needs_root(tmp_path):
 @pytest.mark.parametrize(
     "bad, pattern",
     [
-        ("c/z.jpg 1 extra", r"bad\.txt:3: expected `relative/path label`, got 'c/z\.jpg 1 extra'"),
+        ("c/z.jpg 1 extra", r"bad\.txt:3: label 'extra' is not an integer in 'c/z\.jpg 1 extra' \(the label must be"
+                            r" the line's last field; a path may contain spaces\)"),
         ("c/z.jpg one", r"bad\.txt:3: label 'one' is not an integer"),
         ("c/z.jpg 7", r"bad\.txt:3: label 7 is outside 0\.\.2 in 'c/z\.jpg 7'"),
         ("c/z.jpg -1", r"bad\.txt:3: label -1 is outside 0\.\.2"),

@@ -219,3 +219,49 @@ def test_split_file_with_bom_and_a_path_with_spaces(home, tmp_path):
     r = CliRunner().invoke(app, args + ["--name", "ok"])
     assert r.exit_code == 0, r.output
     assert Registry(home).get("ok").meta["class_counts"] == [1, 1]
+
+
+# -- every key declares its check next to its default ------------------------------------------------------
+
+def test_every_set_key_declares_a_type_and_a_range():
+    from ltbench.checks import Check, dataclass_checks, signature_checks
+    from ltbench.config import RUN_KEYS
+    from ltbench.data import DATASETS
+    from ltbench.methods import METHODS
+
+    assert all(isinstance(k.check, Check) for k in RUN_KEYS.values())
+    missing = [f"{m}.{k}" for m in METHODS for k, (_, declared) in dataclass_checks(METHODS.get(m).Config).items()
+               if not declared]
+    missing += [f"{d}.{k}" for d in DATASETS for k, (_, declared) in signature_checks(DATASETS.get(d)).items()
+                if not declared and k not in ("root", "seed")]  # run keys
+    assert missing == [], f"declare a check (Annotated[type, Check]) for: {missing}"
+
+
+def test_a_subclass_that_changes_a_default_keeps_the_base_check():
+    from ltbench.checks import dataclass_checks
+    from ltbench.methods import METHODS
+
+    check, declared = dataclass_checks(METHODS.get("linear-probe").Config)["batch_size"]  # `batch_size: int = 64`
+    assert declared and check(64) == 64
+    with pytest.raises(ValueError):
+        check(0)
+
+
+@pytest.mark.parametrize("check,good,bad", [
+    ("Int(lo=1, hi=4)", [1, 4], [0, 5, 2.0, True, "2", None]),
+    ("Float(lo=0, lo_open=True)", [1e-9, 3], [0, -1.0, float("nan"), float("inf"), False, "1"]),
+    ("Float(lo=0, hi=1, hi_open=True)", [0, 0.5], [1, 1.5]),
+    ("Bool()", [True, False], [0, 1, "true", None]),
+    ("Choice(('auto', True, False))", ["auto", True, False], [1, 0, "yes"]),
+    ("Opt(Int(lo=1))", [None, 3], [0]),
+    ("ListOf(Int(lo=0), nonempty=True)", [[0, 2]], [[], [-1], 3]),
+])
+def test_checks_accept_and_refuse(check, good, bad):
+    from ltbench import checks
+
+    c = eval(check, vars(checks))
+    for v in good:
+        assert c(v) == v
+    for v in bad:
+        with pytest.raises(ValueError):
+            c(v)
