@@ -154,10 +154,11 @@ class Either(Check):
     """The first of several checks that accepts the value."""
 
     options: tuple[Check, ...] = ()
+    label: str | None = None  # a shorter description than the options' own
 
     @property
     def what(self) -> str:
-        return " or ".join(c.what for c in self.options)
+        return self.label or " or ".join(c.what for c in self.options)
 
     def __call__(self, value: Any) -> Any:
         for c in self.options:

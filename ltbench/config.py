@@ -44,15 +44,15 @@ RUN_KEYS: dict[str, Key] = {
     "many": Key(100, Int(lo=0)),  # shot groups: many > this
     "few": Key(20, Int(lo=0)),  # few < this
     "device": Key("auto", Str()),  # and check_device: auto | cpu | cuda[:N] | mps, available here
-    "num_workers": Key("auto", Either((_AUTO, Int(lo=0, hi=1024)))),  # auto = 0 on CPU, min(8, cores) on CUDA
+    "num_workers": Key("auto", Either((_AUTO, Int(lo=0, hi=1024)), "auto or an integer >= 0")),  # auto = 0 on CPU, min(8, cores) on CUDA
     "pretrained": Key(True, Bool()),
     "resume": Key(False, Bool()),
     "ood": Key([], ListOf(Str())),  # extra OOD sets, NAME=PATH (imagenet-sketch, imagenet-r, imagenet-a, imagenet-v2)
     "augment": Key(True, Bool()),  # random resized crop + flip on training images
     "skip_bad_images": Key(False, Bool()),  # drop unreadable images (counted in the metrics) instead of failing
-    "amp": Key("auto", Choice(("auto", True, False))),  # bf16 autocast: auto = on CUDA only
+    "amp": Key("auto", Either((_AUTO, Bool()), "auto or true or false")),  # bf16 autocast: auto = on CUDA only
     "channels_last": Key(False, Bool()),  # CUDA only
-    "compile": Key(False, Either((Bool(), Choice(_compile_backends)))),  # true (inductor) or a backend name
+    "compile": Key(False, Either((Bool(), Choice(_compile_backends)), "true, false or a torch.compile backend")),  # true (inductor) or a backend name
 }
 RUN_DEFAULTS: dict[str, Any] = {k: v.default for k, v in RUN_KEYS.items()}
 

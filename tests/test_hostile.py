@@ -109,7 +109,7 @@ CASES = {
     "few above many": (_train("--set", "few=50", "--set", "many=10"), 2, "would overlap"),
     "device=foo": (_train("--set", "device=foo"), 2, "--set device='foo': expected auto, cpu, cuda"),
     "device=cuda:99": (_train("--set", "device=cuda:99"), 2, "--set device='cuda:99'"),
-    "num_workers=-1": (_train("--set", "num_workers=-1"), 2, "--set num_workers=-1: expected one of auto or"),
+    "num_workers=-1": (_train("--set", "num_workers=-1"), 2, "--set num_workers=-1: expected auto or an integer >= 0"),
     "unknown --set key": (_train("--set", "lrr=0.1"), 2, "unknown --set key 'lrr'"),
     # -- values: method keys --------------------------------------------------------------------------
     "sampler=foo": (_train("--set", "sampler=foo"), 2, "--set sampler='foo': expected one of instance"),
