@@ -12,16 +12,17 @@ from __future__ import annotations
 from collections import Counter
 import inspect
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import Bool, Choice, Float, Int, Opt
 from . import register_method
 from ..losses import LOSSES
-from .base import Method, MethodConfig, PartSpec, Phase
+from .base import Method, MethodConfig, PartSpec, Phase, _samplers
 from .prompting import run_blocks, strip
 
 
@@ -49,28 +50,28 @@ class LPTConfig(MethodConfig):
     cosine_scale: float = 20.0  # the loss's α (official s = 20)
     loss: str = "agcl"  # both phases (A-GCL)
     # A-GCL / GCL options (Sec. 4.3; App. B: λ+ 0, λ− 4); ignored by losses that do not take them
-    gamma_pos: float = 0.0
-    gamma_neg: float = 4.0
-    ins_gamma_pos: float = 0.0  # phase 2's instance-sampled part (the paper: the same loss)
-    ins_gamma_neg: float = 4.0
-    neg_weight: float = 1.0  # weight of each off-target term of Eq. 8 (official: 0, via smoothing only)
-    margin: float = 0.0
-    label_smoothing: float = 0.0
-    noise_mul: float = 0.5
-    mixup: float = 1.0  # Mixup α in both phases (App. B; α from the official mixup.py)
-    dropout: float = 0.1  # before the head (official nn.Dropout(0.1); the paper does not say)
+    gamma_pos: Annotated[float, Float(lo=0, hi=100)] = 0.0
+    gamma_neg: Annotated[float, Float(lo=0, hi=100)] = 4.0
+    ins_gamma_pos: Annotated[float, Float(lo=0, hi=100)] = 0.0  # phase 2's instance-sampled part (the paper: the same loss)
+    ins_gamma_neg: Annotated[float, Float(lo=0, hi=100)] = 4.0
+    neg_weight: Annotated[float, Float(lo=0, hi=100)] = 1.0  # weight of each off-target term of Eq. 8 (official: 0, via smoothing only)
+    margin: Annotated[float, Float(lo=-100, hi=100)] = 0.0
+    label_smoothing: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.0
+    noise_mul: Annotated[float, Float(lo=0, hi=100)] = 0.5
+    mixup: Annotated[float, Float(lo=0, hi=100)] = 1.0  # Mixup α in both phases (App. B; α from the official mixup.py)
+    dropout: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.1  # before the head (official nn.Dropout(0.1); the paper does not say)
     sampler: str = "instance"  # phase 1; phase 2 uses phase2_sampler
-    phase2_sampler: str = "dual"  # dual: class-balanced part (weight 1) + instance part (weight β)
-    eta: float = 0.5  # dual sampling: instance part weight β = η·(E−e)/E, stepped per epoch
-    match_weight: float = 1.0  # weight of 1 − mean_k cos(q, chosen keys) (Eq. 5; official −0.5·Σ_k cos)
-    prompt_len: int = 10
-    pool_size: int = 20
-    top_k: int = 2
-    group_layers: int | None = None  # L−K blocks with group prompts; None: half the blocks (6 of 12)
-    phase1_share: float = 0.5  # share of the budget for phase 1 (paper: 40 + 40 epochs)
-    phase: int = 0  # 0: both phases; 1: shared prompt only; 2: group prompts from `init`
+    phase2_sampler: Annotated[str, Choice(_samplers)] = "dual"  # dual: class-balanced part (weight 1) + instance part (weight β)
+    eta: Annotated[float, Float(lo=0, hi=1)] = 0.5  # dual sampling: instance part weight β = η·(E−e)/E, stepped per epoch
+    match_weight: Annotated[float, Float(lo=0, hi=1e3)] = 1.0  # weight of 1 − mean_k cos(q, chosen keys) (Eq. 5; official −0.5·Σ_k cos)
+    prompt_len: Annotated[int, Int(lo=1, hi=4096)] = 10
+    pool_size: Annotated[int, Int(lo=1, hi=65536)] = 20
+    top_k: Annotated[int, Int(lo=1, hi=65536)] = 2
+    group_layers: Annotated[int | None, Opt(Int(lo=0, hi=4096))] = None  # L−K blocks with group prompts; None: half the blocks (6 of 12)
+    phase1_share: Annotated[float, Float(lo=0, hi=1)] = 0.5  # share of the budget for phase 1 (paper: 40 + 40 epochs)
+    phase: Annotated[int, Choice((0, 1, 2))] = 0  # 0: both phases; 1: shared prompt only; 2: group prompts from `init`
     # the reference code's naive phase 2 runs two full passes; kept for benchmarks and tests
-    reuse_blocks: bool = True
+    reuse_blocks: Annotated[bool, Bool()] = True
 
 
 @register_method("lpt")
