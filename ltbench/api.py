@@ -137,8 +137,15 @@ def remove(name: str, registry: Registry | None = None) -> None:
 
 
 def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry | None = None):
-    """`ltbench doctor`: (problems found, problems fixed); fixes only with `repair`."""
-    registry = registry or Registry.existing()
+    """`ltbench doctor`: (problems found, problems fixed); fixes only with `repair`.
+
+    `--repair` on a home whose index was moved aside (damaged) builds a new one from the folders.
+    """
+    if registry is None:
+        from .registry import default_home
+
+        home = default_home()
+        registry = Registry(home) if repair and (home / "experts").is_dir() else Registry.existing(home)
     if not repair:
         return registry.check(), []
     done = registry.repair(remove_broken=remove_broken)

@@ -94,14 +94,17 @@ class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last one silently)."""
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping key given twice (a YAMLError, so callers report it like any other parse error)."""
+
+
 def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"key {key!r} appears twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
-                key_node.start_mark)
+            raise DuplicateKeyError(f"key {key!r} appears twice (lines {seen[key] + 1} and"
+                                    f" {key_node.start_mark.line + 1}); YAML would keep the last one silently")
         seen[key] = key_node.start_mark.line
     return loader.construct_mapping(node, deep)
 
@@ -173,6 +176,7 @@ def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
     unknown key is one line naming the closest known one, never a TypeError."""
     cls = METHODS.get(method)
     mfields = method_config_fields(method)
+    mchecks = dataclass_checks(cls.Config)
     out = {}
     for key, value in sets.items():
         if key not in mfields:
@@ -180,7 +184,7 @@ def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(f"unknown --set key {key!r} for method {method!r}.{hint}"
                               f" Known keys: {', '.join(sorted(mfields))}")
-        out[key] = _coerce(key, value, mfields[key])
+        out[key] = check_key(key, value, mchecks[key][0])
     try:
         resolve_method_config(cls, out)
     except TypeError as e:

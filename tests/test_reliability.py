@@ -346,6 +346,8 @@ def test_a_damaged_index_or_a_read_only_home_is_one_line(tmp_path):
     r = ltbench("ls", home=home)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert str(index) in r.stderr and "doctor --repair" in r.stderr
+    index.rename(home / "registry.sqlite.bad")  # what the message says to do
+    assert _doctor(home, "--repair").exit_code == 0 and Registry(home).names() == ["a"]  # re-indexed
     index.write_bytes(saved)
 
     # a read-only home that holds a registry, and one that cannot be created
