@@ -132,6 +132,39 @@ def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
     return info
 
 
+def show_history(name: str, registry: Registry | None = None) -> Table:
+    """`ltbench show NAME --history`: the learning curve, one row per epoch, loss sparklines."""
+    from .errors import RegistryError
+    from .tracking import history_table
+
+    ex = (registry or Registry()).get(name)
+    rows = ex.history()
+    if rows is None:
+        why = "a fused expert is fitted, not trained" if str(ex.config.get("method", "")).startswith("fuse:") \
+            else "it was registered before ltbench kept histories"
+        raise RegistryError(f"expert {name!r} has no history.csv ({why})")
+    return history_table(name, rows)
+
+
+def predict(expert: str, inputs: list[str], top: int = 5, fmt: str = "table", batch_size: int = 32,
+            device: str = "cpu", weights: str | None = None, registry: Registry | None = None):
+    """`ltbench predict`: (rows, rendered: a rich Table for "table", else text)."""
+    from .experts.predict import FORMATS, predict as _predict, render
+    from .errors import ExpertError
+
+    if fmt not in FORMATS:  # before any work
+        raise ExpertError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+    rows = _predict(expert, inputs, top=top, batch_size=batch_size, device=device, registry=registry, weights=weights)
+    return rows, render(rows, fmt)
+
+
+def export(name: str, file: str | Path, registry: Registry | None = None) -> Path:
+    """`ltbench export NAME FILE`: one safetensors file that `load_expert(FILE)` reads elsewhere."""
+    from .experts import export_expert
+
+    return export_expert(name, file, registry=registry)
+
+
 def remove(name: str, registry: Registry | None = None) -> None:
     (registry or Registry.existing()).remove(name)
 

@@ -60,6 +60,7 @@ from ._registry import UnknownNameError
 from .config import RUN_DEFAULTS, ConfigError, load_yaml, resolve_config
 from .methods import METHODS
 from .registry import Registry
+from .tracking import OPERATIONAL_KEYS
 
 SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "runs", "fusions", "reference")
 REFERENCE_KEYS = ("run", "name", "source", "overall", "many", "medium", "few", "ood")
@@ -68,7 +69,7 @@ RUN_KEYS = ("label", "method", "backbone", "set", "init")
 FUSION_KEYS = ("label", "experts", "scorer", "trials", "objective", "per_group")
 REQUIRED = ("dataset", "backbone", "budget", "runs")
 #: Keys that do not change what a run computes: a registered expert may differ here.
-_OPERATIONAL = ("name", "resume", "device", "num_workers", "eval_batch_size")
+_OPERATIONAL = ("name", "resume", "device", "num_workers", "eval_batch_size", *OPERATIONAL_KEYS)
 
 
 class SuiteError(ConfigError):

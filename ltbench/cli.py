@@ -128,12 +128,13 @@ def train(
     ood: List[str] = typer.Option([], "--ood", help="extra OOD set NAME=PATH (e.g. imagenet-r=/data/imagenet-r); repeatable"),
     set_: List[str] = typer.Option([], "--set", help="key=value override of any run, method or dataset key"),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON file of keys (flags and --set win)"),
+    log: List[str] = typer.Option([], "--log", help="also log the learning curve to tensorboard | mlflow; repeatable"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
-    """Train an expert and register it (delta weights, cached logits, metrics, provenance)."""
+    """Train an expert and register it (delta weights, cached logits, metrics, history, provenance)."""
     flags = dict(dataset=dataset, backbone=backbone, method=method, budget=budget, loss=loss, sampler=sampler,
                  seed=seed, name=name, weights=weights, root=root, resume=resume or None, ood=ood or None,
-                 skip_bad_images=skip_bad_images or None)
+                 skip_bad_images=skip_bad_images or None, log=",".join(log) or None)
     expert = api.train(flags, set_, config, console=err, quiet=quiet)
     if expert is None:  # a non-zero rank of a torchrun job: rank 0 registers and reports
         return
@@ -201,11 +202,48 @@ def ls(format: str = typer.Option("table", "--format", help="table | json")) -> 
 
 @app.command()
 @_guard
-def show(name: str) -> None:
-    """Show an expert's config, metrics and provenance."""
+def show(
+    name: str,
+    history: bool = typer.Option(False, "--history", help="the learning curve (history.csv) as a table instead"),
+) -> None:
+    """Show an expert's config, metrics and provenance (or its learning curve)."""
+    if history:
+        out.print(api.show_history(name))
+        return
     from .jsonio import dumps
 
     out.print_json(dumps(api.show(name)))
+
+
+@app.command()
+@_guard
+def predict(
+    expert: str = typer.Argument(..., help="registered expert name, or a file written by `ltbench export`"),
+    images: List[Path] = typer.Argument(..., help="image files or folders (searched recursively)"),
+    top: int = typer.Option(5, help="classes shown per image"),
+    format: str = typer.Option("table", "--format", help="table | json | csv"),
+    batch_size: int = typer.Option(32, help="images per forward pass"),
+    device: str = typer.Option("cpu", help="cpu | cuda | auto"),
+    weights: Optional[str] = typer.Option(None, help="backbone weights file, when it lives elsewhere on this machine"),
+) -> None:
+    """Classify images with a registered expert (fused experts through their scorer)."""
+    _, shown = api.predict(expert, [str(p) for p in images], top=top, fmt=format, batch_size=batch_size,
+                           device=device, weights=weights)
+    if format == "table":
+        out.print(shown)
+    else:
+        sys.stdout.write(shown)
+
+
+@app.command()
+@_guard
+def export(
+    name: str = typer.Argument(..., help="registered expert"),
+    file: Path = typer.Argument(..., help="output .safetensors file"),
+) -> None:
+    """Write an expert as one safetensors file (delta + config); `load_expert(FILE)` reads it elsewhere."""
+    path = api.export(name, file)
+    out.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False)
 
 
 @app.command()

@@ -19,6 +19,7 @@ from .checks import Bool, Choice, Either, Int, Key, ListOf, Opt, Str, check_key,
 from .data import DATASETS, create_dataset, dataset_options  # noqa: F401  (re-exported for callers)
 from .methods import METHODS, method_config_fields
 from .methods.base import resolve_method_config
+from .tracking import LogTargets, check_log_options
 
 def _compile_backends() -> list[str]:
     import torch._dynamo
@@ -53,6 +54,10 @@ RUN_KEYS: dict[str, Key] = {
     "amp": Key("auto", Either((_AUTO, Bool()), "auto or true or false")),  # bf16 autocast: auto = on CUDA only
     "channels_last": Key(False, Bool()),  # CUDA only
     "compile": Key(False, Either((Bool(), Choice(_compile_backends)), "true, false or a torch.compile backend")),  # true (inductor) or a backend name
+    "log": Key([], LogTargets()),  # extra sinks for the learning curve: tensorboard, mlflow (history.csv always)
+    "log_dir": Key(None, Opt(Str())),  # TensorBoard event files (default $LTBENCH_HOME/tensorboard/<name>)
+    "mlflow_uri": Key(None, Opt(Str())),  # MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the home)
+    "val_each_epoch": Key(True, Bool()),  # validation accuracy in the history after every epoch (one eval pass)
 }
 RUN_DEFAULTS: dict[str, Any] = {k: v.default for k, v in RUN_KEYS.items()}
 
@@ -228,6 +233,7 @@ def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) ->
     for key in ("loss", "sampler"):  # the --loss / --sampler flags
         if key in method_over:
             method_over[key] = check_key(key, method_over[key], mchecks[key][0])
+    check_log_options(run)  # the sinks' packages are installed
     cls = METHODS.get(run["method"])
     try:
         mcfg = resolve_method_config(cls, method_over)

@@ -41,5 +41,9 @@ class FusionError(ValueError):
     """A user error in fusion (mismatched experts, missing val logits, bad option)."""
 
 
+class ExpertError(ValueError):
+    """An expert that cannot be loaded, exported or asked to predict (bad file, other backbone, bad option)."""
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, ConfigError, BudgetError, DataError, BackboneError,
-                                            RegistryError, TrainingError, FusionError)
+                                            RegistryError, TrainingError, FusionError, ExpertError)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
+from .tracking import OPERATIONAL_KEYS
+
 PACKAGES = ("ltbench", "torch", "torchvision", "timm", "open_clip_torch", "optuna", "numpy", "scipy",
             "pandas", "safetensors", "onnx")
 
@@ -102,7 +104,7 @@ def numeric_environment() -> dict[str, Any]:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Hash of the resolved config minus the run's name: same hash, same experiment."""
-    return _hash({k: v for k, v in config.items() if k not in ("name", "resume")})
+    return _hash({k: v for k, v in config.items() if k not in ("name", "resume", *OPERATIONAL_KEYS)})
 
 
 def _hash(payload: dict[str, Any]) -> str:
@@ -111,7 +113,7 @@ def _hash(payload: dict[str, Any]) -> str:
 
 #: Config keys that do not make a different experiment: two experts whose configs differ only
 #: here are seeds of one experiment.
-EXPERIMENT_IGNORE = ("name", "seed", "resume", "device", "num_workers", "eval_batch_size")
+EXPERIMENT_IGNORE = ("name", "seed", "resume", "device", "num_workers", "eval_batch_size", *OPERATIONAL_KEYS)
 #: A fusion's replicate is its members' seed (`data_seed`); its study and storage are operational.
 _FUSION_IGNORE = ("data_seed", "study_name", "storage")
 

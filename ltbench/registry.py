@@ -8,6 +8,7 @@ writers of one name are serialised by the index's write lock, and `doctor` repor
 """
 from __future__ import annotations
 
+import csv
 import errno
 import fcntl
 import json
@@ -228,6 +229,11 @@ class Expert:
             return f"{file} is unreadable ({type(e).__name__}: {e})"
         return None
 
+    def history(self) -> list[dict[str, Any]] | None:
+        """The learning curve (history.csv, one row per step; see tracking.HISTORY_COLUMNS), or None
+        for an expert that has none (a fusion, or one registered before histories were kept)."""
+        return _read_history(self.path / "history.csv")
+
 
 def _quote(split: str) -> str:
     return split.replace(":", "__")
@@ -235,6 +241,30 @@ def _quote(split: str) -> str:
 
 def _unquote(stem: str) -> str:
     return stem.replace("__", ":")
+
+
+def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
+    from .tracking import HISTORY_COLUMNS
+
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+
+
+def _read_history(path: Path) -> list[dict[str, Any]] | None:
+    if not path.is_file():
+        return None
+
+    def value(k: str, v: str) -> Any:
+        if k == "phase":
+            return v
+        if v == "":
+            return None
+        return int(v) if k == "step" else float(v)
+
+    with path.open(newline="") as f:
+        return [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -360,6 +390,7 @@ class Registry:
         metrics: dict[str, Any],
         meta: dict[str, Any],
         extra_files: dict[str, Any] | None = None,
+        history: list[dict[str, Any]] | None = None,
     ) -> Expert:
         """Write the folder completely, then (under the index's write lock) move it into place and index it.
 
@@ -388,6 +419,8 @@ class Registry:
                 _write_json(tmp / "meta.json", {**meta, "format": FORMAT_VERSION})
                 for file, obj in (extra_files or {}).items():
                     _write_json(tmp / file, obj)
+                if history is not None:
+                    _write_history(tmp / "history.csv", history)
                 with self._connect() as db:
                     db.execute("BEGIN IMMEDIATE")  # one writer at a time from here to COMMIT
                     try:

@@ -34,6 +34,7 @@ from .methods.base import Method, Phase
 from .metrics import class_averaged_accuracy, evaluate_logits
 from .provenance import config_hash, environment, git_hash, now, package_versions
 from .registry import Registry, check_name
+from .tracking import Tracker
 
 
 from .errors import TrainingError  # noqa: E402,F401
@@ -244,13 +245,14 @@ class Trainer:
 
     def __init__(self, method: Method, data: LTDataset, run: dict[str, Any], device: torch.device,
                  console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False,
-                 dist: Dist | None = None):
+                 dist: Dist | None = None, tracker: Tracker | None = None):
         self.method, self.data, self.run, self.device = method, data, run, device
         self.cfg = method.cfg
         self.dist = dist or Dist()
         self.console = console or Console(stderr=True)
         self.ckpt = ckpt_dir / "checkpoint.pt" if ckpt_dir else None
         self.quiet = quiet or not self.dist.is_main
+        self.tracker = tracker or Tracker(run, self.console, self.quiet, enabled=self.dist.is_main)
         cuda = device.type == "cuda"
         amp = run.get("amp", "auto")
         self.autocast = cuda if amp == "auto" else bool(amp)  # bf16 on GPUs; fp32 on CPU unless asked
@@ -298,6 +300,8 @@ class Trainer:
         total_share = sum(share(p) for p in phases)
         result = TrainResult()
         state = self._load_checkpoint() if resume else None
+        if state is not None:
+            self.tracker.load_state(state.get("history"))
         for i, phase in enumerate(phases):
             if state is not None and i < state["phase"]:
                 result.phases.append(state["phase_log"][i])
@@ -371,11 +375,14 @@ class Trainer:
         checks = _Checks(self, phase, meter)
         if state is not None:  # the checks due before the checkpoint were done
             checks.done = min(phase.val_checks, int(schedule_progress() * phase.val_checks + 1e-9))
+        self.tracker.phase_start(phase.name, result.spent.flops, result.spent.seconds, meter.fraction)
+        val_cache: dict[str, torch.Tensor] = {}
         losses: list[float] = []
         part_weights: list[list[float]] = []  # per epoch of this run (a resumed run logs from where it resumed)
         progress = Progress(TextColumn(f"[bold]{method.name}[/] {phase.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                             TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[ips]:.0f} img/s"),
-                            TimeElapsedColumn(), console=self.console, disable=self.quiet, transient=False)
+                            TimeElapsedColumn(), console=self.console, transient=False,
+                            disable=self.quiet or not self.console.is_terminal)  # else: the tracker's plain lines
         with progress:
             task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
             done = False
@@ -425,11 +432,16 @@ class Trainer:
                     meter.charge(steps=1, images=n_global, epochs=1 / steps_per_epoch,
                                  flops=flops_per_image * n_global, seconds=seconds)
                     losses.append(loss.item())
-                    progress.update(task, completed=meter.fraction, loss=losses[-1],
-                                    lr=optimizer.param_groups[-1]["lr"], ips=n_global / max(sw.elapsed, 1e-9))
+                    lr, ips = optimizer.param_groups[-1]["lr"], n_global / max(sw.elapsed, 1e-9)
+                    progress.update(task, completed=meter.fraction, loss=losses[-1], lr=lr, ips=ips)
+                    self.tracker.step(epoch=meter.spent.epochs, loss=losses[-1], lr=lr, images_per_s=ips,
+                                      flops=meter.spent.flops, seconds=meter.spent.seconds, fraction=meter.fraction,
+                                      label=method.name)
                     checks.due(schedule_progress())
                     if meter.exhausted:
                         break
+                if self.tracker.val_each_epoch and d.is_main:
+                    self.tracker.epoch_end(self._val_accuracy(phase, val_cache))
                 self._save_checkpoint(index, epoch, optimizer, meter, flops_per_image, step_seconds, result)
                 epoch += 1
         checks.due(1.0)  # the last check closes the phase, however its steps ended
@@ -474,7 +486,7 @@ class Trainer:
             "optimizer": optimizer.state_dict(), "spent": meter.spent.as_dict(),
             "flops_per_image": flops_per_image, "step_seconds": step_seconds,
             "rng": rng_state(), "phase_log": list(result.phases), "schedule_base": self._schedule_base,
-            "config_hash": config_hash(self.run),
+            "config_hash": config_hash(self.run), "history": self.tracker.state(),
         }, self.ckpt)
 
     def _load_checkpoint(self) -> dict | None:
@@ -492,6 +504,28 @@ class Trainer:
         return state
 
     # -- evaluation ----------------------------------------------------------------------
+    def _val_accuracy(self, phase: Phase, cache: dict[str, torch.Tensor]) -> float:
+        """Per-class-averaged validation accuracy for the history, without touching the training RNG
+        stream (a DataLoader draws its base seed from torch's RNG). A cached-feature phase embeds
+        the val images once and only re-runs its classifier each epoch."""
+        state = rng_state()
+        method = self.method
+        try:
+            method.eval()
+            val = self.data.val
+            if phase.cache_features:
+                if "feats" not in cache:
+                    cache["feats"] = run_batches(method.embed, self._eval_loader(val), self.device, self.autocast,
+                                                 self.channels_last)
+                with torch.no_grad():
+                    logits = method.classify(cache["feats"].to(self.device)).float().cpu()
+            else:
+                logits = run_batches(method, self._eval_loader(val), self.device, self.autocast, self.channels_last)
+        finally:
+            set_rng_state(state)
+            train_mode(method)
+        return class_averaged_accuracy(logits.argmax(1).numpy() == val.labels, val.labels, self.data.num_classes)
+
     def predict(self, split) -> torch.Tensor:
         self.method.eval()
         return run_batches(self.method, self._eval_loader(split), self.device, self.autocast, self.channels_last)
@@ -579,8 +613,14 @@ def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Di
     data, method = build_all(run, registry)
     run["img_size"] = method.info.img_size
     method.to(device)
-    trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.run_dir(name), quiet=quiet, dist=d)
-    result = trainer.fit(budget, resume=run["resume"])
+    tracker = Tracker(run, console or Console(stderr=True), quiet, home=registry.home, enabled=d.is_main)
+    trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.run_dir(name), quiet=quiet, dist=d,
+                      tracker=tracker)
+    try:
+        result = trainer.fit(budget, resume=run["resume"])
+    except BaseException:
+        tracker.fail()  # an MLflow run ends FAILED instead of staying RUNNING
+        raise
     if not d.is_main:
         d.barrier()
         return None
@@ -609,12 +649,14 @@ def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Di
         "skipped_images": data.skipped,
         "pretrained_cfg": method.info.pretrained_cfg,  # where the backbone's weights came from
     }
-    expert = registry.register(name, {k: v for k, v in run.items() if k != "resume"}, method.delta_state_dict(),
-                               logits, metrics, meta, extra_files=artifacts)
+    config = {k: v for k, v in run.items() if k != "resume"}
+    expert = registry.register(name, config, method.delta_state_dict(), logits, metrics, meta,
+                               extra_files=artifacts, history=tracker.rows)
     ckpt = registry.run_dir(name)
     if ckpt.exists():
         import shutil
 
         shutil.rmtree(ckpt, ignore_errors=True)
+    tracker.finish(config, metrics, expert.path)
     d.barrier()
     return expert

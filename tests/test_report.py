@@ -158,7 +158,8 @@ def test_fast_argmax_matches_torch_on_fp16_edge_cases():
 def test_plots_are_valid_pngs(reg, tmp_path):
     df = collect(reg, dataset="toy-lt", with_paths=True)
     files = write_plots(df, tmp_path / "plots")
-    assert sorted(p.name for p in files) == ["accuracy_vs_params.png", "per_class_accuracy.png", "shot_groups.png"]
+    assert sorted(p.name for p in files) == ["accuracy_vs_compute.png", "accuracy_vs_params.png",
+                                             "per_class_accuracy.png", "shot_groups.png"]
     for p in files:
         data = p.read_bytes()
         assert data[:8] == PNG and len(data) > 10_000, p
@@ -212,7 +213,7 @@ def test_cli_report(reg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # --plots without --out: ./ltbench-report, plots only
     assert invoke("report", "--plots", "--dataset", "toy-lt").exit_code == 0
     assert sorted(p.name for p in (tmp_path / "ltbench-report").iterdir()) == [
-        "accuracy_vs_params.png", "per_class_accuracy.png", "shot_groups.png"]
+        "accuracy_vs_compute.png", "accuracy_vs_params.png", "per_class_accuracy.png", "shot_groups.png"]
 
 
 def test_cli_report_errors(reg):
@@ -272,3 +273,88 @@ def test_suite_report_shows_published_rows_and_differences(home, tmp_path):
     table, written = report_suite(load_suite(path), r, out=tmp_path / "rep", plots=False)
     on_file = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
     assert [x["expert"] for x in on_file if x["expert"].startswith("published")] == ["published: lpt", "published: VPT"]
+
+
+# -- plots: compute view, Pareto front, fixed method colours, labelled error bars -------------------
+def test_pareto_front_matches_brute_force():
+    from ltbench.report.plots import pareto_front
+
+    g = np.random.default_rng(3)
+    for _ in range(20):
+        cost, acc = g.lognormal(0, 2, 15), g.random(15)
+        dominated = {i for i in range(15) for j in range(15)
+                     if cost[j] <= cost[i] and acc[j] >= acc[i] and (cost[j] < cost[i] or acc[j] > acc[i])}
+        want = sorted(set(range(15)) - dominated, key=lambda i: cost[i])
+        assert pareto_front(cost, acc).tolist() == want
+    # equal cost: only the most accurate; equal accuracy: only the cheapest
+    assert pareto_front(np.array([1.0, 1.0, 2.0, 3.0]), np.array([0.5, 0.6, 0.6, 0.9])).tolist() == [1, 3]
+
+
+def _figures(monkeypatch):
+    from ltbench.report import plots
+
+    figs, real = {}, plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.setdefault(path.stem, fig) and real(fig, path))
+    return figs
+
+
+def _colours(fig) -> dict[str, tuple]:
+    """label -> RGB of every labelled scatter and line in a figure."""
+    from matplotlib.colors import to_rgb
+
+    out = {}
+    for ax in fig.axes:
+        for c in ax.collections:
+            if not c.get_label().startswith("_") and len(c.get_facecolor()):
+                out[c.get_label()] = tuple(np.round(c.get_facecolor()[0][:3], 4))
+        for line in ax.lines:
+            if not line.get_label().startswith("_"):
+                out[line.get_label()] = tuple(np.round(to_rgb(line.get_color()), 4))
+    return out
+
+
+def test_a_method_has_one_colour_in_every_plot_and_report(reg, tmp_path, monkeypatch):
+    from matplotlib.colors import to_rgb
+
+    from ltbench.report.plots import method_color
+
+    register(reg, "ft_a", method="full-ft", acc=0.5, trainable=90_000)
+    figs = _figures(monkeypatch)
+    write_plots(collect(reg, dataset="toy-lt", with_paths=True), tmp_path / "all")
+    everything = dict(figs)
+    figs.clear()
+    write_plots(collect(reg, experts=["vpt_a", "ft_a"], with_paths=True), tmp_path / "two")  # fewer methods
+    want = {m: tuple(np.round(to_rgb(method_color(m)), 4)) for m in ("linear-probe", "lpt", "vpt", "full-ft")}
+    assert len(set(want.values())) == len(want)
+    expert_method = {"lp_s0": "linear-probe", "lpt_s{0,1,2}": "lpt", "vpt_a": "vpt", "ft_a": "full-ft"}
+    for run in (everything, figs):
+        for stem in ("accuracy_vs_params", "accuracy_vs_compute"):
+            got = {k: v for k, v in _colours(run[stem]).items() if k in want}
+            assert got and all(got[m] == want[m] for m in got), stem
+        lines = _colours(run["per_class_accuracy"])  # one line per expert, in its method's colour
+        assert lines and all(lines[e] == want[expert_method[e]] for e in lines)
+        ticks = {t.get_text(): tuple(np.round(to_rgb(t.get_color()), 4))
+                 for t in run["shot_groups"].axes[0].get_xticklabels()}
+        assert ticks and all(ticks[e] == want[expert_method[e]] for e in ticks)
+
+
+def test_error_bars_say_what_they_show(reg, tmp_path, monkeypatch):
+    from ltbench.report.plots import CI_LABEL, STD_LABEL
+
+    figs = _figures(monkeypatch)
+
+    def legend(stem):
+        return {t.get_text() for ax in figs[stem].axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+
+    write_plots(collect(reg, dataset="toy-lt", with_paths=True), tmp_path / "a")  # seed group + single runs
+    for stem in ("accuracy_vs_params", "accuracy_vs_compute"):
+        assert {CI_LABEL, STD_LABEL, *(["Pareto front"] if stem == "accuracy_vs_compute" else [])} <= legend(stem)
+    assert STD_LABEL in legend("shot_groups")
+    figs.clear()
+    write_plots(collect(reg, dataset="toy-lt", with_paths=True, group_seeds=False), tmp_path / "c")  # single runs
+    for stem in ("accuracy_vs_params", "accuracy_vs_compute"):
+        assert CI_LABEL in legend(stem) and STD_LABEL not in legend(stem), stem
+    figs.clear()
+    write_plots(collect(reg, dataset="toy-lt", with_paths=True, ci=False, group_seeds=False), tmp_path / "b")
+    for stem in ("accuracy_vs_params", "accuracy_vs_compute", "shot_groups"):
+        assert not {CI_LABEL, STD_LABEL} & legend(stem), stem  # no bars drawn, none claimed

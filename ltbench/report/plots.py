@@ -2,12 +2,19 @@
 
 - accuracy_vs_params: overall accuracy against trainable parameters (log x), bubble area ∝
   total model size, one labelled bubble per row (Figure 1 of the LPT papers);
+- accuracy_vs_compute: overall accuracy against the compute each row spent, in FLOPs and in
+  device seconds (two panels, log x), one point per row, the Pareto front (no other row is
+  as accurate for less compute) drawn as a step line;
 - per_class_accuracy: per-class test accuracy against training frequency, classes sorted by
   training count (descending), shot-group boundaries marked, one line per row;
 - shot_groups: many / medium / few accuracy as grouped bars.
 
 One set of files per dataset; with more than one dataset in the frame the file names get a
 `-<dataset>` suffix. Rows are those of `collect(..., with_paths=True)`.
+
+A method has one colour in every plot and every report (`method_color`: a fixed table, not
+the order methods happen to appear in). Error bars say what they are: a single run's 95 %
+bootstrap interval over test images, or the std over a seed group's runs.
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from ..registry import RegistryError
 from . import logits as _logits
 from .tables import _count
 
-GROUP_COLORS = {"many": "#1f77b4", "medium": "#ff7f0e", "few": "#2ca02c"}
+#: Shot groups in greys: colour is kept for methods (`method_color`).
+GROUP_COLORS = {"many": "#525252", "medium": "#969696", "few": "#d0d0d0"}
 MAX_LINES = 12
 DPI = 130
 
@@ -42,24 +50,70 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _method_colors(methods) -> dict[str, tuple]:
-    from matplotlib import colormaps
+#: One colour per method, whatever else a report holds (tab20's colours; fusions in greys/browns).
+METHOD_COLORS = {
+    "linear-probe": "#1f77b4", "full-ft": "#d62728", "vpt-shallow": "#aec7e8", "vpt-deep": "#ff7f0e",
+    "lpt": "#2ca02c", "lpt++": "#98df8a", "zero-shot": "#7f7f7f", "lit": "#c7c7c7", "lora": "#9467bd",
+    "adaptformer": "#c5b0d5", "lt-soups": "#e377c2", "fuse:mean": "#8c564b", "fuse:search": "#c49c94",
+    "fuse:learned": "#bcbd22", "fuse:moe": "#17becf",
+}
+_SPARE_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
+                 "#756bb1", "#636363"]
 
-    cmap = colormaps["tab10"]
-    return {m: cmap(i % 10) for i, m in enumerate(sorted(set(methods)))}
+
+def method_color(method: str) -> str:
+    """The method's colour: from METHOD_COLORS, else a spare colour chosen by a stable hash of its name."""
+    import zlib
+
+    return METHOD_COLORS.get(method) or _SPARE_COLORS[zlib.crc32(method.encode()) % len(_SPARE_COLORS)]
 
 
-def _yerr(df: pd.DataFrame) -> np.ndarray:
-    """Per row: ± std for seed groups, the bootstrap interval for single runs, else none."""
-    lo = np.zeros(len(df))
-    hi = np.zeros(len(df))
+def _method_colors(methods) -> dict[str, str]:
+    return {m: method_color(m) for m in set(methods)}
+
+
+#: What the two kinds of error bar show (legend labels).
+CI_LABEL = "95% bootstrap interval (single run, over test images)"
+STD_LABEL = "± std over seeds (seed group)"
+
+
+def _yerr_kinds(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lo/hi error [2, N] in %, seed-group mask, bootstrap mask): std for seed groups, the
+    bootstrap interval for single runs, none otherwise."""
+    err = np.zeros((2, len(df)))
+    std = np.zeros(len(df), bool)
+    boot = np.zeros(len(df), bool)
     for i, (_, r) in enumerate(df.iterrows()):
         if pd.notna(r.get("overall_std")) and (r.get("seeds") or 1) > 1:
-            lo[i] = hi[i] = 100 * r["overall_std"]
+            err[:, i] = 100 * r["overall_std"]
+            std[i] = True
         elif pd.notna(r.get("overall_lo")) and pd.notna(r.get("overall_hi")):
-            lo[i] = 100 * max(0.0, r["overall"] - r["overall_lo"])
-            hi[i] = 100 * max(0.0, r["overall_hi"] - r["overall"])
-    return np.vstack([lo, hi])
+            err[0, i] = 100 * max(0.0, r["overall"] - r["overall_lo"])
+            err[1, i] = 100 * max(0.0, r["overall_hi"] - r["overall"])
+            boot[i] = True
+    return err, std, boot
+
+
+def _error_bars(ax, x, y, df: pd.DataFrame) -> None:
+    """Bootstrap intervals and seed std drawn apart, each labelled in the legend."""
+    err, std, boot = _yerr_kinds(df)
+    for mask, label, style in ((boot, CI_LABEL, "-"), (std, STD_LABEL, "--")):
+        if mask.any():
+            bars = ax.errorbar(x[mask], y[mask], yerr=err[:, mask], fmt="none", ecolor="0.35", elinewidth=1,
+                               capsize=3, zorder=2, label=label)
+            bars[-1][0].set_linestyle(style)
+
+
+def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
+    """Indices of the rows no other row beats (as accurate or more for as little compute or less,
+    better in one), sorted by cost: the accuracy-for-compute frontier."""
+    order = np.lexsort((-acc, cost))  # cheapest first; at equal cost the most accurate first
+    front, best = [], -np.inf
+    for i in order:
+        if acc[i] > best:
+            front.append(i)
+            best = acc[i]
+    return np.asarray(front, dtype=np.int64)
 
 
 #: Where a bubble's label may go, tried in order: (dx, dy) in units of (radius + 3 pt), alignment.
@@ -116,8 +170,7 @@ def accuracy_vs_params(df: pd.DataFrame, path: Path, dataset: str) -> Path | Non
     total = d["total_params"].astype(float).fillna(0).to_numpy()
     top = total.max() if total.max() > 0 else 1.0
     sizes = 60 + 1400 * total / top
-    yerr = _yerr(d)
-    ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor="0.35", elinewidth=1, capsize=3, zorder=2)
+    _error_bars(ax, x, y, d)
     for method in sorted(set(d["method"])):
         m = (d["method"] == method).to_numpy()
         ax.scatter(x[m], y[m], s=sizes[m], color=colors[method], alpha=0.55, edgecolors="black", linewidths=0.6,
@@ -137,7 +190,51 @@ def accuracy_vs_params(df: pd.DataFrame, path: Path, dataset: str) -> Path | Non
     ax.grid(True, which="major", alpha=0.3)
     leg = ax.legend(title="method", fontsize=8, title_fontsize=8, loc="best", markerscale=0.5)
     for h in leg.legend_handles:
-        h.set_sizes([40])
+        if hasattr(h, "set_sizes"):
+            h.set_sizes([40])
+    return _save(fig, path)
+
+
+COMPUTE_AXES = (("flops", "FLOPs spent in training"), ("device_seconds", "device seconds spent in training"))
+
+
+def accuracy_vs_compute(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
+    d = df[df["overall"].notna()].reset_index(drop=True)
+    axes = [(col, label) for col, label in COMPUTE_AXES if col in d and d[col].notna().any()]
+    if not len(d) or not axes:
+        return None
+    fig = _figure(6.2 * len(axes), 5)
+    y = 100 * d["overall"].to_numpy(dtype=float)
+    for k, (col, label) in enumerate(axes):
+        ax = fig.add_subplot(1, len(axes), k + 1)
+        raw = d[col].astype(float).to_numpy()
+        ok = np.isfinite(raw)
+        positive = raw[ok & (raw > 0)]
+        floor = positive.min() / 3 if len(positive) else 1.0
+        x = np.where(ok & (raw > 0), raw, floor)  # no compute (zero-shot) sits at the left edge
+        x, yy, sub = x[ok], y[ok], d[ok].reset_index(drop=True)
+        _error_bars(ax, x, yy, sub)
+        for method in sorted(set(sub["method"])):
+            m = (sub["method"] == method).to_numpy()
+            ax.scatter(x[m], yy[m], s=46, color=method_color(method), edgecolors="black", linewidths=0.6,
+                       label=method, zorder=3)
+        front = pareto_front(x, yy)
+        if len(front):
+            fx, fy = x[front], yy[front]
+            ax.step(np.r_[fx, x.max() * 2], np.r_[fy, fy[-1]], where="post", color="black", linewidth=1,
+                    alpha=0.6, zorder=1, label="Pareto front")
+        spent = raw[ok]
+        for i in front:
+            note = " (none spent)" if spent[i] <= 0 else ""
+            ax.annotate(sub["expert"][i] + note, (x[i], yy[i]), xytext=(4, 4), textcoords="offset points", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlim(x.min() / 2, x.max() * 2)
+        ax.set_xlabel(f"{label} (log scale)")
+        ax.set_ylabel("overall test accuracy (%)")
+        ax.grid(True, which="major", alpha=0.3)
+        if k == len(axes) - 1:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(f"{dataset}: accuracy vs compute (one point per expert; labelled: on the Pareto front)", fontsize=10)
     return _save(fig, path)
 
 
@@ -168,7 +265,7 @@ def per_class_accuracy(df: pd.DataFrame, path: Path, dataset: str) -> Path | Non
             continue
         if counts is None:
             counts, many, few = c, many_t, few_t
-        lines.append((r["expert"], c, np.nanmean(np.vstack(accs), axis=0)))
+        lines.append((r["expert"], r["method"], c, np.nanmean(np.vstack(accs), axis=0)))
     if not lines:
         return None
     order = np.argsort(-counts, kind="stable")
@@ -184,13 +281,14 @@ def per_class_accuracy(df: pd.DataFrame, path: Path, dataset: str) -> Path | Non
     ax2.tick_params(axis="y", colors="0.4")
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"] if len(lines) <= 10 else colormaps["tab20"]
-    for i, (name, c, acc) in enumerate(lines):
+    styles = ["-", "--", ":", "-."]
+    seen: dict[str, int] = {}
+    for name, method, c, acc in lines:
         sorted_acc = 100 * acc[np.argsort(-c, kind="stable")]
         smooth = pd.Series(sorted_acc).rolling(window, center=True, min_periods=1).mean().to_numpy()
-        ax.plot(rank, smooth, color=cmap(i % cmap.N), linewidth=1.6, label=name)
+        k = seen[method] = seen.get(method, -1) + 1  # the method's colour; its experts told apart by line style
+        ax.plot(rank, smooth, color=method_color(method), linestyle=styles[k % len(styles)], linewidth=1.6,
+                label=name)
     groups = shot_groups(counts, many, few)[order]
     bounds = np.flatnonzero(np.diff(groups)) + 1  # first rank of each next group (0-based)
     for b in bounds:
@@ -226,11 +324,13 @@ def shot_group_bars(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
         if f"{g}_std" in d and grouped.any():  # std bars on seed groups only (single runs have none)
             err = 100 * d[f"{g}_std"].astype(float).fillna(0).to_numpy()
             ax.errorbar((xs + (j - 1) * width)[grouped], vals[grouped], yerr=err[grouped], fmt="none",
-                        ecolor="black", elinewidth=0.8, capsize=2)
-    ax.scatter(xs, 100 * d["overall"].astype(float).to_numpy(), marker="D", color="black", s=18, zorder=3,
-               label="overall")
+                        ecolor="black", elinewidth=0.8, capsize=2, label=STD_LABEL if j == 0 else None)
+    ax.scatter(xs, 100 * d["overall"].astype(float).to_numpy(), marker="D", color=[method_color(m) for m in d["method"]],
+               edgecolors="black", linewidths=0.6, s=26, zorder=3, label="overall (method colour)")
     ax.set_xticks(xs)
     ax.set_xticklabels(d["expert"], rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=8)
+    for tick, method in zip(ax.get_xticklabels(), d["method"]):
+        tick.set_color(method_color(method))
     ax.set_ylim(0, 100)
     ax.set_ylabel("test accuracy (%)")
     note = " (error bars: std over seeds)" if grouped.any() else ""
@@ -240,8 +340,8 @@ def shot_group_bars(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
     return _save(fig, path)
 
 
-PLOTS = {"accuracy_vs_params": accuracy_vs_params, "per_class_accuracy": per_class_accuracy,
-         "shot_groups": shot_group_bars}
+PLOTS = {"accuracy_vs_params": accuracy_vs_params, "accuracy_vs_compute": accuracy_vs_compute,
+         "per_class_accuracy": per_class_accuracy, "shot_groups": shot_group_bars}
 
 
 def _slug(s: str) -> str:
