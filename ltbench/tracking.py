@@ -97,7 +97,7 @@ class Tracker:
         self._phase = ""
         self._before = (0.0, 0.0)
         self._next_tick = 0.1
-        self._t0 = time.perf_counter()
+        self._t0, self._f0 = time.perf_counter(), 0.0
 
     # -- the trainer's events ----------------------------------------------------------------
     def phase_start(self, name: str, flops_before: float, seconds_before: float, fraction: float = 0.0) -> None:

@@ -67,7 +67,12 @@ def test_predict_agrees_with_registered_test_predictions(world, name):
     assert [int(row["file"][-8:-4]) for row in rows] == list(range(len(world["test"])))
     want = registered(world, name)
     probs = torch.softmax(want, 1)
-    assert np.array_equal([row["predictions"][0]["index"] for row in rows], want.argmax(1).numpy())
+    top1 = torch.tensor([row["predictions"][0]["index"] for row in rows])
+    # the registered argmax; where fp16 storage rounded the top two to a tie, either of the tied classes
+    tied = want == want.max(1, keepdim=True).values
+    assert tied[torch.arange(len(top1)), top1].all()
+    single = tied.sum(1) == 1
+    assert single.float().mean() > 0.9 and torch.equal(top1[single], want.argmax(1)[single])
     names = world["reg"].get(name).meta["classnames"]
     for row, p in zip(rows, probs):
         got = row["predictions"]
@@ -108,7 +113,9 @@ def test_export_is_one_file_that_loads_without_the_registry(world, tmp_path, mon
                             "--top", "1"], catch_exceptions=False)
     lines = r.stdout.splitlines()
     assert lines[0] == "file,rank,class,index,prob" and len(lines) == len(test) + 1
-    assert [int(line.split(",")[3]) for line in lines[1:]] == registered(world, "moe").argmax(1).tolist()
+    moe = registered(world, "moe")
+    picked = torch.tensor([int(line.split(",")[3]) for line in lines[1:]])
+    assert (moe[torch.arange(len(picked)), picked] == moe.max(1).values).all()  # a registered top-1 (fp16 ties)
 
 
 def test_exported_expert_refuses_a_different_backbone(world, tmp_path):
@@ -140,6 +147,7 @@ def test_predict_input_errors_are_one_line_before_any_work(world, tmp_path):
         (["predict", "lpt", str(world["images"]), "--top", "0"], "--top must be at least 1"),
         (["predict", str(tmp_path / "plain.safetensors"), str(world["images"])], "not an ltbench expert export"),
         (["export", "nope", str(tmp_path / "x.safetensors")], "no expert named 'nope'"),
+        (["show", "moe", "--history"], "expert 'moe' has no history.csv (a fused expert is fitted, not trained)"),
     ]
     for args, message in cases:
         r = invoke(world, *args)

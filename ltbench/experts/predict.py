@@ -87,9 +87,12 @@ def _device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise ExpertError(f"--device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ExpertError(f"--device {name!r}: this machine has no CUDA device (use cpu or auto)")
+    return device
 
 
 def render(rows: list[dict[str, Any]], fmt: str):
