@@ -470,8 +470,8 @@ class Trainer:
         with Stopwatch(self.device) as sw:
             logits = self.predict(split)
         train_mode(self.method)
-        self._val_seconds = sw.elapsed
-        meter.charge(flops=self._val_flops, seconds=sw.elapsed)
+        self._val_seconds = all_ranks_sum(sw.elapsed, self.dist, self.device)  # every rank runs the check
+        meter.charge(flops=self._val_flops * self.dist.world, seconds=self._val_seconds)
         return class_averaged_accuracy(logits.argmax(1).numpy() == split.labels, split.labels, self.data.num_classes)
 
     # -- checkpoints ----------------------------------------------------------------------
