@@ -210,17 +210,21 @@ def list_methods() -> list[tuple[str, str]]:
 
 
 def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: bool = True,
-          registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
+          registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
+          executor: str = "local", address: str | None = None):
     """`ltbench bench SUITE.yaml`: train the suite's missing runs, fit its fusions, write its report.
 
+    `executor="ray"` runs every job as a Ray task (on the cluster at `address`, or a local one).
     Returns (the rich table, the files written, the suite's expert names). The report covers
     exactly the suite's experts and goes to `out` (default <LTBENCH_HOME>/reports/<suite name>).
     """
     from .bench import Suite, load_suite, report_suite, run_suite
+    from .executors import check_executor
 
+    check_executor(executor, address)
     registry = registry or Registry()
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
-    names = run_suite(suite, registry=registry, console=console, quiet=quiet)
+    names = run_suite(suite, registry=registry, console=console, quiet=quiet, executor=executor, address=address)
     table, written = report_suite(suite, registry=registry, out=out, plots=plots)
     return table, written, names
 

@@ -62,10 +62,13 @@ from .methods import METHODS
 from .registry import Registry
 from .tracking import OPERATIONAL_KEYS
 
-SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "runs", "fusions", "reference")
+SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "runs", "fusions", "reference",
+              "resources", "retries")
 REFERENCE_KEYS = ("run", "name", "source", "overall", "many", "medium", "few", "ood")
 ACCURACY_KEYS = ("overall", "many", "medium", "few")
-RUN_KEYS = ("label", "method", "backbone", "set", "init")
+RUN_KEYS = ("label", "method", "backbone", "set", "init", "resources", "retries")
+#: What a Ray task of a run asks for (`--executor ray`); never part of a run's config.
+RESOURCE_KEYS = ("cpus", "gpus")
 FUSION_KEYS = ("label", "experts", "scorer", "trials", "objective", "per_group")
 REQUIRED = ("dataset", "backbone", "budget", "runs")
 #: Keys that do not change what a run computes: a registered expert may differ here.
@@ -83,6 +86,8 @@ class RunSpec:
     backbone: str
     sets: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)  # the suite's, updated by the run's
+    retries: int = 0
 
 
 @dataclass
@@ -107,6 +112,9 @@ class Job:
     explicit: dict[str, Any] | None = None  # what the suite sets (runs): checked against a registered expert
     fusion: FusionSpec | None = None
     members: list[str] | None = None  # expert names (fusions)
+    resources: dict[str, float] = field(default_factory=dict)  # Ray task resources: cpus, gpus
+    retries: int = 0  # further attempts after a failure (Ray executor)
+    needs: list[str] = field(default_factory=list)  # expert names this job waits for (init, fusion members)
 
 
 @dataclass
@@ -124,6 +132,8 @@ class Suite:
     jobs: list[Job] = field(default_factory=list)
     #: published rows: {run, name, source, overall, many, medium, few (fractions or None), ood: {set: fraction}}
     references: list[dict[str, Any]] = field(default_factory=list)
+    resources: dict[str, float] = field(default_factory=dict)
+    retries: int = 0
 
     def expert_name(self, label: str, seed: int) -> str:
         return f"{self.name}-{label}-s{seed}"
@@ -164,6 +174,27 @@ _SUITE_DECIDES = {"name": "the suite's name and the run's label", "seed": "seeds
                   "budget": "the top-level budget: (one budget for every run)", "resume": "the suite (it resumes by itself)",
                   "method": "the run's method:", "backbone": "backbone: (top level or the run's)",
                   "init": "the run's init: <label of an earlier run>"}
+
+
+def _resources(value: Any, where: str, source: str) -> dict[str, float]:
+    """`resources: {cpus: 8, gpus: 1}`: what one Ray task asks for; gpus > 1 runs the task as DDP."""
+    res = _mapping(value, f"{where}resources", source)
+    _check_keys(f"{where}resources: ", res, RESOURCE_KEYS, source)
+    for key, v in res.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "cpus" and v == 0):
+            raise SuiteError(f"{source}: {where}resources: {key} must be a {'positive' if key == 'cpus' else 'non-negative'}"
+                             f" number, got {v!r}")
+        if key == "gpus" and v > 1 and v != int(v):
+            raise SuiteError(f"{source}: {where}resources: gpus above 1 must be whole (one DDP process a GPU), got {v!r}")
+    return res
+
+
+def _retries(value: Any, where: str, source: str, default: int = 0) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise SuiteError(f"{source}: {where}retries must be a non-negative integer, got {value!r}")
+    return value
 
 
 def _check_set(sets: dict[str, Any], where: str, source: str) -> None:
@@ -218,6 +249,8 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         raise SuiteError(f"{source}: seeds must be a list of distinct integers, e.g. [0, 1, 2], got {seeds!r}")
     common = _mapping(data.get("set"), "set", source)
     _check_set(common, "", source)
+    resources = _resources(data.get("resources"), "", source)
+    retries = _retries(data.get("retries"), "", source)
     if not isinstance(data["runs"], list):
         raise SuiteError(f"{source}: runs must be a list of runs (each with a method), got {type(data['runs']).__name__}")
 
@@ -252,7 +285,9 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
                 why = ("is a later run: list it before this one" if later
                        else f"is no run of this suite.{_hint(init, labels)} Runs so far: {', '.join(labels) or 'none'}")
                 raise SuiteError(f"{source}: {where}init {init!r} {why}")
-        spec = RunSpec(label, str(raw["method"]), str(raw.get("backbone") or data["backbone"]), sets, init)
+        spec = RunSpec(label, str(raw["method"]), str(raw.get("backbone") or data["backbone"]), sets, init,
+                       {**resources, **_resources(raw.get("resources"), where, source)},
+                       _retries(raw.get("retries"), where, source, retries))
         if init is not None and labels[init].backbone != spec.backbone:
             raise SuiteError(f"{source}: {where}init {init!r} runs on {labels[init].backbone}, this run on "
                              f"{spec.backbone}: a run can only start from one on the same backbone")
@@ -298,7 +333,8 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
     references = _parse_references(data.get("reference"), [*labels, *(f.label for f in fusions)], source)
     suite = Suite(name=name, dataset=str(data["dataset"]), backbone=str(data["backbone"]), budget=str(data["budget"]),
                   seeds=seeds, sets=common, runs=runs, fusions=fusions, source=source,
-                  description=str(data.get("description") or ""), references=references)
+                  description=str(data.get("description") or ""), references=references, resources=resources,
+                  retries=retries)
     suite.jobs = plan(suite)
     return suite
 
@@ -353,10 +389,14 @@ def plan(suite: Suite) -> list[Job]:
                 raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}") from None
             except ConfigError as e:
                 raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}".replace("--set ", "set: ")) from None
-            jobs.append(Job("run", spec.label, name, seed, run=run, explicit={**flags, **sets}))
+            jobs.append(Job("run", spec.label, name, seed, run=run, explicit={**flags, **sets},
+                            resources=spec.resources, retries=spec.retries,
+                            needs=[sets["init"]] if spec.init is not None else []))
         for f in suite.fusions:
             members = [suite.expert_name(e, seed) for e in f.experts]
-            jobs.append(Job("fusion", f.label, suite.expert_name(f.label, seed), seed, fusion=f, members=members))
+            jobs.append(Job("fusion", f.label, suite.expert_name(f.label, seed), seed, fusion=f, members=members,
+                            resources={"cpus": suite.resources.get("cpus", 1)}, retries=suite.retries,
+                            needs=list(members)))
     return jobs
 
 
@@ -454,8 +494,11 @@ def check_registered(suite: Suite, registry: Registry) -> list[str]:
 
 
 def run_suite(suite: Suite, registry: Registry | None = None, console: Console | None = None,
-              quiet: bool = False, train: Callable | None = None, fuse: Callable | None = None) -> list[str]:
+              quiet: bool = False, train: Callable | None = None, fuse: Callable | None = None,
+              executor: str = "local", address: str | None = None) -> list[str]:
     """Train every run of the suite that is not registered yet, then fit its fusions; the experts' names.
+
+    `executor="ray"` runs them as Ray tasks instead (`executors.run_suite_ray`, at `address`).
 
     One progress bar covers the whole suite (jobs done / total, the current job as its
     description); each run's own bar appears under it. `train` / `fuse` default to
@@ -464,9 +507,14 @@ def run_suite(suite: Suite, registry: Registry | None = None, console: Console |
     from .fusion import fuse_experts
     from .train import train_expert
 
+    from .executors import check_executor, run_suite_ray
+
+    check_executor(executor, address)
+    registry = registry or Registry()
+    if executor == "ray":
+        return run_suite_ray(suite, registry, address=address, console=console, quiet=quiet)
     train = train or train_expert
     fuse = fuse or fuse_experts
-    registry = registry or Registry()
     console = console or Console(stderr=True)
     done = set(check_registered(suite, registry))
     progress = Progress(TextColumn(f"[bold]suite {suite.name}[/]"), BarColumn(), MofNCompleteColumn(),

