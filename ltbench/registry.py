@@ -1,7 +1,11 @@
-"""The expert registry: a SQLite index plus one complete folder per expert.
+"""The expert registry: an index (SQLite or PostgreSQL) plus one complete folder per expert.
 
-An expert is written to a temporary folder, renamed into place, then inserted in one
-transaction, so readers (`ls`, `report`) never see a half-written expert. The registry never
+The index is a SQLite file in the home (the default, no server) or any database URL
+(`LTBENCH_REGISTRY` / `Registry(url=…)`, e.g. postgresql://…), reached through one SQLAlchemy
+Core code path; the folders live in `LTBENCH_HOME`, a local or shared path (or a `file://` URL)
+that every writer of the index must see. An expert is written under a unique temporary key,
+renamed into place, then inserted in one transaction, so readers (`ls`, `report`) never see a
+half-written expert. The registry never
 destroys what it did not write: a name whose folder exists (indexed or not) is refused, two
 writers of one name are serialised by the index's write lock, and `doctor` reports (and with
 `repair` fixes) what a crash or outside damage left behind.
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+import sqlalchemy as sa
 
 if TYPE_CHECKING:
     import torch
@@ -32,18 +37,19 @@ if TYPE_CHECKING:
 # and `show` (JSON and SQLite only) start without them (tests/test_cli.py checks sys.modules).
 
 FORMAT_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS experts (
-    name TEXT PRIMARY KEY,
-    method TEXT NOT NULL,
-    backbone TEXT NOT NULL,
-    dataset TEXT NOT NULL,
-    seed INTEGER,
-    config_hash TEXT,
-    created TEXT NOT NULL,
-    format INTEGER NOT NULL
+_META = sa.MetaData()
+EXPERTS = sa.Table(  # the same table the SQLite-only registry created: old homes open unchanged
+    "experts", _META,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("method", sa.Text, nullable=False),
+    sa.Column("backbone", sa.Text, nullable=False),
+    sa.Column("dataset", sa.Text, nullable=False),
+    sa.Column("seed", sa.Integer),
+    sa.Column("config_hash", sa.Text),
+    sa.Column("created", sa.Text, nullable=False),
+    sa.Column("format", sa.Integer, nullable=False),
 )
-"""
+_COLUMNS = ("name", "method", "backbone", "dataset", "seed", "config_hash", "created", "format")
 
 
 from .errors import BrokenExpertWarning, RegistryError  # noqa: E402,F401
@@ -153,7 +159,80 @@ def _set_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("LTBENCH_HOME", "ltbench-runs"))
+    return local_home(os.environ.get("LTBENCH_HOME", "ltbench-runs"))
+
+
+def local_home(home: str | Path) -> Path:
+    """The artifact folder of a home: a path, or an fsspec URL of a filesystem mounted here.
+
+    `file://` (and any fsspec URL whose filesystem is the local one) resolves to its path. Object
+    stores (s3://, gs:// …) are refused: the registry's locks and renames need a POSIX
+    filesystem, so mount the bucket (s3fs, gcsfuse) or use a shared filesystem and give its path.
+    """
+    text = str(home)
+    if "://" not in text:
+        return Path(text)
+    import fsspec
+    from fsspec.implementations.local import LocalFileSystem
+
+    try:
+        fs, path = fsspec.core.url_to_fs(text)
+    except (ValueError, ImportError) as e:
+        raise RegistryError(f"LTBENCH_HOME {text!r}: {e}") from None
+    if not isinstance(fs, LocalFileSystem):
+        raise RegistryError(f"LTBENCH_HOME {text!r}: artifacts need a mounted filesystem (locks and atomic renames);"
+                            f" mount the {fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol} store and"
+                            " point LTBENCH_HOME at the mount")
+    return Path(path)
+
+
+def default_url(home: Path) -> str:
+    """$LTBENCH_REGISTRY (a database URL or a SQLite file path), else the SQLite file in the home."""
+    return database_url(os.environ.get("LTBENCH_REGISTRY") or home / "registry.sqlite")
+
+
+def database_url(url: str | Path) -> str:
+    """A database URL; a plain path is a SQLite file."""
+    text = str(url)
+    return text if "://" in text else f"sqlite:///{Path(text).absolute()}"
+
+
+_ENGINES: dict[tuple[str, int], sa.Engine] = {}
+
+
+def _engine(url: str) -> sa.Engine:
+    """One engine per URL and process (a pool for servers; a fresh connection per use for SQLite)."""
+    key = (url, os.getpid())
+    if key in _ENGINES:
+        return _ENGINES[key]
+    try:
+        if url.startswith("sqlite"):
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": 30})
+
+            @sa.event.listens_for(engine, "connect")
+            def _sqlite_connect(dbapi, _record):  # SQLite's own transactions, driven by the begin event
+                dbapi.isolation_level = None
+                dbapi.execute("PRAGMA busy_timeout=30000")
+                _set_wal(dbapi)
+
+            @sa.event.listens_for(engine, "begin")
+            def _sqlite_begin(conn):  # a writer takes the write lock at BEGIN (PostgreSQL: LOCK TABLE)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("write", False) else "BEGIN")
+        else:
+            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+    except (ModuleNotFoundError, sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as e:
+        shown = _shown(url)
+        hint = " (pip install 'ltbench[cluster]' for PostgreSQL)" if "postgres" in url else ""
+        raise RegistryError(f"cannot open the registry database {shown}: {e}{hint}") from None
+    _ENGINES[key] = engine
+    return engine
+
+
+def _shown(url: str) -> str:
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
 
 
 @dataclass
@@ -285,18 +364,31 @@ class Problem:
 
 
 class Registry:
-    def __init__(self, home: str | Path | None = None):
-        self.home = Path(home) if home is not None else default_home()
+    def __init__(self, home: str | Path | None = None, url: str | Path | None = None):
+        self.home = local_home(home) if home is not None else default_home()
         self.experts_dir = self.home / "experts"
-        self.index = self.home / "registry.sqlite"
+        self.url = database_url(url) if url is not None else default_url(self.home)
+        self.sqlite = self.url.startswith("sqlite")
+        #: what messages name: the SQLite file, or the server's URL without its password
+        self.index: Path | str = Path(sa.engine.make_url(self.url).database or "") if self.sqlite else _shown(self.url)
         try:
             self.experts_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RegistryError(f"cannot create the registry in {self.home} ({e.strerror}); make it writable"
                                 " or point LTBENCH_HOME at a writable folder") from None
-        with self._connect() as db:
-            _set_wal(db)
-            db.execute(_SCHEMA)
+        self._engine = _engine(self.url)
+        self._create_table()
+
+    def _create_table(self) -> None:
+        for attempt in range(3):
+            try:  # SQLite: under the write lock (a fresh file's check-then-create would not wait for it)
+                with self._connect(write=True, lock_table=False) as db:
+                    EXPERTS.create(db, checkfirst=True)
+                return
+            except (RegistryError, sa.exc.IntegrityError):
+                if self.sqlite or attempt == 2:
+                    raise
+                # PostgreSQL: another process created it between our check and create; check again
 
     @classmethod
     def existing(cls, home: str | Path | None = None) -> "Registry":
@@ -309,43 +401,53 @@ class Registry:
         return cls(path)
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection; SQLite's own errors become one line naming the index file and what to do."""
-        db = None
+    def _connect(self, write: bool = False, lock_table: bool = True) -> Iterator[sa.Connection]:
+        """One transaction, committed at the end; the database's errors become one line naming it.
+
+        `write` holds the index's write lock from the start (SQLite BEGIN IMMEDIATE, PostgreSQL
+        LOCK TABLE): writers are serialised, readers go on.
+        """
         try:
-            db = sqlite3.connect(self.index, timeout=30, isolation_level=None)
-            db.execute("PRAGMA busy_timeout=30000")
-            yield db
-        except sqlite3.IntegrityError:
+            with self._engine.connect() as db:
+                if write and self.sqlite:
+                    db.info["write"] = True
+                with db.begin():
+                    if write and lock_table and not self.sqlite:
+                        db.execute(sa.text("LOCK TABLE experts IN SHARE ROW EXCLUSIVE MODE"))
+                    yield db
+        except sa.exc.IntegrityError:
             raise
-        except sqlite3.DatabaseError as e:
-            text = str(e)
+        except sa.exc.DBAPIError as e:
+            text = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+            if not self.sqlite:
+                raise RegistryError(f"the registry database {self.index} failed ({type(e.orig).__name__}: {text});"
+                                    " is the server up and LTBENCH_REGISTRY right?") from None
             if any(w in text for w in ("readonly", "read-only", "unable to open", "disk I/O")):
                 raise RegistryError(f"cannot write the registry index {self.index} ({text}); make {self.home}"
                                     " writable or point LTBENCH_HOME at a writable folder") from None
             raise RegistryError(f"the registry index {self.index} is damaged ({text}); move it and its -wal/-shm"
                                 " files aside, then `ltbench doctor --repair` re-indexes the expert folders") from None
-        finally:
-            if db is not None:
-                db.close()
 
     def task_args(self) -> dict[str, Any]:
         """What another process (a Ray task) needs to open this same registry: `Registry(**args)`."""
-        return {"home": str(self.home)}
+        return {"home": str(self.home), "url": self.url}
 
     def env(self) -> dict[str, str]:
         """The same registry for a subprocess (`torchrun … -m ltbench.executors`)."""
-        return {"LTBENCH_HOME": str(self.home)}
+        return {"LTBENCH_HOME": str(self.home), "LTBENCH_REGISTRY": self.url}
+
+    def _has(self, db: sa.Connection, name: str) -> bool:
+        return db.execute(sa.select(EXPERTS.c.name).where(EXPERTS.c.name == name)).first() is not None
 
     # -- reading -----------------------------------------------------------------------
     def names(self) -> list[str]:
         with self._connect() as db:
-            return [r[0] for r in db.execute("SELECT name FROM experts ORDER BY name")]
+            return list(db.execute(sa.select(EXPERTS.c.name).order_by(EXPERTS.c.name)).scalars())
 
     def rows(self) -> list[dict[str, Any]]:
         with self._connect() as db:
-            db.row_factory = sqlite3.Row
-            return [dict(r) for r in db.execute("SELECT * FROM experts ORDER BY dataset, method, name")]
+            q = sa.select(EXPERTS).order_by(EXPERTS.c.dataset, EXPERTS.c.method, EXPERTS.c.name)
+            return [dict(r._mapping) for r in db.execute(q)]
 
     def healthy_rows(self) -> list[dict[str, Any]]:
         """`rows()` minus experts whose folder is missing or unreadable, each named in a BrokenExpertWarning."""
@@ -361,11 +463,11 @@ class Registry:
 
     def __contains__(self, name: str) -> bool:
         with self._connect() as db:
-            return db.execute("SELECT 1 FROM experts WHERE name=?", (name,)).fetchone() is not None
+            return self._has(db, name)
 
     def get(self, name: str) -> Expert:
         with self._connect() as db:
-            row = db.execute("SELECT format FROM experts WHERE name=?", (name,)).fetchone()
+            row = db.execute(sa.select(EXPERTS.c.format).where(EXPERTS.c.name == name)).first()
         if row is None:
             from ._registry import suggest
 
@@ -408,7 +510,8 @@ class Registry:
         from safetensors.torch import save_file
 
         check_name(name)
-        self.check_free(name)
+        with self._connect(write=True) as db:  # before any work; under the lock, so a writer mid-commit
+            self.check_free(name, db)          # is seen registered, not as a folder without its row
         token = uuid.uuid4().hex[:8]
         tmp = self.experts_dir / f".tmp-{name}-{token}"
         final = self.experts_dir / name
@@ -429,23 +532,14 @@ class Registry:
                     _write_json(tmp / file, obj)
                 if history is not None:
                     _write_history(tmp / "history.csv", history)
-                with self._connect() as db:
-                    db.execute("BEGIN IMMEDIATE")  # one writer at a time from here to COMMIT
+                with self._connect(write=True) as db:  # one writer at a time from here to the commit
+                    self.check_free(name, db)
+                    os.rename(tmp, final)  # fails, replacing nothing, if a non-empty `final` appeared
                     try:
-                        self.check_free(name, db)
-                        os.rename(tmp, final)  # fails, replacing nothing, if a non-empty `final` appeared
-                        try:
-                            db.execute(
-                                "INSERT INTO experts (name, method, backbone, dataset, seed, config_hash, created,"
-                                " format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                                _row(name, config, meta))
-                            db.execute("COMMIT")
-                        except BaseException:
-                            os.rename(final, tmp)  # ours: put it back so the cleanup below removes it
-                            raise
+                        db.execute(sa.insert(EXPERTS).values(_row(name, config, meta)))
+                        db.commit()  # the index row last: only now is the expert there
                     except BaseException:
-                        if db.in_transaction:
-                            db.execute("ROLLBACK")
+                        os.rename(final, tmp)  # ours: put it back so the cleanup below removes it
                         raise
             except OSError as e:
                 if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and Path(e.filename or "") == tmp:
@@ -456,12 +550,12 @@ class Registry:
                 shutil.rmtree(tmp, ignore_errors=True)
         return Expert(name, final)
 
-    def check_free(self, name: str, db: sqlite3.Connection | None = None) -> None:
+    def check_free(self, name: str, db: sa.Connection | None = None) -> None:
         """Raise RegistryError if `name` is indexed or its folder exists (callers check before any work)."""
         if db is None:
             with self._connect() as db2:
                 return self.check_free(name, db2)
-        if db.execute("SELECT 1 FROM experts WHERE name=?", (name,)).fetchone() is not None:
+        if self._has(db, name):
             raise RegistryError(f"expert {name!r} is already registered in {self.home}; pick --name or `ltbench rm {name}`")
         if os.path.lexists(self.experts_dir / name):
             raise RegistryError(f"cannot register {name!r}: {self.experts_dir / name} exists but is not indexed;"
@@ -475,13 +569,11 @@ class Registry:
         """
         self.get(name)
         trash = self.experts_dir / f".rm-{name}-{uuid.uuid4().hex[:8]}"
-        with self._connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM experts WHERE name=?", (name,))
+        with self._connect(write=True) as db:
+            db.execute(sa.delete(EXPERTS).where(EXPERTS.c.name == name))
             folder = self.experts_dir / name
             if os.path.lexists(folder):
                 os.replace(folder, trash)
-            db.execute("COMMIT")
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- checking and repair -------------------------------------------------------------
@@ -525,14 +617,13 @@ class Registry:
         for p in self.check():
             if p.kind == "orphan-row":
                 with self._connect() as db:
-                    db.execute("DELETE FROM experts WHERE name=?", (p.name,))
+                    db.execute(sa.delete(EXPERTS).where(EXPERTS.c.name == p.name))
             elif p.kind == "orphan-folder":
                 ex = Expert(p.name, p.path)
                 try:
                     with self._connect() as db:
-                        db.execute("INSERT INTO experts (name, method, backbone, dataset, seed, config_hash, created,"
-                                   " format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _row(p.name, ex.config, ex.meta))
-                except sqlite3.IntegrityError:  # indexed meanwhile
+                        db.execute(sa.insert(EXPERTS).values(_row(p.name, ex.config, ex.meta)))
+                except sa.exc.IntegrityError:  # indexed meanwhile
                     continue
             elif p.kind == "temporary":
                 if p.path.is_dir() and not p.path.is_symlink():
@@ -541,7 +632,7 @@ class Registry:
                     p.path.unlink(missing_ok=True)
             elif p.kind == "unreadable" and remove_broken:
                 with self._connect() as db:
-                    db.execute("DELETE FROM experts WHERE name=?", (p.name,))
+                    db.execute(sa.delete(EXPERTS).where(EXPERTS.c.name == p.name))
                 trash = self.experts_dir / f".rm-{p.name}-{uuid.uuid4().hex[:8]}"
                 os.replace(p.path, trash)
                 shutil.rmtree(trash, ignore_errors=True)
@@ -551,6 +642,7 @@ class Registry:
         return done
 
 
-def _row(name: str, config: dict[str, Any], meta: dict[str, Any]) -> tuple:
-    return (name, config.get("method"), config.get("backbone"), config.get("dataset"), config.get("seed"),
-            meta.get("config_hash"), meta.get("created", ""), int(meta.get("format", FORMAT_VERSION)))
+def _row(name: str, config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    values = (name, config.get("method"), config.get("backbone"), config.get("dataset"), config.get("seed"),
+              meta.get("config_hash"), meta.get("created", ""), int(meta.get("format", FORMAT_VERSION)))
+    return dict(zip(_COLUMNS, values))

@@ -75,19 +75,36 @@ def postgres_server():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def postgres_url(postgres_server) -> str:
-    """A fresh, empty database on the session's server, for one test."""
+def new_database(server: str) -> str:
+    """The URL of a fresh, empty database on a PostgreSQL server."""
     import uuid
 
     import sqlalchemy as sa
 
     db = f"t_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    engine = sa.create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
     with engine.connect() as c:
         c.execute(sa.text(f"CREATE DATABASE {db}"))
     engine.dispose()
-    return f"{postgres_server}/{db}"
+    return f"{server}/{db}"
+
+
+@pytest.fixture
+def postgres_url(postgres_server) -> str:
+    """A fresh, empty database on the session's server, for one test."""
+    return new_database(postgres_server)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request, monkeypatch) -> str | None:
+    """Run a registry test on both index backends: SQLite in the home (None), or a fresh PostgreSQL
+    database set as LTBENCH_REGISTRY (so `Registry(home)` and every subprocess use it)."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("LTBENCH_REGISTRY", raising=False)
+        return None
+    url = request.getfixturevalue("postgres_url")
+    monkeypatch.setenv("LTBENCH_REGISTRY", url)
+    return url
 
 
 @pytest.fixture(scope="session")

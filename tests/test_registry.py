@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import torch
 
 from ltbench.registry import FORMAT_VERSION, Registry, RegistryError
@@ -13,7 +14,7 @@ def _register(reg, name="a", **kw):
                         logits, {"val": {"overall": 0.5}}, {"config_hash": "abc", "created": "now"}, **kw)
 
 
-def test_round_trip(tmp_path):
+def test_round_trip(tmp_path, backend):
     reg = Registry(tmp_path)
     ex = _register(reg)
     again = Registry(tmp_path).get("a")
@@ -25,9 +26,10 @@ def test_round_trip(tmp_path):
     assert again.labels("ood:sketch").tolist() == [1, 2]
     assert torch.equal(again.delta()["head.weight"], torch.ones(3, 2))
     assert Registry(tmp_path).rows()[0]["name"] == "a"
+    assert (tmp_path / "registry.sqlite").exists() == (backend is None)  # PostgreSQL: no file in the home
 
 
-def test_duplicate_name_refused_and_nothing_overwritten(tmp_path):
+def test_duplicate_name_refused_and_nothing_overwritten(tmp_path, backend):
     reg = Registry(tmp_path)
     _register(reg)
     with pytest.raises(RegistryError, match="already registered"):
@@ -35,7 +37,7 @@ def test_duplicate_name_refused_and_nothing_overwritten(tmp_path):
     assert reg.names() == ["a"]
 
 
-def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
+def test_failed_write_leaves_nothing(tmp_path, monkeypatch, backend):
     reg = Registry(tmp_path)
     calls = []
 
@@ -54,7 +56,7 @@ def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
     assert reg.names() == [] and not list(reg.experts_dir.iterdir())
 
 
-def test_rm_removes_row_and_folder(tmp_path):
+def test_rm_removes_row_and_folder(tmp_path, backend):
     reg = Registry(tmp_path)
     _register(reg)
     reg.remove("a")
@@ -63,12 +65,12 @@ def test_rm_removes_row_and_folder(tmp_path):
         reg.remove("a")
 
 
-def test_missing_split_and_newer_format(tmp_path):
+def test_missing_split_and_newer_format(tmp_path, backend):
     reg = Registry(tmp_path)
     _register(reg)
     with pytest.raises(RegistryError, match="no cached logits for split 'test'"):
         reg.get("a").logits("test")
     with reg._connect() as db:
-        db.execute("UPDATE experts SET format=? WHERE name='a'", (FORMAT_VERSION + 1,))
+        db.execute(sa.text("UPDATE experts SET format=:f WHERE name='a'"), {"f": FORMAT_VERSION + 1})
     with pytest.raises(RegistryError, match="newer ltbench"):
         reg.get("a")

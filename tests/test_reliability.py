@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY_SETS
+from conftest import TINY_SETS, new_database
 from ltbench.cli import app
 from ltbench.registry import Registry, RegistryError
 
@@ -101,7 +102,7 @@ def _register_at_once(home, name, barrier):
                  {"val": (torch.zeros(3, 2), np.array([0, 1, 0]))}, {"val": {"overall": 1.0}}, {"created": "x"})
 
 
-def test_writers_finishing_at_the_same_moment_all_register(tmp_path):
+def test_writers_finishing_at_the_same_moment_all_register(tmp_path, backend):
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(4)
     procs = [ctx.Process(target=_register_at_once, args=(tmp_path, f"e{i}", barrier)) for i in range(4)]
@@ -116,11 +117,14 @@ def _open_at_once(home, barrier):
     Registry(home).names()
 
 
-def test_processes_opening_a_fresh_home_together_all_succeed(tmp_path):
+def test_processes_opening_a_fresh_home_together_all_succeed(tmp_path, backend, monkeypatch, request):
     """The ranks of a torchrun job create the same new registry at once (CI saw 'database is
-    locked' from the WAL switch); 40 fresh homes × 4 processes, every open must succeed."""
+    locked' from the WAL switch); 40 fresh homes × 4 processes (PostgreSQL: 10 fresh databases,
+    where the race is creating the table), every open must succeed."""
     ctx = mp.get_context("fork")
-    for i in range(40):
+    for i in range(40 if backend is None else 10):
+        if backend is not None:
+            monkeypatch.setenv("LTBENCH_REGISTRY", new_database(request.getfixturevalue("postgres_server")))
         barrier = ctx.Barrier(4)
         procs = [ctx.Process(target=_open_at_once, args=(tmp_path / str(i), barrier)) for _ in range(4)]
         [p.start() for p in procs]
@@ -128,7 +132,7 @@ def test_processes_opening_a_fresh_home_together_all_succeed(tmp_path):
         assert [p.exitcode for p in procs] == [0] * 4, f"home {i}"
 
 
-def test_two_trainings_at_once_while_a_reader_lists(tmp_path):
+def test_two_trainings_at_once_while_a_reader_lists(tmp_path, backend):
     procs = [ltbench("train", *TINY, "--method", "linear-probe", "--budget", "3epochs", "--name", f"p{i}",
                      home=tmp_path, wait=False) for i in range(2)]
     reg = Registry(tmp_path)
@@ -144,7 +148,7 @@ def test_two_trainings_at_once_while_a_reader_lists(tmp_path):
     assert not [p for p in reg.experts_dir.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
-def test_rm_removes_row_and_folder_together(tmp_path):
+def test_rm_removes_row_and_folder_together(tmp_path, backend):
     _register_at_once(tmp_path, "gone", mp.get_context("spawn").Barrier(1))
     reg = Registry(tmp_path)
     reg.remove("gone")
@@ -229,12 +233,12 @@ def _complete(ex) -> bool:
             and ex.logits("val").shape == (3, 2))
 
 
-def test_register_refuses_a_folder_the_index_does_not_know(tmp_path):
+def test_register_refuses_a_folder_the_index_does_not_know(tmp_path, backend):
     """An emptied index must not let a new registration replace the old expert's folder."""
     _register_at_once(tmp_path, "old", mp.get_context("spawn").Barrier(1))
     reg = Registry(tmp_path)
     with reg._connect() as db:
-        db.execute("DELETE FROM experts")
+        db.execute(sa.text("DELETE FROM experts"))
     before = {p.name: p.read_bytes() for p in (reg.experts_dir / "old").rglob("*") if p.is_file()}
     with pytest.raises(RegistryError, match="exists but is not indexed"):
         _register_at_once(tmp_path, "old", mp.get_context("spawn").Barrier(1))
@@ -250,10 +254,12 @@ def _register_or_report(home, name, barrier, queue):
         queue.put(f"error: {e}")
 
 
-def test_concurrent_registrations_of_one_name_give_one_complete_expert(tmp_path):
+def test_concurrent_registrations_of_one_name_give_one_complete_expert(tmp_path, backend, monkeypatch, request):
     ctx = mp.get_context("spawn")
     for attempt in range(3):
         home = tmp_path / str(attempt)
+        if backend is not None:  # a fresh index for each attempt, like the fresh home
+            monkeypatch.setenv("LTBENCH_REGISTRY", new_database(request.getfixturevalue("postgres_server")))
         barrier, queue = ctx.Barrier(4), ctx.Queue()
         procs = [ctx.Process(target=_register_or_report, args=(home, "same", barrier, queue)) for _ in range(4)]
         [p.start() for p in procs]
@@ -261,7 +267,7 @@ def test_concurrent_registrations_of_one_name_give_one_complete_expert(tmp_path)
         assert [p.exitcode for p in procs] == [0] * 4
         results = sorted(queue.get(timeout=5) for _ in procs)
         assert results[-1] == "ok" and results.count("ok") == 1, results
-        assert all("'same'" in r and ("already registered" in r or "appeared meanwhile" in r) for r in results[:-1])
+        assert all("'same'" in r and ("already registered" in r or "appeared meanwhile" in r) for r in results[:-1]), results
         reg = Registry(home)
         assert reg.names() == ["same"] and _complete(reg.get("same"))
         assert sorted(p.name for p in reg.experts_dir.iterdir()) == ["same"]  # no temporaries or locks left
@@ -279,7 +285,7 @@ def _broken_home(tmp_path):
     meta = reg.experts_dir / "bad-meta" / "meta.json"
     meta.write_text(meta.read_text()[:20])  # truncated
     with reg._connect() as db:
-        db.execute("DELETE FROM experts WHERE name='unindexed'")
+        db.execute(sa.text("DELETE FROM experts WHERE name='unindexed'"))
     (reg.experts_dir / ".tmp-half-0123abcd" / "logits").mkdir(parents=True)  # a crashed writer's
     return home, reg
 
@@ -295,7 +301,7 @@ def _doctor(home, *args):
         _os.environ.pop("LTBENCH_HOME") if old is None else _os.environ.__setitem__("LTBENCH_HOME", old)
 
 
-def test_doctor_finds_and_repair_fixes_only_when_asked(tmp_path):
+def test_doctor_finds_and_repair_fixes_only_when_asked(tmp_path, backend):
     home, reg = _broken_home(tmp_path)
     r = _doctor(home)
     assert r.exit_code == 1, r.output
@@ -318,7 +324,7 @@ def test_doctor_finds_and_repair_fixes_only_when_asked(tmp_path):
     assert _doctor(home).output.strip() == "registry OK"
 
 
-def test_a_broken_expert_is_skipped_with_a_warning_and_rm_drops_an_orphan_row(tmp_path):
+def test_a_broken_expert_is_skipped_with_a_warning_and_rm_drops_an_orphan_row(tmp_path, backend):
     home, reg = _broken_home(tmp_path)
     r = ltbench("report", "--format", "csv", "--no-ci", home=home)
     assert r.returncode == 0, r.stderr
