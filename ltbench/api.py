@@ -248,9 +248,10 @@ def demo(registry: Registry | None = None, console: Console | None = None, quiet
 
 def fuse(experts: str | list[str], scorer: str = "moe", trials: int = 200, name: str | None = None,
          storage: str | None = None, objective: str = "balanced", seed: int = 0, per_group: bool = False,
-         registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
+         registry: Registry | None = None, console: Console | None = None, quiet: bool = False, workers: int = 1):
     """`ltbench fuse`: fit a scorer on the experts' cached val logits and register the fused expert."""
     from .fusion import fuse_experts
 
     return fuse_experts(experts, scorer, name=name, trials=trials, objective=objective, seed=seed,
-                        per_group=per_group, storage=storage, registry=registry, console=console, quiet=quiet)
+                        per_group=per_group, storage=storage, workers=workers, registry=registry, console=console,
+                        quiet=quiet)

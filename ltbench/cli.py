@@ -149,7 +149,8 @@ def fuse(
     scorer: str = typer.Option("moe", help="search | learned | moe | mean"),
     trials: int = typer.Option(200, help="Optuna trials in total (search, moe); a resumed study runs the rest"),
     name: Optional[str] = typer.Option(None, help="fused expert's name (default fuse-SCORER_A+B)"),
-    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///fuse.db) to resume a search"),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///fuse.db, postgresql://…) to resume or share a search"),
+    workers: int = typer.Option(1, help="search processes on the --storage study (exact trial count; a killed one's trial is retried)"),
     objective: str = typer.Option("balanced", help="val objective: balanced | harmonic | accuracy"),
     seed: int = typer.Option(0, help="seed of the search sampler, the held-out split and the offset network"),
     per_group: bool = typer.Option(False, "--per-group/--no-per-group",
@@ -158,7 +159,7 @@ def fuse(
 ) -> None:
     """Fuse registered experts with an MoE scorer fitted on val logits; register the result."""
     expert = api.fuse(experts, scorer=scorer, trials=trials, name=name, storage=storage, objective=objective,
-                      seed=seed, per_group=per_group, console=err, quiet=quiet)
+                      seed=seed, per_group=per_group, console=err, quiet=quiet, workers=workers)
     out.print(f"registered [bold]{expert.name}[/] in {expert.path}")
     out.print(api.report_table(experts=[expert.name]))
 

@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -32,13 +33,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
+@contextlib.contextmanager
+def postgres():
     """A PostgreSQL server from Debian's `postgresql` package in a temporary folder: its base URL.
 
-    Run as the package's `postgres` user when the tests run as root (the server refuses root);
-    trust auth on 127.0.0.1 at a port picked free now; stopped (and its folder removed) at the
-    end of the session, on failure too. Needs no terminal and no standard input.
+    Run as the package's `postgres` user when running as root (the server refuses root); trust
+    auth on 127.0.0.1 at a port picked free now; stopped and its folder removed on the way out,
+    on failure too. Needs no terminal and no standard input. (benchmarks/bench_suite.py uses it too.)
     """
     import glob
     import shutil
@@ -47,7 +48,7 @@ def postgres_server():
 
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
     if not bins:
-        pytest.fail("PostgreSQL is not installed: `apt-get install -y postgresql` (scripts/setup.sh does it)")
+        raise RuntimeError("PostgreSQL is not installed: `apt-get install -y postgresql` (scripts/setup.sh does it)")
     bindir = Path(bins[-1]).parent
     root = Path(tempfile.mkdtemp(prefix="ltbench-pg-"))  # under /tmp: the postgres user can reach it
     user = None
@@ -63,16 +64,25 @@ def postgres_server():
     try:
         r = subprocess.run([bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"],
                            **run)
-        assert r.returncode == 0, r.stderr
+        if r.returncode != 0:
+            raise RuntimeError(f"initdb failed: {r.stderr}")
         opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
         r = subprocess.run([bindir / "pg_ctl", "-D", data, "-o", opts, "-l", root / "log", "-w", "-t", "60", "start"], **run)
-        assert r.returncode == 0, r.stdout + r.stderr + (root / "log").read_text()
-        started = True
+        started = True  # pg_ctl may have started it even when it reports a failure: stop it anyway
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {r.stdout}{r.stderr}{(root / 'log').read_text()}")
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
         if started:
             subprocess.run([bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"], **run)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The session's PostgreSQL server (see `postgres`): its base URL."""
+    with postgres() as url:
+        yield url
 
 
 def new_database(server: str) -> str:

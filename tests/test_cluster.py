@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy as sa
 import yaml
 
 from conftest import TINY_DATA
@@ -63,8 +64,9 @@ def sequential(tmp_path_factory):
     return _summary(reg)
 
 
-def test_ray_suite_registers_each_expert_once_with_the_sequential_metrics(ray_cluster, sequential, tmp_path):
-    reg = Registry(tmp_path / "runs")
+def test_ray_suite_registers_each_expert_once_in_postgresql_with_the_sequential_metrics(
+        ray_cluster, sequential, postgres_url, tmp_path):
+    reg = Registry(tmp_path / "runs", url=postgres_url)
     seen: dict[str, set] = {}
 
     def watch(states):
@@ -79,6 +81,7 @@ def test_ray_suite_registers_each_expert_once_with_the_sequential_metrics(ray_cl
     assert sorted(got) == sorted(sequential) == sorted(parse_suite(FOUR, "four.yaml").names)
     assert got == sequential  # configs (budget and every value), steps spent, and metrics
     assert len({p for pids in seen.values() for p in pids}) >= 2  # both workers took tasks
+    assert not (tmp_path / "runs" / "registry.sqlite").exists() and _leftovers(reg) == []
 
 
 def _leftovers(reg: Registry) -> list[str]:
@@ -125,11 +128,11 @@ def test_failed_run_is_reported_retried_and_the_others_finish(ray_cluster, tmp_p
     assert reg.names() == sorted(j.name for j in suite.jobs if j is not bad) and dependent.name in reg.names()
 
 
-def test_sigkilled_suite_resumes_to_the_uninterrupted_set(ray_cluster, sequential, tmp_path):
+def test_sigkilled_suite_resumes_to_the_uninterrupted_set(ray_cluster, sequential, postgres_url, tmp_path):
     path = tmp_path / "four.yaml"
     path.write_text(yaml.safe_dump(FOUR))
     home = tmp_path / "runs"
-    env = {**os.environ, "LTBENCH_HOME": str(home)}
+    env = {**os.environ, "LTBENCH_HOME": str(home), "LTBENCH_REGISTRY": postgres_url}
     cmd = [sys.executable, "-m", "ltbench", "bench", str(path), "--executor", "ray", "--address",
            ray_cluster.address, "--quiet", "--no-plots"]
     driver = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -137,18 +140,18 @@ def test_sigkilled_suite_resumes_to_the_uninterrupted_set(ray_cluster, sequentia
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and driver.poll() is None:
-            if (home / "registry.sqlite").exists() and Registry(home).names():
+            if Registry(home, url=postgres_url).names():
                 break
             time.sleep(0.1)
         assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    partial = Registry(home).names()
+    partial = Registry(home, url=postgres_url).names()
     assert 0 < len(partial) < len(sequential)
     from ltbench.executors import run_suite_ray
 
-    reg = Registry(home)
+    reg = Registry(home, url=postgres_url)
     run_suite_ray(load_suite(path), reg, quiet=True)  # the resumed driver (this process: its workers are warm)
     assert _summary(reg) == sequential and _leftovers(reg) == []
 
@@ -183,3 +186,134 @@ def test_ddp_task_command():
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and "--nproc_per_node=4" in cmd
     assert cmd[-3:] == ["-m", "ltbench.executors", "/x/run.json"]
+
+
+# -- fusion on a shared study ----------------------------------------------------------------------
+def _fusion_registry(tmp_path):
+    from test_fusion import HEAD, MID, TAIL, add_expert
+
+    reg = Registry(tmp_path / "fuse")
+    for i, profile in enumerate((HEAD, TAIL, MID)):
+        add_expert(reg, f"x{i}", profile, i + 1)
+    return reg
+
+
+def _study_counts(storage: str, study_name: str) -> dict[str, int]:
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    counts: dict[str, int] = {}
+    for t in study.trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
+
+
+def test_fuse_workers_on_postgresql_run_exactly_the_trials(postgres_url, tmp_path):
+    from ltbench.fusion import fuse_experts
+
+    reg = _fusion_registry(tmp_path)
+    ex = fuse_experts("x0,x1,x2", "search", trials=24, storage=postgres_url, workers=3, registry=reg, quiet=True,
+                      name="shared")
+    info = ex.meta["scorer_info"]["search"]
+    assert info["workers"] == 3 and info["worker_exit_codes"] == [0, 0, 0]
+    assert info["trials_completed"] == 24 and _study_counts(postgres_url, info["study_name"]) == {"COMPLETE": 24}
+    # the anchors ran: the search is never below the best single expert
+    assert info["best_value"] >= max(info["single_values"].values())
+
+
+def test_fuse_worker_killed_mid_search_loses_no_trial(postgres_url, tmp_path):
+    import multiprocessing as mp
+
+    from ltbench.fusion import fuse_experts
+
+    reg = _fusion_registry(tmp_path)
+    result, errors = {}, []
+
+    def fuse():
+        try:
+            result["ex"] = fuse_experts("x0,x1,x2", "search", trials=60, storage=postgres_url, workers=2,
+                                        registry=reg, quiet=True, name="survivor")
+        except Exception as e:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(e)
+
+    thread = threading.Thread(target=fuse)
+    thread.start()
+    killed = None
+    engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)  # plain SQL: the test creates no table
+    deadline = time.monotonic() + 240
+    while thread.is_alive() and time.monotonic() < deadline and killed is None:
+        if sa.inspect(engine).has_table("trials"):
+            with engine.connect() as c:
+                states = dict(c.execute(sa.text("SELECT state, count(*) FROM trials GROUP BY state")).all())
+            if states.get("COMPLETE", 0) >= 10 and states.get("RUNNING", 0):
+                workers = [p for p in mp.active_children() if p.name.startswith("SpawnProcess")]
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)  # mid-trial or between two: either way it dies for real
+        time.sleep(0.05)
+    engine.dispose()
+    thread.join(300)
+    assert killed is not None, f"the search ended before a worker could be killed {errors}"
+    assert not errors, errors
+    info = result["ex"].meta["scorer_info"]["search"]
+    assert sorted(info["worker_exit_codes"]) == [-signal.SIGKILL, 0]
+    counts = _study_counts(postgres_url, info["study_name"])
+    assert counts["COMPLETE"] == 60 and info["trials_completed"] == 60
+    assert set(counts) <= {"COMPLETE", "FAIL"}  # a failed trial (the killed one's) was retried, none left running
+
+
+def test_fuse_workers_need_a_shared_storage(tmp_path):
+    from ltbench.fusion import FusionError, fuse_experts
+
+    reg = _fusion_registry(tmp_path)
+    with pytest.raises(FusionError, match="--workers N > 1 needs a shared study"):
+        fuse_experts("x0,x1", "search", workers=2, registry=reg, quiet=True)
+    assert reg.names() == ["x0", "x1", "x2"]
+
+
+# -- two machines' worth of writers on one database --------------------------------------------------
+WRITER = """
+import json, sys
+import numpy as np, torch
+from ltbench.registry import Registry, RegistryError
+first, last = int(sys.argv[1]), int(sys.argv[2])
+reg = Registry()  # LTBENCH_HOME (the shared folder) and LTBENCH_REGISTRY (the database) from the environment
+out = {}
+for i in range(first, last):
+    name = f"e{i:03d}"
+    try:
+        reg.register(name, {"method": "m", "backbone": "b", "dataset": "d", "seed": 0}, {"w": torch.full((3,), float(i))},
+                     {"val": (torch.zeros(4, 2), np.zeros(4, dtype=np.int64))}, {"val": {"overall": i / 100}},
+                     {"created": sys.argv[3]})
+        out[name] = "ok"
+    except RegistryError as e:
+        out[name] = str(e)
+print(json.dumps(out))
+"""
+
+
+def test_two_machines_writing_one_database_never_lose_or_duplicate_an_expert(postgres_url, tmp_path):
+    """Two writer processes, each from its own working folder (its own machine), on one PostgreSQL
+    index and one shared artifact folder; their name ranges overlap on e010–e029."""
+    shared = tmp_path / "shared"
+    procs = []
+    for machine, (first, last) in {"a": (0, 30), "b": (10, 40)}.items():
+        cwd = tmp_path / machine
+        cwd.mkdir()
+        env = {**os.environ, "LTBENCH_HOME": f"file://{shared}", "LTBENCH_REGISTRY": postgres_url}
+        procs.append(subprocess.Popen([sys.executable, "-c", WRITER, str(first), str(last), machine], cwd=cwd, env=env,
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    a, b = (json.loads(out) for out, _ in outs)
+    reg = Registry(shared, url=postgres_url)
+    names = [f"e{i:03d}" for i in range(40)]
+    assert reg.names() == names and sorted(p.name for p in reg.experts_dir.iterdir()) == names
+    for i, name in enumerate(names):
+        results = [r[name] for r in (a, b) if name in r]
+        assert results.count("ok") == 1, (name, results)  # exactly one writer won …
+        assert all("already registered" in r or "appeared meanwhile" in r for r in results if r != "ok")  # … the other was told
+        ex = reg.get(name)
+        winner = "a" if a.get(name) == "ok" else "b"
+        assert ex.problem() is None and ex.meta["created"] == winner and ex.delta()["w"].tolist() == [float(i)] * 3
+    assert not (tmp_path / "a" / "ltbench-runs").exists() and not (tmp_path / "b" / "ltbench-runs").exists()

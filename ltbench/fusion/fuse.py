@@ -179,6 +179,7 @@ def fuse_experts(
     seed: int = 0,
     per_group: bool = False,
     storage: str | None = None,
+    workers: int = 1,
     registry: Registry | None = None,
     console: Console | None = None,
     quiet: bool = False,
@@ -194,6 +195,9 @@ def fuse_experts(
         raise FusionError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     if trials < 1:
         raise FusionError(f"--trials must be at least 1, got {trials}")
+    from .parallel import check_workers
+
+    check_workers(workers, storage)
     name = name or f"fuse-{scorer}_{'+'.join(names)}"
     check_name(name)
     registry.check_free(name)
@@ -214,6 +218,7 @@ def fuse_experts(
     ctx = FitContext(stack=val_stack, labels=members[0].labels("val"), shot_groups=sg, groups=groups,
                      group_names=group_names, experts=names, objective=objective, seed=seed, trials=trials,
                      storage=storage, study_name=study_name_for(members, scorer, objective, per_group, seed),
+                     workers=workers,
                      options=options)
     model, info = fit(scorer, ctx)
     with torch.no_grad():

@@ -37,6 +37,7 @@ class FitContext:
     trials: int = 200
     storage: str | None = None
     study_name: str = "ltbench-fuse"
+    workers: int = 1  # search processes sharing the study in `storage`
     options: dict[str, Any] | None = None
 
     def score(self, labels: np.ndarray | None = None) -> Callable[[torch.Tensor], float]:
@@ -73,7 +74,7 @@ def fit_mean(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
 @SCORERS.register("search", help="W_base: Optuna TPE search of one weight per expert (and group) on val")
 def fit_search(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
     w, info = search_weights(ctx.stack, ctx.score(), ctx.experts, ctx.group_names, ctx.trials, ctx.seed,
-                             ctx.storage, ctx.study_name)
+                             ctx.storage, ctx.study_name, ctx.workers, (ctx.objective, ctx.labels, ctx.shot_groups))
     return FusionModel(w, ctx.groups), {"search": info}
 
 
@@ -91,7 +92,8 @@ def fit_moe(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
     rows_search, rows_offset = stratified_holdout(ctx.labels, share, ctx.seed)
     searched = ctx.part(rows_search)
     w, search_info = search_weights(searched.stack, searched.score(), ctx.experts, ctx.group_names, ctx.trials,
-                                    ctx.seed, ctx.storage, ctx.study_name)
+                                    ctx.seed, ctx.storage, ctx.study_name, ctx.workers,
+                                    (ctx.objective, searched.labels, ctx.shot_groups))
     model, learn_info = _learn(ctx.part(rows_offset), w)
     split = {"kind": "disjoint", "offset_share": share, "seed": ctx.seed,
              "search_rows": rows_search.tolist(), "offset_rows": rows_offset.tolist()}

@@ -39,12 +39,18 @@ def _quiet_optuna() -> Iterator[None]:
         optuna.logging.set_verbosity(level)
 
 
-def open_study(study_name: str, storage: str | None, seed: int):
+def open_study(study_name: str, storage: str | None, seed: int, heartbeat: bool = False):
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     try:
-        study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler,
+        if heartbeat:  # shared by workers: a killed one's trial is failed and retried
+            from .parallel import rdb_storage
+
+            study_storage = rdb_storage(storage)
+        else:
+            study_storage = storage
+        study = optuna.create_study(study_name=study_name, storage=study_storage, sampler=sampler,
                                     direction="maximize", load_if_exists=True)
     except Exception as e:  # bad URL, missing driver, unwritable file: a user error, said in one line
         hint = " (expected a database URL such as sqlite:///fusion.db)" if storage and "://" not in storage else ""
@@ -57,8 +63,13 @@ def open_study(study_name: str, storage: str | None, seed: int):
 
 def search_weights(stack: ProbStack, score: Callable[[torch.Tensor], float], experts: list[str],
                    group_names: list[str] | None, trials: int, seed: int, storage: str | None,
-                   study_name: str) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Best [E, G] weights on the validation stack, and what the search did."""
+                   study_name: str, workers: int = 1,
+                   score_spec: tuple[str, Any, Any] | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Best [E, G] weights on the validation stack, and what the search did.
+
+    With `workers` > 1 the trials run in that many processes on the study in `storage`
+    (`parallel.run_workers`), which rebuild `score` from `score_spec` (objective, labels, shot groups).
+    """
     import optuna
 
     E, G = stack.num_experts, stack.num_groups
@@ -75,7 +86,7 @@ def search_weights(stack: ProbStack, score: Callable[[torch.Tensor], float], exp
 
     t0 = time.perf_counter()
     with _quiet_optuna():
-        study = open_study(study_name, storage, seed)
+        study = open_study(study_name, storage, seed, heartbeat=workers > 1)
         anchors = [{k: 1.0 for row in keys for k in row}]  # equal weights
         anchors += [{k: (1.0 if e == j else 0.0) for e, row in enumerate(keys) for k in row} for j in range(E)]
         for params in anchors:
@@ -83,16 +94,24 @@ def search_weights(stack: ProbStack, score: Callable[[torch.Tensor], float], exp
         complete = optuna.trial.TrialState.COMPLETE
         before = len(study.get_trials(deepcopy=False, states=(complete,)))
         todo = max(trials, len(anchors)) - before  # the anchors always run: the guarantee rests on them
-        if todo > 0:
+        parallel = {}
+        if todo > 0 and workers > 1:
+            from .parallel import run_workers
+
+            parallel = run_workers(workers, storage, study_name, before + todo, seed, keys, stack, *score_spec)
+        elif todo > 0:
             study.optimize(objective, n_trials=todo)
         done = study.get_trials(deepcopy=False, states=(complete,))
+        if len(done) < before + todo:  # every worker died: the study keeps what they did
+            raise FusionError(f"the search stopped at {len(done)} of {before + todo} trials (worker exit codes "
+                              f"{parallel.get('worker_exit_codes')}); run the same command again to finish it")
         best = study.best_trial
     singles = {experts[j]: _value_of(done, anchors[1 + j]) for j in range(E)}
     info = {
         "study_name": study_name, "storage": storage, "trials_before": before, "trials_run": len(done) - before,
         "trials_completed": len(done), "best_trial": best.number, "best_value": float(best.value),
         "equal_value": _value_of(done, anchors[0]), "single_values": singles,
-        "search_seconds": time.perf_counter() - t0,
+        "search_seconds": time.perf_counter() - t0, **parallel,
         "sampler": {"name": "TPESampler", "seed": seed, "multivariate": True, "constant_liar": True},
     }
     return normalise_base(weights_of(best.params)), info

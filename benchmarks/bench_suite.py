@@ -1,0 +1,155 @@
+"""The Ray executor's overhead and scaling, and the registry's write throughput (issue 15).
+
+Side by side in one run:
+
+1. A tiny suite of eight runs (vit-tiny-test on a small fashion-mnist-lt, one torch thread per
+   task) three times: `--executor local`, Ray with one worker, Ray with two workers. Targets:
+   wall(Ray, 1) / wall(local) ≤ 1.10 and wall(Ray, 2) / wall(Ray, 1) ≤ 0.60 (ideal 0.5 on
+   2 cores). Each Ray wall includes its worker processes' start (importing torch) but not the
+   cluster's own start, printed apart (a cluster is up before a suite is sent to it). The three
+   registries must hold the same metrics.
+2. 1,000 registrations of small experts from 4 concurrent writer processes, into a SQLite
+   index and into a PostgreSQL server started here (Debian's package, as the tests do);
+   every expert must be there exactly once.
+
+    .venv/bin/python benchmarks/bench_suite.py [--steps 40] [--registrations 1000] [--writers 4]
+
+On a shared machine the ratios are noisy: the script prints the load average before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def suite(steps: int) -> dict:
+    runs = []
+    for i in range(4):
+        runs.append({"label": f"vpt{i}", "method": "vpt-deep", "set": {"prompt_len": 2 + i, "batch_size": 8}})
+        runs.append({"label": f"lp{i}", "method": "linear-probe", "set": {"lr": 0.01 * (i + 1), "batch_size": 8}})
+    return {"name": "bench", "dataset": "fashion-mnist-lt", "backbone": "vit-tiny-test", "budget": f"{steps}steps",
+            "seeds": [0], "set": {"head": 40, "imbalance": 10, "val_per_class": 4, "test_per_class": 6},
+            "resources": {"cpus": 1}, "runs": runs}
+
+
+def metrics(reg) -> str:
+    return json.dumps({n: reg.get(n).metrics for n in reg.names()}, sort_keys=True)
+
+
+def time_executors(steps: int) -> dict:
+    import ray
+    import torch
+
+    from ltbench.bench import parse_suite, run_suite
+    from ltbench.executors import run_suite_ray
+    from ltbench.registry import Registry
+
+    torch.set_num_threads(1)
+    out, seen = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = Registry(Path(tmp) / "local")
+        t0 = time.perf_counter()
+        run_suite(parse_suite(suite(steps), "bench.yaml"), registry=reg, quiet=True)
+        out["local"] = time.perf_counter() - t0
+        seen["local"] = metrics(reg)
+        for workers in (1, 2):
+            t0 = time.perf_counter()
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            out[f"ray{workers}_start"] = time.perf_counter() - t0
+            try:
+                reg = Registry(Path(tmp) / f"ray{workers}")
+                t0 = time.perf_counter()
+                run_suite_ray(parse_suite(suite(steps), "bench.yaml"), reg, quiet=True)
+                out[f"ray{workers}"] = time.perf_counter() - t0
+                seen[f"ray{workers}"] = metrics(reg)
+            finally:
+                ray.shutdown()
+    out["same_metrics"] = len(set(seen.values())) == 1
+    return out
+
+
+def _writer(home: str, url: str, first: int, count: int, barrier) -> None:
+    import numpy as np
+    import torch
+
+    from ltbench.registry import Registry
+
+    reg = Registry(home, url=url)
+    barrier.wait()
+    for i in range(first, first + count):
+        reg.register(f"e{i:05d}", {"method": "m", "backbone": "b", "dataset": "d", "seed": 0}, {"w": torch.ones(4)},
+                     {"val": (torch.zeros(8, 4), np.zeros(8, dtype=np.int64))}, {"val": {"overall": 1.0}},
+                     {"created": "bench"})
+
+
+def time_registry(url: str | None, home: Path, total: int, writers: int) -> dict:
+    from ltbench.registry import Registry
+
+    url = url or str(home / "registry.sqlite")
+    Registry(home, url=url)  # create the table first: the writers time registrations only
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(writers + 1)
+    each = total // writers
+    procs = [ctx.Process(target=_writer, args=(str(home), url, w * each, each, barrier)) for w in range(writers)]
+    [p.start() for p in procs]
+    barrier.wait()
+    t0 = time.perf_counter()
+    [p.join() for p in procs]
+    wall = time.perf_counter() - t0
+    reg = Registry(home, url=url)
+    names = reg.names()
+    complete = sum(reg.get(n).problem() is None for n in names)
+    return {"seconds": wall, "per_s": each * writers / wall, "registered": len(names), "distinct": len(set(names)),
+            "complete": complete, "exit_codes": [p.exitcode for p in procs]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=40, help="budget of each of the eight runs")
+    ap.add_argument("--registrations", type=int, default=1000)
+    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument("--skip-executors", action="store_true")
+    args = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    print(f"load before: {os.getloadavg()}")
+
+    if not args.skip_executors:
+        t = time_executors(args.steps)
+        print(f"suite of 8 runs, {args.steps} steps each, one torch thread per task")
+        print(f"  local            {t['local']:7.1f} s")
+        print(f"  Ray, 1 worker    {t['ray1']:7.1f} s   (cluster start {t['ray1_start']:.1f} s, not counted)")
+        print(f"  Ray, 2 workers   {t['ray2']:7.1f} s   (cluster start {t['ray2_start']:.1f} s, not counted)")
+        print(f"  wall(Ray, 1) / wall(local)  = {t['ray1'] / t['local']:.2f}   target <= 1.10")
+        print(f"  wall(Ray, 2) / wall(Ray, 1) = {t['ray2'] / t['ray1']:.2f}   target <= 0.60 (ideal 0.50)")
+        print(f"  same metrics in all three registries: {t['same_metrics']}")
+
+    from conftest import postgres  # the tests' PostgreSQL server: Debian's package, temporary folder
+
+    print(f"registry: {args.registrations} registrations of small experts from {args.writers} writer processes")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = {"SQLite": time_registry(None, Path(tmp) / "sqlite", args.registrations, args.writers)}
+        with postgres() as server:
+            from conftest import new_database
+
+            rows["PostgreSQL"] = time_registry(new_database(server), Path(tmp) / "pg", args.registrations,
+                                               args.writers)
+    for kind, r in rows.items():
+        lost = args.registrations - r["complete"]
+        print(f"  {kind:<11} {r['seconds']:6.1f} s  {r['per_s']:6.1f} registrations/s  registered {r['registered']}"
+              f" (distinct {r['distinct']}, complete {r['complete']}, lost {lost}), writers exit {r['exit_codes']}")
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
