@@ -16,10 +16,13 @@ from .registry import Registry
 # them, so `--help`, `ls`, `show` and the listings start without torch (tests/test_cli.py checks).
 
 
-def use_home(home: str | Path | None) -> None:
-    """Point this process (and the runs it starts) at the registry in `home` ($LTBENCH_HOME)."""
+def use_home(home: str | Path | None, registry: str | None = None) -> None:
+    """Point this process (and the runs it starts) at the registry in `home` ($LTBENCH_HOME),
+    indexed in `registry` ($LTBENCH_REGISTRY: a SQLite file or a database URL)."""
     if home is not None:
         os.environ["LTBENCH_HOME"] = str(home)
+    if registry is not None:
+        os.environ["LTBENCH_REGISTRY"] = str(registry)
 
 
 def version() -> str:

@@ -82,13 +82,16 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global(
-    home: Optional[Path] = typer.Option(None, "--home", envvar="LTBENCH_HOME", show_envvar=True,
-                                        show_default="./ltbench-runs", help="the registry folder"),
+    home: Optional[str] = typer.Option(None, "--home", envvar="LTBENCH_HOME", show_envvar=True,
+                                       show_default="./ltbench-runs", help="the registry folder (a path or file:// URL)"),
+    registry: Optional[str] = typer.Option(None, "--registry", envvar="LTBENCH_REGISTRY", show_envvar=True,
+                                           show_default="<home>/registry.sqlite",
+                                           help="the registry's index: a SQLite file or a database URL (postgresql://…)"),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="print the version and git commit, then exit"),
 ) -> None:
     """Train, register, fuse and compare long-tailed classifiers on frozen ViTs."""
-    api.use_home(home)
+    api.use_home(home, registry)
 
 
 def _fail(e: Exception) -> None:

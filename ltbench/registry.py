@@ -394,8 +394,10 @@ class Registry:
     def existing(cls, home: str | Path | None = None) -> "Registry":
         """The registry at `home` (default $LTBENCH_HOME) for reading; one that is not there is
         an error naming the folder, never created (a mistyped home must not look empty)."""
-        path = Path(home) if home is not None else default_home()
-        if not (path / "registry.sqlite").is_file():
+        path = local_home(home) if home is not None else default_home()
+        url = default_url(path)
+        index = Path(sa.engine.make_url(url).database or "") if url.startswith("sqlite") else None
+        if not (index.is_file() if index is not None else path.is_dir()):
             raise RegistryError(f"no ltbench registry in {path.resolve()} (--home / LTBENCH_HOME, default"
                                 f" ./ltbench-runs): nothing has been registered there")
         return cls(path)

@@ -317,3 +317,21 @@ def test_two_machines_writing_one_database_never_lose_or_duplicate_an_expert(pos
         winner = "a" if a.get(name) == "ok" else "b"
         assert ex.problem() is None and ex.meta["created"] == winner and ex.delta()["w"].tolist() == [float(i)] * 3
     assert not (tmp_path / "a" / "ltbench-runs").exists() and not (tmp_path / "b" / "ltbench-runs").exists()
+
+
+def test_ls_show_report_unchanged_against_postgresql(postgres_url, tmp_path):
+    """--registry URL (or LTBENCH_REGISTRY) and --home: the same commands read the PostgreSQL index."""
+    from test_fusion import HEAD, add_expert
+
+    home = tmp_path / "home"
+    add_expert(Registry(home, url=postgres_url), "pg-expert", HEAD, 1)
+    env = {k: v for k, v in os.environ.items() if k not in ("LTBENCH_HOME", "LTBENCH_REGISTRY")}
+    for args in (["ls"], ["show", "pg-expert"], ["report", "--format", "csv", "--no-ci"]):
+        r = subprocess.run([sys.executable, "-m", "ltbench", "--home", f"file://{home}", "--registry", postgres_url,
+                            *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and "pg-expert" in r.stdout, (args, r.stderr[-1500:])
+    assert not (home / "registry.sqlite").exists()
+    r = subprocess.run([sys.executable, "-m", "ltbench", "--home", str(home), "--registry",
+                        "postgresql://nobody@127.0.0.1:1/none", "ls"],
+                       env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "postgresql://nobody@127.0.0.1:1/none" in r.stderr, r.stderr
