@@ -37,9 +37,14 @@ if TYPE_CHECKING:
 
 
 def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str | Path | None = None,
-          registry: Registry | None = None, console: Console | None = None, quiet: bool = False):
+          registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
+          tune: dict[str, Any] | None = None):
+    """`ltbench train`; `tune` ({trials, share, jobs, …}) tunes the run first (ltbench/tune.py)."""
     from .config import load_config_file, parse_sets, resolve_config
     from .train import train_expert
+    from .tune import parse_tune, tune_and_train
+
+    spec = parse_tune(tune, "--tune")
 
     base: dict[str, Any] = {}
     if config_file:
@@ -47,6 +52,8 @@ def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str
     file_sets = base.pop("set", None) or {}
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
     run = resolve_config(merged, {**file_sets, **parse_sets(sets or [])})
+    if spec is not None:
+        return tune_and_train(run, spec, registry=registry, console=console, quiet=quiet)
     return train_expert(run, registry=registry, console=console, quiet=quiet)
 
 

@@ -20,6 +20,7 @@ A suite is a YAML file (`ltbench bench SUITE.yaml`; `ltbench demo` runs the buil
         method: lpt++
         backbone: clip:dinov2-minilm
         init: lit                  # start from an earlier run of the suite (→ --set init=<its expert>)
+    tune: {trials: 8, share: 0.25} # optional: every run tuned the same way first (see ltbench/tune.py)
     fusions:
       - label: moe                 # fused expert: <name>-<label>-s<seed>
         experts: [lpt, lpt++-vl]   # run labels
@@ -42,6 +43,10 @@ the file and the place in it. Runs already registered are skipped (a suite resum
 stopped); a registered run whose stored config disagrees with the suite is an error rather
 than a silently stale row. The trainer enforces the budget (a run stops before the step that
 would overrun it) and the report shows what each run spent.
+
+With `tune:`, every run of the suite gets the same tuning: N trials of its method's declared
+search space, each on `share` of the budget, selected on validation accuracy; the suite may
+not also set a key that is tuned (that would be a hand-picked override beside the search).
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 from rich.console import Console
@@ -62,8 +67,11 @@ from .methods import METHODS
 from .registry import Registry
 from .tracking import OPERATIONAL_KEYS
 
-SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "runs", "fusions", "reference",
-              "resources", "retries")
+if TYPE_CHECKING:
+    from .tune import TuneSpec
+
+SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "tune", "runs", "fusions",
+              "reference", "resources", "retries")
 REFERENCE_KEYS = ("run", "name", "source", "overall", "many", "medium", "few", "ood")
 ACCURACY_KEYS = ("overall", "many", "medium", "few")
 RUN_KEYS = ("label", "method", "backbone", "set", "init", "resources", "retries")
@@ -115,6 +123,7 @@ class Job:
     resources: dict[str, float] = field(default_factory=dict)  # Ray task resources: cpus, gpus
     retries: int = 0  # further attempts after a failure (Ray executor)
     needs: list[str] = field(default_factory=list)  # expert names this job waits for (init, fusion members)
+    tune: "TuneSpec | None" = None  # runs: tuned first (the suite's `tune:`)
 
 
 @dataclass
@@ -129,6 +138,7 @@ class Suite:
     fusions: list[FusionSpec]
     source: str = "<suite>"
     description: str = ""
+    tune: "TuneSpec | None" = None
     jobs: list[Job] = field(default_factory=list)
     #: published rows: {run, name, source, overall, many, medium, few (fractions or None), ood: {set: fraction}}
     references: list[dict[str, Any]] = field(default_factory=list)
@@ -331,10 +341,16 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         fusions.append(FusionSpec(label, list(experts), scorer, trials, objective, bool(raw.get("per_group", False))))
 
     references = _parse_references(data.get("reference"), [*labels, *(f.label for f in fusions)], source)
+    from .tune import parse_tune
+
+    try:
+        tune = parse_tune(data.get("tune"), f"{source}: tune")
+    except ConfigError as e:
+        raise SuiteError(str(e)) from None
     suite = Suite(name=name, dataset=str(data["dataset"]), backbone=str(data["backbone"]), budget=str(data["budget"]),
                   seeds=seeds, sets=common, runs=runs, fusions=fusions, source=source,
                   description=str(data.get("description") or ""), references=references, resources=resources,
-                  retries=retries)
+                  retries=retries, tune=tune)
     suite.jobs = plan(suite)
     return suite
 
@@ -389,9 +405,16 @@ def plan(suite: Suite) -> list[Job]:
                 raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}") from None
             except ConfigError as e:
                 raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}".replace("--set ", "set: ")) from None
+            if suite.tune is not None:
+                from .tune import search_space
+
+                tuned = sorted(set(search_space(run)) & set(sets))
+                if tuned:
+                    raise SuiteError(f"{src}: runs[{i}] ({spec.label}): set: {', '.join(tuned)} is tuned (the suite's"
+                                     f" tune: block searches it); drop the override or the tune: block")
             jobs.append(Job("run", spec.label, name, seed, run=run, explicit={**flags, **sets},
                             resources=spec.resources, retries=spec.retries,
-                            needs=[sets["init"]] if spec.init is not None else []))
+                            needs=[sets["init"]] if spec.init is not None else [], tune=suite.tune))
         for f in suite.fusions:
             members = [suite.expert_name(e, seed) for e in f.experts]
             jobs.append(Job("fusion", f.label, suite.expert_name(f.label, seed), seed, fusion=f, members=members,
@@ -456,6 +479,10 @@ def _stale(job: Job, config: dict[str, Any]) -> list[str]:
             have, want = str(parse_budget(have)) if have else have, str(parse_budget(want))
         if _norm(have) != _norm(want):
             diffs.append(f"{key}: registered {have!r}, suite {want!r}")
+    have = {k: v for k, v in (config.get("tune") or {}).items() if k not in ("space", "base")} or None
+    want = job.tune.as_dict() if job.tune is not None else None
+    if _norm(have) != _norm(want):
+        diffs.append(f"tune: registered {have!r}, suite {want!r}")
     return diffs
 
 
@@ -527,7 +554,11 @@ def run_suite(suite: Suite, registry: Registry | None = None, console: Console |
                 progress.update(task, advance=1, description=f"{job.name} (registered)")
                 continue
             progress.update(task, description=f"{job.name} ({job.kind})")
-            if job.kind == "run":
+            if job.kind == "run" and job.tune is not None:
+                from .tune import tune_and_train
+
+                tune_and_train(job.run, job.tune, registry=registry, console=console, quiet=quiet)
+            elif job.kind == "run":
                 train(job.run, registry=registry, console=console, quiet=quiet)
             else:
                 f = job.fusion

@@ -104,7 +104,11 @@ def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, attempt:
     gpus = job["resources"].get("gpus", 0)
     if job["kind"] == "run":
         run = {**job["run"], "resume": attempt > 1}  # a retry continues from the last epoch checkpoint
-        if gpus > 1:
+        if job.get("tune"):  # the suite's tune: block (its trials run in this task)
+            from .tune import TuneSpec, tune_and_train
+
+            tune_and_train(run, TuneSpec(**job["tune"]), registry=registry, quiet=True)
+        elif gpus > 1:
             _train_ddp(run, registry, int(gpus))
         else:
             from .train import train_expert
@@ -154,7 +158,7 @@ def _make_board():
 def _payload(job: "Job") -> dict[str, Any]:
     f = job.fusion
     return {"kind": job.kind, "name": job.name, "seed": job.seed, "run": job.run, "members": job.members,
-            "resources": dict(job.resources),
+            "resources": dict(job.resources), "tune": None if job.tune is None else job.tune.as_dict(),
             "fusion": None if f is None else {"scorer": f.scorer, "trials": f.trials, "objective": f.objective,
                                               "per_group": f.per_group}}
 

@@ -142,6 +142,9 @@ def experiment_key(config: dict[str, Any], lookup: Callable[[str], dict[str, Any
     if is_fusion(config):
         payload["experts"] = [ref(n) for n in payload.get("experts") or []]
     mc = payload.get("method_config")
+    tune = payload.get("tune")
+    if isinstance(mc, dict) and isinstance(tune, dict):  # tuned runs: one experiment whatever values each seed found
+        mc = payload["method_config"] = {**mc, **(tune.get("base") or {})}
     if isinstance(mc, dict) and mc.get("init"):
         payload["method_config"] = {**mc, "init": ref(mc["init"])}
     return _hash(payload)

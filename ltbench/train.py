@@ -246,9 +246,14 @@ class Trainer:
     def __init__(self, method: Method, data: LTDataset, run: dict[str, Any], device: torch.device,
                  console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False,
                  dist: Dist | None = None, tracker: Tracker | None = None,
-                 on_progress: Callable[[str, float], None] | None = None):
+                 on_progress: Callable[[str, float], None] | None = None,
+                 on_epoch_end: Callable[[int, Spent], None] | None = None):
         self.method, self.data, self.run, self.device = method, data, run, device
         self.on_progress = on_progress  # (phase name, fraction of its budget spent): the Ray executor's live table
+        #: called after every epoch with (epochs done over all phases, compute spent so far): tuning's
+        #: pruner reports validation accuracy here (and may stop the run by raising)
+        self.on_epoch_end = on_epoch_end
+        self._epochs_done = 0
         self.cfg = method.cfg
         self.dist = dist or Dist()
         self.console = console or Console(stderr=True)
@@ -325,6 +330,8 @@ class Trainer:
         parts = phase.batch_parts(cfg)
         losses_fn = [build_loss(p.loss, counts, **p.loss_kwargs).to(device) for p in parts]
         loss_name = "+".join(p.loss for p in parts)
+        if phase.solve is not None:
+            return self._solve_phase(phase, meter, train, losses_fn[0], loss_name)
         if phase.cache_features:
             dataset = self._cached_features(meter, train)
         else:
@@ -448,6 +455,12 @@ class Trainer:
                     self.tracker.epoch_end(self._val_accuracy(phase, val_cache))
                 self._save_checkpoint(index, epoch, optimizer, meter, flops_per_image, step_seconds, result)
                 epoch += 1
+                if self.on_epoch_end is not None:
+                    self._epochs_done += 1
+                    so_far = Spent(**result.spent.as_dict())
+                    so_far.add(meter.spent)
+                    self.on_epoch_end(self._epochs_done, so_far)
+                    train_mode(method)  # the callback may have evaluated
         checks.due(1.0)  # the last check closes the phase, however its steps ended
         if phase.on_end is not None:
             phase.on_end()
@@ -477,6 +490,24 @@ class Trainer:
         self._val_seconds = all_ranks_sum(sw.elapsed, self.dist, self.device)  # every rank runs the check
         meter.charge(flops=self._val_flops * self.dist.world, seconds=self._val_seconds)
         return class_averaged_accuracy(logits.argmax(1).numpy() == split.labels, split.labels, self.data.num_classes)
+
+    def _solve_phase(self, phase: Phase, meter: Meter, train, loss_fn, loss_name: str) -> dict:
+        """A phase fitted in one call on cached train and val features (val selects its settings).
+
+        The solver runs to convergence whatever the budget: its FLOPs and seconds are charged
+        (so they may exceed a FLOPs or seconds budget) and its iterations count as steps.
+        """
+        feats = self._cached_features(meter, train).tensors
+        val = self._cached_features(meter, self.data.val).tensors
+        dev = self.device
+        with Stopwatch(dev) as sw:
+            log = phase.solve(feats[0].to(dev), feats[1].to(dev), val[0].to(dev), val[1].to(dev), loss_fn)
+        meter.charge(steps=log["iterations"], flops=log["flops"], seconds=all_ranks_sum(sw.elapsed, self.dist, dev))
+        if phase.on_end is not None:
+            phase.on_end()
+        return {"phase": phase.name, "spent": meter.spent.as_dict(), "budget": str(meter.budget),
+                "budget_applies": False, "solver": log, "loss": loss_name, "sampler": None,
+                "train_images": len(train)}
 
     # -- checkpoints ----------------------------------------------------------------------
     def _save_checkpoint(self, phase, epoch, optimizer, meter, flops_per_image, step_seconds, result) -> None:
@@ -539,19 +570,23 @@ def default_name(run: dict[str, Any]) -> str:
     return f"{run['method']}_{run['backbone'].replace('/', '-').replace(':', '-')}_{run['dataset']}_s{run['seed']}"
 
 
-def build_all(run: dict[str, Any], registry: Registry | None = None) -> tuple[LTDataset, Method]:
+def build_all(run: dict[str, Any], registry: Registry | None = None, tuning: bool = False) -> tuple[LTDataset, Method]:
     """Data, backbone and method for a resolved config (shared by train and evaluation).
 
     With `init=EXPERT`, that expert's tensors are applied twice: those that belong to the bare
     backbone (e.g. LiT-aligned projections) before the method is built, so a text classifier
     built at construction already sees them; all matching tensors (prompts, adapters, head)
-    after it.
+    after it. `tuning` drops the test split (and adds no OOD sets) before anything can read them.
     """
     from .config import ConfigError
 
     data = create_dataset(run["dataset"], root=run["root"], seed=run["seed"], **run["data"])
     data.many_threshold, data.few_threshold = run["many"], run["few"]
-    if run.get("ood"):
+    if tuning:
+        from .data.base import ArraySplit
+
+        data.test, data.ood = ArraySplit(np.zeros((0, 1, 1), np.uint8), np.zeros(0, np.int64)), {}
+    elif run.get("ood"):
         from .data import attach_ood
 
         attach_ood(data, run["ood"])
@@ -590,8 +625,11 @@ def build_all(run: dict[str, Any], registry: Registry | None = None) -> tuple[LT
 
 
 def train_expert(run: dict[str, Any], registry: Registry | None = None, console: Console | None = None,
-                 quiet: bool = False, on_progress: Callable[[str, float], None] | None = None) -> "Expert | None":  # noqa: F821
+                 quiet: bool = False, on_progress: Callable[[str, float], None] | None = None,
+                 tuning: dict[str, Any] | None = None) -> "Expert | None":  # noqa: F821
     """Train one expert from a resolved config and register it; nothing is registered on failure.
+
+    `tuning`: the study that chose the config's tuned values (recorded in the expert's meta).
 
     Under torchrun every rank trains; rank 0 alone evaluates and registers (others return None).
     """
@@ -606,12 +644,13 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     with contextlib.ExitStack() as held:
         if d.is_main:  # one run per checkpoint folder: a second run of this name stops here
             held.enter_context(registry.lock_run(name))
-        return _train_locked(run, registry, budget, d, device, console, quiet, on_progress)
+        return _train_locked(run, registry, budget, d, device, console, quiet, on_progress, tuning)
 
 
 def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Dist, device: torch.device,
                   console: Console | None, quiet: bool,
-                  on_progress: Callable[[str, float], None] | None = None) -> "Expert | None":  # noqa: F821
+                  on_progress: Callable[[str, float], None] | None = None,
+                  tuning: dict[str, Any] | None = None) -> "Expert | None":  # noqa: F821
     name = run["name"]
     seed_everything(run["seed"])
     t0 = time.perf_counter()
@@ -654,6 +693,8 @@ def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Di
         "skipped_images": data.skipped,
         "pretrained_cfg": method.info.pretrained_cfg,  # where the backbone's weights came from
     }
+    if tuning is not None:
+        meta["tuning"] = tuning
     config = {k: v for k, v in run.items() if k != "resume"}
     expert = registry.register(name, config, method.delta_state_dict(), logits, metrics, meta,
                                extra_files=artifacts, history=tracker.rows)

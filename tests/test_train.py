@@ -40,7 +40,7 @@ def test_flops_budget_stops_before_overrun(tmp_path):
 
 
 def test_linear_probe_leaves_backbone_untouched_and_optimizer_holds_only_trainables():
-    run = tiny_run("linear-probe", "1epochs")
+    run = tiny_run("linear-probe", "1epochs", solver="sgd")  # the minibatch probe (AdamW)
     data, method = build_all(run)
     before = {k: v.clone() for k, v in method.backbone.state_dict().items()}
     trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True)

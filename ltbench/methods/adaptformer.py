@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from ..checks import Bool, Float, Int
 from . import register_method
@@ -12,6 +12,7 @@ from .base import MethodConfig
 
 @dataclass
 class AdaptFormerConfig(MethodConfig):
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-2)}
     bottleneck: Annotated[int, Int(lo=1, hi=65536)] = 64
     adapter_scale: Annotated[float, Float(lo=0, hi=100)] = 0.1  # AdaptFormer's fixed s
     learnable_scale: Annotated[bool, Bool()] = False

@@ -44,6 +44,9 @@ class MethodConfig:
     """
 
     REFERENCE: ClassVar[dict[str, Any]] = {}
+    #: What `tune:` / `--tune N` searches: key -> ("log", lo, hi) | ("float", lo, hi) | ("int", lo, hi)
+    #: | ("choice", [values]). Each method declares its own; empty means nothing to tune.
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {}
 
     preset: Annotated[str, Choice(PRESETS)] = "paper"
     loss: Annotated[str, Choice(_losses)] = "ce"
@@ -58,6 +61,10 @@ class MethodConfig:
     cosine_scale: Annotated[float, Float(lo=0, hi=1e4, lo_open=True)] = 20.0
     lr_ref_batch: Annotated[int, Int(lo=0, hi=2**20)] = 0  # >0: the lr is given for this batch size and scaled linearly (lr·B/ref)
     init: Annotated[str | None, Opt(Str())] = None  # start from a registered expert's delta (tensors with matching names)
+
+    def search_space(self) -> dict[str, tuple]:
+        """The space tuning searches for this config (a method may narrow it by its settings)."""
+        return dict(self.SEARCH_SPACE)
 
     @property
     def effective_lr(self) -> float:
@@ -112,6 +119,10 @@ class Phase:
     #: the validation split (its compute is charged to the phase's budget). LT-Soups keeps its best EMA.
     val_checks: int = 0
     on_val: Callable[[Callable[[], float]], None] | None = None
+    #: fit in one call instead of minibatches (the L-BFGS linear probe): (train feats, labels, val feats,
+    #: labels, loss) -> log with "flops" and "iterations"; needs cache_features. It runs to convergence:
+    #: the budget does not stop it, what it spends is recorded.
+    solve: Callable[..., dict[str, Any]] | None = None
 
     @property
     def parameters(self) -> list[nn.Parameter]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 
@@ -13,6 +13,7 @@ from .base import Method, MethodConfig, Phase
 
 @dataclass
 class FullFTConfig(MethodConfig):
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-5, 1e-2), "weight_decay": ("log", 1e-4, 1e-1)}
     optimizer: str = "adamw"
     lr: float = 1e-3  # the head's lr
     backbone_lr_scale: Annotated[float, Float(lo=0, hi=100)] = 0.01  # backbone lr = lr × this

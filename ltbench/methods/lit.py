@@ -12,7 +12,7 @@ aligned projections with `--set init=<this expert>`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,9 @@ from .base import Method, MethodConfig, Phase
 
 @dataclass
 class LiTConfig(MethodConfig):
+    # Batch size matters here: on cached features a step is nearly free, and the batch sets the negatives.
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-1), "weight_decay": ("log", 1e-6, 1e-2),
+                                                "batch_size": ("choice", [16, 32, 64, 128])}
     templates: Annotated[str, Choice(("simple", "openai"))] = "simple"
     optimizer: str = "adamw"
     lr: float = 1e-3

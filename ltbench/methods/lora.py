@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from ..checks import Choice, Float, Int
 from . import register_method
@@ -12,6 +12,7 @@ from .base import MethodConfig
 
 @dataclass
 class LoRAConfig(MethodConfig):
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-2)}
     rank: Annotated[int, Int(lo=1, hi=65536)] = 8
     alpha: Annotated[float, Float(lo=0, hi=1e6, lo_open=True)] = 16.0
     targets: Annotated[str, Choice(("qkv", "qv"))] = "qkv"  # qkv: one factor pair over the fused weight | qv: a pair each for q and v

@@ -53,6 +53,8 @@ class LTSoupsConfig(MethodConfig):
         "stage2_lr": 3e-5, "stage2_share": 1 / 15,
     }
 
+    # lr: the default 1e-3 and the official 3e-5 inside
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-5, 1e-2), "weight_decay": ("log", 1e-6, 1e-1)}
     inner: Annotated[str, Choice(("lora", "adaptformer", "full-ft"))] = "lora"  # lora | adaptformer | full-ft
     inner_set: Annotated[dict[str, Any], Mapping()] = field(default_factory=dict)  # the inner method's own keys (rank, bottleneck …)
     factors: Annotated[list[int], ListOf(Int(lo=0, hi=64), nonempty=True)] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])

@@ -7,7 +7,7 @@ lr 0.02, wd 1e-4 and class-balanced sampling (44.17% on Places-LT): those are th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from .prompting import patch_area, prompted_features, vpt_init_
 
 @dataclass
 class VPTConfig(MethodConfig):
+    # VPT's own sweep (SGD): base lr 0.05 … 50 ×B/256 (0.006 … 6 at B = 32), wd 0 … 0.01. Here lr is not
+    # batch-scaled: 1e-3 … 1 holds the default 0.02 and the low end of VPT's grid.
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-3, 1.0), "weight_decay": ("log", 1e-5, 1e-2)}
     prompt_len: Annotated[int, Int(lo=1, hi=4096)] = 10
     sampler: str = "class"
     optimizer: str = "sgd"

@@ -36,7 +36,8 @@ FORMATS = ("table", "csv", "md", "latex", "json")
 FILES = {"csv": "report.csv", "md": "report.md", "latex": "report.tex", "json": "report.json", "table": "report.txt"}
 SORT = ["dataset", "method", "expert"]
 _HEADERS = {"trainable_params": "trainable", "trainable_pct": "% of model", "flops": "FLOPs",
-            "device_seconds": "device s", "ece": "ECE"}
+            "device_seconds": "device s", "ece": "ECE", "tuned": "tuned", "tune_flops": "tuning FLOPs",
+            "tune_seconds": "tuning s"}
 
 
 class ReportError(RegistryError):
@@ -61,6 +62,10 @@ def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]
     row["flops"] = spent.get("flops")
     row["device_seconds"] = spent.get("seconds")
     row["budget"] = meta.get("budget")
+    tuning = meta.get("tuning")  # the study that chose its values: its trial count and compute
+    row["tuned"] = len(tuning.get("trials") or []) if tuning else None
+    row["tune_flops"] = (tuning.get("compute") or {}).get("flops") if tuning else None
+    row["tune_seconds"] = (tuning.get("compute") or {}).get("seconds") if tuning else None
     row["_path"] = ex.path
     row["_key"] = (r["dataset"], experiment_key(config, lookup))
     return row
@@ -107,7 +112,8 @@ def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
         vals = np.array([np.nan if m.get(c) is None else float(m[c]) for m in members])
         row[c] = float(vals.mean())
         row[_std_name(c)] = float(vals.std(ddof=1))
-    for c in ("flops", "device_seconds"):  # spent per run (mean over seeds)
+    row["tuned"] = first.get("tuned")
+    for c in ("flops", "device_seconds", "tune_flops", "tune_seconds"):  # spent per run (mean over seeds)
         vals = [m[c] for m in members if m.get(c) is not None]
         row[c] = float(np.mean(vals)) if len(vals) == len(members) else None
     budgets = {m.get("budget") for m in members}
@@ -129,7 +135,8 @@ def _columns(df: pd.DataFrame) -> list[str]:
     cols = ["expert", "method", "backbone", "dataset", "seeds", "seed", "members",
             "overall", "overall_lo", "overall_hi", "overall_std", "many", "many_std", "medium", "medium_std",
             "few", "few_std", *ood, *[_std_name(c) for c in ood], "ece", "ece_std",
-            "trainable_params", "total_params", "trainable_pct", "flops", "device_seconds", "budget"]
+            "trainable_params", "total_params", "trainable_pct", "flops", "device_seconds",
+            "tuned", "tune_flops", "tune_seconds", "budget"]
     return cols
 
 
@@ -185,7 +192,7 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     for c in cols:
         if c not in ("expert", "method", "backbone", "dataset", "members", "budget", "seed"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
-    for c in ("seed", "seeds", "trainable_params", "total_params"):
+    for c in ("seed", "seeds", "trainable_params", "total_params", "tuned"):
         df[c] = df[c].astype("Int64")
     return df
 
@@ -271,9 +278,11 @@ def _cell(col: str, row: pd.Series) -> str:
         return _count(v) + ("" if _missing(pct) else f" ({pct:.3g}%)")
     if col in ("total_params", "seeds"):
         return f"{int(v):,}"
-    if col == "flops":
+    if col == "tuned":
+        return f"{int(v)} trials"
+    if col in ("flops", "tune_flops"):
         return f"{v:.2e}"
-    if col == "device_seconds":
+    if col in ("device_seconds", "tune_seconds"):
         return f"{v:.1f}"
     return str(v)
 
@@ -290,7 +299,8 @@ def _display_columns(df: pd.DataFrame) -> list[str]:
     ood = _ood_columns(df)
     lead = ["expert", "method", "backbone"] + (["dataset"] if df["dataset"].nunique() > 1 else [])
     deltas = [c for c in df.columns if c.startswith("delta:")]
-    return [*lead, "seeds", *ACC_COLUMNS, *ood, *deltas, "ece", "trainable_params", "flops", "device_seconds"]
+    tuned = ["tuned", "tune_flops", "tune_seconds"] if "tuned" in df and df["tuned"].notna().any() else []
+    return [*lead, "seeds", *ACC_COLUMNS, *ood, *deltas, "ece", "trainable_params", "flops", "device_seconds", *tuned]
 
 
 def _header(col: str) -> str:

@@ -1,0 +1,190 @@
+"""Tuning: an Optuna study of short trials on the validation split, then the final run.
+
+Tiny runs of the minibatch linear probe (`solver=sgd`: trials on cached features take well
+under a second). A test that needs a particular space declares it on the method's config,
+as a method does (SEARCH_SPACE), rather than replacing any part of the study.
+"""
+import json
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import ltbench.train
+from conftest import TINY_DATA, TINY_SETS
+from ltbench.bench import SuiteError, load_suite, report_suite, run_suite
+from ltbench.cli import app
+from ltbench.config import ConfigError, resolve_config
+from ltbench.data.base import LTDataset
+from ltbench.methods.linear_probe import LinearProbeConfig
+from ltbench.registry import Registry
+from ltbench.report import collect
+from ltbench.tune import TuneSpec, parse_tune, storage_url, tune, tune_and_train
+
+GOOD, BAD = 0.1, 1e-6
+
+
+def sgd_probe(budget="4epochs", **sets):
+    return {**resolve_config({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": budget},
+                             {**TINY_DATA, "solver": "sgd", **sets}), "name": "probe"}
+
+
+@pytest.fixture
+def lr_space(monkeypatch):
+    """The probe's space: a useless learning rate and a good one, nothing else."""
+    monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("choice", [BAD, GOOD])})
+
+
+def test_tuning_picks_the_good_learning_rate(tmp_path, lr_space):
+    reg = Registry(tmp_path)
+    ex = tune_and_train(sgd_probe(), TuneSpec(trials=4, share=0.5, pruner="none"), reg, quiet=True)
+    record = ex.meta["tuning"]
+    tried = {t["params"]["lr"] for t in record["trials"]}
+    assert tried == {BAD, GOOD}  # both were tried, and the good one won
+    assert record["best_params"] == {"lr": GOOD} and ex.config["method_config"]["lr"] == GOOD
+    by_lr = {lr: max(t["value"] for t in record["trials"] if t["params"]["lr"] == lr) for lr in tried}
+    assert by_lr[GOOD] > by_lr[BAD] and record["best_value"] == by_lr[GOOD]
+    # what was tuned, from what, is in the config; the trials and their compute are in the provenance
+    assert ex.config["tune"]["base"] == {"lr": 1e-2} and ex.config["tune"]["trials"] == 4
+    assert len(record["trials"]) == 4 and all(t["state"] == "COMPLETE" for t in record["trials"])
+    assert record["compute"]["seconds"] == pytest.approx(sum(t["spent"]["seconds"] for t in record["trials"]))
+    assert record["compute"]["flops"] > 0
+    # each trial trained on its share of the budget: half of 4 epochs
+    assert all(t["spent"]["epochs"] == pytest.approx(2) for t in record["trials"])
+    assert ex.meta["spent"]["epochs"] == pytest.approx(4)  # the final run has the whole budget
+
+
+def test_tuning_never_reads_test_labels(tmp_path, lr_space, monkeypatch):
+    """No trial touches the test split; only the final run (registering the expert) evaluates on it."""
+    state = {"tuning": True, "final": 0}
+
+    def get(self):
+        split = self.__dict__["_test"]
+        if state["tuning"] and len(split):
+            raise AssertionError("the test split was read while tuning")
+        return split
+
+    def set_(self, split):
+        self.__dict__["_test"] = split
+
+    real_train = ltbench.train.train_expert
+
+    def final(run, **kw):
+        state["tuning"] = False
+        state["final"] += 1
+        return real_train(run, **kw)
+
+    monkeypatch.setattr(LTDataset, "test", property(get, set_), raising=False)
+    monkeypatch.setattr(ltbench.train, "train_expert", final)
+    ex = tune_and_train(sgd_probe(), TuneSpec(trials=3, share=0.5), Registry(tmp_path), quiet=True)
+    assert state["final"] == 1 and len(ex.meta["tuning"]["trials"]) == 3
+    assert ex.metrics["test"]["n"] > 0  # the final run did evaluate on the test split
+
+
+def test_same_seed_same_best_values(tmp_path):
+    """The probe's own declared space (lr, weight decay, batch size) twice from empty storages."""
+    spec = TuneSpec(trials=3, share=0.5)
+    a = tune(sgd_probe(), spec, Registry(tmp_path / "a"))
+    b = tune(sgd_probe(), spec, Registry(tmp_path / "b"))
+    c = tune(sgd_probe(seed=1), spec, Registry(tmp_path / "c"))
+    assert set(a[0]) == {"lr", "weight_decay", "batch_size"} and a[0] == b[0]
+    assert [t["params"] for t in a[1]["trials"]] == [t["params"] for t in b[1]["trials"]]
+    assert [t["value"] for t in a[1]["trials"]] == [t["value"] for t in b[1]["trials"]]
+    assert [t["params"] for t in a[1]["trials"]] != [t["params"] for t in c[1]["trials"]]
+
+
+def test_pruned_trials_are_recorded_as_pruned(tmp_path, lr_space):
+    reg = Registry(tmp_path)
+    best, record = tune(sgd_probe(budget="6epochs"), TuneSpec(trials=6, share=0.5, startup=1), reg)
+    states = [t["state"] for t in record["trials"]]
+    assert "PRUNED" in states and "COMPLETE" in states
+    stored = optuna.load_study(study_name=record["study"], storage=storage_url(reg))
+    assert [t.state.name for t in stored.trials] == states  # the storage says the same
+    done = []
+    for t in record["trials"]:
+        steps = {int(k): v for k, v in t["intermediate"].items()}
+        if t["state"] == "PRUNED":
+            # the median rule, recomputed: its last report fell below the median of earlier trials there
+            last = max(steps)
+            earlier = [d[last] for d in done if last in d]
+            assert earlier and steps[last] < np.median(earlier)
+            assert last < 3 and t["spent"]["seconds"] > 0  # stopped before its 3 epochs, compute counted
+        done.append(steps)
+    assert record["compute"]["seconds"] == pytest.approx(sum(t["spent"]["seconds"] for t in record["trials"]))
+
+
+def test_trials_run_in_parallel_processes_sharing_the_study(tmp_path, lr_space):
+    reg = Registry(tmp_path)
+    best, record = tune(sgd_probe(), TuneSpec(trials=4, share=0.5, jobs=2, pruner="none"), reg)
+    pids = {t["pid"] for t in record["trials"]}
+    assert len(record["trials"]) == 4 and len(pids) == 2  # two processes, one study
+    assert best == {"lr": GOOD}
+    again, rerun = tune(sgd_probe(), TuneSpec(trials=4, share=0.5, jobs=2, pruner="none"), reg)
+    assert rerun["trials"] == record["trials"]  # a finished study in the storage runs no more trials
+
+
+def test_a_method_without_a_space_runs_no_trials(tmp_path):
+    probe = {**sgd_probe(), "method_config": {**sgd_probe()["method_config"], "solver": "lbfgs", "max_iter": 20}}
+    best, record = tune(probe, TuneSpec(trials=3), Registry(tmp_path))
+    assert best == {} and record["trials"] == [] and record["space"] == {}
+
+
+@pytest.mark.parametrize("value,match", [
+    ({"trials": 0}, "trials must be an integer >= 1"),
+    ({"trials": 2, "share": 0}, "share must be a number in"),
+    ({"trials": 2, "sharre": 0.5}, "Did you mean 'share'"),
+    ({"share": 0.5}, "missing required key 'trials'"),
+    ({"trials": 2, "pruner": "hyperband"}, "pruner must be one of"),
+    ("8", "expected a number of trials or a mapping"),
+])
+def test_bad_tune_settings_fail_before_work(value, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_tune(value, "tune")
+
+
+SUITE = {"name": "t", "dataset": "fashion-mnist-lt", "backbone": "vit-tiny-test", "budget": "2epochs",
+         "set": {**TINY_DATA, "solver": "sgd"}, "tune": {"trials": 2, "share": 0.5},
+         "runs": [{"method": "linear-probe"}]}
+
+
+def test_suite_tune_block_is_equal_for_every_run_and_the_report_marks_tuned_rows(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(SUITE))
+    suite = load_suite(path)
+    assert all(j.tune == TuneSpec(trials=2, share=0.5) for j in suite.jobs)
+    reg = Registry(tmp_path / "home")
+    run_suite(suite, reg, quiet=True)
+    ex = reg.get("t-linear-probe-s0")
+    assert len(ex.meta["tuning"]["trials"]) == 2
+    table, _ = report_suite(suite, reg, out=tmp_path / "rep", plots=False)
+    row = json.loads((tmp_path / "rep" / "report.json").read_text())[0]
+    assert row["tuned"] == 2 and row["tune_seconds"] == pytest.approx(ex.meta["tuning"]["compute"]["seconds"])
+    assert "tuning s" in (tmp_path / "rep" / "report.txt").read_text()
+    # a changed tune: block is a different experiment, not a stale row
+    path.write_text(yaml.safe_dump({**SUITE, "tune": {"trials": 3, "share": 0.5}}))
+    with pytest.raises(SuiteError, match="tune: registered"):
+        run_suite(load_suite(path), reg, quiet=True)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"tune": {"trials": 2, "share": 2}}, "share must be a number in"),
+    ({"runs": [{"method": "linear-probe", "set": {"lr": 0.5}}]}, "lr is tuned"),
+])
+def test_suite_tune_errors_name_the_file(tmp_path, change, match):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**SUITE, **change}))
+    with pytest.raises(SuiteError, match=match) as e:
+        load_suite(path)
+    assert str(path) in str(e.value)
+
+
+def test_cli_train_tune(home, lr_space):
+    args = ["train", "--method", "linear-probe", "--backbone", "vit-tiny-test", "--budget", "2epochs", "--quiet",
+            "--name", "p", "--tune", "2", "--tune-share", "0.5", "--set", "solver=sgd"]
+    r = CliRunner().invoke(app, args + [a for s in TINY_SETS for a in ("--set", s)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "tuned" in r.output and "2 trials" in r.output
+    ex = Registry(home).get("p")
+    assert ex.meta["tuning"]["spec"]["trials"] == 2 and (home / "studies.sqlite").is_file()
