@@ -4,8 +4,8 @@ on 2 CPU cores, everything included (training, evaluation of val / test / OOD, f
     .venv/bin/python benchmarks/bench_demo.py [--suite FILE] [--keep DIR] [--quiet]
 
 Runs the built-in demo suite (or `--suite FILE`) from an empty registry, so every run trains,
-then prints one row per job — train seconds (the budget meter's `spent.seconds`, feature
-caching included), eval seconds (`eval_seconds`: val, test and OOD logits), the rest of the
+then prints one row per job — tuning seconds (its trials, `meta.tuning`), train seconds (the
+budget meter's `spent.seconds`, feature caching included), eval seconds (`eval_seconds`: val, test and OOD logits), the rest of the
 run (data, model build, checkpoints: `wall_seconds` minus both), wall seconds, steps and
 FLOPs — then the report's time, the whole, and its ratio to the target. The load average is
 printed before and after: on a shared machine the seconds are noisy, the steps and FLOPs not.
@@ -64,17 +64,18 @@ def main() -> None:
             fus = meta.get("spent_fusion") or {}
             train, ev = float(fus.get("seconds") or 0), float(fus.get("apply_seconds") or 0)
             rest = wall - train - ev
-        rows.append((job.name, job.kind, train, ev, rest, wall, spent.get("steps"), spent.get("flops")))
+        tuned = float(((meta.get("tuning") or {}).get("compute") or {}).get("seconds") or 0)  # trials, before the run
+        rows.append((job.name, job.kind, tuned, train, ev, rest, wall, spent.get("steps"), spent.get("flops")))
 
     w = max(len(r[0]) for r in rows) + 2
     print(f"\nsuite {suite.name}: budget {suite.budget} a run, {len(suite.jobs)} jobs, registry {home}")
-    print(f"{'job':<{w}}{'kind':<8}{'train s':>9}{'eval s':>9}{'other s':>9}{'wall s':>9}{'steps':>8}{'FLOPs':>11}")
-    for name, kind, train, ev, rest, wall, steps, flops in rows:
-        print(f"{name:<{w}}{kind:<8}{train:9.1f}{ev:9.1f}{rest:9.1f}{wall:9.1f}"
+    print(f"{'job':<{w}}{'kind':<8}{'tune s':>9}{'train s':>9}{'eval s':>9}{'other s':>9}{'wall s':>9}{'steps':>8}"
+          f"{'FLOPs':>11}")
+    for name, kind, tuned, train, ev, rest, wall, steps, flops in rows:
+        print(f"{name:<{w}}{kind:<8}{tuned:9.1f}{train:9.1f}{ev:9.1f}{rest:9.1f}{wall:9.1f}"
               f"{'' if steps is None else steps:>8}{'' if flops is None else f'{flops:.2e}':>11}")
     runs = [r for r in rows if r[1] == "run"]
-    print(f"{'sum of runs':<{w}}{'':<8}{sum(r[2] for r in runs):9.1f}{sum(r[3] for r in runs):9.1f}"
-          f"{sum(r[4] for r in runs):9.1f}{sum(r[5] for r in runs):9.1f}")
+    print(f"{'sum of runs':<{w}}{'':<8}" + "".join(f"{sum(r[i] for r in runs):9.1f}" for i in range(2, 7)))
     print(f"\nimport {t_import:.1f}s · jobs {t_runs:.1f}s (registry writes and fusions included) · "
           f"report + {len(written) - 5} plots {t_report:.1f}s")
     if already:

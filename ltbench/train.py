@@ -495,14 +495,15 @@ class Trainer:
         """A phase fitted in one call on cached train and val features (val selects its settings).
 
         The solver runs to convergence whatever the budget: its FLOPs and seconds are charged
-        (so they may exceed a FLOPs or seconds budget) and its iterations count as steps.
+        (so they may exceed a FLOPs or seconds budget); its iterations are in the phase log, not
+        in the budget's steps or epochs, which count minibatch training.
         """
         feats = self._cached_features(meter, train).tensors
         val = self._cached_features(meter, self.data.val).tensors
         dev = self.device
         with Stopwatch(dev) as sw:
             log = phase.solve(feats[0].to(dev), feats[1].to(dev), val[0].to(dev), val[1].to(dev), loss_fn)
-        meter.charge(steps=log["iterations"], flops=log["flops"], seconds=all_ranks_sum(sw.elapsed, self.dist, dev))
+        meter.charge(flops=log["flops"], seconds=all_ranks_sum(sw.elapsed, self.dist, dev))
         if phase.on_end is not None:
             phase.on_end()
         return {"phase": phase.name, "spent": meter.spent.as_dict(), "budget": str(meter.budget),

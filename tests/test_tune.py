@@ -188,3 +188,12 @@ def test_cli_train_tune(home, lr_space):
     assert "tuned" in r.output and "2 trials" in r.output
     ex = Registry(home).get("p")
     assert ex.meta["tuning"]["spec"]["trials"] == 2 and (home / "studies.sqlite").is_file()
+
+
+def test_the_demo_suite_tunes_every_run_alike_and_hand_picks_nothing():
+    from ltbench.bench import builtin_suite
+
+    suite = builtin_suite("demo")
+    picked = {"lr", "optimizer", "batch_size", "lr_ref_batch", "weight_decay", "momentum"}
+    assert not picked & set(suite.sets) and all(not picked & set(r.sets) for r in suite.runs)
+    assert suite.tune is not None and {j.tune for j in suite.jobs if j.kind == "run"} == {suite.tune}
