@@ -159,7 +159,7 @@ def test_suite_tune_block_is_equal_for_every_run_and_the_report_marks_tuned_rows
     ex = reg.get("t-linear-probe-s0")
     assert len(ex.meta["tuning"]["trials"]) == 2
     table, _ = report_suite(suite, reg, out=tmp_path / "rep", plots=False)
-    row = json.loads((tmp_path / "rep" / "report.json").read_text())[0]
+    row = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"][0]
     assert row["tuned"] == 2 and row["tune_seconds"] == pytest.approx(ex.meta["tuning"]["compute"]["seconds"])
     assert "tuning s" in (tmp_path / "rep" / "report.txt").read_text()
     # a changed tune: block is a different experiment, not a stale row
