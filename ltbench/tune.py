@@ -177,7 +177,8 @@ def run_trial(run: dict[str, Any], registry: Registry, trial=None) -> tuple[floa
 
     def spent_dict(spent: Spent) -> dict[str, float]:
         return {"flops": spent.flops + evals["flops"], "seconds": spent.seconds + evals["seconds"],
-                "train_flops": spent.flops, "train_seconds": spent.seconds, "steps": spent.steps, "epochs": spent.epochs}
+                "train_flops": spent.flops, "train_seconds": spent.seconds, "steps": spent.steps,
+                "epochs": spent.epochs}
 
     def on_epoch_end(step: int, spent: Spent) -> None:
         acc = val_accuracy(trainer)

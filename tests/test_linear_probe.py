@@ -131,7 +131,7 @@ def test_sgd_solver_stays_an_option(tmp_path):
 
 
 @pytest.mark.parametrize("sets,match", [
-    ({"solver": "adam"}, "solver='adam': expected lbfgs or sgd"),
+    ({"solver": "adam"}, "solver='adam': expected one of lbfgs, sgd"),
     ({"classifier": "cosine"}, "classifier=cosine needs --set solver=sgd"),
     ({"loss": "gcl"}, "deterministic loss"),
     ({"l2_grid": [0.1, -1]}, "l2_grid"),

@@ -2,22 +2,24 @@
 
 By default (`solver=lbfgs`) it is fitted as CLIP, CLIP_benchmark and LIFT fit it: features of
 un-augmented training and validation images are computed once, then a multinomial logistic
-regression (logit-adjusted by default, for a long-tailed training set) is solved to convergence on the full feature matrix by L-BFGS (strong Wolfe line
-search), once per L2 strength of a log grid, and the strength with the best validation
-accuracy is kept. Its compute is the feature pass plus the solver, recorded in FLOPs and
-seconds; the run's budget does not cut a convergent solver short (see `Phase.solve`).
+regression (logit-adjusted by default, for a long-tailed training set) is solved to
+convergence on the full feature matrix by L-BFGS (strong Wolfe line search), once per L2
+strength of a log grid, and the strength with the best validation accuracy is kept. Its
+compute is the feature pass plus the solver, recorded in FLOPs and seconds; the run's budget
+does not cut a convergent solver short (see `Phase.solve`).
 
 `solver=sgd` trains the head by minibatches for as long as the budget lasts (for ablations).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar
 
 import numpy as np
 import torch
 
 from ..budget import count_flops
+from ..checks import Choice, Float, Int, ListOf, Opt
 from ..errors import ConfigError
 from . import register_method
 from .base import Method, MethodConfig, Phase
@@ -30,7 +32,8 @@ class LinearProbeConfig(MethodConfig):
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {  # solver=sgd only: L-BFGS sweeps its L2 strength itself
         "lr": ("log", 1e-4, 1e-1), "weight_decay": ("log", 1e-6, 1e-2), "batch_size": ("choice", [8, 16, 32, 64, 128])}
 
-    solver: str = "lbfgs"  # lbfgs (to convergence, L2 swept on val) | sgd (minibatches under the budget)
+    # lbfgs: to convergence, L2 swept on val | sgd: minibatches for as long as the budget lasts
+    solver: Annotated[str, Choice(SOLVERS)] = "lbfgs"
     # Logit-adjusted logistic regression (Menon et al. 2021): its optimum is the balanced-error classifier,
     # which a long-tailed benchmark's balanced test set scores. Plain CE (CLIP's probe, `--loss ce`) at
     # convergence learns the training prior in its bias: on fashion-mnist-lt / dinov2-s14 at 56 px it
@@ -39,26 +42,20 @@ class LinearProbeConfig(MethodConfig):
     # L2 strengths λ of λ/2·‖W‖² beside the mean cross-entropy, swept strong → weak with warm starts,
     # then refined half a decade either side of the best. Decades over 1 … 1e-6 cover about CLIP's
     # sweep (sklearn's C = 1/(λ·n) over 1e-6 … 1e6 with n ≈ 1e3 … 1e6) at the resolution a
-    # validation set of a few hundred images can tell apart.
-    l2_grid: list[float] | None = None  # None: L2_GRID
-    max_iter: int = 1000  # L-BFGS iterations per strength (it stops earlier once converged)
+    # validation set of a few hundred images can tell apart. None: L2_GRID.
+    l2_grid: Annotated[list[float] | None, Opt(ListOf(Float(lo=0, hi=1e6, lo_open=True), nonempty=True))] = None
+    max_iter: Annotated[int, Int(lo=1, hi=10**6)] = 1000  # L-BFGS iterations per strength (fewer once converged)
     optimizer: str = "adamw"  # solver=sgd
     lr: float = 1e-2  # solver=sgd; measured: 1e-3 under-trains a head in a few hundred steps
     weight_decay: float = 1e-4  # solver=sgd
     batch_size: int = 64  # solver=sgd
 
-    def __post_init__(self) -> None:
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"--set solver={self.solver!r}: expected {' or '.join(SOLVERS)}")
+    def __post_init__(self) -> None:  # what one key's check cannot see: keys that exclude each other
         if self.solver == "lbfgs" and self.classifier != "linear":
             raise ConfigError("--set classifier=cosine needs --set solver=sgd (L-BFGS fits a linear "
                               "logistic regression; an L2 penalty on a normalised weight has no effect)")
         if self.solver == "lbfgs" and self.loss not in ("ce", "la", "bs"):
             raise ConfigError(f"--loss {self.loss}: L-BFGS needs a deterministic loss (ce, la or bs)")
-        if self.l2_grid is not None and (not self.l2_grid or any(not (float(v) > 0) for v in self.l2_grid)):
-            raise ConfigError(f"--set l2_grid={self.l2_grid!r}: expected a list of positive numbers")
-        if self.max_iter < 1:
-            raise ConfigError(f"--set max_iter={self.max_iter!r}: expected a positive integer")
 
     def search_space(self) -> dict[str, tuple]:
         return dict(self.SEARCH_SPACE) if self.solver == "sgd" else {}
