@@ -22,7 +22,7 @@ def invoke(*args):
 
 
 def test_train_report_show_rm(home):
-    r = invoke("train", "--method", "linear-probe", "--name", "lp", *TINY)
+    r = invoke("train", "--method", "linear-probe", "--name", "lp", *TINY, "--set", "solver=sgd")
     assert r.exit_code == 0, r.output
     assert "registered lp" in r.output
 
