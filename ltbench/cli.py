@@ -197,15 +197,19 @@ def report(
                   highlight=False, soft_wrap=True)
 
 
-@app.command("ls")
-@_guard
-def ls(format: str = typer.Option("table", "--format", help="table | json")) -> None:
-    """List registered experts."""
-    shown = api.ls(format)
+def _emit(shown, format: str) -> None:
+    """A rich table on the terminal; machine formats (json, csv) verbatim on stdout."""
     if format == "table":
         out.print(shown)
     else:
         sys.stdout.write(shown)
+
+
+@app.command("ls")
+@_guard
+def ls(format: str = typer.Option("table", "--format", help="table | json")) -> None:
+    """List registered experts."""
+    _emit(api.ls(format), format)
 
 
 @app.command()
@@ -237,10 +241,7 @@ def predict(
     """Classify images with a registered expert (fused experts through their scorer)."""
     _, shown = api.predict(expert, [str(p) for p in images], top=top, fmt=format, batch_size=batch_size,
                            device=device, weights=weights)
-    if format == "table":
-        out.print(shown)
-    else:
-        sys.stdout.write(shown)
+    _emit(shown, format)
 
 
 @app.command()
