@@ -78,7 +78,7 @@ def test_resumed_run_keeps_the_history_of_its_first_part(tmp_path):
 def test_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=False, width=200)
-    train_expert(tiny_run("linear-probe", "20steps", batch_size=8), Registry(tmp_path), console=console)
+    train_expert(tiny_run("linear-probe", "20steps", batch_size=8, solver="sgd"), Registry(tmp_path), console=console)
     lines = buf.getvalue().splitlines()
     pattern = r"linear-probe head +(\d+)% step (\d+) loss \d+\.\d{4} lr \S+ \d+ img/s ETA \d+:\d\d:\d\d"
     found = [re.fullmatch(pattern, line) for line in lines]
@@ -94,7 +94,7 @@ def test_plain_progress_lines_when_stderr_is_not_a_terminal(tmp_path):
 def test_tensorboard_event_files_read_back(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    ex = train_expert(tiny_run("linear-probe", "3epochs", name="tb", log="tensorboard", log_dir=str(tmp_path / "tb")),
+    ex = train_expert(tiny_run("linear-probe", "3epochs", name="tb", solver="sgd", log="tensorboard", log_dir=str(tmp_path / "tb")),
                       Registry(tmp_path / "runs"), quiet=True)
     acc = EventAccumulator(str(tmp_path / "tb" / "tb"))
     acc.Reload()
@@ -150,7 +150,7 @@ def test_log_option_errors_come_before_any_work(monkeypatch):
 
 
 def test_show_history_prints_the_learning_curve(tmp_path, home):
-    train_expert(tiny_run("linear-probe", "3epochs", name="v"), Registry(home), quiet=True)
+    train_expert(tiny_run("linear-probe", "3epochs", name="v", solver="sgd"), Registry(home), quiet=True)
     r = runner.invoke(app, ["show", "v", "--history"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     ex = Registry(home).get("v")
