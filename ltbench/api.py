@@ -136,9 +136,7 @@ def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
     ex = (registry or Registry.existing()).get(name)
     info = {"name": ex.name, "path": str(ex.path), "config": ex.config, "metrics": ex.metrics, "meta": ex.meta,
             "splits": ex.splits()}
-    for extra in sorted(ex.path.glob("*.json")):
-        if extra.name not in ("config.json", "metrics.json", "meta.json"):
-            info[extra.stem] = ex._json(extra.name)
+    info.update(ex.artifacts())
     return info
 
 

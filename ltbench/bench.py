@@ -65,7 +65,7 @@ from ._registry import UnknownNameError
 from .config import RUN_DEFAULTS, ConfigError, load_yaml, resolve_config
 from .methods import METHODS
 from .registry import Registry
-from .tracking import OPERATIONAL_KEYS
+from .records import OPERATIONAL
 
 if TYPE_CHECKING:
     from .tune import TuneSpec
@@ -79,8 +79,6 @@ RUN_KEYS = ("label", "method", "backbone", "set", "init", "resources", "retries"
 RESOURCE_KEYS = ("cpus", "gpus")
 FUSION_KEYS = ("label", "experts", "scorer", "trials", "objective", "per_group")
 REQUIRED = ("dataset", "backbone", "budget", "runs")
-#: Keys that do not change what a run computes: a registered expert may differ here.
-_OPERATIONAL = ("name", "resume", "device", "num_workers", "eval_batch_size", *OPERATIONAL_KEYS)
 
 
 class SuiteError(ConfigError):
@@ -463,7 +461,7 @@ def _stale(job: Job, config: dict[str, Any]) -> list[str]:
     """The keys the suite sets whose value differs in an already registered expert's config."""
     diffs = []
     for key, want in (job.explicit or {}).items():
-        if key in _OPERATIONAL:
+        if key in OPERATIONAL:  # a registered expert may differ here
             continue
         if key in RUN_DEFAULTS or key in ("method", "backbone", "dataset", "budget", "seed"):
             have, want = config.get(key), job.run.get(key)

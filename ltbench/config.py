@@ -18,6 +18,7 @@ from .budget import parse_budget
 from .checks import Bool, Choice, Either, Int, Key, ListOf, Opt, Str, check_key, dataclass_checks, signature_checks
 from .data import DATASETS, create_dataset, dataset_options  # noqa: F401  (re-exported for callers)
 from .methods import METHODS, method_config_fields
+from .metrics import FEW_THRESHOLD, MANY_THRESHOLD
 from .methods.base import resolve_method_config
 from .tracking import LogTargets, check_log_options
 
@@ -42,8 +43,8 @@ RUN_KEYS: dict[str, Key] = {
     "root": Key(None, Opt(Str())),
     "img_size": Key(None, Opt(Int(lo=1, hi=8192))),  # None: the backbone's own default
     "eval_batch_size": Key(128, Int(lo=1, hi=2**20)),
-    "many": Key(100, Int(lo=0)),  # shot groups: many > this
-    "few": Key(20, Int(lo=0)),  # few < this
+    "many": Key(MANY_THRESHOLD, Int(lo=0)),  # shot groups: many > this
+    "few": Key(FEW_THRESHOLD, Int(lo=0)),  # few < this
     "device": Key("auto", Str()),  # and check_device: auto | cpu | cuda[:N] | mps, available here
     "num_workers": Key("auto", Either((_AUTO, Int(lo=0, hi=1024)), "auto or an integer >= 0")),  # auto = 0 on CPU, min(8, cores) on CUDA
     "pretrained": Key(True, Bool()),

@@ -1,14 +1,46 @@
 """Accuracy per class and per shot group, and calibration, all from cached logits."""
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from .data.base import GROUP_NAMES
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+# torch is imported where tensors are handled: shot groups are imported by the data package and
+# the registry, which `ltbench ls` / `show` load without torch (tests/test_cli.py).
+
+#: Shot groups (class index → group): the long-tail benchmarks' many / medium / few split.
+MANY, MEDIUM, FEW = 0, 1, 2
+GROUP_NAMES = ("many", "medium", "few")
+#: Default thresholds on a class's training count (Liu et al. 2019): many > 100, few < 20.
+#: The one place they are written; runs record theirs as the run keys `many` / `few`.
+MANY_THRESHOLD, FEW_THRESHOLD = 100, 20
+
+
+def shot_groups(counts: np.ndarray, many: int = MANY_THRESHOLD, few: int = FEW_THRESHOLD) -> np.ndarray:
+    """Group per class from training counts: many > `many`, few < `few`, medium otherwise."""
+    counts = np.asarray(counts)
+    groups = np.full(len(counts), MEDIUM, dtype=np.int64)
+    groups[counts > many] = MANY
+    groups[counts < few] = FEW
+    return groups
+
+
+def thresholds(config: dict) -> tuple[int, int]:
+    """An expert's (many, few) thresholds from its config; experts that predate the keys used the defaults."""
+    return int(config.get("many", MANY_THRESHOLD)), int(config.get("few", FEW_THRESHOLD))
+
+
+def group_sizes(groups: np.ndarray) -> dict[str, int]:
+    """How many classes fall in each shot group (recorded in an expert's meta)."""
+    return {name: int((np.asarray(groups) == g).sum()) for g, name in enumerate(GROUP_NAMES)}
 
 
 def mask_to_subset(logits: torch.Tensor, class_subset: np.ndarray | None) -> torch.Tensor:
     """OOD sets that cover a subset of classes (ImageNet-R/A) are scored among those only."""
+    import torch
+
     if class_subset is None:
         return logits
     mask = torch.full((logits.shape[1],), float("-inf"), dtype=logits.dtype)
@@ -42,6 +74,8 @@ def evaluate_logits(
     class_subset: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Per-class-averaged overall / many / medium / few accuracy and ECE."""
+    import torch
+
     logits = mask_to_subset(torch.as_tensor(logits).float(), class_subset)
     labels = np.asarray(labels, dtype=np.int64)
     probs = torch.softmax(logits, dim=1).numpy()

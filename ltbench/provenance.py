@@ -15,13 +15,14 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
-from .tracking import OPERATIONAL_KEYS
+from .records import OPERATIONAL, result_keys
 
 PACKAGES = ("ltbench", "torch", "torchvision", "timm", "open_clip_torch", "optuna", "numpy", "scipy",
             "pandas", "safetensors", "onnx")
 
 
 def package_versions() -> dict[str, str | None]:
+    """Installed versions of what decides an expert's numbers (None: not installed)."""
     out: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
@@ -103,22 +104,25 @@ def numeric_environment() -> dict[str, Any]:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Hash of the resolved config minus the run's name: same hash, same experiment."""
-    return _hash({k: v for k, v in config.items() if k not in ("name", "resume", *OPERATIONAL_KEYS)})
+    """Hash of the resolved config minus its operational keys (`records.OPERATIONAL`): same hash,
+    same numbers — a resumed run checks its checkpoint against it, so moving a run to another
+    device or worker count keeps its checkpoint."""
+    return _hash(result_keys(config))
 
 
 def _hash(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-#: Config keys that do not make a different experiment: two experts whose configs differ only
-#: here are seeds of one experiment.
-EXPERIMENT_IGNORE = ("name", "seed", "resume", "device", "num_workers", "eval_batch_size", *OPERATIONAL_KEYS)
+#: Config keys that do not make a different experiment: the operational ones and the seed (two
+#: experts whose configs differ only here are seeds of one experiment).
+EXPERIMENT_IGNORE = OPERATIONAL | {"seed"}
 #: A fusion's replicate is its members' seed (`data_seed`); its study and storage are operational.
-_FUSION_IGNORE = ("data_seed", "study_name", "storage")
+_FUSION_IGNORE = frozenset({"data_seed", "study_name", "storage"})
 
 
 def is_fusion(config: dict[str, Any]) -> bool:
+    """A fused expert's config: its replicate seed and identity differ from a trained one's."""
     return str(config.get("method", "")).startswith("fuse:")
 
 
@@ -137,7 +141,7 @@ def experiment_key(config: dict[str, Any], lookup: Callable[[str], dict[str, Any
         except KeyError:
             return name
 
-    ignore = EXPERIMENT_IGNORE + (_FUSION_IGNORE if is_fusion(config) else ())
+    ignore = EXPERIMENT_IGNORE | (_FUSION_IGNORE if is_fusion(config) else frozenset())
     payload = {k: v for k, v in config.items() if k not in ignore}
     if is_fusion(config):
         payload["experts"] = [ref(n) for n in payload.get("experts") or []]
@@ -156,4 +160,5 @@ def replicate_seed(config: dict[str, Any]) -> Any:
 
 
 def now() -> str:
+    """UTC time to the second, ISO 8601: what `created` records (sortable as text)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -33,6 +33,8 @@ import sqlalchemy as sa
 
 if TYPE_CHECKING:
     import torch
+
+    from .records import ExpertRecord
 # torch and safetensors are imported where tensors are read or written, so that `ltbench ls`
 # and `show` (JSON and SQLite only) start without them (tests/test_cli.py checks sys.modules).
 
@@ -235,12 +237,28 @@ def _shown(url: str) -> str:
         return url
 
 
+#: The folder layout of one expert (the registry's alone: others ask `Expert`).
+DELTA_FILE = "delta.safetensors"
+LOGITS_DIR = "logits"
+EXTRA_SUFFIX = ".json"
+
+
 @dataclass
 class Expert:
-    """A registered expert, read lazily from its folder."""
+    """A registered expert, read lazily from its folder.
+
+    The only reader of an expert's folder: everything else (fusion, report, the API) asks for
+    records, logits, counts and artifacts here, so the layout can change, or move to another
+    store, in this one class.
+    """
 
     name: str
     path: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> "Expert":
+        """The expert in folder `path` (report tables carry folders, not registry handles)."""
+        return cls(Path(path).name, Path(path))
 
     def _json(self, file: str) -> dict[str, Any]:
         try:
@@ -254,41 +272,102 @@ class Expert:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self._json("config.json")
+        """The resolved run config (config.json): the whole truth about what was run."""
+        return self._json(RECORDS[0])
 
     @property
     def metrics(self) -> dict[str, Any]:
-        return self._json("metrics.json")
+        """Accuracy per split and shot group, ECE (metrics.json)."""
+        return self._json(RECORDS[1])
 
     @property
     def meta(self) -> dict[str, Any]:
-        return self._json("meta.json")
+        """Provenance and cost (meta.json): versions, environment, compute, parameters, classes."""
+        return self._json(RECORDS[2])
+
+    @property
+    def record(self) -> "ExpertRecord":
+        """config, metrics and meta as one typed record, upgraded from older schema versions."""
+        from .records import ExpertRecord
+
+        return ExpertRecord.read(self.config, self.metrics, self.meta, where=str(self.path))
+
+    @property
+    def class_counts(self) -> np.ndarray | None:
+        """Training images per class (what shot groups are computed from); None if not recorded."""
+        counts = self.meta.get("class_counts")
+        return None if counts is None else np.asarray(counts)
+
+    @property
+    def thresholds(self) -> tuple[int, int]:
+        """The (many, few) shot-group thresholds the expert was evaluated with."""
+        from .metrics import thresholds
+
+        return thresholds(self.config)
+
+    @property
+    def spent(self) -> dict[str, Any]:
+        """Compute spent (FLOPs, seconds); a fusion's includes its constituents'."""
+        return dict(self.meta.get("spent") or {})
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Parameter counts (trainable, total)."""
+        return dict(self.meta.get("params") or {})
+
+    def artifacts(self) -> dict[str, dict[str, Any]]:
+        """Extra JSON files a method wrote beside the records (e.g. LPT's prompt choices), by stem."""
+        return {f.stem: self._json(f.name) for f in sorted(self.path.glob(f"*{EXTRA_SUFFIX}")) if f.name not in RECORDS}
 
     def splits(self) -> list[str]:
         """Cached logit splits: val, test, ood:<name> …"""
-        return sorted(_unquote(p.stem) for p in (self.path / "logits").glob("*.safetensors"))
+        return sorted(_unquote(p.stem) for p in (self.path / LOGITS_DIR).glob("*.safetensors"))
+
+    def _logits_file(self, split: str) -> Path:
+        file = self.path / LOGITS_DIR / f"{_quote(split)}.safetensors"
+        if not file.is_file():
+            raise RegistryError(f"expert {self.name!r} has no cached logits for split {split!r} ({file})")
+        return file
+
+    def logits_version(self, split: str) -> tuple:
+        """A key that changes whenever the split's cached logits change (for readers' caches)."""
+        file = self._logits_file(split)
+        st = file.stat()
+        return (str(file), st.st_size, st.st_mtime_ns)
 
     def logits(self, split: str) -> torch.Tensor:
         """fp32 logits of a split; never returns labels, so fusion cannot peek at test labels."""
         from safetensors import safe_open
 
-        file = self.path / "logits" / f"{_quote(split)}.safetensors"
-        if not file.is_file():
-            raise RegistryError(f"expert {self.name!r} has no cached logits for split {split!r} ({file})")
-        with safe_open(str(file), "pt") as f:
+        with safe_open(str(self._logits_file(split)), "pt") as f:
             return f.get_tensor("logits").float()
 
-    def labels(self, split: str) -> np.ndarray:
+    def stored_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """(logits as stored, fp16; labels) of a split: the report's bulk read, no fp32 copy."""
         from safetensors import safe_open
 
-        file = self.path / "logits" / f"{_quote(split)}.safetensors"
-        with safe_open(str(file), "pt") as f:
+        with safe_open(str(self._logits_file(split)), "pt") as f:
+            return f.get_tensor("logits").numpy(), f.get_tensor("labels").numpy().astype(np.int64, copy=False)
+
+    def rows(self, split: str) -> int:
+        """Samples in a split, read from the header alone."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._logits_file(split)), "pt") as f:
+            return int(f.get_slice("logits").get_shape()[0])
+
+    def labels(self, split: str) -> np.ndarray:
+        """A split's labels: fusion reads validation ones to fit, the others only to evaluate."""
+        from safetensors import safe_open
+
+        with safe_open(str(self._logits_file(split)), "pt") as f:
             return f.get_tensor("labels").numpy()
 
     def delta(self) -> dict[str, torch.Tensor]:
+        """The trained tensors (what differs from the backbone), to load the expert back as a model."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.path / "delta.safetensors"))
+        return load_file(str(self.path / DELTA_FILE))
 
     def problem(self) -> str | None:
         """Why this folder is not a complete, readable expert (None if it is); reads headers only."""
@@ -299,7 +378,7 @@ class Expert:
         try:
             for file in RECORDS:
                 self._json(file)
-            for file in [self.path / "delta.safetensors", *sorted((self.path / "logits").glob("*.safetensors"))]:
+            for file in [self.path / DELTA_FILE, *sorted((self.path / LOGITS_DIR).glob("*.safetensors"))]:
                 with safe_open(str(file), "numpy") as f:  # headers only: no torch needed (`ltbench ls`)
                     f.keys()
         except RegistryError as e:
@@ -519,17 +598,17 @@ class Registry:
         final = self.experts_dir / name
         with file_lock(self.experts_dir / f".tmp-{name}-{token}.lock", f"registration of {name!r}"):
             try:
-                (tmp / "logits").mkdir(parents=True)
-                _write_json(tmp / "config.json", config)
-                save_file({k: v.detach().contiguous().cpu() for k, v in delta.items()}, str(tmp / "delta.safetensors"))
+                (tmp / LOGITS_DIR).mkdir(parents=True)
+                _write_json(tmp / RECORDS[0], config)
+                save_file({k: v.detach().contiguous().cpu() for k, v in delta.items()}, str(tmp / DELTA_FILE))
                 for split, (lg, labels) in logits.items():
                     save_file(
                         {"logits": lg.detach().to(torch.float16).contiguous().cpu(),
                          "labels": torch.as_tensor(np.ascontiguousarray(labels), dtype=torch.int64)},
-                        str(tmp / "logits" / f"{_quote(split)}.safetensors"),
+                        str(tmp / LOGITS_DIR / f"{_quote(split)}.safetensors"),
                     )
-                _write_json(tmp / "metrics.json", metrics)
-                _write_json(tmp / "meta.json", {**meta, "format": FORMAT_VERSION})
+                _write_json(tmp / RECORDS[1], metrics)
+                _write_json(tmp / RECORDS[2], {**meta, "format": FORMAT_VERSION})
                 for file, obj in (extra_files or {}).items():
                     _write_json(tmp / file, obj)
                 if history is not None:

@@ -29,8 +29,6 @@ from .errors import ConfigError
 HISTORY_COLUMNS = ("step", "phase", "epoch", "loss", "lr", "images_per_s", "flops", "seconds", "val_acc")
 #: what `--log` accepts, and the module each needs
 LOG_TARGETS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow")}
-#: run keys that change where numbers are reported, never the numbers (left out of config hashes)
-OPERATIONAL_KEYS = ("log", "log_dir", "mlflow_uri", "val_each_epoch")
 
 
 def log_targets(value: Any) -> list[str]:

@@ -32,7 +32,8 @@ from .losses import build_loss
 from .methods import create_method
 from .methods.base import Method, Phase
 from .metrics import class_averaged_accuracy, evaluate_logits
-from .provenance import config_hash, environment, git_hash, now, package_versions
+from .provenance import config_hash
+from .records import expert_record
 from .registry import Registry, check_name
 from .tracking import Tracker
 
@@ -682,21 +683,17 @@ def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Di
     metrics = {split: evaluate_logits(lg, lb, groups, subsets[split]) for split, (lg, lb) in logits.items()}
     if data.skipped:
         metrics["skipped_images"] = data.skipped
-    counts = method.param_counts()
-    meta = {
-        "created": now(), "git": git_hash(), "packages": package_versions(), "env": environment(device),
-        "seed": run["seed"], "config_hash": config_hash(run), "budget": str(budget), "world_size": d.world,
-        "spent": result.spent.as_dict(), "phases": result.phases, "eval_seconds": sw.elapsed,
-        "wall_seconds": time.perf_counter() - t0, "params": counts,
-        "shot_groups": {"many": int((groups == 0).sum()), "medium": int((groups == 1).sum()), "few": int((groups == 2).sum())},
-        "class_counts": data.class_counts.tolist(), "classnames": data.classnames,
-        "class_subsets": {k: [int(c) for c in v] for k, v in subsets.items() if v is not None},
-        "skipped_images": data.skipped,
-        "pretrained_cfg": method.info.pretrained_cfg,  # where the backbone's weights came from
-    }
-    if tuning is not None:
-        meta["tuning"] = tuning
-    config = {k: v for k, v in run.items() if k != "resume"}
+    record = expert_record(
+        run, metrics, seed=run["seed"], budget=str(budget), spent=result.spent.as_dict(),
+        params=method.param_counts(), class_counts=data.class_counts.tolist(), classnames=data.classnames,
+        groups=groups, device=device, world_size=d.world, phases=result.phases, eval_seconds=sw.elapsed,
+        wall_seconds=time.perf_counter() - t0,
+        class_subsets={k: [int(c) for c in v] for k, v in subsets.items() if v is not None},
+        skipped_images=data.skipped,
+        pretrained_cfg=method.info.pretrained_cfg,  # where the backbone's weights came from
+        **({"tuning": tuning} if tuning is not None else {}),
+    )
+    config, metrics, meta = record.files()
     expert = registry.register(name, config, method.delta_state_dict(), logits, metrics, meta,
                                extra_files=artifacts, history=tracker.rows)
     ckpt = registry.run_dir(name)

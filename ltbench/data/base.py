@@ -14,8 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-MANY, MEDIUM, FEW = 0, 1, 2
-GROUP_NAMES = ("many", "medium", "few")
+from ..metrics import FEW, FEW_THRESHOLD, GROUP_NAMES, MANY, MANY_THRESHOLD, MEDIUM, shot_groups  # noqa: F401
 
 
 from ..errors import DataError  # noqa: E402,F401
@@ -158,15 +157,6 @@ class FileSplit(Split):
         )
 
 
-def shot_groups(counts: np.ndarray, many: int = 100, few: int = 20) -> np.ndarray:
-    """Group per class from training counts: many > `many`, few < `few`, medium otherwise."""
-    counts = np.asarray(counts)
-    groups = np.full(len(counts), MEDIUM, dtype=np.int64)
-    groups[counts > many] = MANY
-    groups[counts < few] = FEW
-    return groups
-
-
 def exponential_profile(num_classes: int, head: int, imbalance: float) -> list[int]:
     """n_i = int(head · IF^(−i/(C−1))): the CIFAR-100-LT profile, for any class count."""
     if imbalance < 1:
@@ -206,8 +196,8 @@ class LTDataset:
     val: Split
     test: Split
     ood: dict[str, Split] = field(default_factory=dict)
-    many_threshold: int = 100
-    few_threshold: int = 20
+    many_threshold: int = MANY_THRESHOLD
+    few_threshold: int = FEW_THRESHOLD
     #: The resolved source options (recorded in the expert's config).
     options: dict[str, Any] = field(default_factory=dict)
     #: images dropped by `validate(skip_bad_images=True)`, per split

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.base import GROUP_NAMES
+from ..metrics import GROUP_NAMES
 
 #: Floor for a base weight before softplus⁻¹ (so a zero base weight can still be offset upwards).
 EPS_WEIGHT = 1e-3

@@ -33,9 +33,8 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..data.base import GROUP_NAMES, shot_groups
-from ..metrics import evaluate_logits
-from ..provenance import config_hash, environment, git_hash, now, package_versions
+from ..metrics import GROUP_NAMES, evaluate_logits, shot_groups, thresholds
+from ..records import ExpertRecord, expert_record
 from ..registry import Expert, Registry, check_name
 from .core import OBJECTIVES, FusionError, FusionModel, ProbStack
 from .scorers import SCORERS, FitContext
@@ -73,58 +72,70 @@ def check_compatible(members: list[Expert]) -> dict[str, Any]:
                 f"data only; produce them by training it again: {retrain_command(ex)}")
     first = members[0]
     c0, m0 = first.config, first.meta
-
-    def mismatch(what: str, ex: Expert, a: Any, b: Any) -> FusionError:
-        return FusionError(f"experts {first.name!r} and {ex.name!r} differ in {what}: {a!r} vs {b!r}; "
-                           "fuse only experts trained on the same dataset, classes and splits")
-
-    val0 = first.logits("val")
-    labels0 = first.labels("val")
-    splits0 = first.splits()
-    sizes0 = {s: _rows(first, s) for s in splits0}
+    n_logits = first.logits("val").shape[1]
     for ex in members[1:]:
-        c, m = ex.config, ex.meta
-        for key in SPLIT_KEYS:
-            a, b = _split_key(c0, key), _split_key(c, key)
-            if a != b:
-                what = {"dataset": "dataset", "data": "dataset options",
-                        "data_seed": "data seed (the val / test samples are drawn from it)"}[key]
-                raise mismatch(what, ex, a, b)
-        n0, n = len(m0.get("classnames") or []), len(m.get("classnames") or [])
-        val = ex.logits("val")
-        if val.shape[1] != val0.shape[1] or n != n0:
-            raise mismatch("class count", ex, f"{val0.shape[1]} logits, {n0} class names",
-                           f"{val.shape[1]} logits, {n} class names")
-        if m.get("classnames") != m0.get("classnames"):
-            i = next(i for i, (a, b) in enumerate(zip(m0["classnames"], m["classnames"])) if a != b)
-            raise mismatch(f"class order (class {i})", ex, m0["classnames"][i], m["classnames"][i])
-        k0, k = list(m0.get("class_counts") or []), list(m.get("class_counts") or [])
-        if k != k0:
-            i = next((i for i, (a, b) in enumerate(zip(k0, k)) if a != b), min(len(k0), len(k)))
-            raise mismatch(f"training class counts (class {i}; so their shot groups differ)", ex,
-                           k0[i] if i < len(k0) else None, k[i] if i < len(k) else None)
-        for key in ("many", "few"):
-            if c.get(key, 100 if key == "many" else 20) != c0.get(key, 100 if key == "many" else 20):
-                raise mismatch(f"shot-group threshold {key!r}", ex, c0.get(key), c.get(key))
-        if ex.splits() != splits0:
-            extra = sorted(set(ex.splits()) ^ set(splits0))
-            raise mismatch(f"cached splits (not shared: {', '.join(extra)})", ex, splits0, ex.splits())
-        labels = ex.labels("val")
-        if len(labels) != len(labels0):
-            raise mismatch("validation split size", ex, len(labels0), len(labels))
-        if not np.array_equal(labels, labels0):
-            i = int(np.flatnonzero(labels != labels0)[0])
-            raise mismatch(f"validation labels / sample order (first at row {i})", ex, int(labels0[i]), int(labels[i]))
-        for s in splits0:
-            if _rows(ex, s) != sizes0[s]:
-                raise mismatch(f"size of split {s!r}", ex, sizes0[s], _rows(ex, s))
-    counts = m0.get("class_counts")
-    if counts is None or len(counts) != val0.shape[1]:
+        _check_same_data(first, ex)
+        _check_same_classes(first, ex, n_logits)
+        _check_same_samples(first, ex)
+    counts = first.class_counts
+    if counts is None or len(counts) != n_logits:
         raise FusionError(f"expert {first.name!r} has no training class_counts in its meta; shot groups are unknown")
     return {"dataset": c0.get("dataset"), "data": c0.get("data"), "data_seed": _split_key(c0, "data_seed"),
-            "classnames": m0.get("classnames"),
-            "class_counts": np.asarray(counts), "many": c0.get("many", 100), "few": c0.get("few", 20),
-            "splits": splits0}
+            "classnames": m0.get("classnames"), "class_counts": counts,
+            **dict(zip(("many", "few"), first.thresholds)), "splits": first.splits()}
+
+
+def _mismatch(what: str, first: Expert, ex: Expert, a: Any, b: Any) -> FusionError:
+    return FusionError(f"experts {first.name!r} and {ex.name!r} differ in {what}: {a!r} vs {b!r}; "
+                       "fuse only experts trained on the same dataset, classes and splits")
+
+
+def _check_same_data(first: Expert, ex: Expert) -> None:
+    """Same dataset, data options and data seed: the val / test samples are drawn from these."""
+    c0, c = first.config, ex.config
+    for key in SPLIT_KEYS:
+        a, b = _split_key(c0, key), _split_key(c, key)
+        if a != b:
+            what = {"dataset": "dataset", "data": "dataset options",
+                    "data_seed": "data seed (the val / test samples are drawn from it)"}[key]
+            raise _mismatch(what, first, ex, a, b)
+
+
+def _check_same_classes(first: Expert, ex: Expert, n_logits: int) -> None:
+    """Same class count, order, training counts and shot-group thresholds: one meaning per column."""
+    m0, m = first.meta, ex.meta
+    n0, n = len(m0.get("classnames") or []), len(m.get("classnames") or [])
+    width = ex.logits("val").shape[1]
+    if width != n_logits or n != n0:
+        raise _mismatch("class count", first, ex, f"{n_logits} logits, {n0} class names", f"{width} logits, {n} class names")
+    if m.get("classnames") != m0.get("classnames"):
+        i = next(i for i, (a, b) in enumerate(zip(m0["classnames"], m["classnames"])) if a != b)
+        raise _mismatch(f"class order (class {i})", first, ex, m0["classnames"][i], m["classnames"][i])
+    k0, k = list(m0.get("class_counts") or []), list(m.get("class_counts") or [])
+    if k != k0:
+        i = next((i for i, (a, b) in enumerate(zip(k0, k)) if a != b), min(len(k0), len(k)))
+        raise _mismatch(f"training class counts (class {i}; so their shot groups differ)", first, ex,
+                        k0[i] if i < len(k0) else None, k[i] if i < len(k) else None)
+    for key, a, b in zip(("many", "few"), first.thresholds, ex.thresholds):
+        if a != b:
+            raise _mismatch(f"shot-group threshold {key!r}", first, ex, a, b)
+
+
+def _check_same_samples(first: Expert, ex: Expert) -> None:
+    """Same split names and sizes, identical validation labels in the same order (only val labels are read)."""
+    splits0 = first.splits()
+    if ex.splits() != splits0:
+        extra = sorted(set(ex.splits()) ^ set(splits0))
+        raise _mismatch(f"cached splits (not shared: {', '.join(extra)})", first, ex, splits0, ex.splits())
+    labels0, labels = first.labels("val"), ex.labels("val")
+    if len(labels) != len(labels0):
+        raise _mismatch("validation split size", first, ex, len(labels0), len(labels))
+    if not np.array_equal(labels, labels0):
+        i = int(np.flatnonzero(labels != labels0)[0])
+        raise _mismatch(f"validation labels / sample order (first at row {i})", first, ex, int(labels0[i]), int(labels[i]))
+    for s in splits0:
+        if ex.rows(s) != first.rows(s):
+            raise _mismatch(f"size of split {s!r}", first, ex, first.rows(s), ex.rows(s))
 
 
 def _split_key(config: dict[str, Any], key: str) -> Any:
@@ -135,15 +146,6 @@ def _split_key(config: dict[str, Any], key: str) -> Any:
     if key == "data" and isinstance(value, dict):  # where the files live is not which samples they are
         return {k: v for k, v in value.items() if k != "root"}
     return value
-
-
-def _rows(ex: Expert, split: str) -> int:
-    from safetensors import safe_open
-
-    from ..registry import _quote
-
-    with safe_open(str(ex.path / "logits" / f"{_quote(split)}.safetensors"), "pt") as f:
-        return int(f.get_slice("logits").get_shape()[0])
 
 
 def study_name_for(members: list[Expert], scorer: str, objective: str, per_group: bool, seed: int) -> str:
@@ -190,7 +192,35 @@ def fuse_experts(
     registry = registry or Registry()
     console = console or Console(stderr=True)
     names = parse_experts(experts)
-    SCORERS.get(scorer)  # unknown scorer: "did you mean" before any work
+    _check_request(scorer, objective, trials, workers, storage)
+    name = name or f"fuse-{scorer}_{'+'.join(names)}"
+    check_name(name)
+    registry.check_free(name)
+    members = [registry.get(n) for n in names]
+    shared = check_compatible(members)
+    sg = shot_groups(shared["class_counts"], shared["many"], shared["few"])
+    groups, group_names = _weight_groups(sg, per_group)
+    ctx = FitContext(stack=ProbStack.build([ex.logits("val") for ex in members], groups, with_features=True),
+                     labels=members[0].labels("val"), shot_groups=sg, groups=groups, group_names=group_names,
+                     experts=names, objective=objective, seed=seed, trials=trials, storage=storage,
+                     study_name=study_name_for(members, scorer, objective, per_group, seed), workers=workers,
+                     options=options)
+    model, info, best_val, fit_seconds = _fit_on_val(scorer, ctx)
+    if not quiet:
+        console.print(f"fuse:{scorer} fitted on val in {fit_seconds:.1f}s ({objective} {100 * best_val:.2f}%)",
+                      highlight=False)
+    t1 = time.perf_counter()
+    logits, metrics, mean_weights = _apply_all(model, members, shared["splits"], groups, sg)
+    config = _fused_config(name, scorer, members, shared, ctx, per_group, options)
+    record = _fused_record(config, metrics, members, model, info, ctx, best_val, sg, shared, mean_weights,
+                           fit_seconds=fit_seconds, apply_seconds=time.perf_counter() - t1, t_start=t_start)
+    config, metrics, meta = record.files()
+    return registry.register(name, config, model.delta(), logits, metrics, meta)
+
+
+def _check_request(scorer: str, objective: str, trials: int, workers: int, storage: str | None) -> None:
+    """Options checked before any expert is read ("did you mean" for an unknown scorer)."""
+    SCORERS.get(scorer)
     if objective not in OBJECTIVES:
         raise FusionError(f"unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     if trials < 1:
@@ -198,45 +228,33 @@ def fuse_experts(
     from .parallel import check_workers
 
     check_workers(workers, storage)
-    name = name or f"fuse-{scorer}_{'+'.join(names)}"
-    check_name(name)
-    registry.check_free(name)
-    members = [registry.get(n) for n in names]
-    shared = check_compatible(members)
 
-    sg = shot_groups(shared["class_counts"], shared["many"], shared["few"])
-    if per_group:
-        present = [g for g in range(len(GROUP_NAMES)) if (sg == g).any()]
-        groups = torch.as_tensor(np.searchsorted(present, sg), dtype=torch.long)
-        group_names = [GROUP_NAMES[g] for g in present]
-    else:
-        groups, group_names = torch.zeros(len(sg), dtype=torch.long), ["all"]
 
-    # -- fit: validation only -----------------------------------------------------------
+def _weight_groups(sg: np.ndarray, per_group: bool) -> tuple[torch.Tensor, list[str]]:
+    """Class → weight group: the shot groups present (per_group), else one group of all classes."""
+    if not per_group:
+        return torch.zeros(len(sg), dtype=torch.long), ["all"]
+    present = [g for g in range(len(GROUP_NAMES)) if (sg == g).any()]
+    return torch.as_tensor(np.searchsorted(present, sg), dtype=torch.long), [GROUP_NAMES[g] for g in present]
+
+
+def _fit_on_val(scorer: str, ctx: FitContext) -> tuple[FusionModel, dict[str, Any], float, float]:
+    """(model, scorer info, best validation objective, seconds): validation data only."""
     t0 = time.perf_counter()
-    val_stack = ProbStack.build([ex.logits("val") for ex in members], groups, with_features=True)
-    ctx = FitContext(stack=val_stack, labels=members[0].labels("val"), shot_groups=sg, groups=groups,
-                     group_names=group_names, experts=names, objective=objective, seed=seed, trials=trials,
-                     storage=storage, study_name=study_name_for(members, scorer, objective, per_group, seed),
-                     workers=workers,
-                     options=options)
     model, info = fit(scorer, ctx)
     with torch.no_grad():
-        w_val = model.weights(val_stack)
-        best_val = ctx.score()(val_stack.predict(w_val))
-    fit_seconds = time.perf_counter() - t0
-    del val_stack
-    if not quiet:
-        console.print(f"fuse:{scorer} fitted on val in {fit_seconds:.1f}s ({objective} {100 * best_val:.2f}%)",
-                      highlight=False)
+        best_val = ctx.score()(ctx.stack.predict(model.weights(ctx.stack)))
+    return model, info, best_val, time.perf_counter() - t0
 
-    # -- apply to every split, then evaluate -------------------------------------------------
-    t1 = time.perf_counter()
+
+def _apply_all(model: FusionModel, members: list[Expert], splits: list[str], groups: torch.Tensor,
+               sg: np.ndarray) -> tuple[dict[str, tuple[torch.Tensor, np.ndarray]], dict[str, Any], dict[str, Any]]:
+    """The fitted model on every split, evaluated as `train` evaluates: (logits, metrics, mean weights)."""
     logits: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
     metrics: dict[str, Any] = {}
-    subsets = {**(members[0].meta.get("class_subsets") or {})}
     mean_weights: dict[str, list[list[float]]] = {}
-    for split in shared["splits"]:
+    subsets = members[0].meta.get("class_subsets") or {}
+    for split in splits:
         stack = ProbStack.build([ex.logits(split) for ex in members], groups, with_features=model.needs_features)
         with torch.no_grad():
             w = model.weights(stack)
@@ -246,56 +264,60 @@ def fuse_experts(
         logits[split] = (lp, labels)
         subset = subsets.get(split)
         metrics[split] = evaluate_logits(lp, labels, sg, None if subset is None else np.asarray(subset))
-    apply_seconds = time.perf_counter() - t1
+    return logits, metrics, mean_weights
 
-    # -- register ----------------------------------------------------------------------------
-    cfgs, metas = [ex.config for ex in members], [ex.meta for ex in members]
-    backbones = list(dict.fromkeys(str(c.get("backbone")) for c in cfgs))
-    config = {
+
+def _fused_config(name: str, scorer: str, members: list[Expert], shared: dict[str, Any], ctx: FitContext,
+                  per_group: bool, options: dict[str, Any] | None) -> dict[str, Any]:
+    """The fused expert's config: its constituents, scorer, objective and the data they share."""
+    backbones = list(dict.fromkeys(str(ex.config.get("backbone")) for ex in members))
+    return {
         "name": name, "method": f"fuse:{scorer}", "backbone": "+".join(backbones), "dataset": shared["dataset"],
-        "data": shared["data"], "seed": seed, "data_seed": shared["data_seed"], "experts": names,
-        "scorer": scorer, "objective": objective,
-        "per_group": per_group, "weight_groups": group_names, "trials": trials, "storage": storage,
+        "data": shared["data"], "seed": ctx.seed, "data_seed": shared["data_seed"], "experts": ctx.experts,
+        "scorer": scorer, "objective": ctx.objective,
+        "per_group": per_group, "weight_groups": ctx.group_names, "trials": ctx.trials, "storage": ctx.storage,
         "study_name": ctx.study_name, "many": shared["many"], "few": shared["few"], "fusion_space": "probability",
         "options": options or {},
     }
-    c_flops = sum(float((m.get("spent") or {}).get("flops") or 0) for m in metas)
-    c_seconds = sum(float((m.get("spent") or {}).get("seconds") or 0) for m in metas)
-    # Like compute, parameters count the constituents' as well as the scorer's own: the fused
-    # expert is all of them (its accuracy-vs-params point would otherwise sit at the scorer's few).
-    fitted = model.num_params(base=scorer in ("search", "moe"))  # mean / learned: W_base is fixed, not fitted
-    trainable = sum(int((m.get("params") or {}).get("trainable") or 0) for m in metas) + fitted
-    total = sum(int((m.get("params") or {}).get("total") or 0) for m in metas) + fitted
+
+
+def _fused_record(config: dict[str, Any], metrics: dict[str, Any], members: list[Expert], model: FusionModel,
+                  info: dict[str, Any], ctx: FitContext, best_val: float, sg: np.ndarray, shared: dict[str, Any],
+                  mean_weights: dict[str, Any], *, fit_seconds: float, apply_seconds: float,
+                  t_start: float) -> ExpertRecord:
+    """The record through `expert_record`, like a trained expert's, plus what fusion alone has.
+
+    Compute and parameters count the constituents' as well as the scorer's own: the fused
+    expert is all of them (its accuracy-vs-params point would otherwise sit at the scorer's few).
+    """
+    c_flops = sum(float(ex.spent.get("flops") or 0) for ex in members)
+    c_seconds = sum(float(ex.spent.get("seconds") or 0) for ex in members)
+    fitted = model.num_params(base=config["scorer"] in ("search", "moe"))  # mean / learned: W_base is fixed
     search = info.get("search", {})
     val_split = info.pop("split", None)
-    meta = {
-        "created": now(), "git": git_hash(), "packages": package_versions(), "env": environment("cpu"),
-        "seed": seed, "config_hash": config_hash(config), "budget": "fuse",
-        "constituents": [{"name": ex.name, "method": c.get("method"), "backbone": c.get("backbone"),
-                          "config_hash": m.get("config_hash"), "val": ex.metrics.get("val", {}).get("overall"),
-                          "test": ex.metrics.get("test", {}).get("overall")}
-                         for ex, c, m in zip(members, cfgs, metas)],
-        "weights": {"experts": names, "groups": group_names, "w_base": model.w_base.tolist(),
-                    "per_sample_offsets": model.offset is not None, "mean_per_split": mean_weights},
-        "objective": objective, "best_val": best_val,
-        "trials": {"requested": trials, "completed": search.get("trials_completed", 0),
-                   "run_now": search.get("trials_run", 0), "best_trial": search.get("best_trial"),
-                   "study_name": search.get("study_name"), "storage": storage} if search else None,
-        "scorer_info": info,
-        # which validation rows fitted what (moe: W_base on one part, W_offset on the other); None: all of it
-        "val_split": val_split,
-        "params": {"trainable": trainable, "total": total, "fusion": fitted},
-        # The fused expert's compute is its constituents' plus the fusion's own (flops of fusion: 0, uncounted).
-        "spent": {"flops": c_flops, "seconds": c_seconds + fit_seconds},
-        "spent_constituents": {"flops": c_flops, "seconds": c_seconds},
-        "spent_fusion": {"flops": 0.0, "seconds": fit_seconds, "apply_seconds": apply_seconds},
-        "wall_seconds": time.perf_counter() - t_start,
-        "shot_groups": {g: int((sg == i).sum()) for i, g in enumerate(GROUP_NAMES)},
-        "class_counts": shared["class_counts"].tolist(), "classnames": shared["classnames"],
-    }
-    if subsets:
-        meta["class_subsets"] = subsets
-    return registry.register(name, config, model.delta(), logits, metrics, meta)
+    subsets = members[0].meta.get("class_subsets") or {}
+    return expert_record(
+        config, metrics, seed=ctx.seed, budget="fuse",
+        spent={"flops": c_flops, "seconds": c_seconds + fit_seconds},  # fusion's own FLOPs: 0, uncounted
+        params={"trainable": sum(int(ex.params.get("trainable") or 0) for ex in members) + fitted,
+                "total": sum(int(ex.params.get("total") or 0) for ex in members) + fitted, "fusion": fitted},
+        class_counts=shared["class_counts"].tolist(), classnames=shared["classnames"], groups=sg,
+        constituents=[{"name": ex.name, "method": ex.config.get("method"), "backbone": ex.config.get("backbone"),
+                       "config_hash": ex.meta.get("config_hash"), "val": ex.metrics.get("val", {}).get("overall"),
+                       "test": ex.metrics.get("test", {}).get("overall")} for ex in members],
+        weights={"experts": ctx.experts, "groups": ctx.group_names, "w_base": model.w_base.tolist(),
+                 "per_sample_offsets": model.offset is not None, "mean_per_split": mean_weights},
+        objective=ctx.objective, best_val=best_val,
+        trials={"requested": ctx.trials, "completed": search.get("trials_completed", 0),
+                "run_now": search.get("trials_run", 0), "best_trial": search.get("best_trial"),
+                "study_name": search.get("study_name"), "storage": ctx.storage} if search else None,
+        scorer_info=info,
+        val_split=val_split,  # which validation rows fitted what (moe: W_base on one part, W_offset on the other)
+        spent_constituents={"flops": c_flops, "seconds": c_seconds},
+        spent_fusion={"flops": 0.0, "seconds": fit_seconds, "apply_seconds": apply_seconds},
+        wall_seconds=time.perf_counter() - t_start,
+        **({"class_subsets": subsets} if subsets else {}),
+    )
 
 
 def _mean_weights(w: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """What the report reads from cached test logits: per-sample correctness, bootstrap intervals,
-per-class accuracy. Everything else in a report comes from metrics.json / meta.json.
+per-class accuracy. Everything else in a report comes from the experts' metrics and meta records.
 
-Correctness is computed once per logits file and kept in memory (keyed by path, size and
-mtime, so a re-registered expert is re-read); nothing is ever written to the registry.
+Correctness is computed once per cached split and kept in memory (keyed by the registry's
+`Expert.logits_version`, so a re-registered expert is re-read); nothing is ever written to the registry.
 """
 from __future__ import annotations
 
@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Callable, Iterable, TypeVar
 
 import numpy as np
-from safetensors import safe_open
 
 from ..metrics import bootstrap_interval
-from ..registry import RegistryError, _quote
+from ..registry import Expert
 
 T = TypeVar("T")
 
@@ -25,13 +24,9 @@ _correct_cache: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}
 _interval_cache: dict[tuple, tuple[float, float]] = {}
 
 
-def _file_key(expert_path: Path, split: str) -> tuple[Path, tuple]:
-    file = Path(expert_path) / "logits" / f"{_quote(split)}.safetensors"
-    try:
-        st = file.stat()
-    except FileNotFoundError:
-        raise RegistryError(f"expert {Path(expert_path).name!r} has no cached logits for split {split!r} ({file})") from None
-    return file, (str(file), st.st_size, st.st_mtime_ns)
+def _file_key(expert_path: Path, split: str) -> tuple[Expert, tuple]:
+    ex = Expert.at(expert_path)
+    return ex, ex.logits_version(split)
 
 
 def fast_argmax(logits: np.ndarray, rows: int = 1024) -> np.ndarray:
@@ -60,15 +55,13 @@ def fast_argmax(logits: np.ndarray, rows: int = 1024) -> np.ndarray:
 
 def test_correctness(expert_path: Path, split: str = "test") -> tuple[np.ndarray, np.ndarray, int]:
     """(correct: bool per sample, labels: int64, num_classes) from an expert's cached logits."""
-    file, key = _file_key(expert_path, split)
+    ex, key = _file_key(expert_path, split)
     with _lock:
         hit = _correct_cache.get(key)
     if hit is not None:
         return hit
-    with safe_open(str(file), "pt") as f:
-        logits = f.get_tensor("logits")
-        labels = f.get_tensor("labels").numpy().astype(np.int64, copy=False)
-    pred = fast_argmax(logits.numpy())
+    logits, labels = ex.stored_logits(split)
+    pred = fast_argmax(logits)
     out = (pred == labels, labels, int(logits.shape[1]))
     with _lock:
         _correct_cache[key] = out

@@ -18,15 +18,14 @@ bootstrap interval over test images, or the std over a seed group's runs.
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..data.base import shot_groups
-from ..registry import RegistryError
+from ..metrics import shot_groups
+from ..registry import Expert, RegistryError
 from . import logits as _logits
 from .tables import _count
 
@@ -239,11 +238,8 @@ def accuracy_vs_compute(df: pd.DataFrame, path: Path, dataset: str) -> Path | No
 
 
 def _member_info(path: Path) -> tuple[np.ndarray | None, int, int]:
-    meta = json.loads((path / "meta.json").read_text())
-    config = json.loads((path / "config.json").read_text())
-    counts = meta.get("class_counts")
-    return (np.asarray(counts) if counts is not None else None,
-            int(config.get("many", 100)), int(config.get("few", 20)))
+    ex = Expert.at(path)
+    return (ex.class_counts, *ex.thresholds)
 
 
 def per_class_accuracy(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
