@@ -102,3 +102,11 @@ def test_old_experts_fuse_and_report_with_the_new_code(tmp_path):
 def test_a_newer_schema_is_refused_with_a_clear_error():
     with pytest.raises(RegistryError, match="schema_version 99 is newer"):
         ExpertRecord.read({}, {}, {"schema_version": 99}, where="expert x")
+
+
+def test_experts_without_thresholds_use_the_benchmark_defaults():
+    from ltbench.metrics import shot_groups, thresholds
+
+    assert thresholds({}) == (100, 20)  # Liu et al. 2019: many > 100, few < 20 training images
+    assert thresholds({"many": 50, "few": 5}) == (50, 5)
+    assert shot_groups([101, 100, 20, 19]).tolist() == [0, 1, 1, 2]
