@@ -65,12 +65,14 @@ def report_frame(registry: Registry | None = None, **filters):
 
 
 def report_table(registry: Registry | None = None, **filters) -> Table:
+    """`ltbench report` as a rich table (the CLI prints it; notebooks display it)."""
     from .report import rich_table
 
     return rich_table(report_frame(registry, **filters))
 
 
 def report_text(fmt: str, registry: Registry | None = None, **filters) -> str:
+    """`ltbench report --format`: the same frame as text (markdown, csv, json, latex) for papers and CI."""
     from .report import render
 
     return render(report_frame(registry, **filters), fmt)
@@ -133,6 +135,7 @@ def ls(fmt: str = "table", registry: Registry | None = None) -> "Table | str":
 
 
 def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
+    """`ltbench show NAME`: everything registered about an expert, records and artifacts, as one mapping."""
     ex = (registry or Registry.existing()).get(name)
     info = {"name": ex.name, "path": str(ex.path), "config": ex.config, "metrics": ex.metrics, "meta": ex.meta,
             "splits": ex.splits()}
@@ -174,6 +177,7 @@ def export(name: str, file: str | Path, registry: Registry | None = None) -> Pat
 
 
 def remove(name: str, registry: Registry | None = None) -> None:
+    """`ltbench rm NAME`: delete an expert (index row and folder) so the name can be trained again."""
     (registry or Registry.existing()).remove(name)
 
 
@@ -206,14 +210,17 @@ def params(method: str, backbone: str, num_classes: int, sets: list[str] | None 
 
 # The listings read ltbench/catalog.py: no dataset, backbone or method module (nor torch) is imported.
 def list_datasets() -> list[tuple[str, str]]:
+    """`ltbench datasets`: (name, description) of every registered dataset source."""
     return catalog.listing(catalog.DATASETS)
 
 
 def list_backbones() -> list[tuple[str, str]]:
+    """`ltbench backbones`: registered backbones, CLIP models and the name forms accepted beyond them."""
     return catalog.listing(catalog.BACKBONES) + catalog.listing(catalog.CLIP_BACKBONES, "clip:") + catalog.BACKBONE_FORMS
 
 
 def list_methods() -> list[tuple[str, str]]:
+    """`ltbench methods`: (name, description) of every registered method."""
     return catalog.listing(catalog.METHODS)
 
 

@@ -87,6 +87,7 @@ def parse_value(text: str) -> Any:
 
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs into a mapping; values typed by `parse_value`, so YAML and CLI agree."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")

@@ -161,6 +161,7 @@ def _set_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
 
 
 def default_home() -> Path:
+    """Where experts live unless told otherwise: $LTBENCH_HOME, else ./ltbench-runs (one home per project)."""
     return local_home(os.environ.get("LTBENCH_HOME", "ltbench-runs"))
 
 
@@ -443,6 +444,10 @@ class Problem:
 
 
 class Registry:
+    """The expert store: an index (SQLite or any SQLAlchemy URL) plus one complete folder per expert.
+
+    Writers never overwrite or half-write (see the module docstring); readers get `Expert` handles,
+    the one interface to what an expert folder holds."""
     def __init__(self, home: str | Path | None = None, url: str | Path | None = None):
         self.home = local_home(home) if home is not None else default_home()
         self.experts_dir = self.home / "experts"
@@ -522,10 +527,12 @@ class Registry:
 
     # -- reading -----------------------------------------------------------------------
     def names(self) -> list[str]:
+        """Registered names, sorted: what `ls` lists and what "did you mean" suggests from."""
         with self._connect() as db:
             return list(db.execute(sa.select(EXPERTS.c.name).order_by(EXPERTS.c.name)).scalars())
 
     def rows(self) -> list[dict[str, Any]]:
+        """The index rows (name, method, backbone, dataset, seed, config_hash, created, format), cheap: no folder is read."""
         with self._connect() as db:
             q = sa.select(EXPERTS).order_by(EXPERTS.c.dataset, EXPERTS.c.method, EXPERTS.c.name)
             return [dict(r._mapping) for r in db.execute(q)]
@@ -547,6 +554,8 @@ class Registry:
             return self._has(db, name)
 
     def get(self, name: str) -> Expert:
+        """The registered expert `name`; an unknown name is a RegistryError with a suggestion, and one
+        written by a newer ltbench is refused rather than misread."""
         with self._connect() as db:
             row = db.execute(sa.select(EXPERTS.c.format).where(EXPERTS.c.name == name)).first()
         if row is None:

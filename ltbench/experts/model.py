@@ -43,11 +43,13 @@ class Spec:
 
     @property
     def fused(self) -> bool:
+        """A fused expert is rebuilt from its members and scorer, not from one backbone and delta."""
         return str(self.config.get("method", "")).startswith("fuse:")
 
     # -- from the registry -------------------------------------------------------------------
     @classmethod
     def from_registry(cls, name: str, registry=None) -> "Spec":
+        """How to rebuild a registered expert: its config and meta are the whole recipe."""
         from ..registry import Registry
 
         registry = registry or Registry()
@@ -91,6 +93,7 @@ class Spec:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Spec":
+        """How to rebuild an exported expert file: the recipe travels in its safetensors header."""
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
@@ -195,10 +198,12 @@ class ExpertModel(nn.Module):
         self.eval()
 
     def train(self, mode: bool = True) -> "ExpertModel":
+        """Always eval mode: an expert is for inference, so dropout and batch-norm updates stay off."""
         return super().train(False)  # an expert is for inference: always eval mode
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits [B, C]; a fused expert takes one input per member (or one for all) and returns its fused log-probabilities."""
         if self.method is not None:
             return self.method(x).float()
         inputs = [x] * len(self.members) if isinstance(x, torch.Tensor) else list(x)
@@ -216,6 +221,7 @@ class ExpertModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """Where the parameters are, so callers move inputs there (CPU for a parameterless expert)."""
         return next(iter(self.parameters()), torch.empty(0)).device
 
 

@@ -107,17 +107,21 @@ class ProbStack:
 
     @property
     def num_experts(self) -> int:
+        """E: the experts stacked."""
         return self.parts[0].shape[0]
 
     @property
     def num_samples(self) -> int:
+        """N: the samples of the split."""
         return self.parts[0].shape[1]
 
     @property
     def num_groups(self) -> int:
+        """G: the weight groups (1 unless weights are per shot group)."""
         return len(self.parts)
 
     def subset(self, rows: torch.Tensor) -> "ProbStack":
+        """The same stack on some rows only: scorers fit and check on disjoint parts of validation."""
         rows = torch.as_tensor(rows, dtype=torch.long)
         return ProbStack([p[:, rows].contiguous() for p in self.parts], self.index, self.num_classes,
                          None if self.features is None else self.features[rows])
@@ -203,6 +207,7 @@ def normalise_base(w: torch.Tensor) -> torch.Tensor:
 
 
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """softplus⁻¹, so a weight can be initialised at a given positive value through a softplus."""
     return y + torch.log(-torch.expm1(-y))
 
 
@@ -220,10 +225,12 @@ class OffsetNet(nn.Module):
         nn.init.zeros_(self.net[2].bias)
 
     def set_stats(self, feats: torch.Tensor) -> None:
+        """Feature normalisation kept as buffers, so re-applying the stored model normalises as fitting did."""
         self.mean.copy_(feats.mean(0))
         self.std.copy_(feats.std(0).clamp_min(1e-4) if len(feats) > 1 else torch.ones_like(self.std))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Per-sample weight offsets from normalised confidence features."""
         return self.net((feats - self.mean) / self.std)
 
 
@@ -237,6 +244,7 @@ class FusionModel:
 
     @property
     def needs_features(self) -> bool:
+        """Only the per-sample offsets need confidence features; building them costs time on big splits."""
         return self.offset is not None
 
     def weights(self, stack: ProbStack) -> torch.Tensor:
@@ -262,6 +270,7 @@ class FusionModel:
         return n
 
     def delta(self) -> dict[str, torch.Tensor]:
+        """The tensors the registry keeps as the fused expert's delta, enough for `from_delta` to re-apply it."""
         out = {"w_base": self.w_base.detach().clone(), "groups": self.groups.clone()}
         if self.offset is not None:
             out.update({f"offset.{k}": v.detach().clone() for k, v in self.offset.state_dict().items()})

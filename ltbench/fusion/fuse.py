@@ -43,6 +43,7 @@ SPLIT_KEYS = ("dataset", "data", "data_seed")  # what decides which samples val 
 
 
 def parse_experts(experts: str | Sequence[str]) -> list[str]:
+    """`--experts A,B` into distinct names; fewer than two or a repeat is an error before any work."""
     names = [n.strip() for n in (experts.split(",") if isinstance(experts, str) else experts) if n and n.strip()]
     if len(names) < 2:
         raise FusionError(f"fusion needs at least two experts, got {names or 'none'} (--experts A,B)")
@@ -53,6 +54,7 @@ def parse_experts(experts: str | Sequence[str]) -> list[str]:
 
 
 def retrain_command(ex: Expert) -> str:
+    """The command that trains an expert again, for errors about what an old expert lacks."""
     c = ex.config
     parts = ["ltbench", "train"]
     for key in ("dataset", "backbone", "method", "budget", "seed"):

@@ -41,6 +41,7 @@ def rdb_storage(url: str):
 
 
 def check_workers(workers: int, storage: str | None) -> None:
+    """Several search workers need a shared storage to meet in; refuse before any work otherwise."""
     if workers < 1:
         raise FusionError(f"--workers must be at least 1, got {workers}")
     if workers > 1 and not storage:

@@ -41,6 +41,7 @@ class FitContext:
     options: dict[str, Any] | None = None
 
     def score(self, labels: np.ndarray | None = None) -> Callable[[torch.Tensor], float]:
+        """The objective on validation labels (or others'), as a function of predictions."""
         return make_objective(self.objective, self.labels if labels is None else labels, self.shot_groups)
 
     def part(self, rows: torch.Tensor) -> "FitContext":
@@ -50,6 +51,7 @@ class FitContext:
         return replace(self, stack=self.stack.subset(rows), labels=np.asarray(self.labels)[np.asarray(rows)])
 
     def equal(self) -> torch.Tensor:
+        """Equal weights [E, G]: the starting point and the `mean` scorer."""
         return normalise_base(torch.ones(self.stack.num_experts, self.stack.num_groups))
 
 
@@ -68,11 +70,13 @@ def _learn(ctx: FitContext, w_base: torch.Tensor) -> tuple[FusionModel, dict[str
 
 @SCORERS.register("mean", help="plain probability averaging: equal weights, nothing fitted (baseline)")
 def fit_mean(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    """Equal weights: the baseline every fitted scorer must beat."""
     return FusionModel(ctx.equal(), ctx.groups), {}
 
 
 @SCORERS.register("search", help="W_base: Optuna TPE search of one weight per expert (and group) on val")
 def fit_search(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    """Expert (or per-group) weights by Optuna search on the objective; no per-sample term."""
     w, info = search_weights(ctx.stack, ctx.score(), ctx.experts, ctx.group_names, ctx.trials, ctx.seed,
                              ctx.storage, ctx.study_name, ctx.workers, (ctx.objective, ctx.labels, ctx.shot_groups))
     return FusionModel(w, ctx.groups), {"search": info}
@@ -80,12 +84,14 @@ def fit_search(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
 
 @SCORERS.register("learned", help="W_offset: per-sample offsets from a small network on confidence statistics")
 def fit_learned(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    """Equal base weights plus per-sample offsets learned by gradient descent."""
     model, info = _learn(ctx, ctx.equal())
     return model, {"learned": info}
 
 
 @SCORERS.register("moe", help="LPT++ MoE scorer: searched W_base plus learned per-sample W_offset")
 def fit_moe(ctx: FitContext) -> tuple[FusionModel, dict[str, Any]]:
+    """Searched base weights on one part of validation, per-sample offsets on the other."""
     share = float((ctx.options or {}).get("offset_share", OFFSET_SHARE))
     if not 0 < share < 1:
         raise FusionError(f"offset_share={share}: the share of validation for W_offset must be in (0, 1)")

@@ -22,6 +22,7 @@ from .core import FusionError, ProbStack, normalise_base
 
 
 def param_name(expert: str, group: str | None) -> str:
+    """The Optuna parameter of one expert's weight (per group: `expert@group`), stable across resumes."""
     return expert if group is None else f"{expert}@{group}"
 
 
@@ -40,6 +41,7 @@ def _quiet_optuna() -> Iterator[None]:
 
 
 def open_study(study_name: str, storage: str | None, seed: int, heartbeat: bool = False):
+    """Create or resume the study `study_name` in `storage` (in memory without one), seeded so reruns agree."""
     import optuna
 
     sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)

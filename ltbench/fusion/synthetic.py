@@ -26,6 +26,7 @@ def expert_logits(labels: np.ndarray, acc: np.ndarray, num_classes: int, seed: i
 
 
 def balanced_labels(num_classes: int, per_class: int) -> np.ndarray:
+    """Labels of a balanced split, sorted by class, as the real val / test splits are drawn."""
     return np.repeat(np.arange(num_classes), per_class)
 
 

@@ -104,6 +104,7 @@ def parallel_map(fn: Callable[..., T], items: Iterable, workers: int | None = No
 
 
 def clear_cache() -> None:
+    """Forget cached correctness and intervals (tests, and long sessions after re-registrations)."""
     with _lock:
         _correct_cache.clear()
         _interval_cache.clear()

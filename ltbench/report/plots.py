@@ -158,6 +158,7 @@ def _place_labels(fig, ax, x, y, radii, names) -> None:
 
 
 def accuracy_vs_params(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
+    """Accuracy against trainable parameters: the cost axis parameter-efficient methods compete on."""
     d = df[df["trainable_params"].notna() & df["overall"].notna()].reset_index(drop=True)
     if not len(d):
         return None
@@ -198,6 +199,7 @@ COMPUTE_AXES = (("flops", "FLOPs spent in training"), ("device_seconds", "device
 
 
 def accuracy_vs_compute(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
+    """Accuracy against compute spent (FLOPs, seconds): what a budget buys per method."""
     d = df[df["overall"].notna()].reset_index(drop=True)
     axes = [(col, label) for col, label in COMPUTE_AXES if col in d and d[col].notna().any()]
     if not len(d) or not axes:
@@ -243,6 +245,7 @@ def _member_info(path: Path) -> tuple[np.ndarray | None, int, int]:
 
 
 def per_class_accuracy(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
+    """Accuracy per class ordered by training count: where along the tail each method wins."""
     rows = df[df["overall"].notna()].sort_values("overall", ascending=False, kind="stable")
     note = ""
     if len(rows) > MAX_LINES:
@@ -305,6 +308,7 @@ def per_class_accuracy(df: pd.DataFrame, path: Path, dataset: str) -> Path | Non
 
 
 def shot_group_bars(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
+    """Many / medium / few accuracy side by side: the long-tail summary in one figure."""
     d = df[df[["many", "medium", "few"]].notna().any(axis=1)].reset_index(drop=True)
     if not len(d):
         return None

@@ -312,6 +312,7 @@ CAPTION = "single runs: [95% bootstrap interval over test samples]; seed groups:
 
 
 def rich_table(df: pd.DataFrame, title: str = TITLE) -> Table:
+    """The report frame as a terminal table, with intervals and seed spreads written beside the means."""
     table = Table(title=title, caption=CAPTION)
     cols = _display_columns(df) if len(df.columns) else []
     for c in cols:
