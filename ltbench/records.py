@@ -21,7 +21,7 @@ OPERATIONAL: frozenset[str] = frozenset({
 })
 
 #: Version of the config / metrics / meta schema. 1: written before it was recorded (no
-#: `schema_version` in meta.json); 2: adds `schema_version`. Read upgrades older records.
+#: `schema_version` in the meta record); 2: adds `schema_version`. Read upgrades older records.
 SCHEMA_VERSION = 2
 
 
@@ -69,7 +69,7 @@ class RunConfig:
 
 @dataclass
 class ExpertRecord:
-    """Schema of an expert's config.json / metrics.json / meta.json, with its schema version.
+    """Schema of an expert's three records (config, metrics, meta; their files are the registry's), with a version.
 
     Built by `expert_record` (training and fusion alike) and read back by `ExpertRecord.read`,
     which accepts every older schema version.
@@ -89,7 +89,7 @@ class ExpertRecord:
         """The record from its three files; version 1 (no `schema_version`) reads as it was written."""
         version = int(meta.get("schema_version", 1))
         if version > SCHEMA_VERSION:
-            raise RegistryError(f"{where}: meta.json schema_version {version} is newer than this ltbench's"
+            raise RegistryError(f"{where}: meta record schema_version {version} is newer than this ltbench's"
                                 f" {SCHEMA_VERSION}; upgrade ltbench")
         meta = {k: v for k, v in meta.items() if k != "schema_version"}
         return cls(dict(config), dict(metrics), meta, version)
