@@ -6,15 +6,21 @@ name, `get(name)` answers an unknown name with the known ones and the closest ma
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
 
-def suggest(name: str, known) -> str:
-    """" Did you mean 'x'?" for the closest of `known`, or ""."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
+def closest(name: object, known: Iterable[str], cutoff: float = 0.5) -> str | None:
+    """The one "did you mean" rule every lookup shares: the closest of `known` to `name`, or None."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def suggest(name: object, known: Iterable[str], cutoff: float = 0.5) -> str:
+    """" Did you mean 'x'?" for the closest of `known`, or "" (a sentence to append to an error)."""
+    close = closest(name, known, cutoff)
+    return f" Did you mean {close!r}?" if close else ""
 
 
 class UnknownNameError(KeyError):

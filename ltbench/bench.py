@@ -50,7 +50,6 @@ not also set a key that is tuned (that would be a hand-picked override beside th
 """
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -61,7 +60,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ._registry import UnknownNameError
+from ._registry import UnknownNameError, suggest
 from .config import RUN_DEFAULTS, ConfigError, load_yaml, resolve_config
 from .methods import METHODS
 from .registry import Registry
@@ -155,8 +154,7 @@ class Suite:
 
 # -- loading and validation ------------------------------------------------------------------
 def _hint(key: str, known) -> str:
-    close = difflib.get_close_matches(str(key), list(known), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    return suggest(key, known, cutoff=0.6)
 
 
 def _check_keys(where: str, data: dict, known: tuple[str, ...], source: str) -> None:

@@ -46,10 +46,10 @@ def log_targets(value: Any) -> list[str]:
         if item in ("", "none"):
             continue
         if item not in LOG_TARGETS:
-            import difflib
+            from ._registry import closest
 
-            close = difflib.get_close_matches(item, list(LOG_TARGETS), n=1)
-            raise ValueError(LogTargets.what + (f"; did you mean {close[0]!r}?" if close else ""))
+            close = closest(item, LOG_TARGETS, cutoff=0.6)
+            raise ValueError(LogTargets.what + (f"; did you mean {close!r}?" if close else ""))
         if item not in out:
             out.append(item)
     return out

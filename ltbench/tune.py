@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _registry
 from .errors import ConfigError, TrainingError
 from .registry import Registry
 
@@ -57,10 +58,7 @@ def parse_tune(value: Any, where: str = "tune") -> TuneSpec | None:
     known = list(TuneSpec.__dataclass_fields__)
     for key in raw:
         if key not in known:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = _registry.suggest(key, known, cutoff=0.6)
             raise ConfigError(f"{where}: unknown key {key!r}.{hint} Known keys: {', '.join(known)}")
     if "trials" not in raw:
         raise ConfigError(f"{where}: missing required key 'trials'")

@@ -9,7 +9,6 @@ the offline and test backbones; any name `timm.is_model()` accepts (tags include
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from timm.models import VisionTransformer
 from torch import nn
 
 from .. import catalog
-from .._registry import Registry, UnknownNameError
+from .._registry import Registry, UnknownNameError, suggest
 
 BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone", catalog.BACKBONES)
 
@@ -230,6 +229,5 @@ def create_backbone(name: str, img_size: int | None = None, weights: str | None 
     if timm.is_model(name):  # any architecture timm knows, with or without a pretrained tag
         return _timm_backbone(name, img_size, weights, pretrained)
     vit_names = timm.list_models("vit_*")
-    close = difflib.get_close_matches(name, list(BACKBONES) + vit_names, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = suggest(name, list(BACKBONES) + vit_names)
     raise UnknownNameError(f"unknown backbone {name!r}.{hint} Known: {', '.join(BACKBONES)}, or any timm ViT name")

@@ -274,12 +274,10 @@ def create_clip_backbone(spec: str, img_size: int | None = None, weights: str | 
         return CLIP_BACKBONES.get(parsed.model)(img_size=img_size, weights=weights, pretrained=pretrained)
     model_name, tag = parsed.model, parsed.tag or ""
     if model_name not in open_clip.list_models():
-        import difflib
+        from .._registry import UnknownNameError, suggest
 
         known = [f"clip:{n}" for n in CLIP_BACKBONES] + [f"clip:{n}" for n in open_clip.list_models()]
-        close = difflib.get_close_matches(spec, known, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        from .._registry import UnknownNameError
+        hint = suggest(spec, known)
 
         raise UnknownNameError(f"unknown open_clip model {model_name!r} in {spec!r}.{hint}"
                                f" Known: {', '.join(sorted(CLIP_BACKBONES))} or any of open_clip.list_models()")
