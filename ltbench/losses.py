@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import Registry
+from ._registry import NameRegistry
 
-LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
+LOSSES: NameRegistry[Callable[..., nn.Module]] = NameRegistry("loss")
 
 
 def _counts(class_counts: np.ndarray) -> torch.Tensor:

@@ -22,9 +22,9 @@ from timm.models import VisionTransformer
 from torch import nn
 
 from .. import catalog
-from .._registry import Registry, UnknownNameError, suggest
+from .._registry import NameRegistry, UnknownNameError, suggest
 
-BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone", catalog.BACKBONES)
+BACKBONES: NameRegistry[Callable[..., "Backbone"]] = NameRegistry("backbone", catalog.BACKBONES)
 
 
 from ..errors import BackboneError  # noqa: E402,F401

@@ -24,7 +24,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from .. import catalog
-from .._registry import Registry
+from .._registry import NameRegistry
 from .base import Backbone, BackboneError, dinov2_record, weights_record
 from .names import parse_backbone_name
 
@@ -32,7 +32,7 @@ CONFIG_DIR = Path(__file__).parent / "clip_configs"
 open_clip.add_model_config(CONFIG_DIR)  # ltbench-tiny-clip: random, for tests (no download)
 
 #: Backbones assembled by ltbench rather than named by open_clip: `clip:<name>`.
-CLIP_BACKBONES: Registry[Callable[..., "ClipBackbone"]] = Registry("clip backbone", catalog.CLIP_BACKBONES)
+CLIP_BACKBONES: NameRegistry[Callable[..., "ClipBackbone"]] = NameRegistry("clip backbone", catalog.CLIP_BACKBONES)
 
 TEMPLATES = {"simple": SIMPLE_IMAGENET_TEMPLATES,
              "openai": open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES}

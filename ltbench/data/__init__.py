@@ -14,7 +14,7 @@ import inspect
 from typing import Any, Callable
 
 from .. import catalog
-from .._registry import Registry, UnknownNameError, suggest
+from .._registry import NameRegistry, UnknownNameError, suggest
 from .base import (
     FEW,
     GROUP_NAMES,
@@ -34,7 +34,7 @@ from .base import (
 Builder = Callable[..., LTDataset]
 
 #: name -> builder(root, seed, **options) -> LTDataset
-DATASETS: Registry[Builder] = Registry("dataset", catalog.DATASETS)
+DATASETS: NameRegistry[Builder] = NameRegistry("dataset", catalog.DATASETS)
 
 #: Arguments every builder takes that are not source options.
 _COMMON = ("root", "seed")
