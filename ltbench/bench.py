@@ -88,6 +88,7 @@ class SuiteError(ConfigError):
 
 @dataclass
 class RunSpec:
+    """One training job of a suite (a method under a budget, per seed)."""
     label: str
     method: str
     backbone: str
@@ -99,6 +100,7 @@ class RunSpec:
 
 @dataclass
 class FusionSpec:
+    """One fusion job of a suite: experts combined by a scorer."""
     label: str
     experts: list[str]
     scorer: str = "moe"
@@ -127,6 +129,7 @@ class Job:
 
 @dataclass
 class Suite:
+    """A parsed, validated suite file: the jobs to run, in order, and what to report."""
     name: str
     dataset: str
     backbone: str
@@ -145,10 +148,12 @@ class Suite:
     retries: int = 0
 
     def expert_name(self, label: str, seed: int) -> str:
+        """The registered name of a job's expert, unique per suite, label and seed."""
         return f"{self.name}-{label}-s{seed}"
 
     @property
     def names(self) -> list[str]:
+        """Every expert name the suite registers."""
         return [j.name for j in self.jobs]
 
 
@@ -568,6 +573,7 @@ def run_suite(suite: Suite, registry: Registry | None = None, console: Console |
 
 
 def default_report_dir(suite: Suite, registry: Registry) -> Path:
+    """Where a suite's report goes when no folder is given: under the registry home."""
     return registry.home / "reports" / suite.name
 
 

@@ -49,6 +49,7 @@ class Backbone:
 
     @property
     def vit(self) -> VisionTransformer:
+        """The timm VisionTransformer underneath (methods reach into its blocks and tokens)."""
         return self.model
 
     @property
@@ -63,22 +64,27 @@ class Backbone:
 
     @property
     def num_prefix_tokens(self) -> int:
+        """Class and register tokens before the patch tokens."""
         return self.vit.num_prefix_tokens
 
     @property
     def patch_size(self) -> tuple[int, int]:
+        """Patch height and width in pixels."""
         return tuple(self.vit.patch_embed.patch_size)
 
     @property
     def depth(self) -> int:
+        """Number of transformer blocks (where per-layer prompts and adapters go)."""
         return len(self.blocks)
 
     @property
     def blocks(self) -> nn.Sequential:
+        """The transformer blocks, in order."""
         return self.vit.blocks
 
     @property
     def is_clip(self) -> bool:
+        """False: only CLIP backbones have a text tower for zero-shot heads."""
         return False
 
     def qkv_weight(self, block: nn.Module) -> tuple[nn.Module, str]:
@@ -106,6 +112,7 @@ class Backbone:
         return self.finish(self.tokens(x))
 
     def num_params(self) -> int:
+        """Parameter count of the whole backbone, for the report."""
         return sum(p.numel() for p in self.model.parameters())
 
 
