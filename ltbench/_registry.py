@@ -1,4 +1,4 @@
-"""A small name registry shared by datasets, backbones and methods.
+"""`NameRegistry`: the name lookup shared by datasets, backbones, methods, losses and scorers.
 
 One pattern everywhere (timm's `register_model`): a decorator registers a builder under a
 name, `get(name)` answers an unknown name with the known ones and the closest match.
@@ -6,15 +6,21 @@ name, `get(name)` answers an unknown name with the known ones and the closest ma
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
 
-def suggest(name: str, known) -> str:
-    """" Did you mean 'x'?" for the closest of `known`, or ""."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
+def closest(name: object, known: Iterable[str], cutoff: float = 0.5) -> str | None:
+    """The one "did you mean" rule every lookup shares: the closest of `known` to `name`, or None."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def suggest(name: object, known: Iterable[str], cutoff: float = 0.5) -> str:
+    """" Did you mean 'x'?" for the closest of `known`, or "" (a sentence to append to an error)."""
+    close = closest(name, known, cutoff)
+    return f" Did you mean {close!r}?" if close else ""
 
 
 class UnknownNameError(KeyError):
@@ -24,8 +30,12 @@ class UnknownNameError(KeyError):
         return str(self.args[0])
 
 
-class Registry(Generic[T]):
-    """`catalog` (ltbench/catalog.py's table for this kind): the names and one-line help known
+class NameRegistry(Generic[T]):
+    """Name -> builder for one pluggable kind (methods, losses, datasets, backbones, scorers, OOD sets).
+
+    Not to be confused with `ltbench.registry.Registry`, the on-disk store of trained experts: this one
+    only maps names to code, so plug-in modules can register themselves with a decorator.
+    `catalog` (ltbench/catalog.py's table for this kind): the names and one-line help known
     without importing; every registration must be listed there, from the module it names."""
 
     def __init__(self, kind: str, catalog: dict[str, tuple[str, str]] | None = None) -> None:
@@ -35,6 +45,9 @@ class Registry(Generic[T]):
         self._help: dict[str, str] = {}
 
     def register(self, name: str, help: str = "") -> Callable[[T], T]:
+        """Decorator registering `obj` under `name`; checked against the catalog at import, so a
+        registration that `ltbench methods` etc. would not list fails loudly instead of hiding."""
+
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
@@ -53,15 +66,18 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
+        """The builder for `name`; an unknown name is a UnknownNameError listing the known ones."""
         try:
             return self._items[name]
         except KeyError:
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: str) -> str:
+        """The error text for an unknown `name`, for callers that raise their own error type."""
         return f"unknown {self.kind} {name!r}.{suggest(name, self._items)} Known: {', '.join(sorted(self._items))}"
 
     def help(self, name: str) -> str:
+        """The one-line help shown by listings (the catalog's, or the builder's first doc line)."""
         return self._help.get(name, "")
 
     def __contains__(self, name: object) -> bool:

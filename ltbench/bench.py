@@ -50,7 +50,6 @@ not also set a key that is tuned (that would be a hand-picked override beside th
 """
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -61,7 +60,7 @@ import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ._registry import UnknownNameError
+from ._registry import UnknownNameError, suggest
 from .config import RUN_DEFAULTS, ConfigError, load_yaml, resolve_config
 from .methods import METHODS
 from .registry import Registry
@@ -87,6 +86,7 @@ class SuiteError(ConfigError):
 
 @dataclass
 class RunSpec:
+    """One training job of a suite (a method under a budget, per seed)."""
     label: str
     method: str
     backbone: str
@@ -98,6 +98,7 @@ class RunSpec:
 
 @dataclass
 class FusionSpec:
+    """One fusion job of a suite: experts combined by a scorer."""
     label: str
     experts: list[str]
     scorer: str = "moe"
@@ -126,6 +127,7 @@ class Job:
 
 @dataclass
 class Suite:
+    """A parsed, validated suite file: the jobs to run, in order, and what to report."""
     name: str
     dataset: str
     backbone: str
@@ -144,17 +146,18 @@ class Suite:
     retries: int = 0
 
     def expert_name(self, label: str, seed: int) -> str:
+        """The registered name of a job's expert, unique per suite, label and seed."""
         return f"{self.name}-{label}-s{seed}"
 
     @property
     def names(self) -> list[str]:
+        """Every expert name the suite registers."""
         return [j.name for j in self.jobs]
 
 
 # -- loading and validation ------------------------------------------------------------------
 def _hint(key: str, known) -> str:
-    close = difflib.get_close_matches(str(key), list(known), n=1)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    return suggest(key, known, cutoff=0.6)
 
 
 def _check_keys(where: str, data: dict, known: tuple[str, ...], source: str) -> None:
@@ -250,11 +253,7 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         parse_budget(str(data["budget"]))
     except BudgetError as e:
         raise SuiteError(f"{source}: budget: {e}") from None
-    seeds = data.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
-    if (not isinstance(seeds, list) or not seeds
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds)):
-        raise SuiteError(f"{source}: seeds must be a list of distinct integers, e.g. [0, 1, 2], got {seeds!r}")
+    seeds = _parse_seeds(data, source)
     common = _mapping(data.get("set"), "set", source)
     _check_set(common, "", source)
     resources = _resources(data.get("resources"), "", source)
@@ -265,78 +264,16 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
     runs: list[RunSpec] = []
     labels: dict[str, RunSpec] = {}
     for i, raw in enumerate(data["runs"]):
-        if isinstance(raw, str):
-            raw = {"method": raw}
-        if not isinstance(raw, dict):
-            raise SuiteError(f"{source}: runs[{i}] must be a mapping with a method, got {raw!r}")
-        if "budget" in raw:
-            raise SuiteError(f"{source}: runs[{i}]: a suite has one budget for every run; "
-                             f"set it at the top level (budget: …)")
-        _check_keys(f"runs[{i}]: ", raw, RUN_KEYS, source)
-        if not raw.get("method"):
-            raise SuiteError(f"{source}: runs[{i}]: missing required key 'method'")
-        label = _label_ok(raw.get("label") or raw["method"], f"runs[{i}]: ", source)
-        where = f"runs[{i}] ({label}): "
-        try:
-            METHODS.get(str(raw["method"]))
-        except UnknownNameError as e:
-            raise SuiteError(f"{source}: {where}{e}") from None
-        if label in labels:
-            raise SuiteError(f"{source}: {where}label {label!r} is used twice; give one of the runs its own `label:`")
-        sets = _mapping(raw.get("set"), f"runs[{i}].set", source)
-        _check_set(sets, where, source)
-        init = raw.get("init")
-        if init is not None:
-            if init not in labels:
-                later = any((r.get("label") or r.get("method")) == init
-                            for r in data["runs"][i + 1:] if isinstance(r, dict))
-                why = ("is a later run: list it before this one" if later
-                       else f"is no run of this suite.{_hint(init, labels)} Runs so far: {', '.join(labels) or 'none'}")
-                raise SuiteError(f"{source}: {where}init {init!r} {why}")
-        spec = RunSpec(label, str(raw["method"]), str(raw.get("backbone") or data["backbone"]), sets, init,
-                       {**resources, **_resources(raw.get("resources"), where, source)},
-                       _retries(raw.get("retries"), where, source, retries))
-        if init is not None and labels[init].backbone != spec.backbone:
-            raise SuiteError(f"{source}: {where}init {init!r} runs on {labels[init].backbone}, this run on "
-                             f"{spec.backbone}: a run can only start from one on the same backbone")
-        labels[label] = spec
+        spec = _parse_run(i, raw, data, labels, resources, retries, source)
+        labels[spec.label] = spec
         runs.append(spec)
 
     fusions: list[FusionSpec] = []
     raw_fusions = data.get("fusions") or []
     if not isinstance(raw_fusions, list):
         raise SuiteError(f"{source}: fusions must be a list, got {type(raw_fusions).__name__}")
-    from .fusion import OBJECTIVES, SCORERS
-
     for i, raw in enumerate(raw_fusions):
-        if not isinstance(raw, dict):
-            raise SuiteError(f"{source}: fusions[{i}] must be a mapping with experts, got {raw!r}")
-        _check_keys(f"fusions[{i}]: ", raw, FUSION_KEYS, source)
-        scorer = raw.get("scorer", "moe")
-        label = _label_ok(raw.get("label") or f"fuse-{scorer}", f"fusions[{i}]: ", source)
-        where = f"fusions[{i}] ({label}): "
-        if label in labels or label in {f.label for f in fusions}:
-            raise SuiteError(f"{source}: {where}label {label!r} is used twice; give the fusion its own `label:`")
-        experts = raw.get("experts")
-        if not isinstance(experts, list) or len(experts) < 2:
-            raise SuiteError(f"{source}: {where}experts must list at least two run labels, got {experts!r}")
-        for e in experts:
-            if e not in labels:
-                raise SuiteError(f"{source}: {where}expert {e!r} is no run of this suite.{_hint(e, labels)}"
-                                 f" Runs: {', '.join(labels)}")
-        if len(set(experts)) < len(experts):
-            raise SuiteError(f"{source}: {where}an expert is listed twice in {experts}")
-        try:
-            SCORERS.get(scorer)
-        except UnknownNameError as e:
-            raise SuiteError(f"{source}: {where}{e}") from None
-        objective = raw.get("objective", "balanced")
-        if objective not in OBJECTIVES:
-            raise SuiteError(f"{source}: {where}unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
-        trials = raw.get("trials", 200)
-        if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
-            raise SuiteError(f"{source}: {where}trials must be a positive integer, got {trials!r}")
-        fusions.append(FusionSpec(label, list(experts), scorer, trials, objective, bool(raw.get("per_group", False))))
+        fusions.append(_parse_fusion(i, raw, labels, fusions, source))
 
     references = _parse_references(data.get("reference"), [*labels, *(f.label for f in fusions)], source)
     from .tune import parse_tune
@@ -351,6 +288,91 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
                   retries=retries, tune=tune)
     suite.jobs = plan(suite)
     return suite
+
+
+def _parse_seeds(data: dict, source: str) -> list[int]:
+    """The suite's seeds: one integer or a list of distinct ones (default [0])."""
+    seeds = data.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) < len(seeds)):
+        raise SuiteError(f"{source}: seeds must be a list of distinct integers, e.g. [0, 1, 2], got {seeds!r}")
+    return seeds
+
+
+def _parse_run(i: int, raw: Any, data: dict, labels: dict[str, RunSpec], resources: dict, retries: int,
+               source: str) -> RunSpec:
+    """runs[i] of a suite as a RunSpec; `labels` are the runs before it (an `init` must name one)."""
+    if isinstance(raw, str):
+        raw = {"method": raw}
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{source}: runs[{i}] must be a mapping with a method, got {raw!r}")
+    if "budget" in raw:
+        raise SuiteError(f"{source}: runs[{i}]: a suite has one budget for every run; "
+                         f"set it at the top level (budget: …)")
+    _check_keys(f"runs[{i}]: ", raw, RUN_KEYS, source)
+    if not raw.get("method"):
+        raise SuiteError(f"{source}: runs[{i}]: missing required key 'method'")
+    label = _label_ok(raw.get("label") or raw["method"], f"runs[{i}]: ", source)
+    where = f"runs[{i}] ({label}): "
+    try:
+        METHODS.get(str(raw["method"]))
+    except UnknownNameError as e:
+        raise SuiteError(f"{source}: {where}{e}") from None
+    if label in labels:
+        raise SuiteError(f"{source}: {where}label {label!r} is used twice; give one of the runs its own `label:`")
+    sets = _mapping(raw.get("set"), f"runs[{i}].set", source)
+    _check_set(sets, where, source)
+    init = raw.get("init")
+    if init is not None:
+        if init not in labels:
+            later = any((r.get("label") or r.get("method")) == init
+                        for r in data["runs"][i + 1:] if isinstance(r, dict))
+            why = ("is a later run: list it before this one" if later
+                   else f"is no run of this suite.{_hint(init, labels)} Runs so far: {', '.join(labels) or 'none'}")
+            raise SuiteError(f"{source}: {where}init {init!r} {why}")
+    spec = RunSpec(label, str(raw["method"]), str(raw.get("backbone") or data["backbone"]), sets, init,
+                   {**resources, **_resources(raw.get("resources"), where, source)},
+                   _retries(raw.get("retries"), where, source, retries))
+    if init is not None and labels[init].backbone != spec.backbone:
+        raise SuiteError(f"{source}: {where}init {init!r} runs on {labels[init].backbone}, this run on "
+                         f"{spec.backbone}: a run can only start from one on the same backbone")
+    return spec
+
+
+def _parse_fusion(i: int, raw: Any, labels: dict[str, RunSpec], fusions: list[FusionSpec],
+                  source: str) -> FusionSpec:
+    """fusions[i] of a suite as a FusionSpec; its experts must be runs of the suite."""
+    from .fusion import OBJECTIVES, SCORERS
+
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{source}: fusions[{i}] must be a mapping with experts, got {raw!r}")
+    _check_keys(f"fusions[{i}]: ", raw, FUSION_KEYS, source)
+    scorer = raw.get("scorer", "moe")
+    label = _label_ok(raw.get("label") or f"fuse-{scorer}", f"fusions[{i}]: ", source)
+    where = f"fusions[{i}] ({label}): "
+    if label in labels or label in {f.label for f in fusions}:
+        raise SuiteError(f"{source}: {where}label {label!r} is used twice; give the fusion its own `label:`")
+    experts = raw.get("experts")
+    if not isinstance(experts, list) or len(experts) < 2:
+        raise SuiteError(f"{source}: {where}experts must list at least two run labels, got {experts!r}")
+    for e in experts:
+        if e not in labels:
+            raise SuiteError(f"{source}: {where}expert {e!r} is no run of this suite.{_hint(e, labels)}"
+                             f" Runs: {', '.join(labels)}")
+    if len(set(experts)) < len(experts):
+        raise SuiteError(f"{source}: {where}an expert is listed twice in {experts}")
+    try:
+        SCORERS.get(scorer)
+    except UnknownNameError as e:
+        raise SuiteError(f"{source}: {where}{e}") from None
+    objective = raw.get("objective", "balanced")
+    if objective not in OBJECTIVES:
+        raise SuiteError(f"{source}: {where}unknown objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
+    trials = raw.get("trials", 200)
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise SuiteError(f"{source}: {where}trials must be a positive integer, got {trials!r}")
+    return FusionSpec(label, list(experts), scorer, trials, objective, bool(raw.get("per_group", False)))
 
 
 def _parse_references(raw: Any, labels: list[str], source: str) -> list[dict[str, Any]]:
@@ -568,6 +590,7 @@ def run_suite(suite: Suite, registry: Registry | None = None, console: Console |
 
 
 def default_report_dir(suite: Suite, registry: Registry) -> Path:
+    """Where a suite's report goes when no folder is given: under the registry home."""
     return registry.home / "reports" / suite.name
 
 

@@ -30,6 +30,7 @@ from .errors import BudgetError  # noqa: E402,F401
 
 @dataclass(frozen=True)
 class Budget:
+    """A compute budget: an amount in one unit; methods are compared at equal budgets."""
     amount: float
     unit: str  # epochs | steps | flops | seconds
 
@@ -43,6 +44,7 @@ class Budget:
 
 
 def parse_budget(text: str | Budget) -> Budget:
+    """"3epochs", "500steps", "2e13flops" or "600s" as a Budget; bad text is a BudgetError naming it."""
     if isinstance(text, Budget):
         return text
     m = _PATTERN.match(str(text))
@@ -71,13 +73,16 @@ class Spent:
     images: int = 0
 
     def get(self, unit: str) -> float:
+        """The amount spent in `unit` (one of Budget's units)."""
         return float(getattr(self, unit))
 
     def add(self, other: "Spent") -> None:
+        """Add another count to this one (a phase's spending to the run's)."""
         for k, v in asdict(other).items():
             setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict:
+        """Plain dict for the expert's metrics.json."""
         return asdict(self)
 
 
@@ -90,14 +95,17 @@ class Meter:
 
     @property
     def fraction(self) -> float:
+        """Share of the budget spent, at most 1 (drives the learning-rate schedule)."""
         return min(1.0, self.spent.get(self.budget.unit) / self.budget.amount)
 
     @property
     def exhausted(self) -> bool:
+        """True once the budget is spent (1e-9 slack: fractional epochs summed in floats may fall just short)."""
         return self.spent.get(self.budget.unit) >= self.budget.amount - 1e-9
 
     def charge(self, *, steps: int = 0, images: int = 0, epochs: float = 0.0, flops: float = 0.0,
                seconds: float = 0.0) -> None:
+        """Count what one step (or epoch) cost against the budget."""
         s = self.spent
         s.steps += steps
         s.images += images

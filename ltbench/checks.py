@@ -48,11 +48,13 @@ def _range_text(lo, hi, lo_open, hi_open) -> str:
 
 @dataclass(frozen=True)
 class Int(Check):
+    """An integer in an optional closed range (booleans refused)."""
     lo: int | None = None
     hi: int | None = None
 
     @property
     def what(self) -> str:
+        """What the check expects, for the error message."""
         r = _range_text(self.lo, self.hi, False, False)
         return f"an integer {r}" if r else "an integer"
 
@@ -64,6 +66,7 @@ class Int(Check):
 
 @dataclass(frozen=True)
 class Float(Check):
+    """A finite number in an optional range, either end optionally open."""
     lo: float | None = None
     hi: float | None = None
     lo_open: bool = False  # lo itself excluded (e.g. a learning rate > 0)
@@ -71,6 +74,7 @@ class Float(Check):
 
     @property
     def what(self) -> str:
+        """What the check expects, for the error message."""
         r = _range_text(self.lo, self.hi, self.lo_open, self.hi_open)
         return f"a finite number {r}" if r else "a finite number"
 
@@ -87,6 +91,7 @@ class Float(Check):
 
 @dataclass(frozen=True)
 class Bool(Check):
+    """true or false, never a number or a string that looks like one."""
     what = "true or false"
 
     def __call__(self, value: Any) -> bool:
@@ -97,10 +102,12 @@ class Bool(Check):
 
 @dataclass(frozen=True)
 class Str(Check):
+    """A string, non-empty unless told otherwise."""
     nonempty: bool = True
 
     @property
     def what(self) -> str:
+        """What the check expects, for the error message."""
         return "a non-empty string" if self.nonempty else "a string"
 
     def __call__(self, value: Any) -> str:
@@ -120,6 +127,7 @@ class Choice(Check):
 
     @property
     def what(self) -> str:
+        """The allowed values, as a user would type them."""
         return "one of " + ", ".join(str(o).lower() if isinstance(o, bool) else str(o) for o in self._options())
 
     def __call__(self, value: Any) -> Any:
@@ -138,6 +146,7 @@ class Opt(Check):
 
     @property
     def what(self) -> str:
+        """What the check expects, for the error message."""
         return f"null or {self.inner.what}"
 
     def __call__(self, value: Any) -> Any:
@@ -158,6 +167,7 @@ class Either(Check):
 
     @property
     def what(self) -> str:
+        """What the check expects, for the error message."""
         return self.label or " or ".join(c.what for c in self.options)
 
     def __call__(self, value: Any) -> Any:
@@ -171,11 +181,13 @@ class Either(Check):
 
 @dataclass(frozen=True)
 class ListOf(Check):
+    """A list whose every item passes `inner`."""
     inner: Check = Check()
     nonempty: bool = False
 
     @property
     def what(self) -> str:
+        """What the check expects, for the error message."""
         return f"a {'non-empty ' if self.nonempty else ''}list of {self.inner.what.removeprefix('a ').removeprefix('an ')}s"
 
     def __call__(self, value: Any) -> list:
@@ -189,6 +201,7 @@ class ListOf(Check):
 
 @dataclass(frozen=True)
 class Mapping(Check):
+    """A mapping, e.g. a nested section of a YAML config."""
     what = "a mapping of key: value"
 
     def __call__(self, value: Any) -> dict:

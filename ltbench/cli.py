@@ -358,4 +358,5 @@ def demo(
 
 
 def main() -> None:  # `python -m ltbench`
+    """Entry point of `python -m ltbench` and the console script."""
     app(prog_name="ltbench")

@@ -6,7 +6,6 @@ whole truth about a run.
 """
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from ._registry import suggest
 from .budget import parse_budget
 from .checks import Bool, Choice, Either, Int, Key, ListOf, Opt, Str, check_key, dataclass_checks, signature_checks
 from .data import DATASETS, create_dataset, dataset_options  # noqa: F401  (re-exported for callers)
@@ -187,8 +187,7 @@ def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in sets.items():
         if key not in mfields:
-            close = difflib.get_close_matches(key, list(mfields), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = suggest(key, mfields, cutoff=0.6)
             raise ConfigError(f"unknown --set key {key!r} for method {method!r}.{hint}"
                               f" Known keys: {', '.join(sorted(mfields))}")
         out[key] = check_key(key, value, mchecks[key][0])
@@ -227,8 +226,7 @@ def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) ->
             data_over[key] = check_key(key, value, dchecks[key][0])
         else:
             known = sorted(set(RUN_DEFAULTS) | set(mfields) | set(dfields))
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = suggest(key, known, cutoff=0.6)
             raise ConfigError(f"unknown --set key {key!r} for method {run['method']!r} and dataset"
                               f" {run['dataset']!r}.{hint} Known keys: {', '.join(known)}")
     _check_run(run)  # fail before any work

@@ -19,19 +19,23 @@ from torch.utils.data import Sampler
 
 @dataclass(frozen=True)
 class Dist:
+    """This process's place in a distributed run (rank 0 of 1 when run alone)."""
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @property
     def enabled(self) -> bool:
+        """True in a multi-process run."""
         return self.world > 1
 
     @property
     def is_main(self) -> bool:
+        """Rank 0, the one process that writes checkpoints, logs and the registry."""
         return self.rank == 0
 
     def barrier(self) -> None:
+        """Wait for every rank; a no-op when run alone."""
         if self.enabled:
             dist.barrier()
 
@@ -61,6 +65,7 @@ class ShardedBatchSampler(Sampler[list[int]]):
         self.inner, self.d, self.halves = inner, d, halves
 
     def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch to the inner sampler so every rank shuffles the same way."""
         target = self.inner if hasattr(self.inner, "set_epoch") else getattr(self.inner, "sampler", None)
         if target is not None and hasattr(target, "set_epoch"):
             target.set_epoch(epoch)

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import Registry
+from ._registry import NameRegistry
 
-LOSSES: Registry[Callable[..., nn.Module]] = Registry("loss")
+LOSSES: NameRegistry[Callable[..., nn.Module]] = NameRegistry("loss")
 
 
 def _counts(class_counts: np.ndarray) -> torch.Tensor:
@@ -36,9 +36,11 @@ class LTLoss(nn.Module):
     """Base: subclasses give `per_sample(logits, targets) -> [B]`; `forward` applies the weights."""
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Loss per sample, shape [B]; subclasses define it."""
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean loss, each sample weighted by `weight` when given (one entry per sample)."""
         loss = self.per_sample(logits, targets)
         if weight is None:
             return loss.mean()
@@ -50,26 +52,31 @@ class LTLoss(nn.Module):
 
 @LOSSES.register("ce", help="cross-entropy")
 class CrossEntropy(LTLoss):
+    """Plain cross-entropy: the baseline the long-tail losses are compared with."""
     def __init__(self, class_counts: np.ndarray | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.label_smoothing = float(label_smoothing)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy per sample, with optional label smoothing."""
         return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing, reduction="none")
 
 
 @LOSSES.register("la", help="logit-adjusted cross-entropy (Menon et al. 2021): logits + tau·log prior")
 class LogitAdjusted(LTLoss):
+    """Adds tau times the log class prior to the logits, so rare classes need a larger margin to win."""
     def __init__(self, class_counts: np.ndarray, tau: float = 1.0):
         super().__init__()
         self.register_buffer("adjust", tau * _log_prior(class_counts), persistent=False)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the prior-adjusted logits."""
         return F.cross_entropy(logits + self.adjust.to(logits.dtype), targets, reduction="none")
 
 
 @LOSSES.register("bs", help="balanced softmax (Ren et al. 2020): softmax over logits + log n_j")
 class BalancedSoftmax(LogitAdjusted):
+    """Logit adjustment with tau = 1: the softmax over logits + log n_j."""
     def __init__(self, class_counts: np.ndarray):
         super().__init__(class_counts, tau=1.0)
 
@@ -115,6 +122,7 @@ class GaussianCloudedLogit(LTLoss):
         return logits
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the noise-perturbed logits."""
         return F.cross_entropy(self.perturb(logits, targets), targets,
                                label_smoothing=self.label_smoothing, reduction="none")
 
@@ -151,6 +159,7 @@ class AsymmetricGCL(GaussianCloudedLogit):
         self.neg_weight = float(neg_weight)
 
     def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The asymmetric loss on the perturbed logits."""
         z = self.perturb(logits, targets)
         num_classes = z.shape[-1]
         log_p = F.log_softmax(z, dim=-1)

@@ -44,10 +44,10 @@ def log_targets(value: Any) -> list[str]:
         if item in ("", "none"):
             continue
         if item not in LOG_TARGETS:
-            import difflib
+            from ._registry import closest
 
-            close = difflib.get_close_matches(item, list(LOG_TARGETS), n=1)
-            raise ValueError(LogTargets.what + (f"; did you mean {close[0]!r}?" if close else ""))
+            close = closest(item, LOG_TARGETS, cutoff=0.6)
+            raise ValueError(LogTargets.what + (f"; did you mean {close!r}?" if close else ""))
         if item not in out:
             out.append(item)
     return out
@@ -132,9 +132,11 @@ class Tracker:
 
     # -- resume ------------------------------------------------------------------------------
     def state(self) -> list[dict[str, Any]]:
+        """The progress rows so far, saved in the checkpoint so a resumed run keeps its history."""
         return [dict(r) for r in self.rows]
 
     def load_state(self, rows: Iterable[dict[str, Any]] | None) -> None:
+        """Restore the rows `state` saved (none for a fresh run)."""
         self.rows = [dict(r) for r in rows or []]
 
     # -- the end ---------------------------------------------------------------------------------
@@ -146,6 +148,7 @@ class Tracker:
         self.sinks = []
 
     def fail(self) -> None:
+        """Tell every sink the run failed and drop them, so nothing more is logged."""
         for sink in self.sinks:
             sink.fail()
         self.sinks = []
@@ -197,19 +200,23 @@ class TensorBoardSink(_Sink):
         self.last = 0
 
     def step(self, row: dict[str, Any]) -> None:
+        """Write one step's scalars."""
         for tag, key in STEP_SCALARS.items():
             self.writer.add_scalar(tag, row[key], row["step"])
         self.last = row["step"]
 
     def epoch(self, row: dict[str, Any]) -> None:
+        """Write the epoch's validation accuracy."""
         self.writer.add_scalar("val/acc", row["val_acc"], row["step"])
 
     def finish(self, config, metrics, expert_path) -> None:
+        """Write the final metrics at the last step and close the writer."""
         for tag, v in flat_metrics(metrics).items():
             self.writer.add_scalar(f"final/{tag}", v, self.last)
         self.writer.close()
 
     def fail(self) -> None:
+        """Close the writer so what was logged is flushed to disk."""
         self.writer.close()
 
 
@@ -260,15 +267,18 @@ class MlflowSink(_Sink):
             self.pending = []
 
     def step(self, row: dict[str, Any]) -> None:
+        """Queue one step's scalars (sent in batches)."""
         for tag, key in STEP_SCALARS.items():
             self._metric(tag.split("/", 1)[1], row[key], row["step"])
         self.last = row["step"]
 
     def epoch(self, row: dict[str, Any]) -> None:
+        """Queue the epoch's validation accuracy and send what is queued."""
         self._metric("val_acc", row["val_acc"], row["step"])
         self._flush()
 
     def finish(self, config, metrics, expert_path) -> None:
+        """Send the final metrics (MLflow keys take no ':')."""
         for tag, v in flat_metrics(metrics).items():
             self._metric(tag.replace(":", "_"), v, self.last)
         self._flush()
@@ -277,6 +287,7 @@ class MlflowSink(_Sink):
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def fail(self) -> None:
+        """Send what is queued and mark the MLflow run FAILED."""
         self._flush()
         self.client.set_terminated(self.run_id, "FAILED")
 

@@ -42,6 +42,7 @@ from .errors import TrainingError  # noqa: E402,F401
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every RNG a run draws from, so one seed gives the same numbers."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -56,6 +57,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` saved, so a resumed run continues the same random stream."""
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
@@ -64,6 +66,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """"auto" is the GPU when there is one; any other name is passed to torch as is."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -84,6 +87,7 @@ def lr_factor(progress: float, warmup: float) -> float:
 
 
 def make_optimizer(phase: Phase, cfg) -> torch.optim.Optimizer:
+    """The optimiser over the phase's parameter groups, each at the config's lr times its `lr_scale`."""
     groups = [{"params": g["params"], "lr": cfg.effective_lr * g.get("lr_scale", 1.0), "lr_scale": g.get("lr_scale", 1.0)}
               for g in phase.param_groups]
     if cfg.optimizer == "sgd":
@@ -94,6 +98,7 @@ def make_optimizer(phase: Phase, cfg) -> torch.optim.Optimizer:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file and a rename, so a crash never leaves half a checkpoint."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
@@ -102,6 +107,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 @torch.no_grad()
 def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
                 autocast: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """`fn` over every batch of `loader` without gradients, outputs gathered on the CPU as float32."""
     outs = []
     for x, *_ in loader:
         x = x.to(device, non_blocking=True)
@@ -124,6 +130,7 @@ def begin_phase(method: Method, phase: Phase) -> None:
 
 
 def train_mode(method: Method) -> None:
+    """Training mode, except a fully frozen backbone stays in eval mode."""
     method.train()
     if not any(p.requires_grad for p in method.backbone.parameters()):
         method.backbone.eval()  # frozen: no dropout / drop-path noise in the features
@@ -237,6 +244,7 @@ class _Checks:
 
 @dataclass
 class TrainResult:
+    """What `Trainer.fit` spent in all and per phase (recorded in the expert's metrics)."""
     spent: Spent = field(default_factory=Spent)
     phases: list[dict[str, Any]] = field(default_factory=list)
 
@@ -299,6 +307,7 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
     def fit(self, budget: Budget, resume: bool = False) -> TrainResult:
+        """Run every phase of the method under its share of `budget`; `resume` continues from the checkpoint."""
         phases = self.method.phases()
         by_epochs = budget.unit == "epochs"
 
@@ -564,11 +573,13 @@ class Trainer:
         return class_averaged_accuracy(logits.argmax(1).numpy() == val.labels, val.labels, self.data.num_classes)
 
     def predict(self, split) -> torch.Tensor:
+        """Logits of the method on `split`, in eval mode (used for the registered test/val logits)."""
         self.method.eval()
         return run_batches(self.method, self._eval_loader(split), self.device, self.autocast, self.channels_last)
 
 
 def default_name(run: dict[str, Any]) -> str:
+    """The expert name when none is given: method, backbone, dataset and seed, path-safe."""
     return f"{run['method']}_{run['backbone'].replace('/', '-').replace(':', '-')}_{run['dataset']}_s{run['seed']}"
 
 

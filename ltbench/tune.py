@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _registry
 from .errors import ConfigError, TrainingError
 from .registry import Registry
 
@@ -43,6 +44,7 @@ class TuneSpec:
     startup: int = 2  # trials that finish before the pruner stops any
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain dict, for hashing into the study name."""
         return asdict(self)
 
 
@@ -57,10 +59,7 @@ def parse_tune(value: Any, where: str = "tune") -> TuneSpec | None:
     known = list(TuneSpec.__dataclass_fields__)
     for key in raw:
         if key not in known:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = _registry.suggest(key, known, cutoff=0.6)
             raise ConfigError(f"{where}: unknown key {key!r}.{hint} Known keys: {', '.join(known)}")
     if "trials" not in raw:
         raise ConfigError(f"{where}: missing required key 'trials'")
@@ -98,6 +97,7 @@ def search_space(run: dict[str, Any]) -> dict[str, tuple]:
 
 
 def check_space(space: dict[str, tuple], config: dict[str, Any], where: str) -> None:
+    """Fail before any trial when a search key is not in the method's config or its range is bad."""
     for key, spec in space.items():
         if key not in config:
             raise ConfigError(f"{where}: {key!r} is no key of the method's config")
@@ -114,6 +114,7 @@ def check_space(space: dict[str, tuple], config: dict[str, Any], where: str) -> 
 
 
 def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
+    """One trial's values for every key of the search space (Optuna's suggest_* per kind)."""
     out = {}
     for key, spec in space.items():
         kind = spec[0]
@@ -127,6 +128,7 @@ def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
 
 
 def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> str:
+    """A name that changes with anything that changes results, so a study only resumes its own trials."""
     from .provenance import _hash
 
     key = _hash({"run": {k: v for k, v in run.items() if k not in ("name", "resume")}, "tune": spec.as_dict(),
@@ -135,6 +137,7 @@ def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> 
 
 
 def trial_run(run: dict[str, Any], params: dict[str, Any], share: float) -> dict[str, Any]:
+    """The run config of one trial: the chosen values and its share of the budget."""
     from .budget import parse_budget
 
     budget = parse_budget(run["budget"]).scaled(share)

@@ -183,6 +183,11 @@ def test_catalog_lists_exactly_what_the_registries_hold():
     assert "not-listed" not in METHODS
     listed = invoke("methods").output
     assert all(name in listed for name in catalog.METHODS) and catalog.METHODS["lpt"][1] in listed
+    listed = invoke("datasets").output  # every registered name is listed by its command
+    assert [name for name in DATASETS if name not in listed] == []
+    listed = invoke("backbones").output
+    assert [name for name in BACKBONES if name not in listed] == []
+    assert [name for name in CLIP_BACKBONES if f"clip:{name}" not in listed] == []
     assert "clip:dinov2-minilm" in invoke("backbones").output and "places-lt" in invoke("datasets").output
 
 

@@ -9,7 +9,6 @@ the offline and test backbones; any name `timm.is_model()` accepts (tags include
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 from dataclasses import dataclass, field
@@ -23,9 +22,9 @@ from timm.models import VisionTransformer
 from torch import nn
 
 from .. import catalog
-from .._registry import Registry, UnknownNameError
+from .._registry import NameRegistry, UnknownNameError, suggest
 
-BACKBONES: Registry[Callable[..., "Backbone"]] = Registry("backbone", catalog.BACKBONES)
+BACKBONES: NameRegistry[Callable[..., "Backbone"]] = NameRegistry("backbone", catalog.BACKBONES)
 
 
 from ..errors import BackboneError  # noqa: E402,F401
@@ -50,6 +49,7 @@ class Backbone:
 
     @property
     def vit(self) -> VisionTransformer:
+        """The timm VisionTransformer underneath (methods reach into its blocks and tokens)."""
         return self.model
 
     @property
@@ -64,22 +64,27 @@ class Backbone:
 
     @property
     def num_prefix_tokens(self) -> int:
+        """Class and register tokens before the patch tokens."""
         return self.vit.num_prefix_tokens
 
     @property
     def patch_size(self) -> tuple[int, int]:
+        """Patch height and width in pixels."""
         return tuple(self.vit.patch_embed.patch_size)
 
     @property
     def depth(self) -> int:
+        """Number of transformer blocks (where per-layer prompts and adapters go)."""
         return len(self.blocks)
 
     @property
     def blocks(self) -> nn.Sequential:
+        """The transformer blocks, in order."""
         return self.vit.blocks
 
     @property
     def is_clip(self) -> bool:
+        """False: only CLIP backbones have a text tower for zero-shot heads."""
         return False
 
     def qkv_weight(self, block: nn.Module) -> tuple[nn.Module, str]:
@@ -107,6 +112,7 @@ class Backbone:
         return self.finish(self.tokens(x))
 
     def num_params(self) -> int:
+        """Parameter count of the whole backbone, for the report."""
         return sum(p.numel() for p in self.model.parameters())
 
 
@@ -230,6 +236,5 @@ def create_backbone(name: str, img_size: int | None = None, weights: str | None 
     if timm.is_model(name):  # any architecture timm knows, with or without a pretrained tag
         return _timm_backbone(name, img_size, weights, pretrained)
     vit_names = timm.list_models("vit_*")
-    close = difflib.get_close_matches(name, list(BACKBONES) + vit_names, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = suggest(name, list(BACKBONES) + vit_names)
     raise UnknownNameError(f"unknown backbone {name!r}.{hint} Known: {', '.join(BACKBONES)}, or any timm ViT name")

@@ -24,7 +24,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from .. import catalog
-from .._registry import Registry
+from .._registry import NameRegistry
 from .base import Backbone, BackboneError, dinov2_record, weights_record
 from .names import parse_backbone_name
 
@@ -32,7 +32,7 @@ CONFIG_DIR = Path(__file__).parent / "clip_configs"
 open_clip.add_model_config(CONFIG_DIR)  # ltbench-tiny-clip: random, for tests (no download)
 
 #: Backbones assembled by ltbench rather than named by open_clip: `clip:<name>`.
-CLIP_BACKBONES: Registry[Callable[..., "ClipBackbone"]] = Registry("clip backbone", catalog.CLIP_BACKBONES)
+CLIP_BACKBONES: NameRegistry[Callable[..., "ClipBackbone"]] = NameRegistry("clip backbone", catalog.CLIP_BACKBONES)
 
 TEMPLATES = {"simple": SIMPLE_IMAGENET_TEMPLATES,
              "openai": open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES}
@@ -274,12 +274,10 @@ def create_clip_backbone(spec: str, img_size: int | None = None, weights: str | 
         return CLIP_BACKBONES.get(parsed.model)(img_size=img_size, weights=weights, pretrained=pretrained)
     model_name, tag = parsed.model, parsed.tag or ""
     if model_name not in open_clip.list_models():
-        import difflib
+        from .._registry import UnknownNameError, suggest
 
         known = [f"clip:{n}" for n in CLIP_BACKBONES] + [f"clip:{n}" for n in open_clip.list_models()]
-        close = difflib.get_close_matches(spec, known, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        from .._registry import UnknownNameError
+        hint = suggest(spec, known)
 
         raise UnknownNameError(f"unknown open_clip model {model_name!r} in {spec!r}.{hint}"
                                f" Known: {', '.join(sorted(CLIP_BACKBONES))} or any of open_clip.list_models()")

@@ -10,12 +10,11 @@ read, with the closest known option named. Importing this package registers all 
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any, Callable
 
 from .. import catalog
-from .._registry import Registry, UnknownNameError
+from .._registry import NameRegistry, UnknownNameError, suggest
 from .base import (
     FEW,
     GROUP_NAMES,
@@ -35,7 +34,7 @@ from .base import (
 Builder = Callable[..., LTDataset]
 
 #: name -> builder(root, seed, **options) -> LTDataset
-DATASETS: Registry[Builder] = Registry("dataset", catalog.DATASETS)
+DATASETS: NameRegistry[Builder] = NameRegistry("dataset", catalog.DATASETS)
 
 #: Arguments every builder takes that are not source options.
 _COMMON = ("root", "seed")
@@ -61,8 +60,7 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     known = list(_option_params(name))
     for key in options:
         if key not in known:
-            close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
+            hint = suggest(key, known)
             raise DataError(
                 f"unknown option {key!r} for dataset {name!r}.{hint}"
                 f" Known options: {', '.join(known) if known else '(none)'}"

@@ -7,11 +7,11 @@ from typing import Any
 import numpy as np
 
 from .. import catalog
-from .._registry import Registry
+from .._registry import NameRegistry
 from ..backbones.base import Backbone
 from .base import resolve_method_config
 
-METHODS: Registry[type] = Registry("method", catalog.METHODS)
+METHODS: NameRegistry[type] = NameRegistry("method", catalog.METHODS)
 
 
 def register_method(name: str):

@@ -68,6 +68,7 @@ class MethodConfig:
 
     @property
     def effective_lr(self) -> float:
+        """The lr scaled linearly by batch size / `lr_ref_batch` (when set), so lrs carry over between batch sizes."""
         return self.lr * self.batch_size / self.lr_ref_batch if self.lr_ref_batch else self.lr
 
 
@@ -88,6 +89,7 @@ class PartSpec:
     weight: PartWeight = 1.0
 
     def weight_at(self, epoch: int, epochs: float) -> float:
+        """This part's loss weight at `epoch` of `epochs` (a constant or a schedule)."""
         return float(self.weight(epoch, epochs)) if callable(self.weight) else float(self.weight)
 
 
@@ -126,6 +128,7 @@ class Phase:
 
     @property
     def parameters(self) -> list[nn.Parameter]:
+        """Every parameter the phase trains, over all its groups."""
         return [p for g in self.param_groups for p in g["params"]]
 
     def batch_parts(self, cfg: MethodConfig) -> list[PartSpec]:
@@ -147,6 +150,7 @@ class ClassifierHead(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_classes)) if kind == "linear" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits: a linear layer, or scaled cosine similarity for the cosine head."""
         if self.kind == "cosine":
             return self.scale * F.linear(F.normalize(x, dim=-1), F.normalize(self.weight, dim=-1))
         return F.linear(x, self.weight, self.bias)
@@ -181,9 +185,11 @@ class Method(nn.Module):
 
     # -- what subclasses implement ---------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of images."""
         raise NotImplementedError
 
     def phases(self) -> list[Phase]:
+        """The training phases, in order; the trainer runs them under shares of the budget."""
         raise NotImplementedError
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -191,6 +197,7 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """Logits from features, so the trainer can cache features of a frozen backbone."""
         raise NotImplementedError
 
     def resume_state(self) -> dict[str, Any]:
@@ -198,6 +205,7 @@ class Method(nn.Module):
         return {}
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore what a method keeps outside its parameters (none by default)."""
         pass
 
     def extra_loss(self) -> torch.Tensor | None:
@@ -221,6 +229,7 @@ class Method(nn.Module):
         return [n for n, _ in self.named_parameters() if not n.startswith("backbone.") or n in trained]
 
     def delta_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only the trained parameters, so an expert is saved without the frozen backbone."""
         params = dict(self.named_parameters())
         return {n: params[n].detach().clone() for n in self.delta_names()}
 
@@ -241,6 +250,7 @@ class Method(nn.Module):
         return sorted(take)
 
     def param_counts(self) -> dict[str, int]:
+        """Total and trainable parameters (each shared tensor counted once), for the report."""
         ids = {id(p) for ph in self.phases() for p in ph.parameters}
         seen: set[int] = set()
         total = trainable = 0
