@@ -28,16 +28,16 @@ N_TEST, N_CLASSES, PER_CLASS = 36_500, 365, 100
 
 
 def places_counts() -> list[int]:
-    """Real Places-LT training counts if the split file is at hand, else the same profile."""
-    f = Path(__file__).resolve().parents[2] / "shared" / "data" / "places_lt" / "Places_LT_train.txt"
-    if f.is_file():
-        labels = np.array([int(line.split()[1]) for line in f.read_text().splitlines() if line.strip()])
-        return np.bincount(labels, minlength=N_CLASSES).tolist()
-    return [int(4980 * (5 / 4980) ** (i / (N_CLASSES - 1))) for i in range(N_CLASSES)]
+    """Real Places-LT training counts, from the split file that ships inside the package."""
+    import gzip
+
+    f = Path(__file__).resolve().parents[1] / "ltbench" / "data" / "splits" / "places_lt" / "Places_LT_train.txt.gz"
+    labels = np.array([int(line.split()[-1]) for line in gzip.open(f, "rt") if line.strip()])
+    return np.bincount(labels, minlength=N_CLASSES).tolist()
 
 
 def build(home: Path, n: int) -> None:
-    from ltbench.data.base import shot_groups
+    from ltbench.metrics import shot_groups
     from ltbench.registry import Registry
 
     reg = Registry(home)
