@@ -134,7 +134,7 @@ def model_only(args, method_name: str, device: torch.device) -> list[dict]:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     out = method(x)
                     extra = method.extra_loss()
-                loss = F.cross_entropy(out.float(), y) + (extra.float() if extra is not None else 0.0)
+                loss = F.cross_entropy(out.float(), y) + (extra.float().mean() if extra is not None else 0.0)  # extra_loss is per image
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
