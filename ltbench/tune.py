@@ -3,8 +3,10 @@
 `ltbench train --tune N` and a suite's `tune:` block run, before the real run, N trials of
 the method's declared search space (`SEARCH_SPACE` beside its config: learning rate,
 weight decay, batch size where it matters), each trained on `share` of the run's budget
-and scored by per-class-averaged validation accuracy. The study's sampler is TPE, seeded
-with the run's seed; a median pruner stops a trial whose validation accuracy at an epoch
+and scored by per-class-averaged validation accuracy. Trial 0 is the method's own values
+(its paper defaults, or the user's `--set`) wherever they lie in the space, so the tuned run
+is never chosen over something worse on validation than no tuning at all; the others are
+drawn by TPE, seeded with the run's seed; a median pruner stops a trial whose validation accuracy at an epoch
 end falls below the median of earlier trials at that epoch. The final run trains on the
 whole budget with the best values and records the study (every trial, its state, values
 and compute; the best values; the total tuning compute) in its provenance.
@@ -111,6 +113,16 @@ def check_space(space: dict[str, tuple], config: dict[str, Any], where: str) -> 
         if not ok:
             raise ConfigError(f"{where}: {key}: {spec!r} is not (log|float|int, low, high) with low < high"
                               f" (log: low > 0) or (choice, [values])")
+
+
+def in_space(value: Any, spec: tuple) -> bool:
+    """Whether a config value is one the space can draw (its defaults are enqueued only then)."""
+    kind = spec[0]
+    if kind == "choice":
+        return value in list(spec[1])
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return spec[1] <= value <= spec[2] and (kind != "int" or float(value).is_integer())
 
 
 def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
@@ -248,6 +260,10 @@ def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) 
         return {}, record
     name = study_name(run, spec, space)
     study = _open_study(name, storage, spec, run["seed"])
+    if not study.get_trials(deepcopy=False):  # trial 0: the method's own values, so tuning is never worse on val
+        base = {k: run["method_config"][k] for k, v in space.items() if in_space(run["method_config"][k], v)}
+        if base:
+            study.enqueue_trial(base)
     left = max(0, spec.trials - _finished(study))
     jobs = min(spec.jobs, left) if left else 1
     if left and jobs > 1:

@@ -56,6 +56,18 @@ def test_tuning_picks_the_good_learning_rate(tmp_path, lr_space):
     assert ex.meta["spent"]["epochs"] == pytest.approx(4)  # the final run has the whole budget
 
 
+def test_the_first_trial_is_the_methods_own_values(tmp_path, monkeypatch):
+    """Trial 0 is the config's value where the space holds it; a space without it draws every trial."""
+    monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("log", 1e-6, 1.0)})
+    best, record = tune(sgd_probe(lr=3e-3), TuneSpec(trials=3, share=0.5, pruner="none"), Registry(tmp_path / "a"))
+    assert record["trials"][0]["params"] == {"lr": 3e-3}
+    assert all(t["params"]["lr"] != 3e-3 for t in record["trials"][1:])
+    assert record["best_value"] >= record["trials"][0]["value"]
+    monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("log", 1e-6, 1e-3)})  # 3e-3 lies outside it
+    best, record = tune(sgd_probe(lr=3e-3), TuneSpec(trials=2, share=0.5, pruner="none"), Registry(tmp_path / "b"))
+    assert all(1e-6 <= t["params"]["lr"] <= 1e-3 for t in record["trials"])
+
+
 def test_tuning_never_reads_test_labels(tmp_path, lr_space, monkeypatch):
     """No trial touches the test split; only the final run (registering the expert) evaluates on it."""
     state = {"tuning": True, "final": 0}
