@@ -1,0 +1,119 @@
+"""Defaults vs. hand-picked overrides vs. equal tuning, side by side, at the demo's size (issue 11).
+
+    .venv/bin/python benchmarks/bench_tuning.py --home DIR [--seeds 0 1 2] [--variants defaults overrides tuned]
+
+Builds three suites from the built-in demo suite (same dataset, backbone, sizes and budget) and
+runs them into one registry, so a killed run resumes with what it has:
+
+- `defaults`: every method with the library's defaults (the papers' values), no tuning;
+- `overrides`: the per-method overrides the demo used before it was tuned (commit 2f55653^,
+  `ltbench/suites/demo.yaml`: learning rates, optimisers, batch sizes chosen by looking at
+  validation accuracy), no tuning;
+- `tuned`: the demo suite itself (its `tune:` block, equal for every method).
+
+Fusions are left out: the table is per method. Then prints, per method and variant, test
+overall and few-shot accuracy and per-class validation accuracy (mean ± std over the seeds),
+the tuning compute (trials' device seconds and FLOPs) and the run's own device seconds, and
+each variant's ordering of methods by test accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+from pathlib import Path
+
+#: The demo's per-method overrides before tuning replaced them (`git show 2f55653^:ltbench/suites/demo.yaml`).
+OVERRIDES = {
+    "linear-probe": {"batch_size": 8},
+    "vpt-deep": {"optimizer": "adamw", "lr": 1.0e-2},
+    "lpt": {"optimizer": "adamw", "lr": 3.0e-3, "lr_ref_batch": 0},
+    "lpt++": {"optimizer": "adamw", "lr": 3.0e-3, "lr_ref_batch": 0},
+    "lit": {"batch_size": 16},
+    "lpt++-vl": {"optimizer": "adamw", "lr": 3.0e-3, "lr_ref_batch": 0},
+    "lt-soups": {"batch_size": 16, "lr": 3.0e-3, "stage2_share": 0.5},
+}
+VARIANTS = ("defaults", "overrides", "tuned")
+
+
+def variant_suite(demo: dict, variant: str, seeds: list[int]) -> dict:
+    """The demo suite's dict as one variant: its name, seeds, tuning and per-run sets."""
+    data = copy.deepcopy(demo)
+    data["seeds"] = list(seeds)
+    data.pop("fusions", None)
+    if variant == "tuned":
+        return data
+    data["name"] = f"demo-{variant}"
+    data.pop("tune", None)
+    for run in data["runs"]:
+        label = run.get("label", run["method"])
+        if variant == "overrides" and label in OVERRIDES:
+            run["set"] = {**run.get("set", {}), **OVERRIDES[label]}
+    return data
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--home", required=True, help="registry home (kept; a rerun reuses what it registered)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = ap.parse_args()
+    os.environ["LTBENCH_HOME"] = str(Path(args.home).resolve())
+
+    import yaml
+    from rich.console import Console
+
+    import ltbench
+    from ltbench.bench import parse_suite, run_suite
+    from ltbench.registry import Registry
+
+    demo = yaml.safe_load((Path(ltbench.__file__).parent / "suites" / "demo.yaml").read_text())
+    registry = Registry(args.home)
+    console = Console(stderr=True)
+    suites = {v: parse_suite(variant_suite(demo, v, args.seeds), f"demo ({v})") for v in args.variants}
+    for v, suite in suites.items():
+        console.print(f"[bold]{v}[/]: {len(suite.jobs)} runs")
+        run_suite(suite, registry, console=console, quiet=args.quiet)
+
+    labels = [r.get("label", r["method"]) for r in demo["runs"]]
+    print(f"\n{demo['dataset']} / {demo['backbone']}, budget {demo['budget']}, set {demo.get('set')}, "
+          f"seeds {args.seeds}, tuned with {demo.get('tune')}")
+    head = f"{'method':<14}{'variant':<11}{'test overall':>15}{'test few':>15}{'val':>15}{'tune s':>9}{'tune FLOPs':>12}" \
+           f"{'run s':>8}"
+    print(head)
+    order: dict[str, list[tuple[float, str]]] = {v: [] for v in suites}
+    for label in labels:
+        for v, suite in suites.items():
+            cols: dict[str, list[float]] = {"overall": [], "few": [], "val": [], "tune_s": [], "tune_f": [], "run_s": []}
+            for seed in args.seeds:
+                ex = registry.get(suite.expert_name(label, seed))
+                cols["overall"].append(100 * ex.metrics["test"]["overall"])
+                cols["few"].append(100 * ex.metrics["test"]["few"])
+                cols["val"].append(100 * ex.metrics["val"]["overall"])
+                compute = ((ex.meta.get("tuning") or {}).get("compute") or {})
+                cols["tune_s"].append(float(compute.get("seconds") or 0))
+                cols["tune_f"].append(float(compute.get("flops") or 0))
+                cols["run_s"].append(float((ex.meta.get("spent") or {}).get("seconds") or 0))
+            order[v].append((statistics.fmean(cols["overall"]), label))
+            print(f"{label:<14}{v:<11}{_mean_std(cols['overall']):>15}{_mean_std(cols['few']):>15}"
+                  f"{_mean_std(cols['val']):>15}{statistics.fmean(cols['tune_s']):9.0f}"
+                  f"{statistics.fmean(cols['tune_f']):12.2e}{statistics.fmean(cols['run_s']):8.0f}")
+    print("\nordering by mean test accuracy (best first):")
+    for v, rows in order.items():
+        print(f"  {v:<10} " + " > ".join(label for _, label in sorted(rows, reverse=True)))
+    print(f"load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (seconds are noisy, FLOPs not)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
