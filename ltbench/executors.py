@@ -13,6 +13,10 @@ turns a suite's jobs into tasks and keeps the books:
   attempt leave nothing half-registered;
 - registered jobs are skipped before anything is submitted, so a killed suite resumes.
 
+A task's worker process imports torch, timm and the trainer on its first task (seconds); Ray
+reuses a job's workers, so later tasks skip that, and `warm_workers` pays it up front for a
+driver that starts a cluster ahead of its suites (the benchmark counts it with the start).
+
 `resources: {gpus: N}` with N > 1 runs the job as `torchrun --nproc_per_node N` inside its task
 (DDP over N GPUs of the task's node). `python -m ltbench.executors RUN.json` is that command's
 entry point: it trains one resolved run against $LTBENCH_HOME / $LTBENCH_REGISTRY.
@@ -154,6 +158,70 @@ def _make_board():
     return Board
 
 
+# -- warming a cluster's workers -----------------------------------------------------------------
+def _import_task_modules() -> None:
+    """What a task imports (torch, timm, torchvision through the trainer; fusion, tune): seconds."""
+    from . import fusion, registry, train, tune  # noqa: F401
+
+
+def _make_gate():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Gate:
+        """Holds each warm-up task until `n` of them run at once, so each warms its own worker."""
+
+        def __init__(self, n: int):
+            import asyncio
+
+            self.n, self.pids, self.open = n, set(), asyncio.Event()
+
+        async def arrive(self, pid: int, timeout: float) -> list[int]:
+            import asyncio
+
+            self.pids.add(pid)
+            if len(self.pids) >= self.n:
+                self.open.set()
+            try:
+                await asyncio.wait_for(self.open.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            return sorted(self.pids)
+
+    return Gate
+
+
+def _warm(gate, timeout: float) -> int:
+    import ray
+
+    _import_task_modules()
+    ray.get(gate.arrive.remote(os.getpid(), timeout))
+    return os.getpid()
+
+
+def warm_workers(workers: int | None = None, timeout: float = 300.0) -> list[int]:
+    """Start `workers` worker processes of the connected cluster (default: one per CPU) and have
+    each import what a task imports; their pids.
+
+    A part of starting a cluster, for a driver that starts one ahead of its suites: Ray keeps a
+    job's idle workers (up to one per CPU), so the suite's first tasks skip the imports (several
+    seconds each). The results of the tasks are the same warm or cold.
+    """
+    import ray
+
+    n = workers or int(ray.cluster_resources().get("CPU", 1))
+    gate = _make_gate().remote(n)
+    try:
+        warm = ray.remote(_warm).options(num_cpus=1, max_retries=0)
+        refs = [warm.remote(gate, timeout) for _ in range(n)]
+        ready, late = ray.wait(refs, num_returns=n, timeout=timeout + 30)  # CPUs busy elsewhere: fewer
+        for ref in late:
+            ray.cancel(ref)
+        return sorted(set(ray.get(ready)))
+    finally:
+        ray.kill(gate)
+
+
 # -- the driver ----------------------------------------------------------------------------------
 def _payload(job: "Job") -> dict[str, Any]:
     f = job.fusion
@@ -177,15 +245,111 @@ def _table(suite: "Suite", states: dict[str, TaskState]) -> Table:
     return t
 
 
+class _Driver:
+    """The driver's books for one suite: each job's state, the attempts in flight (object ref →
+    job name), the board the tasks report to."""
+
+    def __init__(self, suite: "Suite", registry: "Registry", console: Console, done: set[str]):
+        import ray
+
+        self.suite, self.console = suite, console
+        self.jobs = {j.name: j for j in suite.jobs}
+        self.states = {j.name: TaskState(j.name, j.kind, needs=list(j.needs),
+                                         state="registered" if j.name in done else "waiting") for j in suite.jobs}
+        self.pending: dict[Any, str] = {}
+        self.args = registry.task_args()
+        self.board = _make_board().options(name=f"ltbench-board-{uuid.uuid4().hex[:8]}").remote()
+        self.task = ray.remote(_execute)
+
+    def submit(self, name: str) -> None:
+        res, s = self.jobs[name].resources, self.states[name]
+        opts = {"num_cpus": res.get("cpus", 1), "num_gpus": res.get("gpus", 0), "max_retries": 0, "name": name}
+        s.attempts += 1
+        ref = self.task.options(**opts).remote(_payload(self.jobs[name]), self.args, self.board, s.attempts)
+        self.pending[ref] = name
+        s.state = "queued" if s.attempts == 1 else "retrying"
+
+    def settle(self) -> None:
+        """Submit what became ready; skip what can never be."""
+        for name, s in self.states.items():
+            if s.state != "waiting":
+                continue
+            needed = [self.states[n] for n in s.needs if n in self.states]
+            if any(n.state in ("failed", "skipped") for n in needed):
+                s.state, s.error = "skipped", "needs " + ", ".join(n.name for n in needed if n.state != "done")
+            elif all(n.state in ("done", "registered") for n in needed):
+                self.submit(name)
+
+    def read_board(self) -> None:
+        """The tasks' reports (node, pid, phase, progress); only the current attempt's count."""
+        import ray
+
+        for name, fields in ray.get(self.board.snapshot.remote()).items():
+            s = self.states[name]
+            if s.state in ("queued", "retrying", "running") and fields.get("attempts") == s.attempts:
+                for k, v in fields.items():
+                    setattr(s, k, v)
+
+    def finish(self, ref) -> None:
+        """A finished attempt: done (or registered meanwhile), else retried or failed."""
+        import ray
+
+        name = self.pending.pop(ref)
+        s, job = self.states[name], self.jobs[name]
+        try:
+            s.state, s.error = ray.get(ref)["state"], ""
+            s.progress = 1.0
+        except Exception as e:  # the task raised, or its worker died
+            s.error = _one_line(e)
+            if s.attempts <= job.retries:
+                self.console.print(f"[yellow]{name}: attempt {s.attempts} failed ({s.error}); retrying[/]",
+                                   highlight=False)
+                self.submit(name)
+            else:
+                s.state = "failed"
+                self.console.print(f"[red]{name}: failed after {s.attempts} attempt(s): {s.error}[/]",
+                                   highlight=False)
+
+    def unfinished(self) -> list[TaskState]:
+        return [s for s in self.states.values() if s.state in ("failed", "skipped")]
+
+
+def _drive(d: _Driver, quiet: bool, on_update: Callable[[dict[str, TaskState]], None] | None,
+           poll: float) -> None:
+    """Submit, then wait: a finished attempt is handled at once, the board is read every `poll` s."""
+    import ray
+
+    live = Live(_table(d.suite, d.states), console=d.console, refresh_per_second=4, transient=False)
+    if not quiet:
+        live.start()
+    try:
+        d.settle()
+        while d.pending:
+            ready, _ = ray.wait(list(d.pending), num_returns=1, timeout=poll)
+            if ready:  # and any other that finished meanwhile
+                ready, _ = ray.wait(list(d.pending), num_returns=len(d.pending), timeout=0)
+            d.read_board()
+            for ref in ready:
+                d.finish(ref)
+            d.settle()
+            if on_update is not None:
+                on_update(d.states)
+            live.update(_table(d.suite, d.states))
+    finally:
+        live.update(_table(d.suite, d.states))
+        live.stop()
+
+
 def run_suite_ray(suite: "Suite", registry: "Registry", address: str | None = None,
                   console: Console | None = None, quiet: bool = False,
-                  on_update: Callable[[dict[str, TaskState]], None] | None = None, poll: float = 0.2) -> list[str]:
+                  on_update: Callable[[dict[str, TaskState]], None] | None = None, poll: float = 0.5) -> list[str]:
     """Run the suite's unregistered jobs as Ray tasks; the suite's expert names.
 
     Connects to `address` (auto, ray://HOST:PORT, HOST:PORT), to the cluster this process is
     already connected to, or else starts a local one (and stops it at the end). Raises
     TrainingError listing the jobs that failed every attempt, after all the others finished.
-    `on_update` sees the states after each poll (the table's data).
+    `on_update` sees the states after each finished attempt and at least every `poll` seconds
+    (the table's data, read from the board).
     """
     import ray
 
@@ -197,72 +361,11 @@ def run_suite_ray(suite: "Suite", registry: "Registry", address: str | None = No
     if started:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        board = _make_board().options(name=f"ltbench-board-{uuid.uuid4().hex[:8]}").remote()
-        task = ray.remote(_execute)
-        jobs = {j.name: j for j in suite.jobs}
-        states = {j.name: TaskState(j.name, j.kind, needs=list(j.needs)) for j in suite.jobs}
-        for name in done:
-            states[name].state = "registered"
-        pending: dict[Any, str] = {}  # object ref → job name
-        args = registry.task_args()
-
-        def submit(name: str) -> None:
-            job, s = jobs[name], states[name]
-            res = job.resources
-            opts = {"num_cpus": res.get("cpus", 1), "num_gpus": res.get("gpus", 0), "max_retries": 0,
-                    "name": name}
-            s.attempts += 1
-            pending[task.options(**opts).remote(_payload(job), args, board, s.attempts)] = name
-            s.state = "queued" if s.attempts == 1 else "retrying"
-
-        def settle() -> None:  # submit what became ready; skip what can never be
-            for name, s in states.items():
-                if s.state != "waiting":
-                    continue
-                needed = [states[n] for n in s.needs if n in states]
-                if any(n.state in ("failed", "skipped") for n in needed):
-                    s.state, s.error = "skipped", "needs " + ", ".join(n.name for n in needed if n.state != "done")
-                elif all(n.state in ("done", "registered") for n in needed):
-                    submit(name)
-
-        live = Live(_table(suite, states), console=console, refresh_per_second=4, transient=False)
-        if not quiet:
-            live.start()
-        try:
-            settle()
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=poll)
-                for name, fields in ray.get(board.snapshot.remote()).items():
-                    s = states[name]  # only the current attempt's reports count
-                    if s.state in ("queued", "retrying", "running") and fields.get("attempts") == s.attempts:
-                        for k, v in fields.items():
-                            setattr(s, k, v)
-                for ref in ready:
-                    name = pending.pop(ref)
-                    s, job = states[name], jobs[name]
-                    try:
-                        s.state, s.error = ray.get(ref)["state"], ""
-                        s.progress = 1.0
-                    except Exception as e:  # the task raised, or its worker died
-                        s.error = _one_line(e)
-                        if s.attempts <= job.retries:
-                            console.print(f"[yellow]{name}: attempt {s.attempts} failed ({s.error}); retrying[/]",
-                                          highlight=False)
-                            submit(name)
-                        else:
-                            s.state = "failed"
-                            console.print(f"[red]{name}: failed after {s.attempts} attempt(s): {s.error}[/]",
-                                          highlight=False)
-                settle()
-                if on_update is not None:
-                    on_update(states)
-                live.update(_table(suite, states))
-        finally:
-            live.update(_table(suite, states))
-            live.stop()
-        bad = [s for s in states.values() if s.state in ("failed", "skipped")]
+        driver = _Driver(suite, registry, console, done)
+        _drive(driver, quiet, on_update, poll)
+        bad = driver.unfinished()
         if bad:
-            raise TrainingError(f"{suite.source}: {len(bad)} of {len(states)} jobs did not finish: "
+            raise TrainingError(f"{suite.source}: {len(bad)} of {len(driver.states)} jobs did not finish: "
                                 + "; ".join(f"{s.name}: {s.state} ({s.error})" for s in bad))
         return suite.names
     finally:

@@ -156,6 +156,13 @@ def test_sigkilled_suite_resumes_to_the_uninterrupted_set(ray_cluster, sequentia
     assert _summary(reg) == sequential and _leftovers(reg) == []
 
 
+def test_warm_workers_start_one_process_per_cpu_and_never_hang(ray_cluster):
+    from ltbench.executors import warm_workers
+
+    assert len(warm_workers()) == 2  # the two nodes' CPUs: two distinct processes, each past its imports
+    assert len(warm_workers(3, timeout=2)) >= 2  # more than the cluster's CPUs: the gate gives up after 2 s
+
+
 def test_suite_resources_and_retries_are_validated(tmp_path):
     base = {k: v for k, v in FOUR.items() if k != "fusions"}
     ok = parse_suite({**base, "resources": {"cpus": 2}, "runs": [{"method": "linear-probe", "resources": {"gpus": 2}}]},
