@@ -102,13 +102,24 @@ def _register_at_once(home, name, barrier):
                  {"val": (torch.zeros(3, 2), np.array([0, 1, 0]))}, {"val": {"overall": 1.0}}, {"created": "x"})
 
 
+def _exit_codes(procs, timeout=600):
+    """Start `procs`, wait for all, kill stragglers; their exit codes (None: killed after `timeout`).
+
+    Each spawned child imports torch before its barrier: a minute or more on two loaded cores (a
+    60 s join timed out there, exit codes [None, 0, 0, 0]); the barrier then releases all at once."""
+    [p.start() for p in procs]
+    deadline = time.monotonic() + timeout
+    [p.join(max(0.0, deadline - time.monotonic())) for p in procs]
+    codes = [p.exitcode for p in procs]
+    [p.kill() for p in procs if p.is_alive()]
+    return codes
+
+
 def test_writers_finishing_at_the_same_moment_all_register(tmp_path, backend):
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(4)
     procs = [ctx.Process(target=_register_at_once, args=(tmp_path, f"e{i}", barrier)) for i in range(4)]
-    [p.start() for p in procs]
-    [p.join(60) for p in procs]
-    assert [p.exitcode for p in procs] == [0] * 4
+    assert _exit_codes(procs) == [0] * 4
     assert Registry(tmp_path).names() == [f"e{i}" for i in range(4)]
 
 
@@ -262,13 +273,7 @@ def test_concurrent_registrations_of_one_name_give_one_complete_expert(tmp_path,
             monkeypatch.setenv("LTBENCH_REGISTRY", new_database(request.getfixturevalue("postgres_server")))
         barrier, queue = ctx.Barrier(4), ctx.Queue()
         procs = [ctx.Process(target=_register_or_report, args=(home, "same", barrier, queue)) for _ in range(4)]
-        [p.start() for p in procs]
-        # each spawned child imports torch before the barrier: a minute or more on 2 loaded cores
-        # (join(60) timed out there); the barrier then releases all four at once
-        [p.join(600) for p in procs]
-        stuck = [p.pid for p in procs if p.is_alive()]
-        [p.kill() for p in procs if p.is_alive()]
-        assert not stuck and [p.exitcode for p in procs] == [0] * 4, f"attempt {attempt}: stuck {stuck}"
+        assert _exit_codes(procs) == [0] * 4, f"attempt {attempt}"
         results = sorted(queue.get(timeout=30) for _ in procs)
         assert results[-1] == "ok" and results.count("ok") == 1, results
         assert all("'same'" in r and ("already registered" in r or "appeared meanwhile" in r) for r in results[:-1]), results
