@@ -641,16 +641,41 @@ class Registry:
         return Expert(name, final)
 
     def check_free(self, name: str, db: sa.Connection | None = None) -> None:
-        """Raise RegistryError if `name` is indexed or its folder exists (callers check before any work)."""
-        if db is None:
+        """Raise RegistryError if `name` is indexed or its folder exists (callers check before any work).
+
+        With `db` (a write transaction: `register`'s own checks) the answer is final. Without it
+        (the fast-fail checks of `train` and `fuse`, before any work) it is a plain read, and a
+        folder seen without its row may be another writer's between its rename and its commit:
+        that is confirmed under the write lock, which such a writer holds until its row is
+        committed, before the folder is called unindexed. So the loser of a race is told "already
+        registered" whether it lost by a millisecond or by a minute.
+        """
+        if db is not None:
+            taken = self._taken(db, name)
+        else:
             with self._connect() as db2:
-                return self.check_free(name, db2)
-        if self._has(db, name):
+                taken = self._taken(db2, name)
+            if taken == "unindexed":
+                try:  # waits for a writer mid-commit; then its row is there (or its folder gone)
+                    with self._connect(write=True) as db3:
+                        taken = self._taken(db3, name)
+                except RegistryError:  # no write access to the index: keep what the plain read saw
+                    pass
+        if taken == "indexed":
             raise RegistryError(f"expert {name!r} is already registered in {self.home}; pick --name or `ltbench rm {name}`")
-        if os.path.lexists(self.experts_dir / name):
+        if taken == "unindexed":
             raise RegistryError(f"cannot register {name!r}: {self.experts_dir / name} exists but is not indexed;"
                                 " it was left as it is — `ltbench doctor --repair` re-indexes it if complete,"
                                 " or pick another --name")
+
+    def _taken(self, db: sa.Connection, name: str) -> str | None:
+        """What holds `name`: "indexed", "unindexed" (a folder without its row) or None.
+
+        The row is read before the folder: a writer's commit between the two reads is seen as a
+        folder without its row (which `check_free` then confirms under the lock), never as free."""
+        if self._has(db, name):
+            return "indexed"
+        return "unindexed" if os.path.lexists(self.experts_dir / name) else None
 
     def remove(self, name: str) -> None:
         """Drop the row and the folder together (row first: readers never list a missing folder).
