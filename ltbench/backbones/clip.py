@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import open_clip
 import timm
@@ -23,16 +23,12 @@ from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from timm.data import resolve_data_config
 from torch import nn
 
-from .. import catalog
-from .._registry import NameRegistry
+from ..plugins import CLIP_BACKBONES
 from .base import Backbone, BackboneError, dinov2_record, weights_record
 from .names import parse_backbone_name
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 open_clip.add_model_config(CONFIG_DIR)  # ltbench-tiny-clip: random, for tests (no download)
-
-#: Backbones assembled by ltbench rather than named by open_clip: `clip:<name>`.
-CLIP_BACKBONES: NameRegistry[Callable[..., "ClipBackbone"]] = NameRegistry("clip backbone", catalog.CLIP_BACKBONES)
 
 TEMPLATES = {"simple": SIMPLE_IMAGENET_TEMPLATES,
              "openai": open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES}
