@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 from ..checks import Bool, Float, Int
-from . import register_method
+from ..plugins import register_method
 from .adapters import PEFTMethod, add_adapters
 from .base import MethodConfig
 

@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 import torch
 
 from ..checks import Float
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 
 

@@ -21,7 +21,7 @@ import torch
 from ..budget import count_flops
 from ..checks import Choice, Float, Int, ListOf, Opt
 from ..errors import ConfigError
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 
 SOLVERS = ("lbfgs", "sgd")

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import Bool, Choice, Float, Int, Opt
-from . import register_method
+from ..plugins import register_method
 from ..losses import LOSSES
 from .base import Method, MethodConfig, PartSpec, Phase, _samplers
 from .prompting import run_blocks, strip

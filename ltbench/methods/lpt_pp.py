@@ -14,7 +14,7 @@ from typing import Annotated
 import torch
 
 from ..checks import Float, Int
-from . import register_method
+from ..plugins import register_method
 from .adapters import add_adapters
 from .lpt import LPT, LPTConfig
 

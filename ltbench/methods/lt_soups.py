@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..checks import Choice, Float, Int, ListOf, Mapping
-from . import METHODS, register_method
+from ..plugins import METHODS, register_method
 from .base import Method, MethodConfig, Phase
 
 Weights = dict[str, torch.Tensor]

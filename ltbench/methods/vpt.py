@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..checks import Int
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 from .prompting import patch_area, prompted_features, vpt_init_
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import Choice
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 
 
