@@ -20,6 +20,7 @@ from .prompting import patch_area, prompted_features, vpt_init_
 
 @dataclass
 class VPTConfig(MethodConfig):
+    """VPT's defaults: SGD as VPT trains, class-balanced sampling (the long-tail baseline's), 10 prompt tokens."""
     # VPT's own sweep (SGD): base lr 0.05 … 50 ×B/256 (0.006 … 6 at B = 32), wd 0 … 0.01. Here lr is not
     # batch-scaled: 1e-3 … 1 holds the default 0.02 and the low end of VPT's grid.
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-3, 1.0), "weight_decay": ("log", 1e-5, 1e-2)}
@@ -46,9 +47,11 @@ class _VPT(Method):
         return self.prompts[0] if i == 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone with prompts inserted (every block for deep, the input only for shallow), then the head."""
         return self.head(prompted_features(self.info, x, self._prompt))
 
     def phases(self) -> list[Phase]:
+        """One phase: prompts and head."""
         return [Phase("prompt", [{"params": [self.prompts, *self.head.parameters()]}])]
 
 
