@@ -5,7 +5,9 @@ home), interleaved with `python -c "import torch"` so machine load hits both ali
 `--repeat` runs is printed with its ratio to the torch import. Before ltbench/catalog.py and the
 lazy imports every one of these paid at least the torch import (ratio ≥ 1).
 
-    python benchmarks/bench_cli_startup.py [--repeat 5]
+    python benchmarks/bench_cli_startup.py [--repeat 5] [--quick]
+
+`--quick` times two of the commands once each: it checks the script runs, its ratios are one sample.
 """
 from __future__ import annotations
 
@@ -30,15 +32,18 @@ def seconds(argv: list[str], env: dict[str, str]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="--version and methods, once each (a smoke run)")
     args = parser.parse_args()
+    commands = [["--version"], ["methods"]] if args.quick else COMMANDS
+    repeat = 1 if args.quick else args.repeat
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(root), "LTBENCH_HOME": tmp}
         subprocess.run([sys.executable, "-c", "from ltbench.registry import Registry; Registry()"], env=env, check=True)
         torch_t = []
-        times: dict[str, list[float]] = {" ".join(c): [] for c in COMMANDS}
-        for _ in range(args.repeat):
-            for c in COMMANDS:
+        times: dict[str, list[float]] = {" ".join(c): [] for c in commands}
+        for _ in range(repeat):
+            for c in commands:
                 torch_t.append(seconds([sys.executable, "-c", "import torch"], env))
                 times[" ".join(c)].append(seconds([sys.executable, "-m", "ltbench", *c], env))
     base = statistics.median(torch_t)

@@ -1,7 +1,7 @@
 """`ltbench demo` timed part by part, in a temporary LTBENCH_HOME. Target: under 15 minutes
 on 2 CPU cores, everything included (training, evaluation of val / test / OOD, fusion, report, plots).
 
-    .venv/bin/python benchmarks/bench_demo.py [--suite FILE] [--keep DIR] [--quiet]
+    .venv/bin/python benchmarks/bench_demo.py [--suite FILE | --quick] [--keep DIR] [--quiet]
 
 Runs the built-in demo suite (or `--suite FILE`) from an empty registry, so every run trains,
 then prints one row per job — tuning seconds (its trials, `meta.tuning`), train seconds (the
@@ -9,6 +9,9 @@ budget meter's `spent.seconds`, feature caching included), eval seconds (`eval_s
 run (data, model build, checkpoints: `wall_seconds` minus both), wall seconds, steps and
 FLOPs — then the report's time, the whole, and its ratio to the target. The load average is
 printed before and after: on a shared machine the seconds are noisy, the steps and FLOPs not.
+
+`--quick` runs the same steps on a tiny suite (QUICK: the random test ViT, two 3-step runs and
+a mean fusion, in seconds) to check the script works; its times say nothing about the demo.
 """
 from __future__ import annotations
 
@@ -22,10 +25,24 @@ from pathlib import Path
 
 TARGET_S = 15 * 60
 
+#: `--quick`: every part of the demo (runs, a fusion, the report and plots) at test size
+QUICK = {
+    "name": "demo-quick",
+    "dataset": "fashion-mnist-lt",
+    "backbone": "vit-tiny-test",
+    "budget": "3steps",
+    "seeds": [0],
+    "set": {"head": 40, "imbalance": 10, "val_per_class": 4, "test_per_class": 6},
+    "runs": [{"method": "linear-probe"}, {"method": "vpt-deep", "set": {"prompt_len": 2, "batch_size": 8}}],
+    "fusions": [{"label": "mean", "experts": ["linear-probe", "vpt-deep"], "scorer": "mean", "trials": 1}],
+}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", help="time this suite file instead of the built-in demo")
+    which = ap.add_mutually_exclusive_group()
+    which.add_argument("--suite", help="time this suite file instead of the built-in demo")
+    which.add_argument("--quick", action="store_true", help="a tiny suite instead (seconds): checks the script only")
     ap.add_argument("--keep", help="registry home to use and keep (default: a temporary folder, removed)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
@@ -36,12 +53,15 @@ def main() -> None:
     t0 = time.perf_counter()
     from rich.console import Console
 
-    from ltbench.bench import builtin_suite, load_suite, report_suite, run_suite
+    from ltbench.bench import builtin_suite, load_suite, parse_suite, report_suite, run_suite
     from ltbench.registry import Registry
 
     t_import = time.perf_counter() - t0
     console = Console(stderr=True)
-    suite = load_suite(args.suite) if args.suite else builtin_suite("demo")
+    if args.quick:
+        suite = parse_suite(QUICK, "<bench_demo.py --quick>")
+    else:
+        suite = load_suite(args.suite) if args.suite else builtin_suite("demo")
     registry = Registry(home)
     already = [j.name for j in suite.jobs if j.name in registry]
     t1 = time.perf_counter()

@@ -12,7 +12,7 @@ repetition run back to back, so slow drift of the machine cancels out). Absolute
 on a shared 2-core box; the ratios are what to read.
 
 1. LPT phase 2 (stage 2, shared prompt frozen, requires_grad only on pool/keys/head exactly as
-   `Trainer._fit_phase` sets it, SGD from `make_optimizer`): one training step
+   `train.begin_phase` sets it, SGD from `make_optimizer`): one training step
    (CE + extra_loss, backward, step) and one eval-mode no_grad forward, `reuse_blocks=True`
    (L + (L-K) blocks) against `reuse_blocks=False` (2L blocks). Same backbone object, same
    initial weights, same batch. torch's FLOP counter ratio is printed as a second prediction.
@@ -151,7 +151,7 @@ def verdict(ratio: float, target: float) -> str:
 
 # -- 1. LPT phase 2: block reuse against the naive two-pass forward -------------------------
 def phase2_like_trainer(m):
-    """What `Trainer._fit_phase` does before LPT's phase 2 (phase list of a phase=0 run)."""
+    """What `Trainer._start_phase` does before LPT's phase 2 (phase list of a phase=0 run)."""
     phase = m.phases()[-1]
     assert phase.name == "group-prompts", phase.name
     begin_phase(m, phase)

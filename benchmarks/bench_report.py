@@ -2,6 +2,7 @@
 registry, with bootstrap intervals on. Target: under 5 s.
 
     .venv/bin/python benchmarks/bench_report.py [--experts 100] [--keep DIR] [--no-cli]
+    .venv/bin/python benchmarks/bench_report.py --quick   # 4 experts (1 seed group), no CLI: a smoke run
 
 Prints the in-process time of `collect` + rendering (cold: first call in the process, so every
 expert's logits are read and bootstrapped), the same warm (in-memory cache), `--no-ci`, and
@@ -81,7 +82,10 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=100)
     ap.add_argument("--keep", type=Path, default=None, help="build (or reuse) the registry here and keep it")
     ap.add_argument("--no-cli", action="store_true", help="skip the fresh-process command-line timing")
+    ap.add_argument("--quick", action="store_true", help="4 experts and no command-line timing (a smoke run)")
     args = ap.parse_args()
+    if args.quick:
+        args.experts, args.no_cli = 4, True
     home = args.keep or Path(tempfile.mkdtemp(prefix="ltbench-bench-report-"))
     try:
         t = time.perf_counter()

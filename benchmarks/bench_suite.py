@@ -16,6 +16,7 @@ Side by side in one run:
    every expert must be there exactly once.
 
     .venv/bin/python benchmarks/bench_suite.py [--steps 40] [--registrations 1000] [--writers 4] [--cold]
+    .venv/bin/python benchmarks/bench_suite.py --quick   # no Ray; 20 registrations from 2 writers: a smoke run
 
 On a shared machine the ratios are noisy: the script prints the load average before and after.
 """
@@ -126,7 +127,11 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--skip-executors", action="store_true")
     ap.add_argument("--cold", action="store_true", help="no worker warm-up: the first task of each worker imports torch")
+    ap.add_argument("--quick", action="store_true",
+                    help="skip the executors (three suites and two Ray clusters) and register 20 experts from 2 writers")
     args = ap.parse_args()
+    if args.quick:
+        args.skip_executors, args.registrations, args.writers = True, 20, 2
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["OMP_NUM_THREADS"] = "1"
     print(f"load before: {os.getloadavg()}")

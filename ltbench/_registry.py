@@ -1,7 +1,8 @@
-"""`NameRegistry`: the name lookup shared by datasets, backbones, methods, losses and scorers.
+"""`NameRegistry`: the name lookup shared by datasets, backbones, methods, losses, samplers and scorers.
 
 One pattern everywhere (timm's `register_model`): a decorator registers a builder under a
-name, `get(name)` answers an unknown name with the known ones and the closest match.
+name, `get(name)` answers an unknown name with the known ones and the closest match. The
+registries themselves live in ltbench/plugins.py.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ class UnknownNameError(KeyError):
 
 
 class NameRegistry(Generic[T]):
-    """Name -> builder for one pluggable kind (methods, losses, datasets, backbones, scorers, OOD sets).
+    """Name -> builder for one pluggable kind (methods, losses, samplers, datasets, backbones, scorers, OOD sets).
 
     Not to be confused with `ltbench.registry.Registry`, the on-disk store of trained experts: this one
     only maps names to code, so plug-in modules can register themselves with a decorator.
@@ -82,6 +83,11 @@ class NameRegistry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         return name in self._items
+
+    def registered(self) -> list[str]:
+        """The names in the order they were registered (the order a module lists them in, for messages
+        that read better in it than sorted: instance, class, sqrt, dual)."""
+        return list(self._items)
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))

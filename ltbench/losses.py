@@ -11,16 +11,13 @@ is an error, not silently dropped.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._registry import NameRegistry
-
-LOSSES: NameRegistry[Callable[..., nn.Module]] = NameRegistry("loss")
+from .plugins import LOSSES
 
 
 def _counts(class_counts: np.ndarray) -> torch.Tensor:

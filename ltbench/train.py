@@ -30,7 +30,7 @@ from .data.transforms import build_transform
 from .backbones.base import create_backbone
 from .losses import build_loss
 from .methods import create_method
-from .methods.base import Method, Phase
+from .methods.base import Method, PartSpec, Phase
 from .metrics import class_averaged_accuracy, evaluate_logits
 from .provenance import config_hash
 from .records import expert_record
@@ -243,6 +243,36 @@ class _Checks:
 
 
 @dataclass
+class _PhaseRun:
+    """A minibatch phase while it trains: what its steps share, passed to each of them (never kept
+    on the trainer), and what its checkpoint saves."""
+    index: int  # the phase's place in the method's list (the checkpoint's "phase")
+    phase: Phase
+    meter: Meter
+    parts: list[PartSpec]
+    loss_fns: list[nn.Module]  # one per part
+    loader: DataLoader
+    batches: Any  # the loader's batch sampler (with set_epoch)
+    forward: nn.Module  # the training forward (DDP-wrapped, compiled where asked)
+    counted: nn.Module  # the same, uncompiled: the first step's FLOP count
+    optimizer: torch.optim.Optimizer
+    checks: "_Checks | None" = None
+    epoch: int = 0
+    flops_per_image: float | None = None
+    step_seconds: float | None = None  # moving average, for a seconds budget's overrun check
+    schedule_base: float = 0.0  # budget spent before the schedule starts (a one-off feature pass)
+    losses: list[float] = field(default_factory=list)
+    part_weights: list[list[float]] = field(default_factory=list)  # per epoch of this run (a resumed run logs from where it resumed)
+    val_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def schedule_progress(self) -> float:
+        """The share of the schedule done: of the budget left after `schedule_base`."""
+        unit, base = self.meter.budget.unit, self.schedule_base
+        left = self.meter.budget.amount - base
+        return min(1.0, (self.meter.spent.get(unit) - base) / left) if left > 0 else 1.0
+
+
+@dataclass
 class TrainResult:
     """What `Trainer.fit` spent in all and per phase (recorded in the expert's metrics)."""
     spent: Spent = field(default_factory=Spent)
@@ -331,35 +361,65 @@ class Trainer:
         return result
 
     def _fit_phase(self, index: int, phase: Phase, meter: Meter, state: dict | None, result: TrainResult) -> dict:
-        cfg, method, device, d = self.cfg, self.method, self.device, self.dist
-        begin_phase(method, phase)
+        """One phase: solved in one call, or trained in minibatches until its budget is spent."""
+        begin_phase(self.method, phase)
         train = self.data.train
         if phase.subset is not None:
             train = train.subset(phase.subset(train.labels, self.run["seed"]))
         counts = np.bincount(train.labels, minlength=self.data.num_classes)
-        parts = phase.batch_parts(cfg)
-        losses_fn = [build_loss(p.loss, counts, **p.loss_kwargs).to(device) for p in parts]
+        parts = phase.batch_parts(self.cfg)
+        loss_fns = [build_loss(p.loss, counts, **p.loss_kwargs).to(self.device) for p in parts]
         loss_name = "+".join(p.loss for p in parts)
         if phase.solve is not None:
-            return self._solve_phase(phase, meter, train, losses_fn[0], loss_name)
-        if phase.cache_features:
-            dataset = self._cached_features(meter, train)
-        else:
-            dataset = TorchSplit(train, self.train_tf)
-        module = _Step(method, phase.cache_features)
-        kinds = [p.sampler for p in parts]
-        kind = "+".join(kinds)
-        bs = min(cfg.batch_size, len(dataset))
-        batches = build_batch_sampler(kinds, train.labels, bs, seed=self.run["seed"] + 1000 * index)
-        if d.enabled:
-            batches = ShardedBatchSampler(batches, d, halves=len(parts))
+            return self._solve_phase(phase, meter, train, loss_fns[0], loss_name)
+        run = self._start_phase(index, phase, meter, train, parts, loss_fns, state, result)
+        self._train_epochs(run, result)
+        return self._close_phase(run, loss_name, len(train))
+
+    # The order of the steps below is the order of every RNG draw (a DataLoader's iterator draws its
+    # seed from torch's generator), so it is part of what makes one seed give the same numbers.
+    def _start_phase(self, index: int, phase: Phase, meter: Meter, train, parts: list[PartSpec],
+                     loss_fns: list[nn.Module], state: dict | None, result: TrainResult) -> "_PhaseRun":
+        """Everything a minibatch phase trains with, restored from `state` when resuming it."""
+        loader, batches = self._phase_loader(index, phase, meter, train, parts)
+        forward, counted = self._phase_forward(phase)
+        run = _PhaseRun(index, phase, meter, parts, loss_fns, loader, batches, forward, counted,
+                        make_optimizer(phase, self.cfg))
+        if state is not None:
+            self._restore_phase(run, state)
+        train_mode(self.method)
+        # The schedule runs over what is left after a one-off feature pass, so that pass does not eat
+        # the warm-up (it may spend a large share of the budget before the first step).
+        if state is not None:
+            run.schedule_base = state.get("schedule_base", 0.0)
+        elif phase.cache_features:
+            run.schedule_base = meter.spent.get(meter.budget.unit)
+        run.checks = _Checks(self, phase, meter)
+        if state is not None:  # the checks due before the checkpoint were done
+            run.checks.done = min(phase.val_checks, int(run.schedule_progress() * phase.val_checks + 1e-9))
+        self.tracker.phase_start(phase.name, result.spent.flops, result.spent.seconds, meter.fraction)
+        return run
+
+    def _phase_loader(self, index: int, phase: Phase, meter: Meter, train,
+                      parts: list[PartSpec]) -> tuple[DataLoader, Any]:
+        """The phase's loader and its batch sampler (one part per sampler kind, sharded over ranks)."""
+        dataset = self._cached_features(meter, train) if phase.cache_features else TorchSplit(train, self.train_tf)
+        bs = min(self.cfg.batch_size, len(dataset))
+        batches = build_batch_sampler([p.sampler for p in parts], train.labels, bs, seed=self.run["seed"] + 1000 * index)
+        if self.dist.enabled:
+            batches = ShardedBatchSampler(batches, self.dist, halves=len(parts))
         loader = DataLoader(dataset, batch_sampler=batches, pin_memory=self.pin,
                             num_workers=0 if phase.cache_features else self.workers)
-        forward = module
-        if d.enabled:
+        return loader, batches
+
+    def _phase_forward(self, phase: Phase) -> tuple[nn.Module, nn.Module]:
+        """(the training forward, possibly DDP-wrapped and compiled; the same uncompiled, for the FLOP count)."""
+        forward: nn.Module = _Step(self.method, phase.cache_features)
+        if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            forward = DDP(module, device_ids=[device.index] if device.type == "cuda" else None,
+            device = self.device
+            forward = DDP(forward, device_ids=[device.index] if device.type == "cuda" else None,
                           find_unused_parameters=True)
         # The FLOP-counted first step runs eagerly: the counter's global module hooks and a compiled
         # graph do not mix (the FLOPs come out the same, with a warning and a recompile).
@@ -367,118 +427,128 @@ class Trainer:
         compile_ = self.run.get("compile")
         if compile_:
             forward = torch.compile(forward, **({"backend": compile_} if isinstance(compile_, str) else {}))
-        optimizer = make_optimizer(phase, cfg)
-        epoch, flops_per_image, step_seconds = 0, None, None
-        if state is not None:
-            method.load_delta(state["delta"])
-            method.load_resume_state(state.get("method_state", {}))
-            optimizer.load_state_dict(state["optimizer"])
-            meter.spent = Spent(**state["spent"])
-            epoch = state["epoch"] + 1
-            flops_per_image, step_seconds = state["flops_per_image"], state["step_seconds"]
-            set_rng_state(state["rng"])
-        train_mode(method)
-        # The schedule runs over what is left after a one-off feature pass, so that pass does not eat
-        # the warm-up (it may spend a large share of the budget before the first step).
-        unit = meter.budget.unit
-        if state is not None:
-            base = state.get("schedule_base", 0.0)
-        else:
-            base = meter.spent.get(unit) if phase.cache_features else 0.0
+        return forward, counted
 
-        def schedule_progress() -> float:
-            left = meter.budget.amount - base
-            return min(1.0, (meter.spent.get(unit) - base) / left) if left > 0 else 1.0
+    def _restore_phase(self, run: "_PhaseRun", state: dict) -> None:
+        """Continue a phase from its checkpoint: tensors, optimizer, budget spent, costs and RNG streams."""
+        self.method.load_delta(state["delta"])
+        self.method.load_resume_state(state.get("method_state", {}))
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.meter.spent = Spent(**state["spent"])
+        run.epoch = state["epoch"] + 1
+        run.flops_per_image, run.step_seconds = state["flops_per_image"], state["step_seconds"]
+        set_rng_state(state["rng"])
 
-        self._schedule_base = base
-        checks = _Checks(self, phase, meter)
-        if state is not None:  # the checks due before the checkpoint were done
-            checks.done = min(phase.val_checks, int(schedule_progress() * phase.val_checks + 1e-9))
-        self.tracker.phase_start(phase.name, result.spent.flops, result.spent.seconds, meter.fraction)
-        val_cache: dict[str, torch.Tensor] = {}
-        losses: list[float] = []
-        part_weights: list[list[float]] = []  # per epoch of this run (a resumed run logs from where it resumed)
-        progress = Progress(TextColumn(f"[bold]{method.name}[/] {phase.name}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+    def _train_epochs(self, run: "_PhaseRun", result: TrainResult) -> None:
+        """Epochs until the budget is spent or the next step would overrun it, behind a progress bar."""
+        progress = Progress(TextColumn(f"[bold]{self.method.name}[/] {run.phase.name}"), BarColumn(),
+                            TextColumn("{task.percentage:>3.0f}%"),
                             TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[ips]:.0f} img/s"),
                             TimeElapsedColumn(), console=self.console, transient=False,
                             disable=self.quiet or not self.console.is_terminal)  # else: the tracker's plain lines
         with progress:
             task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
             done = False
-            while not done and not meter.exhausted:
-                batches.set_epoch(epoch)
-                steps_per_epoch = len(loader)
-                weights = [p.weight_at(epoch, phase_epochs(meter, epoch, steps_per_epoch)) for p in parts]
-                part_weights.append(weights)
-                for x, y, _ in loader:
-                    n_global = len(x) * d.world
-                    cost = {"epochs": 1 / steps_per_epoch, "steps": 1,
-                            "flops": (flops_per_image or 0) * n_global, "seconds": step_seconds or 0}[meter.budget.unit]
-                    if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost + checks.reserve() \
-                            > meter.budget.amount * (1 + 1e-9):
-                        done = True  # the next step would overrun the budget: stop before it
-                        break
-                    for g in optimizer.param_groups:
-                        g["lr"] = cfg.effective_lr * g["lr_scale"] * lr_factor(schedule_progress(), cfg.warmup)
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    if self.channels_last and x.dim() == 4:
-                        x = x.contiguous(memory_format=torch.channels_last)
+            while not done and not run.meter.exhausted:
+                done = self._train_epoch(run, lambda **fields: progress.update(task, **fields))
+                self._end_epoch(run, result)
 
-                    def step(fwd=forward) -> torch.Tensor:
-                        loss, _ = forward_loss(fwd, x, y, losses_fn, weights, phase.mixup, self.autocast)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        return loss
+    def _train_epoch(self, run: "_PhaseRun", bar: Callable[..., None]) -> bool:
+        """One epoch's steps (fewer where the budget ends); True when it stopped before a step that would overrun."""
+        meter = run.meter
+        run.batches.set_epoch(run.epoch)
+        steps_per_epoch = len(run.loader)
+        weights = [p.weight_at(run.epoch, phase_epochs(meter, run.epoch, steps_per_epoch)) for p in run.parts]
+        run.part_weights.append(weights)
+        for x, y, _ in run.loader:
+            n_global = len(x) * self.dist.world
+            cost = {"epochs": 1 / steps_per_epoch, "steps": 1,
+                    "flops": (run.flops_per_image or 0) * n_global, "seconds": run.step_seconds or 0}[meter.budget.unit]
+            if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost + run.checks.reserve() \
+                    > meter.budget.amount * (1 + 1e-9):
+                return True  # the next step would overrun the budget: stop before it
+            loss, elapsed = self._train_step(run, x, y, weights)
+            self._account_step(run, loss, elapsed, n_global, steps_per_epoch, bar)
+            if meter.exhausted:
+                break
+        return False
 
-                    with Stopwatch(device) as sw:
-                        if flops_per_image is None:
-                            holder: list[torch.Tensor] = []
-                            flops = count_flops(lambda: holder.append(step(counted)))
-                            loss = holder[0]
-                            flops_per_image = flops / len(x)
-                        else:
-                            loss = step()
-                        if not torch.isfinite(loss):
-                            kept = f"the last good checkpoint is {self.ckpt}" if self.ckpt and self.ckpt.is_file() \
-                                else "no checkpoint was written yet"
-                            raise TrainingError(f"{phase.name}: loss is {loss.item()} at step {meter.spent.steps + 1}"
-                                                f" (epoch {epoch}); training stopped, {kept}")
-                        optimizer.step()
-                        if phase.on_step is not None:
-                            phase.on_step()
-                    seconds = all_ranks_sum(sw.elapsed, d, device)
-                    step_seconds = seconds if step_seconds is None else 0.9 * step_seconds + 0.1 * seconds
-                    meter.charge(steps=1, images=n_global, epochs=1 / steps_per_epoch,
-                                 flops=flops_per_image * n_global, seconds=seconds)
-                    losses.append(loss.item())
-                    lr, ips = optimizer.param_groups[-1]["lr"], n_global / max(sw.elapsed, 1e-9)
-                    progress.update(task, completed=meter.fraction, loss=losses[-1], lr=lr, ips=ips)
-                    self.tracker.step(epoch=meter.spent.epochs, loss=losses[-1], lr=lr, images_per_s=ips,
-                                      flops=meter.spent.flops, seconds=meter.spent.seconds, fraction=meter.fraction,
-                                      label=method.name)
-                    checks.due(schedule_progress())
-                    if self.on_progress is not None:
-                        self.on_progress(phase.name, meter.fraction)
-                    if meter.exhausted:
-                        break
-                if self.tracker.val_each_epoch and d.is_main:
-                    self.tracker.epoch_end(self._val_accuracy(phase, val_cache))
-                self._save_checkpoint(index, epoch, optimizer, meter, flops_per_image, step_seconds, result)
-                epoch += 1
-                if self.on_epoch_end is not None:
-                    self._epochs_done += 1
-                    so_far = Spent(**result.spent.as_dict())
-                    so_far.add(meter.spent)
-                    self.on_epoch_end(self._epochs_done, so_far)
-                    train_mode(method)  # the callback may have evaluated
+    def _train_step(self, run: "_PhaseRun", x: torch.Tensor, y: torch.Tensor,
+                    weights: list[float]) -> tuple[torch.Tensor, float]:
+        """One optimizer step at the schedule's lr (the first one FLOP-counted); (loss, local seconds)."""
+        cfg, device, optimizer, phase = self.cfg, self.device, run.optimizer, run.phase
+        for g in optimizer.param_groups:
+            g["lr"] = cfg.effective_lr * g["lr_scale"] * lr_factor(run.schedule_progress(), cfg.warmup)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def step(fwd=run.forward) -> torch.Tensor:
+            loss, _ = forward_loss(fwd, x, y, run.loss_fns, weights, phase.mixup, self.autocast)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            return loss
+
+        with Stopwatch(device) as sw:
+            if run.flops_per_image is None:
+                holder: list[torch.Tensor] = []
+                flops = count_flops(lambda: holder.append(step(run.counted)))
+                loss = holder[0]
+                run.flops_per_image = flops / len(x)
+            else:
+                loss = step()
+            if not torch.isfinite(loss):
+                kept = f"the last good checkpoint is {self.ckpt}" if self.ckpt and self.ckpt.is_file() \
+                    else "no checkpoint was written yet"
+                raise TrainingError(f"{phase.name}: loss is {loss.item()} at step {run.meter.spent.steps + 1}"
+                                    f" (epoch {run.epoch}); training stopped, {kept}")
+            optimizer.step()
+            if phase.on_step is not None:
+                phase.on_step()
+        return loss, sw.elapsed
+
+    def _account_step(self, run: "_PhaseRun", loss: torch.Tensor, elapsed: float, n_global: int,
+                      steps_per_epoch: int, bar: Callable[..., None]) -> None:
+        """Charge a step to the budget, report it (bar, tracker, live table) and run the checks now due."""
+        meter = run.meter
+        seconds = all_ranks_sum(elapsed, self.dist, self.device)
+        run.step_seconds = seconds if run.step_seconds is None else 0.9 * run.step_seconds + 0.1 * seconds
+        meter.charge(steps=1, images=n_global, epochs=1 / steps_per_epoch,
+                     flops=run.flops_per_image * n_global, seconds=seconds)
+        run.losses.append(loss.item())
+        lr, ips = run.optimizer.param_groups[-1]["lr"], n_global / max(elapsed, 1e-9)
+        bar(completed=meter.fraction, loss=run.losses[-1], lr=lr, ips=ips)
+        self.tracker.step(epoch=meter.spent.epochs, loss=run.losses[-1], lr=lr, images_per_s=ips,
+                          flops=meter.spent.flops, seconds=meter.spent.seconds, fraction=meter.fraction,
+                          label=self.method.name)
+        run.checks.due(run.schedule_progress())
+        if self.on_progress is not None:
+            self.on_progress(run.phase.name, meter.fraction)
+
+    def _end_epoch(self, run: "_PhaseRun", result: TrainResult) -> None:
+        """The learning curve's validation point, the checkpoint, then the pruner's report (which may stop the run)."""
+        if self.tracker.val_each_epoch and self.dist.is_main:
+            self.tracker.epoch_end(self._val_accuracy(run.phase, run.val_cache))
+        self._save_checkpoint(run, result)
+        run.epoch += 1
+        if self.on_epoch_end is not None:
+            self._epochs_done += 1
+            so_far = Spent(**result.spent.as_dict())
+            so_far.add(run.meter.spent)
+            self.on_epoch_end(self._epochs_done, so_far)
+            train_mode(self.method)  # the callback may have evaluated
+
+    def _close_phase(self, run: "_PhaseRun", loss_name: str, train_images: int) -> dict:
+        """The last check, the phase's end hook, and its log entry."""
+        phase, checks = run.phase, run.checks
         checks.due(1.0)  # the last check closes the phase, however its steps ended
         if phase.on_end is not None:
             phase.on_end()
-        return {"phase": phase.name, "spent": meter.spent.as_dict(), "budget": str(meter.budget),
-                "final_loss": float(np.mean(losses[-10:])) if losses else None,
-                "loss": loss_name, "sampler": kind, "train_images": len(train),
+        return {"phase": phase.name, "spent": run.meter.spent.as_dict(), "budget": str(run.meter.budget),
+                "final_loss": float(np.mean(run.losses[-10:])) if run.losses else None,
+                "loss": loss_name, "sampler": "+".join(p.sampler for p in run.parts), "train_images": train_images,
                 **({"val_checks": checks.scores} if phase.val_checks else {}),
-                **({"part_weights": part_weights} if len(parts) > 1 else {})}
+                **({"part_weights": run.part_weights} if len(run.parts) > 1 else {})}
 
     def val_pass_flops(self) -> float:
         """FLOPs of one forward pass over the validation split (one image counted, times its size)."""
@@ -521,17 +591,17 @@ class Trainer:
                 "train_images": len(train)}
 
     # -- checkpoints ----------------------------------------------------------------------
-    def _save_checkpoint(self, phase, epoch, optimizer, meter, flops_per_image, step_seconds, result) -> None:
+    def _save_checkpoint(self, run: "_PhaseRun", result: TrainResult) -> None:
         """Everything a resumed run needs to continue exactly; written atomically by rank 0."""
         if self.ckpt is None or not self.dist.is_main:
             return
         self.ckpt.parent.mkdir(parents=True, exist_ok=True)
         atomic_save({
-            "phase": phase, "epoch": epoch, "delta": self.method.delta_state_dict(),
+            "phase": run.index, "epoch": run.epoch, "delta": self.method.delta_state_dict(),
             "method_state": self.method.resume_state(),
-            "optimizer": optimizer.state_dict(), "spent": meter.spent.as_dict(),
-            "flops_per_image": flops_per_image, "step_seconds": step_seconds,
-            "rng": rng_state(), "phase_log": list(result.phases), "schedule_base": self._schedule_base,
+            "optimizer": run.optimizer.state_dict(), "spent": run.meter.spent.as_dict(),
+            "flops_per_image": run.flops_per_image, "step_seconds": run.step_seconds,
+            "rng": rng_state(), "phase_log": list(result.phases), "schedule_base": run.schedule_base,
             "config_hash": config_hash(self.run), "history": self.tracker.state(),
         }, self.ckpt)
 

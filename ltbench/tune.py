@@ -142,8 +142,11 @@ def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
 def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> str:
     """A name that changes with anything that changes results, so a study only resumes its own trials."""
     from .provenance import _hash
+    from .records import result_keys
 
-    key = _hash({"run": {k: v for k, v in run.items() if k not in ("name", "resume")}, "tune": spec.as_dict(),
+    # operational keys (device, workers, logging, …: records.OPERATIONAL) leave the study as it is,
+    # as they leave config_hash: a study resumed on another device keeps its trials
+    key = _hash({"run": result_keys(run), "tune": spec.as_dict(),
                  "space": {k: list(v) if isinstance(v, tuple) else v for k, v in space.items()}})
     return f"tune-{run['name']}-{key}"
 

@@ -98,3 +98,21 @@ def test_parts_sampler_takes_any_kinds_in_order():
     freq = np.bincount(LT_LABELS[b[:, 32:].ravel()], minlength=4) / b[:, 32:].size
     sq = np.sqrt(np.bincount(LT_LABELS))
     assert np.allclose(freq, sq / sq.sum(), atol=0.03)  # the sqrt part: class probability ∝ √n_c
+
+
+def test_a_new_sampler_is_one_registration(monkeypatch):
+    """Registered (here: for this test only), a sampler is a config value and a part of a batch like any other."""
+    from ltbench.config import resolve_config
+    from ltbench.data.samplers import SAMPLERS, InstanceSampler, Parts
+
+    def every_other(labels, seed, num_samples=None):
+        return InstanceSampler(labels[::2], seed, num_samples)
+
+    monkeypatch.setitem(SAMPLERS._items, "every-other", every_other)
+    monkeypatch.setitem(SAMPLERS._items, "every-other+class", Parts(("every-other", "class")))
+    bs = build_batch_sampler("every-other", LT_LABELS, 32, seed=0)
+    assert bs.kind == "every-other" and max(i for b in bs for i in b) < len(LT_LABELS) // 2
+    assert isinstance(build_batch_sampler("every-other+class", LT_LABELS, 32, seed=0), PartsBatchSampler)
+    run = resolve_config({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": "1epochs"},
+                         {"sampler": "every-other"})
+    assert run["method_config"]["sampler"] == "every-other"

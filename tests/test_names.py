@@ -24,3 +24,25 @@ def test_cutoff_is_honoured():
 def test_log_target_hint_uses_the_helper():
     with pytest.raises(ValueError, match="did you mean 'tensorboard'"):
         log_targets("tensorbord")
+
+
+def test_every_pluggable_kind_is_registered_in_plugins():
+    """One home: the registry each plug-in module uses is the one in ltbench/plugins.py."""
+    import ltbench.backbones.base
+    import ltbench.backbones.clip
+    import ltbench.data
+    import ltbench.data.ood
+    import ltbench.data.samplers
+    import ltbench.fusion.scorers
+    import ltbench.losses
+    import ltbench.methods
+    from ltbench import plugins
+
+    homes = {"METHODS": ltbench.methods, "LOSSES": ltbench.losses, "SAMPLERS": ltbench.data.samplers,
+             "SCORERS": ltbench.fusion.scorers, "DATASETS": ltbench.data, "BACKBONES": ltbench.backbones.base,
+             "CLIP_BACKBONES": ltbench.backbones.clip, "OOD_SETS": ltbench.data.ood}
+    for name, module in homes.items():
+        assert getattr(module, name) is getattr(plugins, name), name
+        assert list(getattr(plugins, name)), f"{name} is empty once its module is imported"
+    assert plugins.SAMPLERS.registered() == ["instance", "class", "sqrt", "dual"]
+    assert all(plugins.SAMPLERS.help(n) for n in plugins.SAMPLERS)

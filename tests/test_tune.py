@@ -137,6 +137,20 @@ def test_trials_run_in_parallel_processes_sharing_the_study(tmp_path, lr_space):
     assert rerun["trials"] == record["trials"]  # a finished study in the storage runs no more trials
 
 
+def test_the_study_name_ignores_exactly_the_operational_keys():
+    """Moving a study to another device or worker count resumes its trials; a result key starts a new one."""
+    from ltbench.records import OPERATIONAL
+    from ltbench.tune import study_name
+
+    run, spec, space = sgd_probe(), TuneSpec(trials=2), {"lr": ("choice", [BAD, GOOD])}
+    name = study_name(run, spec, space)
+    moved = {**run, "device": "cuda:1", "num_workers": 7, "eval_batch_size": 3, "resume": True, "log": "csv"}
+    assert set(moved) - {"name"} and {"device", "num_workers", "eval_batch_size", "resume", "log"} <= OPERATIONAL
+    assert study_name(moved, spec, space) == name
+    assert study_name({**run, "seed": run["seed"] + 1}, spec, space) != name
+    assert study_name(run, TuneSpec(trials=3), space) != name
+
+
 def test_a_method_without_a_space_runs_no_trials(tmp_path):
     probe = {**sgd_probe(), "method_config": {**sgd_probe()["method_config"], "solver": "lbfgs", "max_iter": 20}}
     best, record = tune(probe, TuneSpec(trials=3), Registry(tmp_path))

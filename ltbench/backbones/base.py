@@ -21,10 +21,8 @@ from timm.data import resolve_data_config
 from timm.models import VisionTransformer
 from torch import nn
 
-from .. import catalog
-from .._registry import NameRegistry, UnknownNameError, suggest
-
-BACKBONES: NameRegistry[Callable[..., "Backbone"]] = NameRegistry("backbone", catalog.BACKBONES)
+from .._registry import UnknownNameError, suggest
+from ..plugins import BACKBONES
 
 
 from ..errors import BackboneError  # noqa: E402,F401

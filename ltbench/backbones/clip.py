@@ -12,7 +12,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import open_clip
 import timm
@@ -23,16 +23,12 @@ from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from timm.data import resolve_data_config
 from torch import nn
 
-from .. import catalog
-from .._registry import NameRegistry
+from ..plugins import CLIP_BACKBONES
 from .base import Backbone, BackboneError, dinov2_record, weights_record
 from .names import parse_backbone_name
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"
 open_clip.add_model_config(CONFIG_DIR)  # ltbench-tiny-clip: random, for tests (no download)
-
-#: Backbones assembled by ltbench rather than named by open_clip: `clip:<name>`.
-CLIP_BACKBONES: NameRegistry[Callable[..., "ClipBackbone"]] = NameRegistry("clip backbone", catalog.CLIP_BACKBONES)
 
 TEMPLATES = {"simple": SIMPLE_IMAGENET_TEMPLATES,
              "openai": open_clip.zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES}
@@ -47,46 +43,58 @@ class ClipBackbone(Backbone):
     # -- the image tower behind the common interface ---------------------------------------
     @property
     def visual(self) -> nn.Module:
+        """The image tower: everything the `Backbone` interface needs lives under it."""
         return self.model.visual
 
     @property
     def timm_tower(self) -> bool:
+        """Whether the image tower wraps a timm ViT (then the timm code paths apply unchanged)
+        or is open_clip's own VisionTransformer (its embedding and pooling are called instead)."""
         return isinstance(self.visual, TimmModel)
 
     @property
     def vit(self):
+        """The timm ViT inside the tower; an error for open_clip's own tower, so timm-only code fails loudly."""
         if not self.timm_tower:
             raise AttributeError("this CLIP image tower is open_clip's own VisionTransformer, not timm's")
         return self.visual.trunk
 
     @property
     def embed_dim(self) -> int:
+        """Token width: what prompts and adapters must match."""
         return self.vit.embed_dim if self.timm_tower else self.visual.transformer.width
 
     @property
     def feature_dim(self) -> int:
+        """Width of the joint image-text space (after the projection), what a text classifier has."""
         return self.visual.head.proj.out_features if self.timm_tower else self.visual.output_dim
 
     @property
     def num_prefix_tokens(self) -> int:
+        """Class (and register) tokens before the patches: prompts go after them."""
         return self.vit.num_prefix_tokens if self.timm_tower else 1
 
     @property
     def patch_size(self) -> tuple[int, int]:
+        """Patch size in pixels, to check an image size divides into patches."""
         return tuple(self.vit.patch_embed.patch_size) if self.timm_tower else tuple(self.visual.conv1.kernel_size)
 
     @property
     def blocks(self) -> nn.Module:
+        """The transformer blocks, whichever tower holds them: what VPT-deep and adapters walk."""
         return self.vit.blocks if self.timm_tower else self.visual.transformer.resblocks
 
     @property
     def is_clip(self) -> bool:
+        """True: a text tower exists (zero-shot heads, text-initialised classifiers, LiT)."""
         return True
 
     def qkv_weight(self, block: nn.Module) -> tuple[nn.Module, str]:
+        """(module, attribute) of a block's fused q/k/v weight, named differently by the two towers (LoRA wraps it)."""
         return (block.attn.qkv, "weight") if self.timm_tower else (block.attn, "in_proj_weight")
 
     def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch + prefix tokens with positions, by the tower's own code (prompts are inserted after this)."""
         return super().embed_tokens(x) if self.timm_tower else self.visual._embeds(x)
 
     def finish(self, tokens: torch.Tensor, project: bool = True) -> torch.Tensor:
@@ -95,6 +103,8 @@ class ClipBackbone(Backbone):
         return self.project_image(pooled) if project else pooled
 
     def project_image(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled image features into the joint space; apart from `finish` so LiT can cache the pooled
+        features once and train only the projection on them."""
         if self.timm_tower:
             return self.visual.head(pooled)
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled
@@ -138,6 +148,8 @@ class ClipBackbone(Backbone):
         return torch.cat(outs).float()
 
     def project_text(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Pooled text features into the joint space (the text half of `projection_parameters`); apart
+        from `text_features` so LiT can cache the captions' pooled features and train the projection."""
         m = self.model
         if hasattr(m, "text"):
             return m.text.proj(pooled)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from .. import catalog
-from .._registry import NameRegistry, UnknownNameError, suggest
+from .._registry import UnknownNameError, suggest
+from ..plugins import DATASETS
 from .base import (
     FEW,
     GROUP_NAMES,
@@ -32,9 +32,6 @@ from .base import (
 )
 
 Builder = Callable[..., LTDataset]
-
-#: name -> builder(root, seed, **options) -> LTDataset
-DATASETS: NameRegistry[Builder] = NameRegistry("dataset", catalog.DATASETS)
 
 #: Arguments every builder takes that are not source options.
 _COMMON = ("root", "seed")

@@ -43,6 +43,7 @@ class Split:
         return len(self.labels)
 
     def image(self, i: int) -> Image.Image:
+        """Sample i as an RGB image, decoded only when asked: a split of 400k files costs nothing until read."""
         raise NotImplementedError
 
     def where(self, i: int) -> str:
@@ -53,6 +54,8 @@ class Split:
         """Fail before training if any sample cannot be read (with `decode`, every image is decoded)."""
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "Split":
+        """The samples at `idx`, as a split of the same kind (LT-Soups' capped subsets, a rank's shard,
+        the readable images): cheap, since only the list is copied, never the pixels or files."""
         raise NotImplementedError
 
     def unreadable(self) -> list[int]:
@@ -70,6 +73,7 @@ class ArraySplit(Split):
     """Images held in memory as uint8 arrays (N×H×W grey or N×H×W×3 RGB)."""
 
     def unreadable(self) -> list[int]:
+        """None: pixels in memory were decoded when the split was built."""
         return []
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, class_subset: np.ndarray | None = None):
@@ -80,9 +84,11 @@ class ArraySplit(Split):
         self.class_subset = class_subset
 
     def image(self, i: int) -> Image.Image:
+        """RGB even for grey arrays (Fashion-MNIST): every backbone takes three channels."""
         return Image.fromarray(self.images[i]).convert("RGB")
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "ArraySplit":
+        """The rows at `idx`; the class subset is kept, as the classes a split covers do not change."""
         idx = np.asarray(idx, dtype=np.int64)
         return ArraySplit(self.images[idx], self.labels[idx], self.class_subset)
 
@@ -107,11 +113,14 @@ class FileSplit(Split):
         self.class_subset = class_subset
 
     def where(self, i: int) -> str:
+        """The split file and line that listed sample i, so a bad image can be fixed at its source."""
         if self.source is not None and self.lines is not None:
             return f"{self.source}:{self.lines[i]} ({self.paths[i]})"
         return str(self.root / self.paths[i])
 
     def image(self, i: int, draft: bool = False) -> Image.Image:
+        """Sample i from disk; a missing or broken file is a DataError naming its split-file line (not
+        a PIL traceback). `draft`: JPEGs at reduced scale, enough to know the file decodes."""
         path = self.root / self.paths[i]
         try:
             return load_image(path, draft)
@@ -133,9 +142,11 @@ class FileSplit(Split):
             return {i: e for i, e in enumerate(pool.map(error, range(len(self)), chunksize=32)) if e}
 
     def unreadable(self) -> list[int]:
+        """Every image decoded once (threaded): what --skip-bad-images drops."""
         return sorted(self._decode_errors())
 
     def check(self, decode: bool = True) -> None:
+        """Fail before training, not hours in, on a missing or (with `decode`) undecodable file."""
         for i, p in enumerate(self.paths):
             if not (self.root / p).is_file():
                 raise DataError(f"missing image {self.root / p} listed at {self.where(i)}")
@@ -146,6 +157,7 @@ class FileSplit(Split):
             raise DataError(f"{first}{more}; fix or drop it, or pass --skip-bad-images")
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> "FileSplit":
+        """The files at `idx`, keeping their split-file lines so errors still point at the source."""
         idx = [int(i) for i in idx]
         return FileSplit(
             self.root,
@@ -218,13 +230,16 @@ class LTDataset:
 
     @property
     def num_classes(self) -> int:
+        """From the class names, not the labels: a class with no training image still has a logit."""
         return len(self.classnames)
 
     @property
     def class_counts(self) -> np.ndarray:
+        """Training images per class (0 where none): the prior that LT losses and samplers reweigh by."""
         return np.bincount(self.train.labels, minlength=self.num_classes)
 
     def shot_groups(self) -> np.ndarray:
+        """Many / medium / few of each class from its training count, for the per-group accuracies."""
         return shot_groups(self.class_counts, self.many_threshold, self.few_threshold)
 
     def eval_splits(self) -> dict[str, Split]:

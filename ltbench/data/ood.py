@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .._registry import NameRegistry
+from ..plugins import OOD_SETS
 from .base import DataError, FileSplit, LTDataset, Split
 from .folder import IMAGE_EXTENSIONS, _class_dirs, _images
 
@@ -81,7 +81,6 @@ IMAGENET_A_WNIDS = tuple("""
 
 #: loader(path, wnids of the dataset's classes in label order, or None) -> FileSplit
 OODLoader = Callable[[Path, Sequence[str] | None], FileSplit]
-OOD_SETS: NameRegistry[OODLoader] = NameRegistry("OOD set")
 
 IMAGENET_CLASSES = 1000
 

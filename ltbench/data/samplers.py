@@ -5,22 +5,24 @@ epoch) draws a new order and then moves to the next epoch, and `set_epoch(e)` ma
 resumed run draw exactly the order epoch e drew the first time. Draws are vectorised
 (randperm / randint / multinomial), so a 400k-image epoch costs milliseconds.
 
+Every kind is registered in `ltbench.plugins.SAMPLERS`: a per-image sampler as its builder
+`(labels, seed, num_samples) -> LTSampler`, a batch made of several samplers' parts as `Parts`
+("dual" = class + instance, LPT's dual sampling). A new sampler is one registration.
+
 `build_batch_sampler(kind, labels, batch_size, seed)` is the one call for every kind: a
-BatchSampler (with `set_epoch`) over `build_sampler(kind, …)`, or for several kinds (a tuple;
-"dual" = ("class", "instance"), LPT's dual sampling) a PartsBatchSampler whose batches hold
-one part per kind.
+BatchSampler (with `set_epoch`) over `build_sampler(kind, …)`, or for a `Parts` kind or several
+kinds (a tuple) a PartsBatchSampler whose batches hold one part per kind.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, Sampler
 
-SAMPLERS = ("instance", "class", "sqrt")
-BATCH_SAMPLERS = SAMPLERS + ("dual",)
-DUAL = ("class", "instance")  # LPT's dual sampling: a class-balanced part, then an instance part
+from ..plugins import SAMPLERS
 
 
 def _generator(seed: int, epoch: int) -> torch.Generator:
@@ -110,19 +112,47 @@ class ClassWeightedSampler(LTSampler):
         return self.by_class[self.class_starts[which] + offset]
 
 
+@SAMPLERS.register("instance", help="every image equally likely: a shuffle")
+def instance_sampler(labels: np.ndarray, seed: int, num_samples: int | None = None) -> LTSampler:
+    return InstanceSampler(labels, seed, num_samples)
+
+
+@SAMPLERS.register("class", help="class-balanced: a class uniformly, then one of its images")
+def class_sampler(labels: np.ndarray, seed: int, num_samples: int | None = None) -> LTSampler:
+    return ClassWeightedSampler(labels, seed, num_samples, power=0.0)
+
+
+@SAMPLERS.register("sqrt", help="square-root sampling: a class with probability ∝ √n_c, then one of its images")
+def sqrt_sampler(labels: np.ndarray, seed: int, num_samples: int | None = None) -> LTSampler:
+    return ClassWeightedSampler(labels, seed, num_samples, power=0.5)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A registered kind whose batches are parts drawn by other kinds, `batch_size` each, in order."""
+
+    kinds: tuple[str, ...]
+
+
+#: LPT's dual sampling: a class-balanced part, then an instance part
+DUAL = Parts(("class", "instance"))
+SAMPLERS.register("dual", help="LPT's dual sampling: a class-balanced part, then an instance-sampled part")(DUAL)
+
+
+def _lookup(kind: str):
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler {kind!r}; known samplers: {', '.join(SAMPLERS.registered())}")
+    return SAMPLERS.get(kind)
+
+
 def build_sampler(kind: str, labels: np.ndarray, seed: int, num_samples: int | None = None) -> LTSampler:
-    """`instance` (shuffle), `class` (class-balanced) or `sqrt` (class probability ∝ √n_c)."""
-    if kind == "instance":
-        s: LTSampler = InstanceSampler(labels, seed, num_samples)
-    elif kind == "class":
-        s = ClassWeightedSampler(labels, seed, num_samples, power=0.0)
-    elif kind == "sqrt":
-        s = ClassWeightedSampler(labels, seed, num_samples, power=0.5)
-    elif kind == "dual":
-        raise ValueError("sampler 'dual' yields whole batches (class-balanced + instance-sampled parts): "
-                         "use build_batch_sampler('dual', labels, batch_size, seed)")
-    else:
-        raise ValueError(f"unknown sampler {kind!r}; known samplers: {', '.join(SAMPLERS)}")
+    """The per-image sampler registered as `kind`: `instance` (shuffle), `class` (class-balanced),
+    `sqrt` (class probability ∝ √n_c), …"""
+    builder = _lookup(kind)
+    if isinstance(builder, Parts):
+        raise ValueError(f"sampler {kind!r} yields whole batches ({' + '.join(builder.kinds)} parts): "
+                         f"use build_batch_sampler({kind!r}, labels, batch_size, seed)")
+    s = builder(labels, seed, num_samples)
     s.kind = kind
     return s
 
@@ -197,15 +227,11 @@ class EpochBatchSampler(BatchSampler):
 def build_batch_sampler(kind: str | tuple[str, ...] | list[str], labels: np.ndarray, batch_size: int, seed: int,
                         drop_last: bool = True) -> BatchSampler | PartsBatchSampler:
     """Batches for DataLoader(batch_sampler=...), with `set_epoch`: for one kind a BatchSampler over
-    `build_sampler(kind, ...)`; for several kinds, or `dual` (= class + instance), a
-    PartsBatchSampler with one `batch_size` part per kind."""
-    if kind == "dual":
-        kind = DUAL
-    if not isinstance(kind, str):
-        kinds = tuple(kind)
-        if len(kinds) > 1:
-            return PartsBatchSampler(labels, batch_size, kinds, seed, drop_last=drop_last)
-        kind = kinds[0]
-    if kind not in SAMPLERS:
-        raise ValueError(f"unknown sampler {kind!r}; known samplers: {', '.join(BATCH_SAMPLERS)}")
-    return EpochBatchSampler(build_sampler(kind, labels, seed), batch_size, drop_last)
+    `build_sampler(kind, ...)`; for several kinds, or a `Parts` kind such as `dual` (= class +
+    instance), a PartsBatchSampler with one `batch_size` part per kind."""
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    if len(kinds) == 1 and isinstance(_lookup(kinds[0]), Parts):
+        kinds = _lookup(kinds[0]).kinds
+    if len(kinds) > 1:
+        return PartsBatchSampler(labels, batch_size, kinds, seed, drop_last=drop_last)
+    return EpochBatchSampler(build_sampler(kinds[0], labels, seed), batch_size, drop_last)

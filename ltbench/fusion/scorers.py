@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._registry import NameRegistry
+from ..plugins import SCORERS
 from .core import FusionError, FusionModel, ProbStack, make_objective, normalise_base, stratified_holdout
 from .learned import fit_offsets
 from .search import search_weights
@@ -56,7 +56,6 @@ class FitContext:
 
 
 Scorer = Callable[[FitContext], "tuple[FusionModel, dict[str, Any]]"]
-SCORERS: NameRegistry[Scorer] = NameRegistry("scorer")
 
 
 #: share of validation held out from the W_base search for fitting W_offset (``moe``)

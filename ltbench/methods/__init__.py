@@ -1,37 +1,18 @@
-"""Methods, one module each, registered by name: `create_method(name, backbone, …)`."""
+"""Methods, one module each, registered by name: `create_method(name, backbone, …)`.
+
+Import-only: the registry and `register_method` live in ltbench/plugins.py, building in
+build.py. Importing this package imports every module that ltbench/catalog.py names for a
+method, so a new method is its module, its `@register_method` and its catalog line.
+"""
 from __future__ import annotations
 
-from dataclasses import fields
-from typing import Any
-
-import numpy as np
+import importlib
 
 from .. import catalog
-from .._registry import NameRegistry
-from ..backbones.base import Backbone
-from .base import resolve_method_config
+from ..plugins import METHODS, register_method
+from .build import create_method, method_config_fields
 
-METHODS: NameRegistry[type] = NameRegistry("method", catalog.METHODS)
+for _module in sorted({module for module, _ in catalog.METHODS.values()}):
+    importlib.import_module(_module)
 
-
-def register_method(name: str):
-    def deco(cls):
-        cls.name = name
-        return METHODS.register(name)(cls)
-
-    return deco
-
-
-def method_config_fields(name: str) -> dict[str, Any]:
-    """The method's config keys and defaults (what `--set` may change)."""
-    cls = METHODS.get(name)
-    return {f.name: f.default for f in fields(cls.Config)}
-
-
-def create_method(name: str, backbone: Backbone, num_classes: int, class_counts: np.ndarray | None = None,
-                  classnames: list[str] | None = None, **overrides: Any):
-    cls = METHODS.get(name)
-    return cls(backbone, num_classes, resolve_method_config(cls, overrides), class_counts, classnames)
-
-
-from . import adaptformer, full_ft, linear_probe, lit, lora, lpt, lpt_pp, lt_soups, vpt, zero_shot  # noqa: E402,F401
+__all__ = ["METHODS", "create_method", "method_config_fields", "register_method"]

@@ -20,6 +20,9 @@ from .base import Method, Phase
 
 
 class Adapter(nn.Module):
+    """AdaptFormer's bottleneck, up-projection at zero: a freshly adapted backbone computes what the
+    frozen one did, so training starts from the pretrained features rather than from noise."""
+
     def __init__(self, dim: int, bottleneck: int, scale: float = 0.1, learnable_scale: bool = True):
         super().__init__()
         self.down = nn.Linear(dim, bottleneck)
@@ -35,6 +38,7 @@ class Adapter(nn.Module):
             self.register_buffer("scale", s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """s · up(relu(down(x))): the scale keeps the adapter's share small (fixed, or learnt in LPT++)."""
         return self.scale * self.up(torch.relu(self.down(x)))
 
 
@@ -62,6 +66,8 @@ class AdaptedBlock(nn.Module):
         setattr(block, mlp_norm, self.tap)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The block as before plus the adapter on the tapped MLP input; the tap is cleared so no
+        activation outlives the forward."""
         y = self.block(x, *args, **kwargs)
         out = y + self.adapter(self.tap.last)
         self.tap.last = None
@@ -94,9 +100,11 @@ class LoRA(nn.Module):
         self.scaling = alpha / rank
 
     def delta(self) -> torch.Tensor:
+        """(α / r)·B·A: the α / r scale lets the rank change without retuning the learning rate."""
         return self.scaling * (self.B @ self.A)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The effective weight, cast to the weight's dtype so a model held in half precision stays in it."""
         return weight + self.delta().to(weight.dtype)
 
 
@@ -109,6 +117,7 @@ class SlicedLoRA(nn.Module):
         self.parts = nn.ModuleDict({t: LoRA(dim, dim, rank, alpha) for t in targets})
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The fused weight plus each target's update in its row block (k untouched under `qv`)."""
         dim = weight.shape[1]
         rows = [self.parts[t].delta() if t in self.parts else weight.new_zeros(dim, dim) for t in "qkv"]
         return weight + torch.cat(rows).to(weight.dtype)
@@ -141,10 +150,13 @@ class PEFTMethod(Method):
         self.head = self.make_head()
 
     def insert(self, backbone: Backbone, cfg) -> list[nn.Module]:
+        """Put the method's modules into `backbone` in place; returns them (what trains, with the head)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's features (the inserted modules act inside it), then the head."""
         return self.head(self.info.features(x))
 
     def phases(self) -> list[Phase]:
+        """One phase: the inserted modules and the head train together at one lr."""
         return [Phase(self.name, [{"params": [*self.peft.parameters(), *self.head.parameters()]}])]

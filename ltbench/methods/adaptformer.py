@@ -5,13 +5,14 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 from ..checks import Bool, Float, Int
-from . import register_method
+from ..plugins import register_method
 from .adapters import PEFTMethod, add_adapters
 from .base import MethodConfig
 
 
 @dataclass
 class AdaptFormerConfig(MethodConfig):
+    """AdaptFormer's defaults: AdamW at a PEFT lr, a fixed adapter scale s = 0.1 as in the paper."""
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-2)}
     bottleneck: Annotated[int, Int(lo=1, hi=65536)] = 64
     adapter_scale: Annotated[float, Float(lo=0, hi=100)] = 0.1  # AdaptFormer's fixed s
@@ -28,4 +29,5 @@ class AdaptFormer(PEFTMethod):
     Config = AdaptFormerConfig
 
     def insert(self, backbone, cfg):
+        """An adapter beside every block's MLP."""
         return add_adapters(backbone, cfg.bottleneck, cfg.adapter_scale, cfg.learnable_scale)

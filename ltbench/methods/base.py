@@ -29,10 +29,10 @@ def _losses() -> list[str]:
     return list(LOSSES)
 
 
-def _samplers() -> tuple[str, ...]:
-    from ..data.samplers import BATCH_SAMPLERS
+def _samplers() -> list[str]:
+    from ..data.samplers import SAMPLERS
 
-    return BATCH_SAMPLERS
+    return SAMPLERS.registered()
 
 
 @dataclass

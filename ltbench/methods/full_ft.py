@@ -7,12 +7,14 @@ from typing import Annotated, ClassVar
 import torch
 
 from ..checks import Float
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 
 
 @dataclass
 class FullFTConfig(MethodConfig):
+    """Full fine-tuning's defaults: the backbone at 1/100 of the head's lr, so the pretrained
+    features are adjusted rather than overwritten by a randomly initialised head's gradients."""
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-5, 1e-2), "weight_decay": ("log", 1e-4, 1e-1)}
     optimizer: str = "adamw"
     lr: float = 1e-3  # the head's lr
@@ -31,9 +33,11 @@ class FullFineTune(Method):
         self.head = self.make_head()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features (trained), then the head."""
         return self.head(self.info.features(x))
 
     def phases(self) -> list[Phase]:
+        """One phase, two parameter groups: the backbone at `backbone_lr_scale` × lr, the head at lr."""
         return [Phase("full", [
             {"params": list(self.backbone.parameters()), "lr_scale": self.cfg.backbone_lr_scale},
             {"params": list(self.head.parameters())},

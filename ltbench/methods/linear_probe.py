@@ -21,7 +21,7 @@ import torch
 from ..budget import count_flops
 from ..checks import Choice, Float, Int, ListOf, Opt
 from ..errors import ConfigError
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 
 SOLVERS = ("lbfgs", "sgd")
@@ -29,6 +29,8 @@ SOLVERS = ("lbfgs", "sgd")
 
 @dataclass
 class LinearProbeConfig(MethodConfig):
+    """The probe's defaults: a logit-adjusted logistic regression solved by L-BFGS (the reference
+    protocol, no budget-dependent schedule), or minibatch SGD under the budget with `solver=sgd`."""
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {  # solver=sgd only: L-BFGS sweeps its L2 strength itself
         "lr": ("log", 1e-4, 1e-1), "weight_decay": ("log", 1e-6, 1e-2), "batch_size": ("choice", [8, 16, 32, 64, 128])}
 
@@ -58,6 +60,7 @@ class LinearProbeConfig(MethodConfig):
             raise ConfigError(f"--loss {self.loss}: L-BFGS needs a deterministic loss (ce, la or bs)")
 
     def search_space(self) -> dict[str, tuple]:
+        """Nothing to tune under L-BFGS, which sweeps its own L2 strength on validation."""
         return dict(self.SEARCH_SPACE) if self.solver == "sgd" else {}
 
 
@@ -151,12 +154,15 @@ class LinearProbe(Method):
         self.head = self.make_head()
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen backbone's features, computed once per image by the trainer."""
         return self.info.features(x)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """The head alone: all that trains on the cached features."""
         return self.head(feats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """embed then classify, for prediction on images."""
         return self.classify(self.embed(x))
 
     def solve(self, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, loss_fn) -> dict[str, Any]:
@@ -169,6 +175,7 @@ class LinearProbe(Method):
         return fit
 
     def phases(self) -> list[Phase]:
+        """One head phase on cached features: solved in one call (L-BFGS) or in minibatches (SGD)."""
         params = [{"params": list(self.head.parameters())}]
         if self.cfg.solver == "lbfgs":
             return [Phase("head", params, cache_features=True, solve=self.solve)]

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import Choice
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 
 
 @dataclass
 class LiTConfig(MethodConfig):
+    """LiT's defaults: AdamW, batch 128 (on cached features a step is nearly free; the batch size is tuned too)."""
     # Batch size matters here: on cached features a step is nearly free, and the batch sets the negatives.
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-1), "weight_decay": ("log", 1e-6, 1e-2),
                                                 "batch_size": ("choice", [16, 32, 64, 128])}
@@ -55,15 +56,19 @@ class LiT(Method):
         return F.normalize(t.view(self.num_classes, self.templates_per_class, -1).mean(1), dim=-1)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled, unprojected image features: the towers are locked, so they are cached once."""
         return self.info.finish(self.info.tokens(x), project=False)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """CLIP-style logits: the trained projections' cosine to each class embedding, times the learnt temperature."""
         img = F.normalize(self.info.project_image(feats), dim=-1)
         return self.backbone.logit_scale.exp() * img @ self.class_embeddings().t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """embed then classify, for prediction on images."""
         return self.classify(self.embed(x))
 
     def phases(self) -> list[Phase]:
+        """One phase on cached features: both projections and the logit scale, nothing in the towers."""
         params = [*self.info.projection_parameters(), self.backbone.logit_scale]
         return [Phase("projections", [{"params": params}], cache_features=True)]

@@ -5,13 +5,14 @@ from dataclasses import dataclass
 from typing import Annotated, ClassVar
 
 from ..checks import Choice, Float, Int
-from . import register_method
+from ..plugins import register_method
 from .adapters import PEFTMethod, add_lora
 from .base import MethodConfig
 
 
 @dataclass
 class LoRAConfig(MethodConfig):
+    """LoRA's defaults: rank 8, α 16 (a scale of 2), over the whole fused q/k/v weight."""
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-2)}
     rank: Annotated[int, Int(lo=1, hi=65536)] = 8
     alpha: Annotated[float, Float(lo=0, hi=1e6, lo_open=True)] = 16.0
@@ -28,4 +29,5 @@ class LoRAMethod(PEFTMethod):
     Config = LoRAConfig
 
     def insert(self, backbone, cfg):
+        """A LoRA parametrization on every block's q/k/v weight."""
         return add_lora(backbone, cfg.rank, cfg.alpha, cfg.targets)

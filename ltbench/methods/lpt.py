@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import Bool, Choice, Float, Int, Opt
-from . import register_method
+from ..plugins import register_method
 from ..losses import LOSSES
 from .base import Method, MethodConfig, PartSpec, Phase, _samplers
 from .prompting import run_blocks, strip
@@ -128,6 +128,9 @@ class LPT(Method):
         return idx, top_sim, self.pool[idx].mean(dim=1)  # [B, L−K, P, D]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Stage 1: the shared prompt's features. Stage 2: those features as the query pick the top-k
+        group prompts, which replace the prompts from block K on; the first K blocks' tokens are
+        reused from the query pass (`reuse_blocks`), so phase 2 costs L + (L − K) blocks, not 2L."""
         if self.stage == 1:
             return self.head(self.dropout(self.query(images)[0]))
         frozen_query = not self.shared.requires_grad
@@ -176,6 +179,8 @@ class LPT(Method):
         return {k: v for k, v in opts.items() if k in accepted}
 
     def phases(self) -> list[Phase]:
+        """Phase 1 (shared prompt + head), then phase 2 (pool + keys + head, dual sampling with the
+        instance part's weight decaying to 0); `phase=1|2` runs one of them (phase 2 from an `init` expert)."""
         cfg = self.cfg
         p1 = Phase("shared-prompt", [{"params": self.phase_params(1)}], share=cfg.phase1_share,
                    loss_kwargs=self.loss_kwargs(), mixup=cfg.mixup, on_start=lambda: self._set_stage(1))
@@ -191,12 +196,16 @@ class LPT(Method):
         return {0: [p1, p2], 1: [p1], 2: [p2]}[cfg.phase]
 
     def trainable_names(self) -> list[str]:
+        """Both phases' tensors whatever `phase` runs, so a phase-2 run from a phase-1 expert stores a
+        complete LPT and reports the paper's parameter count."""
         # a single-phase run still stores and counts the method's full trainable set, as the paper does
         ids = {id(p) for ph in (1, 2) for p in self.phase_params(ph)}
         return [n for n, p in self.named_parameters() if id(p) in ids]
 
     # -- prompt matching record (the paper's Figure 4) ------------------------------------
     def artifacts(self, test_labels: np.ndarray | None = None) -> dict[str, Any]:
+        """Which group prompts each class's test images chose (the paper's Figure 4), to see whether
+        the pool specialises by class."""
         if self.stage == 1 or not self.recorder or test_labels is None:
             return {}
         chosen = torch.cat(self.recorder).numpy()  # [N, k]

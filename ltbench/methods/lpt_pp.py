@@ -14,13 +14,14 @@ from typing import Annotated
 import torch
 
 from ..checks import Float, Int
-from . import register_method
+from ..plugins import register_method
 from .adapters import add_adapters
 from .lpt import LPT, LPTConfig
 
 
 @dataclass
 class LPTPlusPlusConfig(LPTConfig):
+    """LPT's keys plus the adapters' bottleneck and initial scale."""
     # Bottleneck 48 makes the adapters add about 1% of a ViT-B/16's parameters
     # (12 × (2·768·48 + 48 + 768 + 1) = 894,540 = 1.04% of 85.8M), LPT++'s stated overhead.
     bottleneck: Annotated[int, Int(lo=1, hi=65536)] = 48
@@ -39,5 +40,7 @@ class LPTPlusPlus(LPT):
         self.adapters = torch.nn.ModuleList(adapters)
 
     def phase_params(self, phase: int) -> list:
+        """LPT's parameters, the adapters in phase 1 only: frozen in phase 2 with the shared prompt, they
+        keep the query features that the group prompts are matched on fixed while the pool trains."""
         params = super().phase_params(phase)
         return params + list(self.adapters.parameters()) if phase == 1 else params

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..checks import Choice, Float, Int, ListOf, Mapping
-from . import METHODS, register_method
+from ..plugins import METHODS, register_method
 from .base import Method, MethodConfig, Phase
 
 Weights = dict[str, torch.Tensor]
@@ -45,6 +45,8 @@ def capped_subset(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
 
 @dataclass
 class LTSoupsConfig(MethodConfig):
+    """LT-Soups' defaults: LoRA branches on seven class caps n_min·2^k, merged sequentially, then the
+    head retrained with LA on all data; REFERENCE holds the official script's full-fine-tuning values."""
     #: the official code's reproduction script (scripts/run_lt_soups.sh): full fine-tuning,
     #: AdamW lr 3e-5, wd 1e-2, batch 128, warm-up max(20 steps, 1 %); stage 2 the same lr for as
     #: many epochs as one branch (10 of 7 × 2 + 1 such units).
@@ -158,12 +160,15 @@ class LTSoups(Method):
         self._sel = _Selection(cfg.ema)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The inner model (the soup once merged)."""
         return self.inner(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The souped backbone's features: fixed in stage 2, so the trainer caches them."""
         return self.info.features(x)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
+        """The inner head alone: what stage 2 retrains."""
         return self.inner.head(feats)
 
     # -- stage 1: the soup -----------------------------------------------------------------
@@ -174,6 +179,7 @@ class LTSoups(Method):
         return dict(self.inner.head.named_parameters())
 
     def caps(self) -> list[int]:
+        """Per-class image caps n_min · 2^k for the factors k: from balanced subsets towards the full long tail."""
         return [self.n_min * 2 ** k for k in self.cfg.factors]
 
     def _restart(self) -> None:
@@ -211,10 +217,13 @@ class LTSoups(Method):
         _load(self._head(), self._sel.result(self._head()))
 
     def resume_state(self) -> dict[str, Any]:
+        """The soup so far, the finished branches and the EMA selection: none of it is a parameter,
+        and a resumed run must merge exactly what the interrupted one would have."""
         return {"soup": self._soup, "merged": self._merged, "branches": self._branch_results,
                 "selection": self._sel.state()}
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore what `resume_state` saved (empty: a run that had not reached a soup yet)."""
         if state:
             self._soup, self._merged = state["soup"], state["merged"]
             self._branch_results = state.get("branches", [])
@@ -222,6 +231,8 @@ class LTSoups(Method):
                 self._sel.load(state["selection"])
 
     def phases(self) -> list[Phase]:
+        """One phase per (cap, branch), its budget share ∝ the capped subset's size (equal epochs under
+        an epochs budget), then the head on cached features: merging happens in the phases' end hooks."""
         cfg = self.cfg
         counts = np.asarray(self.class_counts)
         sizes = [int(np.minimum(counts, cap).sum()) for cap in self.caps()]

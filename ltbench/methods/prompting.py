@@ -24,6 +24,7 @@ def vpt_init_(t: torch.Tensor, patch_area: int) -> torch.Tensor:
 
 
 def patch_area(backbone: Backbone) -> int:
+    """Pixels per patch: VPT's Xavier bound counts the patch embedding's fan-in."""
     ps = backbone.patch_size
     return int(ps[0] * ps[1])
 
@@ -36,6 +37,7 @@ def insert(x: torch.Tensor, prompts: torch.Tensor, npt: int, prev: int) -> torch
 
 
 def strip(x: torch.Tensor, npt: int, prev: int) -> torch.Tensor:
+    """The tokens without the `prev` prompt tokens after the prefix, so pooling sees what the backbone expects."""
     return torch.cat([x[:, :npt], x[:, npt + prev:]], dim=1) if prev else x
 
 

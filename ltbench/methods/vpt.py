@@ -13,13 +13,14 @@ import torch
 from torch import nn
 
 from ..checks import Int
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 from .prompting import patch_area, prompted_features, vpt_init_
 
 
 @dataclass
 class VPTConfig(MethodConfig):
+    """VPT's defaults: SGD as VPT trains, class-balanced sampling (the long-tail baseline's), 10 prompt tokens."""
     # VPT's own sweep (SGD, 100 epochs): base lr 0.05 … 50 ×B/256 (0.006 … 6 at B = 32). In short runs SGD
     # diverges well below its top (measured at the demo's size, 3 epochs, B = 32: lr 0.005 → 63.4 % test,
     # 0.05 → loss 134 by step 23; 0.02, the default, 19.4 % in issue 11): 1e-4 … 5e-2, the default inside.
@@ -47,9 +48,11 @@ class _VPT(Method):
         return self.prompts[0] if i == 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone with prompts inserted (every block for deep, the input only for shallow), then the head."""
         return self.head(prompted_features(self.info, x, self._prompt))
 
     def phases(self) -> list[Phase]:
+        """One phase: prompts and head."""
         return [Phase("prompt", [{"params": [self.prompts, *self.head.parameters()]}])]
 
 

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from ..checks import Choice
-from . import register_method
+from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 
 
 @dataclass
 class ZeroShotConfig(MethodConfig):
+    """Only the prompt templates: zero-shot trains nothing."""
     templates: Annotated[str, Choice(("simple", "openai"))] = "simple"  # open_clip's SIMPLE_IMAGENET_TEMPLATES, or "openai" (80 templates)
 
 
@@ -32,8 +33,10 @@ class ZeroShot(Method):
         self.register_buffer("classifier", backbone.text_classifier(self.classnames, cfg.templates))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """CLIP's logits: scaled cosine of the image embedding to each class's text embedding."""
         scale = self.backbone.logit_scale.exp()
         return scale * F.normalize(self.info.features(x), dim=-1) @ self.classifier
 
     def phases(self) -> list[Phase]:
+        """None: the text classifier is the model (a budget spends nothing)."""
         return []
