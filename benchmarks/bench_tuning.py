@@ -1,6 +1,7 @@
 """Defaults vs. hand-picked overrides vs. equal tuning, side by side, at the demo's size (issue 11).
 
     .venv/bin/python benchmarks/bench_tuning.py --home DIR [--seeds 0 1 2] [--variants defaults overrides tuned]
+    .venv/bin/python benchmarks/bench_tuning.py --quick   # the same steps on a tiny suite (seconds): checks the script
 
 Builds three suites from the built-in demo suite (same dataset, backbone, sizes and budget) and
 runs them into one registry, so a killed run resumes with what it has:
@@ -36,6 +37,13 @@ OVERRIDES = {
     "lt-soups": {"batch_size": 16, "lr": 3.0e-3, "stage2_share": 0.5},
 }
 VARIANTS = ("defaults", "overrides", "tuned")
+#: `--quick`: the demo's shape at test size (the random test ViT, 3-step runs, 2 trials); its numbers mean nothing
+QUICK = {
+    "name": "quick", "dataset": "fashion-mnist-lt", "backbone": "vit-tiny-test", "budget": "4steps", "seeds": [0],
+    "set": {"head": 40, "imbalance": 10, "val_per_class": 4, "test_per_class": 6},
+    "tune": {"trials": 2, "share": 0.5},
+    "runs": [{"method": "linear-probe"}, {"method": "vpt-deep", "set": {"prompt_len": 2}}],
+}
 
 
 def variant_suite(demo: dict, variant: str, seeds: list[int]) -> dict:
@@ -45,7 +53,7 @@ def variant_suite(demo: dict, variant: str, seeds: list[int]) -> dict:
     data.pop("fusions", None)
     if variant == "tuned":
         return data
-    data["name"] = f"demo-{variant}"
+    data["name"] = f"{data['name']}-{variant}"
     data.pop("tune", None)
     for run in data["runs"]:
         label = run.get("label", run["method"])
@@ -64,11 +72,16 @@ def _mean_std(values: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--home", required=True, help="registry home (kept; a rerun reuses what it registered)")
+    ap.add_argument("--home", help="registry home (kept; a rerun reuses what it registered; default: a temporary one)")
+    ap.add_argument("--quick", action="store_true", help="a tiny suite instead of the demo's (seconds): checks the script")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
+    if args.home is None:
+        import tempfile
+
+        args.home = tempfile.mkdtemp(prefix="ltbench-tuning-")
     os.environ["LTBENCH_HOME"] = str(Path(args.home).resolve())
 
     import yaml
@@ -78,7 +91,7 @@ def main() -> None:
     from ltbench.bench import parse_suite, run_suite
     from ltbench.registry import Registry
 
-    demo = yaml.safe_load((Path(ltbench.__file__).parent / "suites" / "demo.yaml").read_text())
+    demo = QUICK if args.quick else yaml.safe_load((Path(ltbench.__file__).parent / "suites" / "demo.yaml").read_text())
     registry = Registry(args.home)
     console = Console(stderr=True)
     suites = {v: parse_suite(variant_suite(demo, v, args.seeds), f"demo ({v})") for v in args.variants}
