@@ -233,3 +233,30 @@ def test_run_config_records_the_preset_and_its_values():
     mc = run["method_config"]  # what `ltbench show` prints under config.method_config
     assert mc["preset"] == "reference" and mc["margin"] == 0.1 and mc["ins_gamma_neg"] == 8.0
     assert mc["label_smoothing"] == 0.2  # the user's --set over the preset
+
+
+def test_the_pools_gradient_is_the_same_on_every_run_with_several_threads():
+    """The same batch gives the same pool gradient to the last bit with 2 threads: an indexing
+    backward (`pool[idx]`) adds into it with atomics in a run-dependent order on CPU."""
+    m = make(prompt_len=64, pool_size=4, top_k=2)
+    q = torch.randn(256, m.info.feature_dim)
+    weights = torch.randn(256, m.group_layers, 64, m.info.embed_dim)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(6):
+            m.pool.grad = None
+            _, _, group = m.select(q)
+            (group * weights).sum().backward()
+            grads.append(m.pool.grad.clone())
+    finally:
+        torch.set_num_threads(before)
+    # the oracle: each image adds its weights / k to each chosen prompt
+    _, idx = (F.normalize(q, dim=-1) @ F.normalize(m.keys, dim=-1).t()).topk(2, dim=1)
+    expect = torch.zeros_like(m.pool, dtype=torch.float64)
+    for b in range(256):
+        for j in idx[b]:
+            expect[j] += weights[b].double() / 2
+    assert torch.allclose(grads[0].double(), expect, atol=1e-4)
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])

@@ -125,7 +125,11 @@ class LPT(Method):
         """Top-k keys by cosine: (indices [B,k], their similarities [B,k], averaged prompts)."""
         sim = F.normalize(q, dim=-1) @ F.normalize(self.keys, dim=-1).t()
         top_sim, idx = sim.topk(self.cfg.top_k, dim=1)
-        return idx, top_sim, self.pool[idx].mean(dim=1)  # [B, L−K, P, D]
+        # the mean of the chosen prompts as a product with averaging weights, not `pool[idx].mean(1)`:
+        # an indexing backward on CPU adds into the pool's gradient with atomics from several threads,
+        # in an order that changes from run to run (the same seed gave different last bits)
+        weights = F.one_hot(idx, self.cfg.pool_size).to(self.pool.dtype).mean(dim=1)  # [B, m]
+        return idx, top_sim, torch.einsum("bm,m...->b...", weights, self.pool)  # [B, L−K, P, D]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Stage 1: the shared prompt's features. Stage 2: those features as the query pick the top-k
