@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterable, Iterator, TypeVar
 
+from . import catalog
+
 T = TypeVar("T")
 
 
@@ -36,32 +38,33 @@ class NameRegistry(Generic[T]):
 
     Not to be confused with `ltbench.registry.Registry`, the on-disk store of trained experts: this one
     only maps names to code, so plug-in modules can register themselves with a decorator.
-    `catalog` (ltbench/catalog.py's table for this kind): the names and one-line help known
-    without importing; every registration must be listed there, from the module it names."""
+    `listed_as`: the registry's name in ltbench/plugins.py, under which ltbench/catalog.py's scan of
+    the sources finds its registrations (what the listings show without importing); every
+    registration must be one the scan sees, so one outside the package's sources fails too."""
 
-    def __init__(self, kind: str, catalog: dict[str, tuple[str, str]] | None = None) -> None:
+    def __init__(self, kind: str, listed_as: str | None = None) -> None:
         self.kind = kind
-        self.catalog = catalog
+        self.listed_as = listed_as
         self._items: dict[str, T] = {}
         self._help: dict[str, str] = {}
 
     def register(self, name: str, help: str = "") -> Callable[[T], T]:
-        """Decorator registering `obj` under `name`; checked against the catalog at import, so a
-        registration that `ltbench methods` etc. would not list fails loudly instead of hiding."""
+        """Decorator registering `obj` under `name`, with `help` (default: the first docstring line)
+        as its one-line help. Checked against the catalog's scan at import: a registration the scan
+        cannot see (a name built at run time, a registry under another name, a call inside a
+        function) would be missing from `ltbench methods` etc., so it fails loudly instead."""
 
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} registered twice")
-            if self.catalog is not None:
-                module = getattr(obj, "__module__", None)
-                if self.catalog.get(name, (None,))[0] != module:
-                    raise ValueError(f"{self.kind} {name!r} (module {module}) is not in ltbench/catalog.py: add"
-                                     f" {name!r}: ({module!r}, '<one-line help>') so listings find it without importing")
-                doc = self.catalog[name][1]
-            else:
-                doc = help or (getattr(obj, "__doc__", None) or "").strip().splitlines()
+            module = getattr(obj, "__module__", None)
+            if self.listed_as is not None and catalog.table(self.listed_as).get(name, (None,))[0] != module:
+                raise ValueError(
+                    f"{self.kind} {name!r} (module {module}) is not found by ltbench/catalog.py's scan of the"
+                    f" sources: register it at module level with a literal name, e.g."
+                    f" @{self.listed_as}.register({name!r}, help='…'), so listings find it without importing")
             self._items[name] = obj
-            self._help[name] = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._help[name] = help or catalog.first_line(getattr(obj, "__doc__", None))
             return obj
 
         return deco
@@ -78,7 +81,7 @@ class NameRegistry(Generic[T]):
         return f"unknown {self.kind} {name!r}.{suggest(name, self._items)} Known: {', '.join(sorted(self._items))}"
 
     def help(self, name: str) -> str:
-        """The one-line help shown by listings (the catalog's, or the builder's first doc line)."""
+        """The one-line help: the `help=` given at registration, else the builder's first doc line."""
         return self._help.get(name, "")
 
     def __contains__(self, name: object) -> bool:

@@ -208,20 +208,26 @@ def params(method: str, backbone: str, num_classes: int, sets: list[str] | None 
     return create_method(method, bb, num_classes, **overrides).param_counts()
 
 
-# The listings read ltbench/catalog.py: no dataset, backbone or method module (nor torch) is imported.
+# The listings read the sources (ltbench/catalog.py): no plug-in module (nor torch) is imported.
+def listing(command: str) -> list[tuple[str, str]]:
+    """`ltbench <command>` for a listing command (datasets, backbones, methods, losses, samplers,
+    scorers): (name, one-line help) rows."""
+    return catalog.rows(command)
+
+
 def list_datasets() -> list[tuple[str, str]]:
     """`ltbench datasets`: (name, description) of every registered dataset source."""
-    return catalog.listing(catalog.DATASETS)
+    return listing("datasets")
 
 
 def list_backbones() -> list[tuple[str, str]]:
     """`ltbench backbones`: registered backbones, CLIP models and the name forms accepted beyond them."""
-    return catalog.listing(catalog.BACKBONES) + catalog.listing(catalog.CLIP_BACKBONES, "clip:") + catalog.BACKBONE_FORMS
+    return listing("backbones")
 
 
 def list_methods() -> list[tuple[str, str]]:
     """`ltbench methods`: (name, description) of every registered method."""
-    return catalog.listing(catalog.METHODS)
+    return listing("methods")
 
 
 def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: bool = True,

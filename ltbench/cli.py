@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from . import api
+from . import api, catalog
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click.exceptions import ClickException, UsageError
@@ -120,8 +120,8 @@ def train(
     backbone: Optional[str] = typer.Option(None, help="backbone (see `ltbench backbones`)"),
     method: Optional[str] = typer.Option(None, help="method (see `ltbench methods`)"),
     budget: Optional[str] = typer.Option(None, help="3epochs | 500steps | 2e13flops | 600s"),
-    loss: Optional[str] = typer.Option(None, help="ce | la | bs (default: the method's)"),
-    sampler: Optional[str] = typer.Option(None, help="instance | class | sqrt (default: the method's)"),
+    loss: Optional[str] = typer.Option(None, help="loss (see `ltbench losses`; default: the method's)"),
+    sampler: Optional[str] = typer.Option(None, help="sampler (see `ltbench samplers`; default: the method's)"),
     seed: Optional[int] = typer.Option(None, help="random seed (default 0)"),
     name: Optional[str] = typer.Option(None, help="expert name (default method_backbone_dataset_sSEED)"),
     weights: Optional[str] = typer.Option(None, help="local backbone weights file (offline use of hub models)"),
@@ -153,7 +153,7 @@ def train(
 @_guard
 def fuse(
     experts: str = typer.Option(..., help="comma-separated registered experts, e.g. A,B[,C]"),
-    scorer: str = typer.Option("moe", help="search | learned | moe | mean"),
+    scorer: str = typer.Option("moe", help=" | ".join(name for name, _ in catalog.rows("scorers"))),
     trials: int = typer.Option(200, help="Optuna trials in total (search, moe); a resumed study runs the rest"),
     name: Optional[str] = typer.Option(None, help="fused expert's name (default fuse-SCORER_A+B)"),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///fuse.db, postgresql://…) to resume or share a search"),
@@ -297,25 +297,18 @@ def params(
     sys.stdout.write(dumps(api.params(method, backbone, num_classes, set_)) + "\n")
 
 
-@app.command()
-def datasets() -> None:
-    """Available dataset sources, one line each."""
-    for name, help_ in api.list_datasets():
-        out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)
+def _listing_command(command: str) -> None:
+    """Add `ltbench <command>`, which prints catalog.LISTINGS[command]'s rows, one line each."""
+
+    def show_rows() -> None:
+        for name, help_ in api.listing(command):
+            out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)
+
+    app.command(command, help=catalog.LISTINGS[command].help)(show_rows)
 
 
-@app.command()
-def backbones() -> None:
-    """Available backbones, one line each."""
-    for name, help_ in api.list_backbones():
-        out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)
-
-
-@app.command()
-def methods() -> None:
-    """Available methods, one line each."""
-    for name, help_ in api.list_methods():
-        out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)
+for _command in catalog.LISTINGS:
+    _listing_command(_command)
 
 
 def _print_suite_result(table, written) -> None:

@@ -4,42 +4,41 @@ A plug-in is one module and one registration: `@LOSSES.register("name", help=…
 class, `@register_method("name")` on a method class, and so on. The registries live here,
 apart from the code that uses them, so a plug-in imports only this small module (no torch,
 no package `__init__`), and a listing or a "did you mean" can read every kind the same way.
-Registries with a catalog (methods, datasets, backbones) also need the name's line in
-ltbench/catalog.py, which the CLI's listings read without importing anything; registering a
-name that is not there fails at import and says so.
+The decorator is the only line a name needs: the CLI's listings find it by reading the sources
+(ltbench/catalog.py), each registry under its name here (the second argument), and a
+registration that scan cannot see fails at import and says so.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from . import catalog
 from ._registry import NameRegistry
 
 #: method classes (`ltbench.methods.base.Method` subclasses), by `--method` name
-METHODS: NameRegistry[type] = NameRegistry("method", catalog.METHODS)
+METHODS: NameRegistry[type] = NameRegistry("method", "METHODS")
 #: loss classes `cls(class_counts=…, **options) -> nn.Module`, by `--set loss=` name
-LOSSES: NameRegistry[Callable[..., Any]] = NameRegistry("loss")
+LOSSES: NameRegistry[Callable[..., Any]] = NameRegistry("loss", "LOSSES")
 #: training samplers, by `--set sampler=` name: a builder `(labels, seed, num_samples) -> LTSampler`,
 #: or `data.samplers.Parts` for batches made of several samplers' parts (LPT's "dual")
-SAMPLERS: NameRegistry[Any] = NameRegistry("sampler")
+SAMPLERS: NameRegistry[Any] = NameRegistry("sampler", "SAMPLERS")
 #: fusion scorers `fit(FitContext) -> (FusionModel, info)`, by `ltbench fuse --scorer` name
-SCORERS: NameRegistry[Callable[..., Any]] = NameRegistry("scorer")
+SCORERS: NameRegistry[Callable[..., Any]] = NameRegistry("scorer", "SCORERS")
 #: dataset builders `fn(root, seed, **options) -> LTDataset`, by `--dataset` name
-DATASETS: NameRegistry[Callable[..., Any]] = NameRegistry("dataset", catalog.DATASETS)
+DATASETS: NameRegistry[Callable[..., Any]] = NameRegistry("dataset", "DATASETS")
 #: backbone builders `fn(img_size, weights, pretrained) -> Backbone`, by `--backbone` name
-BACKBONES: NameRegistry[Callable[..., Any]] = NameRegistry("backbone", catalog.BACKBONES)
+BACKBONES: NameRegistry[Callable[..., Any]] = NameRegistry("backbone", "BACKBONES")
 #: backbones ltbench assembles from open_clip towers, named `clip:<name>` on the command line
-CLIP_BACKBONES: NameRegistry[Callable[..., Any]] = NameRegistry("clip backbone", catalog.CLIP_BACKBONES)
+CLIP_BACKBONES: NameRegistry[Callable[..., Any]] = NameRegistry("clip backbone", "CLIP_BACKBONES")
 #: OOD set loaders `fn(path, wnids) -> FileSplit`, by `--set ood=` name
-OOD_SETS: NameRegistry[Callable[..., Any]] = NameRegistry("OOD set")
+OOD_SETS: NameRegistry[Callable[..., Any]] = NameRegistry("OOD set", "OOD_SETS")
 
 
-def register_method(name: str) -> Callable[[type], type]:
+def register_method(name: str, help: str = "") -> Callable[[type], type]:
     """Register a method class under `name`, which is also its `name` attribute (what records and
-    tables show), so the two cannot drift apart."""
+    tables show), so the two cannot drift apart; `help` as in `NameRegistry.register`."""
 
     def deco(cls: type) -> type:
         cls.name = name
-        return METHODS.register(name)(cls)
+        return METHODS.register(name, help)(cls)
 
     return deco

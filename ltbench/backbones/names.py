@@ -1,7 +1,7 @@
 """One parser for backbone names; light (no torch, no timm), so configs and suites can be read
 and checked cheaply.
 
-    dinov2-s14                          a backbone registered by ltbench (ltbench/catalog.py)
+    dinov2-s14                          a backbone registered by ltbench (found by ltbench/catalog.py)
     clip:dinov2-minilm                  one of ltbench's assembled open_clip backbones
     clip:ViT-B-32/openai                an open_clip model with its pretrained tag
     vit_base_patch16_224.augreg_in21k   a timm architecture with its pretrained tag (timm's own
@@ -23,7 +23,7 @@ class BackboneName:
     @property
     def assembled(self) -> bool:
         """An ltbench-assembled clip: backbone (clip:dinov2-minilm …) rather than an open_clip model."""
-        return self.kind == "clip" and self.model in catalog.CLIP_BACKBONES
+        return self.kind == "clip" and self.model in catalog.table("CLIP_BACKBONES")
 
 
 def parse_backbone_name(name: str) -> BackboneName:
@@ -31,7 +31,7 @@ def parse_backbone_name(name: str) -> BackboneName:
     if name.startswith("clip:"):
         model, _, tag = name[len("clip:"):].partition("/")
         return BackboneName("clip", model, tag or None)
-    if name in catalog.BACKBONES:
+    if name in catalog.table("BACKBONES"):
         return BackboneName("ltbench", name)
     arch, _, tag = name.partition(".")
     return BackboneName("timm", arch, tag or None)
