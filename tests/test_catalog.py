@@ -56,11 +56,14 @@ def test_a_registration_the_scan_cannot_see_fails_at_import():
     from ltbench.plugins import METHODS
 
     with pytest.raises(ValueError, match=r"method 'not-listed' .* not found by ltbench/catalog\.py's scan"):
-        METHODS.register("not-listed")(type("NotListed", (), {}))
+        METHODS.register("not-listed")(type("NotListed", (), {"__module__": "ltbench.methods.nowhere"}))
     assert "not-listed" not in METHODS
     losses = plugins.NameRegistry("loss", "LOSSES")  # a fresh one: ltbench.losses may hold "ce" already
     with pytest.raises(ValueError, match=r"loss 'ce' \(module [\w.]+\) is not found"):
-        losses.register("ce")(type("Elsewhere", (), {}))  # a listed name, but from another module
+        losses.register("ce")(type("Elsewhere", (), {"__module__": "ltbench.fusion.scorers"}))  # a listed name, elsewhere
+    # a third-party plug-in (a module outside the package) registers without the scan
+    losses.register("their-loss", help="theirs")(type("Theirs", (), {"__module__": "their_package.losses"}))
+    assert losses.help("their-loss") == "theirs"
     losses.register("ce")(type("Ce", (), {"__module__": "ltbench.losses"}))  # where the scan saw it: fine
     assert losses.help("ce") == ""
 
