@@ -232,9 +232,17 @@ class _Checks:
         return (self.n - self.done) * per_check.get(self.meter.budget.unit, 0.0)
 
     def due(self, progress: float) -> None:
-        while self.done < self.n and progress >= (self.done + 1) / self.n - 1e-9:
-            self.done += 1
+        """Run the checks the schedule has passed. Several due at once (a step that crossed more than
+        one k / val_checks, as in a phase of one or two steps) see the same weights: one evaluation
+        serves them all, and its score is recorded for each."""
+        k = 0
+        while self.done + k < self.n and progress >= (self.done + k + 1) / self.n - 1e-9:
+            k += 1
+        if k:
+            self.done += k
+            before = len(self.scores)
             self.phase.on_val(self._score)
+            self.scores.extend(self.scores[before:] * (k - 1))
 
     def _score(self) -> float:
         value = self.trainer.val_score(self.meter)

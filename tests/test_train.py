@@ -130,3 +130,24 @@ def test_speed_switches_are_checked_before_any_work(key, value, expected):
 
     with pytest.raises(ConfigError, match=__import__("re").escape(expected)):
         tiny_run("vpt-deep", "3steps", **{key: value})
+
+
+def test_checks_due_at_once_share_one_evaluation():
+    """A step that passes several of a phase's val checks (a 1-step branch of LT-Soups passes all
+    of them) evaluates once: the weights are the same for each, so is the score, recorded for each."""
+    from types import SimpleNamespace
+
+    from ltbench.train import _Checks
+
+    evaluations, seen = [], []
+    trainer = SimpleNamespace(val_score=lambda meter: evaluations.append(len(evaluations)) or 0.1 * len(evaluations))
+    phase = SimpleNamespace(val_checks=4, on_val=lambda score: seen.append(score()))
+    checks = _Checks(trainer, phase, SimpleNamespace(budget=SimpleNamespace(unit="epochs")))
+    checks.due(0.2)
+    assert evaluations == [] and checks.done == 0
+    checks.due(0.6)  # passes 1/4 and 2/4
+    assert len(evaluations) == 1 and checks.done == 2 and checks.scores == [0.1, 0.1] and seen == [0.1]
+    checks.due(1.0)  # 3/4 and 4/4
+    assert len(evaluations) == 2 and checks.done == 4 and checks.scores == [0.1, 0.1, 0.2, 0.2]
+    checks.due(1.0)
+    assert len(evaluations) == 2  # nothing left to check
