@@ -82,7 +82,7 @@ class Spent:
             setattr(self, k, getattr(self, k) + v)
 
     def as_dict(self) -> dict:
-        """Plain dict for the expert's metrics.json."""
+        """Plain dict for the expert's metrics record."""
         return asdict(self)
 
 

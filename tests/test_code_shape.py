@@ -1,4 +1,6 @@
-"""Code shape: no function under ltbench/ longer than 80 lines (issue 13: each job its own function)."""
+"""Code shape (issue 13): no function under ltbench/ longer than 80 lines, the expert folder's layout
+known to the registry module alone, the shot-group thresholds written once."""
+import re
 import ast
 from pathlib import Path
 
@@ -25,3 +27,24 @@ def test_no_function_is_longer_than_80_lines():
     found = long_functions()
     assert {k: v for k, v in found.items() if k not in ALLOWED} == {}
     assert sorted(ALLOWED - set(found)) == [], "now short enough: remove it from ALLOWED"
+
+
+ROOT = Path(__file__).resolve().parent.parent / "ltbench"
+#: the expert folder's file names: only ltbench/registry.py may spell them
+LAYOUT = re.compile(r"delta\.safetensors|metrics\.json|meta\.json|\blogits/")
+
+
+def test_only_the_registry_knows_the_expert_folder_layout():
+    found = [f"{p.relative_to(ROOT.parent).as_posix()}:{i}" for p in sorted(ROOT.rglob("*.py"))
+             if p.name != "registry.py" or p.parent != ROOT
+             for i, line in enumerate(p.read_text().splitlines(), 1) if LAYOUT.search(line)]
+    assert found == []
+
+
+def test_the_shot_thresholds_are_written_once():
+    """100 and 20 as the many / few defaults appear in ltbench/metrics.py only; others import them."""
+    pattern = re.compile(r"\b(many|few)\w*\s*[:=]\s*[^=\n]*\b(100|20)\b|=\s*100\s*,\s*20\b|\(100,\s*20\)")
+    found = [f"{p.relative_to(ROOT.parent).as_posix()}:{i}" for p in sorted(ROOT.rglob("*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1)
+             if pattern.search(line) and not line.lstrip().startswith("#")]
+    assert found == ["ltbench/metrics.py:18"]
