@@ -215,21 +215,6 @@ def listing(command: str) -> list[tuple[str, str]]:
     return catalog.rows(command)
 
 
-def list_datasets() -> list[tuple[str, str]]:
-    """`ltbench datasets`: (name, description) of every registered dataset source."""
-    return listing("datasets")
-
-
-def list_backbones() -> list[tuple[str, str]]:
-    """`ltbench backbones`: registered backbones, CLIP models and the name forms accepted beyond them."""
-    return listing("backbones")
-
-
-def list_methods() -> list[tuple[str, str]]:
-    """`ltbench methods`: (name, description) of every registered method."""
-    return listing("methods")
-
-
 def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: bool = True,
           registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
           executor: str = "local", address: str | None = None):

@@ -74,11 +74,6 @@ def create_dataset(name: str, root: str | None = None, seed: int = 0, **options:
     return ds
 
 
-def list_datasets() -> list[tuple[str, str]]:
-    """(name, one-line help) for every registered source."""
-    return [(n, DATASETS.help(n)) for n in DATASETS]
-
-
 __all__ = [
     "DATASETS",
     "FEW",
@@ -96,7 +91,6 @@ __all__ = [
     "create_dataset",
     "dataset_options",
     "exponential_profile",
-    "list_datasets",
     "shot_groups",
     "take_per_class",
 ]
