@@ -81,19 +81,20 @@ def torchrun_command(run_file: str | Path, gpus: int) -> list[str]:
 
 # -- inside a task -------------------------------------------------------------------------------
 class _Reporter:
-    """Pushes a task's state to the board actor, at most a few times a second."""
+    """Pushes a task's state to the board actor, at most once a second: each call costs the
+    actor milliseconds of CPU, which on a small machine the training tasks are short of."""
 
-    def __init__(self, board, name: str, attempt: int):
-        self.board, self.name, self.attempt, self.last = board, name, attempt, 0.0
+    def __init__(self, board, key: str, name: str, attempt: int, every: float = 1.0):
+        self.board, self.key, self.name, self.attempt, self.every, self.last = board, key, name, attempt, every, 0.0
 
     def __call__(self, phase: str, fraction: float) -> None:
         now = time.monotonic()
-        if now - self.last > 0.3:
+        if now - self.last > self.every:
             self.last = now
-            self.board.update.remote(self.name, phase=phase, progress=float(fraction), attempts=self.attempt)
+            self.board.update.remote(self.key, self.name, phase=phase, progress=float(fraction), attempts=self.attempt)
 
 
-def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, attempt: int) -> dict[str, Any]:
+def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, key: str, attempt: int) -> dict[str, Any]:
     """The body of one Ray task (attempt 1, 2 …): train a run or fit a fusion, registering it."""
     import torch
 
@@ -101,7 +102,7 @@ def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, attempt:
 
     name, cpus = job["name"], job["resources"].get("cpus", 1)
     torch.set_num_threads(max(1, int(cpus)))
-    board.update.remote(name, state="running", node=socket.gethostname(), pid=os.getpid(), attempts=attempt)
+    board.update.remote(key, name, state="running", node=socket.gethostname(), pid=os.getpid(), attempts=attempt)
     registry = Registry(**registry_args)
     if name in registry:  # an earlier attempt committed just before its worker died
         return {"name": name, "state": "registered"}
@@ -117,7 +118,7 @@ def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, attempt:
         else:
             from .train import train_expert
 
-            train_expert(run, registry=registry, quiet=True, on_progress=_Reporter(board, name, attempt))
+            train_expert(run, registry=registry, quiet=True, on_progress=_Reporter(board, key, name, attempt))
     else:
         from .fusion import fuse_experts
 
@@ -144,18 +145,28 @@ def _make_board():
 
     @ray.remote(num_cpus=0)
     class Board:
-        """The tasks' reported states (node, pid, phase, progress), read by the driver's table."""
+        """The tasks' reported states (node, pid, phase, progress) by suite key and job, read by the
+        driver's table."""
 
         def __init__(self):
-            self.states: dict[str, dict[str, Any]] = {}
+            self.states: dict[str, dict[str, dict[str, Any]]] = {}
 
-        def update(self, name: str, **fields) -> None:
-            self.states.setdefault(name, {}).update(fields)
+        def update(self, key: str, name: str, **fields) -> None:
+            self.states.setdefault(key, {}).setdefault(name, {}).update(fields)
 
-        def snapshot(self) -> dict[str, dict[str, Any]]:
-            return self.states
+        def snapshot(self, key: str) -> dict[str, dict[str, Any]]:
+            return self.states.get(key, {})
+
+        def forget(self, key: str) -> None:
+            self.states.pop(key, None)
 
     return Board
+
+
+def board():
+    """This driver's board actor, started on first use and then shared by its suites: starting an
+    actor's process costs about a CPU-second, which on a busy small cluster its tasks would pay."""
+    return _make_board().options(name="ltbench-board", get_if_exists=True).remote()
 
 
 # -- warming a cluster's workers -----------------------------------------------------------------
@@ -201,7 +212,7 @@ def _warm(gate, timeout: float) -> int:
 
 def warm_workers(workers: int | None = None, timeout: float = 300.0) -> list[int]:
     """Start `workers` worker processes of the connected cluster (default: one per CPU) and have
-    each import what a task imports; their pids.
+    each import what a task imports, and start this driver's board actor; the workers' pids.
 
     A part of starting a cluster, for a driver that starts one ahead of its suites: Ray keeps a
     job's idle workers (up to one per CPU), so the suite's first tasks skip the imports (several
@@ -210,6 +221,7 @@ def warm_workers(workers: int | None = None, timeout: float = 300.0) -> list[int
     import ray
 
     n = workers or int(ray.cluster_resources().get("CPU", 1))
+    ray.get(board().snapshot.remote(""))  # its process up, before any suite's tasks need the CPUs
     gate = _make_gate().remote(n)
     try:
         warm = ray.remote(_warm).options(num_cpus=1, max_retries=0)
@@ -258,14 +270,15 @@ class _Driver:
                                          state="registered" if j.name in done else "waiting") for j in suite.jobs}
         self.pending: dict[Any, str] = {}
         self.args = registry.task_args()
-        self.board = _make_board().options(name=f"ltbench-board-{uuid.uuid4().hex[:8]}").remote()
+        self.board, self.key = board(), uuid.uuid4().hex
         self.task = ray.remote(_execute)
 
     def submit(self, name: str) -> None:
         res, s = self.jobs[name].resources, self.states[name]
         opts = {"num_cpus": res.get("cpus", 1), "num_gpus": res.get("gpus", 0), "max_retries": 0, "name": name}
         s.attempts += 1
-        ref = self.task.options(**opts).remote(_payload(self.jobs[name]), self.args, self.board, s.attempts)
+        ref = self.task.options(**opts).remote(_payload(self.jobs[name]), self.args, self.board, self.key,
+                                                 s.attempts)
         self.pending[ref] = name
         s.state = "queued" if s.attempts == 1 else "retrying"
 
@@ -284,7 +297,7 @@ class _Driver:
         """The tasks' reports (node, pid, phase, progress); only the current attempt's count."""
         import ray
 
-        for name, fields in ray.get(self.board.snapshot.remote()).items():
+        for name, fields in ray.get(self.board.snapshot.remote(self.key)).items():
             s = self.states[name]
             if s.state in ("queued", "retrying", "running") and fields.get("attempts") == s.attempts:
                 for k, v in fields.items():
@@ -336,13 +349,14 @@ def _drive(d: _Driver, quiet: bool, on_update: Callable[[dict[str, TaskState]], 
                 on_update(d.states)
             live.update(_table(d.suite, d.states))
     finally:
+        d.board.forget.remote(d.key)
         live.update(_table(d.suite, d.states))
         live.stop()
 
 
 def run_suite_ray(suite: "Suite", registry: "Registry", address: str | None = None,
                   console: Console | None = None, quiet: bool = False,
-                  on_update: Callable[[dict[str, TaskState]], None] | None = None, poll: float = 0.5) -> list[str]:
+                  on_update: Callable[[dict[str, TaskState]], None] | None = None, poll: float = 1.0) -> list[str]:
     """Run the suite's unregistered jobs as Ray tasks; the suite's expert names.
 
     Connects to `address` (auto, ray://HOST:PORT, HOST:PORT), to the cluster this process is
