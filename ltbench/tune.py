@@ -152,11 +152,17 @@ def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> 
 
 
 def trial_run(run: dict[str, Any], params: dict[str, Any], share: float) -> dict[str, Any]:
-    """The run config of one trial: the chosen values and its share of the budget."""
+    """The run config of one trial: the chosen values and its share of the budget.
+
+    Without the learning curve's validation pass at each epoch end (`val_each_epoch`, an
+    operational key): a trial is never registered, so nobody reads its history, and those passes
+    are not charged to its budget (a multi-phase trial, e.g. LT-Soups' 15, ran one per phase).
+    """
     from .budget import parse_budget
 
     budget = parse_budget(run["budget"]).scaled(share)
-    return {**run, "budget": str(budget), "method_config": {**run["method_config"], **params}}
+    return {**run, "budget": str(budget), "method_config": {**run["method_config"], **params},
+            "val_each_epoch": False}
 
 
 def run_trial(run: dict[str, Any], registry: Registry, trial=None) -> tuple[float, dict[str, float]]:

@@ -127,6 +127,23 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path, lr_space):
     assert record["compute"]["seconds"] == pytest.approx(sum(t["spent"]["seconds"] for t in record["trials"]))
 
 
+def test_a_trial_runs_no_learning_curve_pass_the_final_run_does(tmp_path, lr_space, monkeypatch):
+    """The history's per-epoch validation pass is not charged to the budget, so a trial (never
+    registered, its history unread) must not run it; the final run keeps its curve."""
+    calls = {"n": 0}
+    real = ltbench.train.Trainer._val_accuracy
+
+    def counted(self, *a, **kw):
+        calls["n"] += 1
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(ltbench.train.Trainer, "_val_accuracy", counted)
+    tune(sgd_probe(), TuneSpec(trials=2, share=0.5, pruner="none"), Registry(tmp_path / "a"))
+    assert calls["n"] == 0
+    ltbench.train.train_expert(sgd_probe(budget="2epochs"), registry=Registry(tmp_path / "b"), quiet=True)
+    assert calls["n"] == 2  # one point per epoch of the registered run
+
+
 def test_trials_run_in_parallel_processes_sharing_the_study(tmp_path, lr_space):
     reg = Registry(tmp_path)
     best, record = tune(sgd_probe(), TuneSpec(trials=4, share=0.5, jobs=2, pruner="none"), reg)
