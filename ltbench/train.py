@@ -297,8 +297,9 @@ class Trainer:
                  on_epoch_end: Callable[[int, Spent], None] | None = None):
         self.method, self.data, self.run, self.device = method, data, run, device
         self.on_progress = on_progress  # (phase name, fraction of its budget spent): the Ray executor's live table
-        #: called after every epoch with (epochs done over all phases, compute spent so far): tuning's
-        #: pruner reports validation accuracy here (and may stop the run by raising)
+        #: called each time the run completes a whole epoch of its budget, summed over its phases (an
+        #: LT-Soups branch's fraction of an epoch is not one), with (epochs done, compute spent so far):
+        #: tuning's pruner reports validation accuracy here (and may stop the run by raising)
         self.on_epoch_end = on_epoch_end
         self._epochs_done = 0
         self.cfg = method.cfg
@@ -540,11 +541,13 @@ class Trainer:
         self._save_checkpoint(run, result)
         run.epoch += 1
         if self.on_epoch_end is not None:
-            self._epochs_done += 1
             so_far = Spent(**result.spent.as_dict())
             so_far.add(run.meter.spent)
-            self.on_epoch_end(self._epochs_done, so_far)
-            train_mode(self.method)  # the callback may have evaluated
+            whole = int(so_far.epochs + 1e-6)  # epochs of the run's budget, whatever its phases
+            if whole > self._epochs_done:
+                self._epochs_done = whole
+                self.on_epoch_end(whole, so_far)
+                train_mode(self.method)  # the callback may have evaluated
 
     def _close_phase(self, run: "_PhaseRun", loss_name: str, train_images: int) -> dict:
         """The last check, the phase's end hook, and its log entry."""

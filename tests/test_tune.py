@@ -5,9 +5,11 @@ under a second). A test that needs a particular space declares it on the method'
 as a method does (SEARCH_SPACE), rather than replacing any part of the study.
 """
 import json
+import math
 
 import numpy as np
 import optuna
+import torch
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -142,6 +144,26 @@ def test_a_trial_runs_no_learning_curve_pass_the_final_run_does(tmp_path, lr_spa
     assert calls["n"] == 0
     ltbench.train.train_expert(sgd_probe(budget="2epochs"), registry=Registry(tmp_path / "b"), quiet=True)
     assert calls["n"] == 2  # one point per epoch of the registered run
+
+
+def test_the_pruner_hears_once_per_epoch_of_the_budget_however_many_phases():
+    """LT-Soups trains 7 short phases (3 caps x 2 branches, then the head): its pruner reports come
+    at each whole epoch of the phases' summed epochs, not at each phase's epoch end (each a val pass)."""
+    from ltbench.budget import parse_budget
+    from ltbench.train import Trainer, build_all
+
+    run = {**resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "2epochs"},
+                            {**TINY_DATA, "factors": [0, 1, 2], "val_checks": 0}), "name": "soup"}
+    data, method = build_all(run, tuning=True)
+    heard = []
+    trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True,
+                      on_epoch_end=lambda epochs, spent: heard.append((epochs, spent.epochs)))
+    result = trainer.fit(parse_budget(run["budget"]))
+    assert len(result.phases) == 7
+    ends = sum(math.ceil(p["spent"]["epochs"] - 1e-9) for p in result.phases)  # the phases' epoch ends
+    total = sum(p["spent"]["epochs"] for p in result.phases)  # > 2 where a tiny phase's one step is a whole epoch
+    assert [e for e, _ in heard] == list(range(1, int(total + 1e-6) + 1)) and len(heard) < ends
+    assert all(e <= s < e + 1 for e, s in heard)  # reported as that epoch completes
 
 
 def test_trials_run_in_parallel_processes_sharing_the_study(tmp_path, lr_space):
