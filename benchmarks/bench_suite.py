@@ -3,16 +3,18 @@
 Side by side in one run:
 
 1. A tiny suite of eight runs (vit-tiny-test on a small fashion-mnist-lt, one torch thread per
-   task) three times: `--executor local`, Ray with one worker, Ray with two workers; that triple
-   `--repeat` times (interleaved, so a load change hits all three alike), and the ratios are taken
-   within each triple and summarised by their median and range. Targets (on the medians):
+   task) three times: `--executor local`, Ray with one worker, Ray with two workers; that round
+   `--repeat` times (interleaved, so a load change hits all of them alike), and the ratios are taken
+   within each round and summarised by their median and range. Targets (on the medians):
    wall(Ray, 1) / wall(local) ≤ 1.10 and wall(Ray, 2) / wall(Ray, 1) ≤ 0.60 (ideal 0.5 on
    2 cores). A Ray wall counts neither the cluster's start nor the warm-up of its workers
    (`executors.warm_workers`: one process per CPU, each importing torch, timm and ltbench's
    trainer, as the local executor's process has before its suite starts); both are printed
    apart (a cluster is up before a suite is sent to it). `--cold` leaves the workers cold: the
-   first task of each then pays those imports inside the wall. The three registries must hold
-   the same metrics.
+   first task of each then pays those imports inside the wall. Beside them, no Ray: the suite
+   split over two plain processes (every other run each, imports done before the clock starts),
+   whose ratio to local is what this machine itself gives two processes. The four registries
+   must hold the same metrics.
 2. 1,000 registrations of small experts from 4 concurrent writer processes, into a SQLite
    index and into a PostgreSQL server started here (Debian's package, as the tests do);
    every expert must be there exactly once.
@@ -68,6 +70,39 @@ def metrics(reg) -> str:
     return json.dumps({n: reg.get(n).metrics for n in reg.names()}, sort_keys=True)
 
 
+def _half(steps: int, part: int, home: str, barrier, results) -> None:
+    """Every other run of the suite, with the local executor, in a process of its own (imports done
+    before the barrier, as a warm worker's are)."""
+    import torch
+
+    from ltbench.bench import parse_suite, run_suite
+    from ltbench.registry import Registry
+
+    torch.set_num_threads(1)
+    data = suite(steps)
+    data["runs"] = data["runs"][part::2]
+    parsed = parse_suite(data, "bench.yaml")
+    reg = Registry(home)
+    barrier.wait()
+    run_suite(parsed, registry=reg, quiet=True)
+    results.put(json.loads(metrics(reg)))
+
+
+def time_halves(steps: int, tmp: Path) -> tuple[float, float, str]:
+    """The machine's own two-process scaling, no Ray: the suite split over two plain processes;
+    (wall, CPU steal, the metrics of both halves)."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_half, args=(steps, part, str(tmp / f"half{part}"), barrier, results)) for part in (0, 1)]
+    [p.start() for p in procs]
+    barrier.wait()
+    c0, t0 = cpu_times(), time.perf_counter()
+    got = [results.get(), results.get()]
+    wall = time.perf_counter() - t0
+    [p.join() for p in procs]
+    return wall, steal(c0, cpu_times()), json.dumps({**got[0], **got[1]}, sort_keys=True)
+
+
 def time_executors(steps: int, cold: bool = False) -> dict:
     import ray
     import torch
@@ -84,9 +119,10 @@ def time_executors(steps: int, cold: bool = False) -> dict:
         run_suite(parse_suite(suite(steps), "bench.yaml"), registry=reg, quiet=True)
         out["local"], out["local_steal"] = time.perf_counter() - t0, steal(c0, cpu_times())
         seen["local"] = metrics(reg)
+        out["halves"], out["halves_steal"], seen["halves"] = time_halves(steps, Path(tmp))
         for workers in (1, 2):
             t0 = time.perf_counter()
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
             out[f"ray{workers}_start"] = time.perf_counter() - t0
             try:
                 t0 = time.perf_counter()
@@ -142,7 +178,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200,
                     help="budget of each of the eight runs (long enough that training, not start-up, dominates)")
-    ap.add_argument("--repeat", type=int, default=3, help="how many (local, Ray 1, Ray 2) triples to time")
+    ap.add_argument("--repeat", type=int, default=3, help="how many rounds (local, 2 plain processes, Ray 1, Ray 2) to time")
     ap.add_argument("--registrations", type=int, default=1000)
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--skip-executors", action="store_true")
@@ -163,20 +199,24 @@ def main() -> None:
             rows.append(t)
             warm = ", ".join("cold" if args.cold else f"{len(t[f'ray{w}_pids'])} worker(s) warmed in {t[f'ray{w}_warm']:.1f} s"
                              for w in (1, 2))
-            print(f"  [{rep + 1}/{args.repeat}] local {t['local']:6.1f} s  Ray 1 {t['ray1']:6.1f} s  Ray 2 {t['ray2']:6.1f} s"
-                  f"  (CPU steal {100 * t['local_steal']:.0f} / {100 * t['ray1_steal']:.0f} / {100 * t['ray2_steal']:.0f} %)"
-                  f"  -> {t['ray1'] / t['local']:.2f}, {t['ray2'] / t['ray1']:.2f}  (not counted: cluster start"
-                  f" {t['ray1_start']:.1f} / {t['ray2_start']:.1f} s; {warm}); same metrics: {t['same_metrics']}"
-                  f"  load {os.getloadavg()[0]:.2f}", flush=True)
-        print(f"suite of 8 runs, {args.steps} steps each, one torch thread per task; {args.repeat} interleaved triples")
-        for key, label in (("local", "local"), ("ray1", "Ray, 1 worker"), ("ray2", "Ray, 2 workers")):
+            stolen = " / ".join(f"{100 * t[k + '_steal']:.0f}" for k in ("local", "halves", "ray1", "ray2"))
+            print(f"  [{rep + 1}/{args.repeat}] local {t['local']:5.1f} s, 2 plain processes {t['halves']:5.1f} s,"
+                  f" Ray 1 {t['ray1']:5.1f} s, Ray 2 {t['ray2']:5.1f} s (CPU steal"
+                  f" {stolen} %)"
+                  f" -> {t['ray1'] / t['local']:.2f}, {t['ray2'] / t['ray1']:.2f}; same metrics: {t['same_metrics']};"
+                  f" not counted: cluster start {t['ray1_start']:.1f} / {t['ray2_start']:.1f} s, {warm};"
+                  f" load {os.getloadavg()[0]:.2f}", flush=True)
+        print(f"suite of 8 runs, {args.steps} steps each, one torch thread per task; {args.repeat} interleaved rounds")
+        for key, label in (("local", "local"), ("halves", "2 plain procs"), ("ray1", "Ray, 1 worker"),
+                           ("ray2", "Ray, 2 workers")):
             print(f"  {label:<15} median {statistics.median(r[key] for r in rows):7.1f} s")
-        for (a, b), label, target in ((("ray1", "local"), "wall(Ray, 1) / wall(local) ", "<= 1.10"),
-                                      (("ray2", "ray1"), "wall(Ray, 2) / wall(Ray, 1)", "<= 0.60 (ideal 0.50)")):
+        for (a, b), label, target in ((("ray1", "local"), "wall(Ray, 1) / wall(local)          ", "<= 1.10"),
+                                      (("ray2", "ray1"), "wall(Ray, 2) / wall(Ray, 1)         ", "<= 0.60 (ideal 0.50)"),
+                                      (("halves", "local"), "no Ray: wall(2 processes) / wall(local)", "(the machine's own)")):
             ratios = [r[a] / r[b] for r in rows]
             print(f"  {label} = median {statistics.median(ratios):.2f}"
                   f" (range {min(ratios):.2f}-{max(ratios):.2f})   target {target}")
-        print(f"  same metrics in all three registries, every triple: {all(r['same_metrics'] for r in rows)}")
+        print(f"  same metrics in all four registries, every round: {all(r['same_metrics'] for r in rows)}")
 
     from conftest import postgres  # the tests' PostgreSQL server: Debian's package, temporary folder
 
