@@ -4,13 +4,14 @@
 the method's declared search space (`SEARCH_SPACE` beside its config: learning rate,
 weight decay, batch size where it matters), each trained on `share` of the run's budget
 and scored by per-class-averaged validation accuracy. Trial 0 is the method's own values
-(its paper defaults, or the user's `--set`) wherever they lie in the space, so the tuned run
-is never chosen over something worse on validation than no tuning at all; the others are
-drawn by TPE, seeded with the run's seed; a median pruner stops a trial whose validation accuracy at the
-end of an epoch of the run's budget (summed over a method's phases) falls below the median of
-earlier trials there. The final run trains on the
-whole budget with the best values and records the study (every trial, its state, values
-and compute; the best values; the total tuning compute) in its provenance.
+(its paper defaults, or the user's `--set`) wherever they lie in the space, so other values
+are chosen only where they beat those on validation at the trial's share of the budget (which
+a full-budget run need not repeat: short trials favour fast starters); the others are drawn
+by TPE, seeded with the run's seed; a median pruner stops a trial whose validation accuracy
+at the end of an epoch of the run's budget (summed over a method's phases) falls below the
+median of earlier trials there. The final run trains on the whole budget with the best values
+and records the study (every trial, its state, values and compute; the best values; the total
+tuning compute) in its provenance.
 
 Trials never see the test split or the OOD sets (they are dropped before the data is
 validated). The study lives in the registry's storage (`storage_url`), so a killed tuning
