@@ -7,14 +7,16 @@ Side by side in one run:
    `--repeat` times (interleaved, so a load change hits all of them alike), and the ratios are taken
    within each round and summarised by their median and range. Targets (on the medians):
    wall(Ray, 1) / wall(local) ≤ 1.10 and wall(Ray, 2) / wall(Ray, 1) ≤ 0.60 (ideal 0.5 on
-   2 cores). A Ray wall counts neither the cluster's start nor the warm-up of its workers
-   (`executors.warm_workers`: one process per CPU, each importing torch, timm and ltbench's
-   trainer, as the local executor's process has before its suite starts); both are printed
-   apart (a cluster is up before a suite is sent to it). `--cold` leaves the workers cold: the
-   first task of each then pays those imports inside the wall. Beside them, no Ray: the suite
-   split over two plain processes (every other run each, imports done before the clock starts),
-   whose ratio to local is what this machine itself gives two processes. The four registries
-   must hold the same metrics.
+   2 cores). Every executor starts from the same state: processes that have imported torch,
+   timm and ltbench's trainer and nothing else. The local executor runs in a fresh process each
+   round (started, and its imports done, before the clock), so its first run reads the data
+   and warms torch as a fresh Ray worker's first task does; a Ray wall counts neither the
+   cluster's start nor the warm-up of its workers (`executors.warm_workers`: one process per
+   CPU, each importing what a task imports); both are printed apart (a cluster is up before a
+   suite is sent to it). `--cold` leaves the workers cold: the first task of each then pays
+   those imports inside the wall. Beside them, no Ray: the suite split over two plain
+   processes (every other run each, started the same way), whose ratio to local is what this
+   machine itself gives two processes. The four registries must hold the same metrics.
 2. 1,000 registrations of small experts from 4 concurrent writer processes, into a SQLite
    index and into a PostgreSQL server started here (Debian's package, as the tests do);
    every expert must be there exactly once.
@@ -70,9 +72,10 @@ def metrics(reg) -> str:
     return json.dumps({n: reg.get(n).metrics for n in reg.names()}, sort_keys=True)
 
 
-def _half(steps: int, part: int, home: str, barrier, results) -> None:
-    """Every other run of the suite, with the local executor, in a process of its own (imports done
-    before the barrier, as a warm worker's are)."""
+def _share(steps: int, part: int, parts: int, home: str, barrier, results) -> None:
+    """Every `parts`-th run of the suite from `part` on, with the local executor, in a fresh
+    process whose imports are done before the barrier (as a warm Ray worker's are) and nothing
+    else: its first run reads the data and builds what a first run builds, as a worker's does."""
     import torch
 
     from ltbench.bench import parse_suite, run_suite
@@ -80,7 +83,7 @@ def _half(steps: int, part: int, home: str, barrier, results) -> None:
 
     torch.set_num_threads(1)
     data = suite(steps)
-    data["runs"] = data["runs"][part::2]
+    data["runs"] = data["runs"][part::parts]
     parsed = parse_suite(data, "bench.yaml")
     reg = Registry(home)
     barrier.wait()
@@ -88,38 +91,35 @@ def _half(steps: int, part: int, home: str, barrier, results) -> None:
     results.put(json.loads(metrics(reg)))
 
 
-def time_halves(steps: int, tmp: Path) -> tuple[float, float, str]:
-    """The machine's own two-process scaling, no Ray: the suite split over two plain processes;
-    (wall, CPU steal, the metrics of both halves)."""
+def time_processes(steps: int, parts: int, tmp: Path) -> tuple[float, float, str]:
+    """The suite over `parts` plain processes, no Ray (1: `--executor local`; 2: what this
+    machine itself gives two processes); (wall, CPU steal, the metrics of all parts)."""
     ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(3), ctx.Queue()
-    procs = [ctx.Process(target=_half, args=(steps, part, str(tmp / f"half{part}"), barrier, results)) for part in (0, 1)]
+    barrier, results = ctx.Barrier(parts + 1), ctx.Queue()
+    procs = [ctx.Process(target=_share, args=(steps, part, parts, str(tmp / f"plain{parts}-{part}"), barrier, results))
+             for part in range(parts)]
     [p.start() for p in procs]
     barrier.wait()
     c0, t0 = cpu_times(), time.perf_counter()
-    got = [results.get(), results.get()]
+    got = [results.get() for _ in procs]
     wall = time.perf_counter() - t0
     [p.join() for p in procs]
-    return wall, steal(c0, cpu_times()), json.dumps({**got[0], **got[1]}, sort_keys=True)
+    return wall, steal(c0, cpu_times()), json.dumps({k: v for part in got for k, v in part.items()}, sort_keys=True)
 
 
 def time_executors(steps: int, cold: bool = False) -> dict:
     import ray
     import torch
 
-    from ltbench.bench import parse_suite, run_suite
+    from ltbench.bench import parse_suite
     from ltbench.executors import run_suite_ray, warm_workers
     from ltbench.registry import Registry
 
     torch.set_num_threads(1)
     out, seen = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        reg = Registry(Path(tmp) / "local")
-        c0, t0 = cpu_times(), time.perf_counter()
-        run_suite(parse_suite(suite(steps), "bench.yaml"), registry=reg, quiet=True)
-        out["local"], out["local_steal"] = time.perf_counter() - t0, steal(c0, cpu_times())
-        seen["local"] = metrics(reg)
-        out["halves"], out["halves_steal"], seen["halves"] = time_halves(steps, Path(tmp))
+        out["local"], out["local_steal"], seen["local"] = time_processes(steps, 1, Path(tmp))
+        out["halves"], out["halves_steal"], seen["halves"] = time_processes(steps, 2, Path(tmp))
         for workers in (1, 2):
             t0 = time.perf_counter()
             ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
