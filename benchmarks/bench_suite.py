@@ -15,8 +15,9 @@ Side by side in one run:
    CPU, each importing what a task imports); both are printed apart (a cluster is up before a
    suite is sent to it). `--cold` leaves the workers cold: the first task of each then pays
    those imports inside the wall. Beside them, no Ray: the suite split over two plain
-   processes (every other run each, started the same way), whose ratio to local is what this
-   machine itself gives two processes. The four registries must hold the same metrics.
+   processes (every other (VPT, probe) pair each, started the same way), whose ratio to local
+   is what this machine itself gives two processes. The four registries must hold the same
+   metrics.
 2. 1,000 registrations of small experts from 4 concurrent writer processes, into a SQLite
    index and into a PostgreSQL server started here (Debian's package, as the tests do);
    every expert must be there exactly once.
@@ -73,9 +74,11 @@ def metrics(reg) -> str:
 
 
 def _share(steps: int, part: int, parts: int, home: str, barrier, results) -> None:
-    """Every `parts`-th run of the suite from `part` on, with the local executor, in a fresh
-    process whose imports are done before the barrier (as a warm Ray worker's are) and nothing
-    else: its first run reads the data and builds what a first run builds, as a worker's does."""
+    """This part's share of the suite, with the local executor, in a fresh process whose imports
+    are done before the barrier (as a warm Ray worker's are) and nothing else: its first run
+    reads the data and builds what a first run builds, as a worker's does. The suite's runs come
+    in (vpt-deep, linear-probe) pairs and a part takes whole pairs: the probe's L-BFGS costs the
+    same at any step count, so every other run would give one part all the VPT runs."""
     import torch
 
     from ltbench.bench import parse_suite, run_suite
@@ -83,7 +86,7 @@ def _share(steps: int, part: int, parts: int, home: str, barrier, results) -> No
 
     torch.set_num_threads(1)
     data = suite(steps)
-    data["runs"] = data["runs"][part::parts]
+    data["runs"] = [r for i, r in enumerate(data["runs"]) if (i // 2) % parts == part]
     parsed = parse_suite(data, "bench.yaml")
     reg = Registry(home)
     barrier.wait()
