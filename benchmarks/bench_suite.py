@@ -3,9 +3,9 @@
 Side by side in one run:
 
 1. A tiny suite of eight runs (vit-tiny-test on a small fashion-mnist-lt, one torch thread per
-   task) three times: `--executor local`, Ray with one worker, Ray with two workers; that round
-   `--repeat` times (interleaved, so a load change hits all of them alike), and the ratios are taken
-   within each round and summarised by their median and range. Targets (on the medians):
+   task) four ways: `--executor local`, two plain processes, Ray with one worker, Ray with two
+   workers; that round `--repeat` times (interleaved, so a load change hits all of them alike),
+   and the ratios are taken within each round and summarised by their median and range. Targets (on the medians):
    wall(Ray, 1) / wall(local) ≤ 1.10 and wall(Ray, 2) / wall(Ray, 1) ≤ 0.60 (ideal 0.5 on
    2 cores). Every executor starts from the same state: processes that have imported torch,
    timm and ltbench's trainer and nothing else. The local executor runs in a fresh process each
@@ -23,7 +23,7 @@ Side by side in one run:
    every expert must be there exactly once.
 
     .venv/bin/python benchmarks/bench_suite.py [--steps 200] [--repeat 3] [--registrations 1000] [--writers 4] [--cold]
-    .venv/bin/python benchmarks/bench_suite.py --quick   # no Ray; 20 registrations from 2 writers: a smoke run
+    .venv/bin/python benchmarks/bench_suite.py --quick   # no Ray: local and 2 plain processes on 3-step runs; 20 registrations from 2 writers
 
 On a shared machine the ratios are noisy: the script prints the load average before and after,
 and the CPU steal of each timed suite (/proc/stat: time the hypervisor gave other guests; on
@@ -187,7 +187,7 @@ def main() -> None:
     ap.add_argument("--skip-executors", action="store_true")
     ap.add_argument("--cold", action="store_true", help="no worker warm-up: the first task of each worker imports torch")
     ap.add_argument("--quick", action="store_true",
-                    help="skip the executors (three suites and two Ray clusters) and register 20 experts from 2 writers")
+                    help="no Ray: time local and 2 plain processes on 3-step runs, register 20 experts from 2 writers")
     args = ap.parse_args()
     if args.quick:
         args.skip_executors, args.registrations, args.writers = True, 20, 2
@@ -195,6 +195,11 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     print(f"load before: {os.getloadavg()}")
 
+    if args.quick:  # the no-Ray half of the executors' part, smoke-sized
+        with tempfile.TemporaryDirectory() as tmp:
+            one, _, seen1 = time_processes(3, 1, Path(tmp))
+            two, _, seen2 = time_processes(3, 2, Path(tmp))
+        print(f"  no Ray, 3-step runs: local {one:.1f} s, 2 plain processes {two:.1f} s; same metrics: {seen1 == seen2}")
     if not args.skip_executors:
         rows = []
         for rep in range(args.repeat):
@@ -213,11 +218,11 @@ def main() -> None:
         for key, label in (("local", "local"), ("halves", "2 plain procs"), ("ray1", "Ray, 1 worker"),
                            ("ray2", "Ray, 2 workers")):
             print(f"  {label:<15} median {statistics.median(r[key] for r in rows):7.1f} s")
-        for (a, b), label, target in ((("ray1", "local"), "wall(Ray, 1) / wall(local)          ", "<= 1.10"),
-                                      (("ray2", "ray1"), "wall(Ray, 2) / wall(Ray, 1)         ", "<= 0.60 (ideal 0.50)"),
+        for (a, b), label, target in ((("ray1", "local"), "wall(Ray, 1) / wall(local)", "<= 1.10"),
+                                      (("ray2", "ray1"), "wall(Ray, 2) / wall(Ray, 1)", "<= 0.60 (ideal 0.50)"),
                                       (("halves", "local"), "no Ray: wall(2 processes) / wall(local)", "(the machine's own)")):
             ratios = [r[a] / r[b] for r in rows]
-            print(f"  {label} = median {statistics.median(ratios):.2f}"
+            print(f"  {label:<39} = median {statistics.median(ratios):.2f}"
                   f" (range {min(ratios):.2f}-{max(ratios):.2f})   target {target}")
         print(f"  same metrics in all four registries, every round: {all(r['same_metrics'] for r in rows)}")
 
