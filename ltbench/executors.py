@@ -163,10 +163,21 @@ def _make_board():
     return Board
 
 
+#: The board handle per (driver node, job): a named actor that is not detached dies with its last
+#: handle, so without this one a board started by `warm_workers` would be gone by the suite.
+_BOARDS: dict[tuple[str, str], Any] = {}
+
+
 def board():
     """This driver's board actor, started on first use and then shared by its suites: starting an
     actor's process costs about a CPU-second, which on a busy small cluster its tasks would pay."""
-    return _make_board().options(name="ltbench-board", get_if_exists=True).remote()
+    import ray
+
+    ctx = ray.get_runtime_context()
+    key = (ctx.get_node_id(), ctx.get_job_id())  # a new cluster, a new node id: never a dead actor
+    if key not in _BOARDS:
+        _BOARDS[key] = _make_board().options(name="ltbench-board", get_if_exists=True).remote()
+    return _BOARDS[key]
 
 
 # -- warming a cluster's workers -----------------------------------------------------------------

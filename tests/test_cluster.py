@@ -15,7 +15,7 @@ import yaml
 from conftest import TINY_DATA
 from ltbench.bench import SuiteError, load_suite, parse_suite, run_suite
 from ltbench.errors import ConfigError, TrainingError
-from ltbench.executors import check_executor, torchrun_command
+from ltbench.executors import check_executor, run_suite_ray, torchrun_command
 from ltbench.registry import Registry
 
 FOUR = {
@@ -161,6 +161,29 @@ def test_warm_workers_start_one_process_per_cpu_and_never_hang(ray_cluster):
 
     assert len(warm_workers()) == 2  # the two nodes' CPUs: two distinct processes, each past its imports
     assert len(warm_workers(3, timeout=2)) >= 2  # more than the cluster's CPUs: the gate gives up after 2 s
+
+
+def test_the_board_started_at_warm_up_is_the_one_a_suite_reports_to(ray_cluster, tmp_path):
+    """Its start costs a CPU-second, which `warm_workers` pays outside the suite: the actor must
+    outlive the handle warm-up used (a named actor that is not detached dies with its last one)."""
+    import gc
+
+    import ray
+
+    from ltbench.executors import board, warm_workers
+
+    def pid():
+        return ray.get(board().__ray_call__.remote(lambda self: os.getpid()))
+
+    warm_workers(1)
+    gc.collect()
+    time.sleep(1.0)  # Ray reclaims an actor without handles asynchronously
+    before = pid()
+    gc.collect()
+    time.sleep(1.0)
+    reg = Registry(tmp_path / "h")
+    run_suite_ray(parse_suite({**FOUR, "runs": FOUR["runs"][:1], "fusions": []}, "one.yaml"), reg, quiet=True)
+    assert pid() == before
 
 
 def test_suite_resources_and_retries_are_validated(tmp_path):
