@@ -74,8 +74,6 @@ def test_ray_suite_registers_each_expert_once_in_postgresql_with_the_sequential_
             if s.node:
                 seen.setdefault(s.name, set()).add(s.pid)
 
-    from ltbench.executors import run_suite_ray
-
     run_suite_ray(parse_suite(FOUR, "four.yaml"), reg, quiet=True, on_update=watch)
     got = _summary(reg)
     assert sorted(got) == sorted(sequential) == sorted(parse_suite(FOUR, "four.yaml").names)
@@ -101,8 +99,6 @@ def test_a_worker_killed_mid_run_is_retried_and_nothing_is_half_registered(ray_c
                 os.kill(s.pid, signal.SIGKILL)  # a real worker process of the cluster dies
                 killed.append((s.name, s.pid))
 
-    from ltbench.executors import run_suite_ray
-
     run_suite_ray(suite, reg, quiet=True, on_update=kill_one_mid_run, poll=0.05)
     assert killed, "no run was seen mid-way: nothing was killed"
     assert reg.names() == sorted(suite.names) and _leftovers(reg) == []
@@ -119,8 +115,6 @@ def test_failed_run_is_reported_retried_and_the_others_finish(ray_cluster, tmp_p
     dependent = next(j for j in suite.jobs if j.label == "lp-again")
     reg = Registry(tmp_path / "runs")
     final = {}
-
-    from ltbench.executors import run_suite_ray
 
     with pytest.raises(TrainingError, match=r"1 of 4 jobs did not finish: bad-vpt-shallow-s0: failed .*no-such-expert"):
         run_suite_ray(suite, reg, quiet=True, on_update=lambda states: final.update(states))
@@ -149,7 +143,6 @@ def test_sigkilled_suite_resumes_to_the_uninterrupted_set(ray_cluster, sequentia
         driver.wait()
     partial = Registry(home, url=postgres_url).names()
     assert 0 < len(partial) < len(sequential)
-    from ltbench.executors import run_suite_ray
 
     reg = Registry(home, url=postgres_url)
     run_suite_ray(load_suite(path), reg, quiet=True)  # the resumed driver (this process: its workers are warm)
