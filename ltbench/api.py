@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str | Path | None = None,
           registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
           tune: dict[str, Any] | None = None):
-    """`ltbench train`; `tune` ({trials, share, jobs, …}) tunes the run first (ltbench/tune.py)."""
+    """`ltbench train`; `tune` ({budget, trials, share, jobs, …}) tunes the run first (ltbench/tune.py)."""
     from .config import load_config_file, parse_sets, resolve_config
     from .train import train_expert
     from .tune import parse_tune, tune_and_train

@@ -20,7 +20,7 @@ A suite is a YAML file (`ltbench bench SUITE.yaml`; `ltbench demo` runs the buil
         method: lpt++
         backbone: clip:dinov2-minilm
         init: lit                  # start from an earlier run of the suite (→ --set init=<its expert>)
-    tune: {trials: 8, share: 0.25} # optional: every run tuned the same way first (see ltbench/tune.py)
+    tune: {budget: 0.75}           # optional: every run tuned the same way first (see ltbench/tune.py)
     fusions:
       - label: moe                 # fused expert: <name>-<label>-s<seed>
         experts: [lpt, lpt++-vl]   # run labels
@@ -44,8 +44,8 @@ stopped); a registered run whose stored config disagrees with the suite is an er
 than a silently stale row. The trainer enforces the budget (a run stops before the step that
 would overrun it) and the report shows what each run spent.
 
-With `tune:`, every run of the suite gets the same tuning: N trials of its method's declared
-search space, each on `share` of the budget, selected on validation accuracy; the suite may
+With `tune:`, every run of the suite gets the same tuning: the same multiple of its budget spent
+on trials of its method's declared search space, selected on validation accuracy; the suite may
 not also set a key that is tuned (that would be a hand-picked override beside the search).
 """
 from __future__ import annotations

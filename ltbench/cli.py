@@ -132,16 +132,19 @@ def train(
     set_: List[str] = typer.Option([], "--set", help="key=value override of any run, method or dataset key"),
     config: Optional[Path] = typer.Option(None, help="YAML/JSON file of keys (flags and --set win)"),
     log: List[str] = typer.Option([], "--log", help="also log the learning curve to tensorboard | mlflow; repeatable"),
-    tune: Optional[int] = typer.Option(None, "--tune", help="first tune the method's search space: N trials on val"),
-    tune_share: float = typer.Option(0.25, help="--tune: each trial's share of the budget"),
-    tune_jobs: int = typer.Option(1, help="--tune: processes running trials at once (one shared study)"),
+    tune: Optional[int] = typer.Option(None, "--tune", help="first tune the method's search space: at most N trials on val"),
+    tune_budget: Optional[float] = typer.Option(None, help="first tune, spending this multiple of the run's budget"
+                                                            " (successive halving over many short trials)"),
+    tune_share: float = typer.Option(0.25, help="tuning: each trial's whole length, as a share of the budget"),
+    tune_jobs: int = typer.Option(1, help="tuning: processes running trials at once (one shared study)"),
     quiet: bool = typer.Option(False, help="no progress bar"),
 ) -> None:
     """Train an expert and register it (delta weights, cached logits, metrics, history, provenance)."""
     flags = dict(dataset=dataset, backbone=backbone, method=method, budget=budget, loss=loss, sampler=sampler,
                  seed=seed, name=name, weights=weights, root=root, resume=resume or None, ood=ood or None,
                  skip_bad_images=skip_bad_images or None, log=",".join(log) or None)
-    tuning = None if tune is None else {"trials": tune, "share": tune_share, "jobs": tune_jobs}
+    tuning = None if tune is None and tune_budget is None else \
+        {"trials": tune, "budget": tune_budget, "share": tune_share, "jobs": tune_jobs}
     expert = api.train(flags, set_, config, console=err, quiet=quiet, tune=tuning)
     if expert is None:  # a non-zero rank of a torchrun job: rank 0 registers and reports
         return

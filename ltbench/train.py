@@ -13,7 +13,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -294,14 +294,16 @@ class Trainer:
                  console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False,
                  dist: Dist | None = None, tracker: Tracker | None = None,
                  on_progress: Callable[[str, float], None] | None = None,
-                 on_epoch_end: Callable[[int, Spent], None] | None = None):
+                 report_at: Sequence[float] = (), on_report: Callable[[int, Spent], None] | None = None):
         self.method, self.data, self.run, self.device = method, data, run, device
         self.on_progress = on_progress  # (phase name, fraction of its budget spent): the Ray executor's live table
-        #: called each time the run completes a whole epoch of its budget, summed over its phases (an
-        #: LT-Soups branch's fraction of an epoch is not one), with (epochs done, compute spent so far):
-        #: tuning's pruner reports validation accuracy here (and may stop the run by raising)
-        self.on_epoch_end = on_epoch_end
-        self._epochs_done = 0
+        #: `on_report(k, spent so far)` is called once the run has spent `report_at[k - 1]` of its whole
+        #: budget, summed over its phases (so at sub-epoch points too, and the same points whatever a
+        #: method's phases): tuning reports validation accuracy there, and its pruner may stop the run
+        #: by raising
+        self.report_at, self.on_report = sorted(report_at), on_report
+        self._reported = 0
+        self._budget: Budget | None = None
         self.cfg = method.cfg
         self.dist = dist or Dist()
         self.console = console or Console(stderr=True)
@@ -349,12 +351,13 @@ class Trainer:
         """Run every phase of the method under its share of `budget`; `resume` continues from the checkpoint."""
         phases = self.method.phases()
         by_epochs = budget.unit == "epochs"
+        self._budget = budget
 
         def share(p: Phase) -> float:
             return p.epoch_share if by_epochs and p.epoch_share is not None else p.share
 
         total_share = sum(share(p) for p in phases)
-        result = TrainResult()
+        result = self._result = TrainResult()
         state = self._load_checkpoint() if resume else None
         if state is not None:
             self.tracker.load_state(state.get("history"))
@@ -533,22 +536,30 @@ class Trainer:
         run.checks.due(run.schedule_progress())
         if self.on_progress is not None:
             self.on_progress(run.phase.name, meter.fraction)
+        self._report_due(run)
+
+    def _report_due(self, run: "_PhaseRun") -> None:
+        """Call `on_report` for each report point the run's whole-budget progress has now passed."""
+        if self.on_report is None or self._reported >= len(self.report_at):
+            return
+        so_far = Spent(**self._result.spent.as_dict())
+        so_far.add(run.meter.spent)
+        budget = self._budget
+        progress = so_far.get(budget.unit) / budget.amount
+        k = self._reported
+        while k < len(self.report_at) and progress >= self.report_at[k] - 1e-6:
+            k += 1
+        if k > self._reported:
+            self._reported = k
+            self.on_report(k, so_far)
+            train_mode(self.method)  # the callback may have evaluated
 
     def _end_epoch(self, run: "_PhaseRun", result: TrainResult) -> None:
-        """The learning curve's validation point, the checkpoint, then the pruner's report (which may stop the run)."""
+        """The learning curve's validation point, then the checkpoint."""
         if self.tracker.val_each_epoch and self.dist.is_main:
             self.tracker.epoch_end(self._val_accuracy(run.phase, run.val_cache))
         self._save_checkpoint(run, result)
         run.epoch += 1
-        if self.on_epoch_end is not None:
-            so_far = Spent(**result.spent.as_dict())
-            so_far.add(run.meter.spent)
-            whole = int(so_far.epochs + 1e-6)  # epochs of the run's budget, whatever its phases
-            if whole > self._epochs_done:
-                self._epochs_done = whole
-                self.on_epoch_end(whole, so_far)
-                train_mode(self.method)  # the callback may have evaluated
-
     def _close_phase(self, run: "_PhaseRun", loss_name: str, train_images: int) -> dict:
         """The last check, the phase's end hook, and its log entry."""
         phase, checks = run.phase, run.checks

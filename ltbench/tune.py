@@ -1,17 +1,21 @@
-"""An equal tuning budget for every method: an Optuna study of N short trials on validation data.
+"""An equal tuning budget for every method: successive halving over many short runs, on validation data.
 
-`ltbench train --tune N` and a suite's `tune:` block run, before the real run, N trials of
-the method's declared search space (`SEARCH_SPACE` beside its config: learning rate,
-weight decay, batch size where it matters), each trained on `share` of the run's budget
-and scored by per-class-averaged validation accuracy. Trial 0 is the method's own values
-(its paper defaults, or the user's `--set`) wherever they lie in the space, so other values
-are chosen only where they beat those on validation at the trial's share of the budget (which
-a full-budget run need not repeat: short trials favour fast starters); the others are drawn
-by TPE, seeded with the run's seed; a median pruner stops a trial whose validation accuracy
-at the end of an epoch of the run's budget (summed over a method's phases) falls below the
-median of earlier trials there. The final run trains on the whole budget with the best values
-and records the study (every trial, its state, values and compute; the best values; the total
-tuning compute) in its provenance.
+`ltbench train --tune-budget B` and a suite's `tune: {budget: B}` spend, before the real run, B
+times the run's own budget (in its unit: epochs, steps, FLOPs or seconds) on trials of the
+method's declared search space (`SEARCH_SPACE` beside its config: the optimiser, sgd or adamw, each
+with its own learning-rate range; weight decay; warm-up; a batch size where it matters). A trial
+is a run of a share of the run's budget with a schedule of its own length (warm-up as a share of
+its steps, cosine to its end: the final run's shape, shorter), scored by its per-class accuracy on
+a fixed, class-balanced subset of the validation split (at most `val_images`). Successive halving
+(`halving_plan`): the first rung runs as many trials of share·eta^-(rungs-1) as the budget pays
+for, drawn by TPE (seeded with the run's seed); the best 1/eta of each rung run again, eta times
+longer, up to `share` of the run. The final run trains on the whole budget with the best values of
+the last rung and records the study (every trial, its rung, values and compute; the best values;
+the budget and what was used, evaluations included) in its provenance.
+
+`tune: {trials: N}` is the fixed-trial form: N trials of `share` each, the first of them the
+method's own values (its paper defaults, or the user's `--set`) where they lie in the space, with
+Optuna's median pruner (or none) at `rungs` report points of each trial.
 
 Trials never see the test split or the OOD sets (they are dropped before the data is
 validated). The study lives in the registry's storage (`storage_url`), so a killed tuning
@@ -22,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -31,58 +35,86 @@ from . import _registry
 from .errors import ConfigError, TrainingError
 from .registry import Registry
 
-SPACE_KINDS = ("log", "float", "int", "choice")
+SPACE_KINDS = ("log", "float", "int", "choice", "by")
 PRUNERS = ("median", "none")
 #: Finished states: what counts towards a study's N trials (a RUNNING one left by a killed process does not).
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+#: Trials a budget-only study may run at most (a guard: the budget ends it long before).
+MAX_TRIALS = 1000
 
 
 @dataclass(frozen=True)
 class TuneSpec:
     """How a run is tuned; the same for every run of a suite."""
 
-    trials: int
-    share: float = 0.25  # each trial's budget, as a share of the run's
-    jobs: int = 1  # processes running trials at once, sharing the study through its storage
-    pruner: str = "median"  # median | none
-    startup: int = 2  # trials that finish before the pruner stops any
+    budget: float | None = None  # successive halving: tuning compute as a multiple of the run's budget
+    trials: int | None = None  # the fixed-trial form: this many trials of `share` each
+    share: float = 0.25  # the longest trial, as a share of the run's budget
+    eta: int = 3  # each rung is eta times longer than the one before and keeps 1/eta of its trials
+    rungs: int = 3  # halving: rungs of trial lengths; fixed trials: report points to the pruner
+    val_images: int = 1000  # the fixed validation subset trials are scored on (class-balanced), at most this many
+    jobs: int = 1  # processes running trials at once, sharing the study (and the budget) through its storage
+    pruner: str = "median"  # fixed trials: median | none
+    startup: int = 2  # fixed trials: trials that finish before the median pruner stops any
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict, for hashing into the study name."""
         return asdict(self)
 
+    def points(self) -> list[float]:
+        """eta^-(rungs-1), …, 1/eta, 1: the rungs' trial lengths (halving), or a trial's report points (fixed)."""
+        return [float(self.eta) ** -(self.rungs - 1 - i) for i in range(self.rungs)]
+
+    def steps(self) -> list[int]:
+        """The Optuna step of each report point (point i is step eta^i: the pruner's rungs, min resource 1)."""
+        return [self.eta ** i for i in range(self.rungs)]
+
 
 def parse_tune(value: Any, where: str = "tune") -> TuneSpec | None:
-    """A `tune:` value (N, or a mapping of TuneSpec keys) checked before anything trains; None: no tuning."""
+    """A `tune:` value (N trials, or a mapping of TuneSpec keys) checked before anything trains; None: no tuning."""
     if value is None or value is False:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, dict)):
-        raise ConfigError(f"{where}: expected a number of trials or a mapping (trials, share, jobs, pruner, startup),"
-                          f" got {value!r}")
-    raw = {"trials": value} if isinstance(value, int) else dict(value)
     known = list(TuneSpec.__dataclass_fields__)
+    if isinstance(value, bool) or not isinstance(value, (int, dict)):
+        raise ConfigError(f"{where}: expected a number of trials or a mapping ({', '.join(known)}), got {value!r}")
+    raw = {"trials": value} if isinstance(value, int) else dict(value)
     for key in raw:
         if key not in known:
-            hint = _registry.suggest(key, known, cutoff=0.6)
+            hint = _registry.suggest(str(key), known, cutoff=0.6)
             raise ConfigError(f"{where}: unknown key {key!r}.{hint} Known keys: {', '.join(known)}")
-    if "trials" not in raw:
-        raise ConfigError(f"{where}: missing required key 'trials'")
+    if (raw.get("trials") is None) == (raw.get("budget") is None):
+        raise ConfigError(f"{where}: give either 'budget' (tuning compute as a multiple of the run's, e.g. 0.75:"
+                          f" successive halving) or 'trials' (a number of fixed-share trials)")
 
     def integer(key: str, low: int) -> None:
         v = raw.get(key)
-        if key in raw and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < low):
             raise ConfigError(f"{where}: {key} must be an integer >= {low}, got {v!r}")
+
+    def number(key: str, ok: Callable[[float], bool], what: str) -> None:
+        v = raw.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v)):
+            raise ConfigError(f"{where}: {key} must be {what}; got {v!r}")
 
     integer("trials", 1)
     integer("jobs", 1)
     integer("startup", 0)
-    share = raw.get("share", TuneSpec.share)
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
-        raise ConfigError(f"{where}: share must be a number in (0, 1], the share of the run's budget a trial gets;"
-                          f" got {share!r}")
+    integer("eta", 2)
+    integer("rungs", 1)
+    integer("val_images", 1)
+    number("share", lambda v: 0 < v <= 1, "a number in (0, 1], the share of the run's budget a trial gets")
+    number("budget", lambda v: 0 < v <= 100, "a number in (0, 100], the tuning compute as a multiple of the run's")
     if raw.get("pruner", "median") not in PRUNERS:
         raise ConfigError(f"{where}: pruner must be one of {', '.join(PRUNERS)}, got {raw['pruner']!r}")
-    return TuneSpec(**{**raw, "share": float(share)})
+    for key in ("share", "budget"):
+        if raw.get(key) is not None:
+            raw[key] = float(raw[key])
+    spec = TuneSpec(**raw)
+    least = spec.share * math.fsum(spec.points())  # one trial in each rung
+    if spec.budget is not None and spec.budget < least * (1 - 1e-9):
+        raise ConfigError(f"{where}: budget {spec.budget:g} does not pay for one trial through every rung"
+                          f" ({least:.3g} of the run); raise it, or lower share or rungs")
+    return spec
 
 
 def storage_url(registry: Registry) -> str:
@@ -100,45 +132,88 @@ def search_space(run: dict[str, Any]) -> dict[str, tuple]:
     return space
 
 
+def _check_range(spec: Any) -> bool:
+    kind = spec[0] if isinstance(spec, (tuple, list)) and spec else None
+    if kind == "log":
+        return len(spec) == 3 and 0 < spec[1] < spec[2]
+    if kind in ("float", "int"):
+        return len(spec) == 3 and spec[1] < spec[2]
+    return kind == "choice" and len(spec) == 2 and isinstance(spec[1], (list, tuple)) and len(spec[1]) > 0
+
+
 def check_space(space: dict[str, tuple], config: dict[str, Any], where: str) -> None:
-    """Fail before any trial when a search key is not in the method's config or its range is bad."""
+    """Fail before any trial when a search key is not in the method's config or its range is bad.
+
+    Besides ranges, a key may depend on a choice drawn before it: ("by", "optimizer", {"sgd": range,
+    "adamw": range}) draws the learning rate from the range of the optimiser the trial uses.
+    """
     for key, spec in space.items():
         if key not in config:
             raise ConfigError(f"{where}: {key!r} is no key of the method's config")
-        kind = spec[0] if isinstance(spec, (tuple, list)) and spec else None
-        if kind == "log":
-            ok = len(spec) == 3 and 0 < spec[1] < spec[2]
-        elif kind in ("float", "int"):
-            ok = len(spec) == 3 and spec[1] < spec[2]
-        else:
-            ok = kind == "choice" and len(spec) == 2 and isinstance(spec[1], (list, tuple)) and len(spec[1]) > 0
-        if not ok:
+        if isinstance(spec, (tuple, list)) and spec and spec[0] == "by":
+            parent = spec[1] if len(spec) == 3 else None
+            options = space.get(parent) if parent in space else None
+            ok = (isinstance(spec[2], dict) and list(space).index(parent) < list(space).index(key)
+                  and options[0] == "choice" and set(spec[2]) == set(options[1])
+                  and all(_check_range(r) and r[0] != "choice" for r in spec[2].values()))
+            if not ok:
+                raise ConfigError(f"{where}: {key}: {spec!r} is not (by, KEY, {{value: range}}) with KEY a choice"
+                                  f" declared before it and one range for each of its values")
+        elif not _check_range(spec):
             raise ConfigError(f"{where}: {key}: {spec!r} is not (log|float|int, low, high) with low < high"
                               f" (log: low > 0) or (choice, [values])")
 
 
-def in_space(value: Any, spec: tuple) -> bool:
-    """Whether a config value is one the space can draw (its defaults are enqueued only then)."""
-    kind = spec[0]
-    if kind == "choice":
-        return value in list(spec[1])
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return spec[1] <= value <= spec[2] and (kind != "int" or float(value).is_integer())
+def _range_of(spec: tuple, values: dict[str, Any]) -> tuple:
+    """The plain range a key is drawn from, given the values drawn before it."""
+    return tuple(spec[2][values[spec[1]]]) if spec[0] == "by" else tuple(spec)
+
+
+def in_space(values: dict[str, Any], space: dict[str, tuple]) -> dict[str, Any]:
+    """The part of `values` the space can draw (a method's own values are enqueued only where they lie in it)."""
+    out: dict[str, Any] = {}
+    for key, spec in space.items():
+        if spec[0] == "by" and spec[1] not in out:
+            continue
+        value, rng = values[key], _range_of(spec, out)
+        if rng[0] == "choice":
+            ok = value in list(rng[1])
+        else:
+            ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and rng[1] <= value <= rng[2]
+                  and (rng[0] != "int" or float(value).is_integer()))
+        if ok:
+            out[key] = value
+    return out
+
+
+def _param_name(key: str, spec: tuple, values: dict[str, Any]) -> str:
+    """Optuna's name of a key: a dependent key has one parameter per choice (its own distribution)."""
+    return f"{key}:{values[spec[1]]}" if spec[0] == "by" else key
 
 
 def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
     """One trial's values for every key of the search space (Optuna's suggest_* per kind)."""
-    out = {}
+    out: dict[str, Any] = {}
     for key, spec in space.items():
-        kind = spec[0]
+        name, rng = _param_name(key, spec, out), _range_of(spec, out)
+        kind = rng[0]
         if kind == "choice":
-            out[key] = trial.suggest_categorical(key, list(spec[1]))
+            out[key] = trial.suggest_categorical(name, list(rng[1]))
         elif kind == "int":
-            out[key] = trial.suggest_int(key, int(spec[1]), int(spec[2]))
+            out[key] = trial.suggest_int(name, int(rng[1]), int(rng[2]))
         else:
-            out[key] = trial.suggest_float(key, float(spec[1]), float(spec[2]), log=kind == "log")
+            out[key] = trial.suggest_float(name, float(rng[1]), float(rng[2]), log=kind == "log")
     return out
+
+
+def optuna_params(values: dict[str, Any], space: dict[str, tuple]) -> dict[str, Any]:
+    """Config values as Optuna's parameter names (to enqueue a trial)."""
+    return {_param_name(k, space[k], values): v for k, v in values.items()}
+
+
+def config_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's parameters of a trial as config values (`lr:adamw` is the config's `lr`)."""
+    return {k.split(":", 1)[0]: v for k, v in params.items()}
 
 
 def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> str:
@@ -163,78 +238,242 @@ def trial_run(run: dict[str, Any], params: dict[str, Any], share: float) -> dict
     from .budget import parse_budget
 
     budget = parse_budget(run["budget"]).scaled(share)
+    if budget.unit == "steps":  # whole steps, at least one
+        budget = type(budget)(max(1.0, float(round(budget.amount))), "steps")
     return {**run, "budget": str(budget), "method_config": {**run["method_config"], **params},
             "val_each_epoch": False}
 
 
-def run_trial(run: dict[str, Any], registry: Registry, trial=None) -> tuple[float, dict[str, float]]:
-    """Train `run` without registering it; (per-class val accuracy, compute spent incl. evaluations).
+def val_subset(labels: np.ndarray, num_classes: int, at_most: int) -> np.ndarray:
+    """The fixed validation images trials are scored on: the first ⌊at_most / C⌋ (at least 1) of each class,
+    in split order, so every trial of every method sees the same ones and no RNG is drawn."""
+    per_class = max(1, at_most // num_classes)
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]))
 
-    With an Optuna `trial`, validation accuracy is reported at every epoch end and the trial
-    is pruned (optuna.TrialPruned) when the pruner says so; the compute spent so far is
-    stored on the trial first, so pruned trials count in the tuning compute too.
+
+@dataclass
+class TrialCompute:
+    """What one trial spent: training (in the run's units) plus its validation reports."""
+
+    unit: str
+    train: Any = None  # budget.Spent
+    eval_flops: float = 0.0
+    eval_seconds: float = 0.0
+
+    def amount(self) -> float:
+        """Spent in the budget's unit: evaluations count where the unit measures them (FLOPs, seconds)."""
+        if self.train is None:
+            return 0.0
+        extra = {"flops": self.eval_flops, "seconds": self.eval_seconds}.get(self.unit, 0.0)
+        return self.train.get(self.unit) + extra
+
+    def as_dict(self) -> dict[str, float]:
+        t = self.train
+        return {"flops": t.flops + self.eval_flops, "seconds": t.seconds + self.eval_seconds,
+                "train_flops": t.flops, "train_seconds": t.seconds, "steps": t.steps, "epochs": t.epochs,
+                "amount": self.amount(), "unit": self.unit}
+
+
+class Reporter:
+    """What a trial tells its study at each of the spec's report points: the accuracy (to the pruner)
+    and the compute spent so far (stored first, so a pruned trial counts in the tuning compute).
+
+    It stops the trial (optuna.TrialPruned) where the pruner says so, or where the tuning budget
+    `left()` (in the run's unit, other trials' spending taken off) would not pay for the way to its
+    next point. `amount` is the trial's own budget in that unit.
     """
-    import optuna
 
-    from .budget import Spent, Stopwatch, count_flops, parse_budget
-    from .metrics import per_class_accuracy
+    def __init__(self, trial, spec: TuneSpec, amount: float, left: Callable[[], float] | None = None):
+        self.trial, self.spec, self.amount, self.left = trial, spec, amount, left
+        self.points, self.steps = spec.points(), spec.steps()
+        self.done = 0
+
+    def __call__(self, k: int, acc: float, cost: TrialCompute) -> None:
+        """The trial has passed its first `k` points with `acc`; the last point ends it (never pruned there)."""
+        import optuna
+
+        # Ties go to the earlier trial, as the best trial's do: Optuna's halving keeps every trial tied
+        # at its cut, and at a small budget many trials tie at chance (1/C), which would keep them all.
+        for step in self.steps[self.done:k]:
+            self.trial.report(acc - 1e-9 * self.trial.number, step)
+        self.done = k
+        self.trial.set_user_attr("spent", cost.as_dict())
+        if k >= len(self.points):
+            return
+        if self.left is not None:
+            ahead = (self.points[k] - self.points[k - 1]) * self.amount
+            if cost.amount() + ahead > self.left() * (1 + 1e-9):
+                raise optuna.TrialPruned(f"the tuning budget does not pay for point {k + 1} (val accuracy {acc:.4f})")
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"val accuracy {acc:.4f} at point {k} is not among the best")
+
+
+def run_trial(run: dict[str, Any], registry: Registry, reporter: Reporter | None = None,
+              val_images: int = TuneSpec.val_images) -> tuple[float, dict[str, float]]:
+    """Train `run` (one trial) without registering it; (per-class val accuracy, compute spent incl. evaluations).
+
+    The accuracy is measured on `val_subset`; with a `reporter`, at each of its points too.
+    """
+    from .budget import Spent, Stopwatch, parse_budget
+    from .metrics import class_averaged_accuracy
     from .train import Trainer, build_all, resolve_device, seed_everything
 
+    budget = parse_budget(run["budget"])
     device = resolve_device(run["device"])
     seed_everything(run["seed"])
     data, method = build_all(run, registry, tuning=True)
+    data.val = data.val.subset(val_subset(data.val.labels, data.num_classes, val_images))
     method.to(device)
-    evals = {"flops": 0.0, "seconds": 0.0, "per_image": None}
+    cost = TrialCompute(budget.unit, Spent())
 
-    def val_accuracy(trainer: Trainer) -> float:
+    def val_accuracy() -> float:
         val = data.val
-        if evals["per_image"] is None:
-            x0 = trainer._eval_loader(val.subset([0]))
-            x0 = next(iter(x0))[0].to(device)
-            method.eval()
-            with torch.no_grad():
-                evals["per_image"] = count_flops(lambda: method(x0))
+        cost.eval_flops += trainer.val_pass_flops()
         with Stopwatch(device) as sw:
             logits = trainer.predict(val)
-        evals["flops"] += evals["per_image"] * len(val)
-        evals["seconds"] += sw.elapsed
-        acc = per_class_accuracy(logits.argmax(1).numpy(), val.labels, data.num_classes)
-        return float(np.nanmean(acc))
+        cost.eval_seconds += sw.elapsed
+        return class_averaged_accuracy(logits.argmax(1).numpy() == val.labels, val.labels, data.num_classes)
 
-    def spent_dict(spent: Spent) -> dict[str, float]:
-        return {"flops": spent.flops + evals["flops"], "seconds": spent.seconds + evals["seconds"],
-                "train_flops": spent.flops, "train_seconds": spent.seconds, "steps": spent.steps,
-                "epochs": spent.epochs}
+    def on_report(k: int, spent: Spent) -> None:
+        cost.train = spent
+        reporter(k, val_accuracy(), cost)
 
-    def on_epoch_end(step: int, spent: Spent) -> None:
-        acc = val_accuracy(trainer)
-        trial.report(acc, step)
-        trial.set_user_attr("spent", spent_dict(spent))
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"val accuracy {acc:.4f} below the median at epoch {step}")
-
-    trainer = Trainer(method, data, run, device, quiet=True, on_epoch_end=on_epoch_end if trial is not None else None)
-    result = trainer.fit(parse_budget(run["budget"]))
-    acc = val_accuracy(trainer)
-    return acc, spent_dict(result.spent)
+    # the last point is the trial's end: reported after `fit`, from the finished model (a phase's end
+    # hook may still change it after the last step, as LT-Soups' does)
+    points = reporter.points[:-1] if reporter is not None else []
+    trainer = Trainer(method, data, run, device, quiet=True, report_at=points,
+                      on_report=on_report if reporter is not None else None)
+    cost.train = trainer.fit(budget).spent
+    acc = val_accuracy()
+    if reporter is not None:
+        reporter(len(reporter.points), acc, cost)
+    return acc, cost.as_dict()
 
 
 def _open_study(name: str, storage: str, spec: TuneSpec, seed: int, worker: int = 0):
     import optuna
 
-    startup = max(1, min(10, spec.trials // 2))  # TPE's random start: half the trials, at most its default 10
-    sampler = optuna.samplers.TPESampler(seed=seed + worker, n_startup_trials=startup,
+    # TPE's random start: half the trials (of rung 0 when halving), at most its default 10
+    n = spec.trials if spec.trials else halving_plan(spec)[0][0]
+    sampler = optuna.samplers.TPESampler(seed=seed + worker, n_startup_trials=max(1, min(10, n // 2)),
                                          constant_liar=spec.jobs > 1)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.startup, n_warmup_steps=0)
-              if spec.pruner == "median" else optuna.pruners.NopPruner())
+              if spec.pruner == "median" and spec.budget is None else optuna.pruners.NopPruner())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
                                direction="maximize", load_if_exists=True)
 
 
-def _optimize(name: str, storage: str, run: dict[str, Any], space: dict[str, tuple], spec: TuneSpec,
-              home: str, n_trials: int, worker: int = 0, threads: int | None = None) -> None:
-    """Run `n_trials` trials of the shared study (in this process or a spawned worker)."""
+def halving_plan(spec: TuneSpec) -> list[tuple[int, float]]:
+    """(trials, each one's share of the run's budget) per rung of a budget's successive halving.
+
+    Rung i trains n_i trials of share·eta^-(rungs-1-i), n_i = max(1, n_(i-1) // eta): the best
+    1/eta of a rung train again, eta times longer, each from scratch with a schedule of its own
+    length. n_0 is the largest whose rungs together cost at most `budget` runs.
+    """
+    shares = [spec.share * p for p in spec.points()]
+
+    def rungs(n0: int) -> list[tuple[int, float]]:
+        out, n = [], n0
+        for share in shares:
+            out.append((n, share))
+            n = max(1, n // spec.eta)
+        return out
+
+    def cost(n0: int) -> float:
+        return math.fsum(n * share for n, share in rungs(n0))
+
+    n0 = 1
+    while n0 < MAX_TRIALS and cost(n0 + 1) <= spec.budget * (1 + 1e-9):
+        n0 += 1
+    return rungs(n0)
+
+
+def _run_configs(name: str, storage: str, run: dict[str, Any], space: dict[str, tuple], spec: TuneSpec,
+                 home: str, items: list[tuple[int, float, dict[str, Any] | None]], worker: int = 0,
+                 threads: int | None = None) -> None:
+    """Train one rung's trials: (rung, share, fixed values or None to draw them) each, telling the study."""
+    import optuna
+
+    if threads:
+        torch.set_num_threads(threads)
+    registry = Registry(home)
+    study = _open_study(name, storage, spec, run["seed"], worker)
+    for rung, share, values in items:
+        if values is not None:
+            study.enqueue_trial(optuna_params(values, space), user_attrs={"rung": rung})
+        trial = study.ask()
+        trial.set_user_attr("rung", rung)
+        trial.set_user_attr("pid", os.getpid())
+        params = suggest(trial, space)
+        try:
+            acc, spent = run_trial(trial_run(run, params, share), registry, val_images=spec.val_images)
+        except TrainingError as e:  # e.g. a learning rate that makes the loss non-finite: the worst value
+            trial.set_user_attr("error", str(e))
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        trial.set_user_attr("spent", spent)
+        study.tell(trial, acc)
+
+
+def _in_processes(target: Callable[..., None], args: tuple, parts: list[Any], jobs: int) -> None:
+    """Run target(*args, part, worker, threads) for each part: here, and in jobs − 1 spawned processes."""
+    if jobs <= 1 or len(parts) <= 1:
+        for part in parts:
+            target(*args, part)
+        return
+    import multiprocessing as mp
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=(*args, parts[i], i, threads)) for i in range(1, len(parts))]
+    for p in procs:
+        p.start()
+    before = torch.get_num_threads()
+    try:
+        target(*args, parts[0], 0, threads)
+    finally:
+        torch.set_num_threads(before)
+        for p in procs:
+            p.join()
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        raise TrainingError(f"tuning study {args[0]!r}: {len(bad)} worker process(es) failed (exit {bad[0]});"
+                            f" rerun to resume it from {args[1]}")
+
+
+def _split(items: list, jobs: int) -> list[list]:
+    jobs = max(1, min(jobs, len(items)))
+    return [items[i::jobs] for i in range(jobs)]
+
+
+def _rank(trials: list) -> list:
+    """Best first: by value, ties to the earlier trial; failed trials last."""
+    return sorted(trials, key=lambda t: (t.value is None, -(t.value or 0.0), t.number))
+
+
+def _halve(name: str, storage: str, run: dict[str, Any], space: dict[str, tuple], spec: TuneSpec, home: str) -> None:
+    """Run (or resume) a budget's successive halving, rung by rung (see `halving_plan`)."""
+    study = _open_study(name, storage, spec, run["seed"])
+    args = (name, storage, run, space, spec, home)
+    for rung, (n, share) in enumerate(halving_plan(spec)):
+        done = [t for t in study.get_trials(deepcopy=False)
+                if t.user_attrs.get("rung") == rung and t.state.name in ("COMPLETE", "FAIL")]
+        if rung == 0:
+            todo = [(0, share, None)] * (n - len(done))
+        else:
+            ran = [dict(config_values(t.params)) for t in done]
+            prev = [t for t in study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("rung") == rung - 1 and t.state.name in ("COMPLETE", "FAIL")]
+            best = [config_values(t.params) for t in _rank(prev)[:n]]
+            todo = [(rung, share, v) for v in best if v not in ran]
+        if todo:
+            _in_processes(_run_configs, args, _split(todo, spec.jobs), spec.jobs)
+
+
+def _fixed_trials(name: str, storage: str, run: dict[str, Any], space: dict[str, tuple], spec: TuneSpec,
+                  home: str, quota: int, worker: int = 0, threads: int | None = None) -> None:
+    """`quota` trials of the fixed-trial form (the median pruner, or none, at the report points)."""
     if threads:
         torch.set_num_threads(threads)
     registry = Registry(home)
@@ -243,24 +482,34 @@ def _optimize(name: str, storage: str, run: dict[str, Any], space: dict[str, tup
     def objective(trial) -> float:
         params = suggest(trial, space)
         trial.set_user_attr("pid", os.getpid())
-        acc, spent = run_trial(trial_run(run, params, spec.share), registry, trial)
+        reporter = Reporter(trial, spec, spec.share * _budget_amount(run))
+        acc, spent = run_trial(trial_run(run, params, spec.share), registry, reporter, spec.val_images)
         trial.set_user_attr("spent", spent)
         return acc
 
-    study.optimize(objective, n_trials=n_trials, catch=(TrainingError,))
+    study.optimize(objective, n_trials=quota, catch=(TrainingError,))
 
 
-def _finished(study) -> int:
-    return sum(t.state.name in _FINISHED for t in study.get_trials(deepcopy=False))
+def _spent(t) -> float:
+    """What a trial spent in the run's budget unit."""
+    return float((t.user_attrs.get("spent") or {}).get("amount", 0.0))
+
+
+def _budget_amount(run: dict[str, Any]) -> float:
+    from .budget import parse_budget
+
+    return parse_budget(run["budget"]).amount
 
 
 def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) -> tuple[dict[str, Any], dict]:
     """Run (or resume) the study of `run`; (the best values, the provenance record of the study).
 
-    With `jobs` > 1 the remaining trials are split over that many processes (this one and
-    jobs − 1 spawned ones, the cores shared among them), all on the study in the storage.
+    With `jobs` > 1, a rung's trials (or the fixed trials) are split over that many processes (this
+    one and jobs − 1 spawned ones, the cores shared among them), all on the study in the storage.
     A method with an empty space runs no trials: its values are its defaults.
     """
+    from .budget import parse_budget
+
     registry = registry or Registry()
     space = search_space(run)
     storage = storage_url(registry)
@@ -271,53 +520,54 @@ def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) 
         return {}, record
     name = study_name(run, spec, space)
     study = _open_study(name, storage, spec, run["seed"])
-    if not study.get_trials(deepcopy=False):  # trial 0: the method's own values, so tuning is never worse on val
-        base = {k: run["method_config"][k] for k, v in space.items() if in_space(run["method_config"][k], v)}
-        if base:
-            study.enqueue_trial(base)
-    left = max(0, spec.trials - _finished(study))
-    jobs = min(spec.jobs, left) if left else 1
-    if left and jobs > 1:
-        import multiprocessing as mp
-
-        threads = max(1, torch.get_num_threads() // jobs)
-        parts = [left // jobs + (i < left % jobs) for i in range(jobs)]
-        ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_optimize, args=(name, storage, run, space, spec, str(registry.home), parts[i], i,
-                                                     threads)) for i in range(1, jobs)]
-        for p in procs:
-            p.start()
-        before = torch.get_num_threads()
-        try:
-            _optimize(name, storage, run, space, spec, str(registry.home), parts[0], 0, threads)
-        finally:
-            torch.set_num_threads(before)
-            for p in procs:
-                p.join()
-        bad = [p.exitcode for p in procs if p.exitcode]
-        if bad:
-            raise TrainingError(f"tuning study {name!r}: {len(bad)} worker process(es) failed (exit {bad[0]});"
-                                f" rerun to resume it from {storage}")
-    elif left:
-        _optimize(name, storage, run, space, spec, str(registry.home), left)
+    home = str(registry.home)
+    if spec.budget is not None:
+        _halve(name, storage, run, space, spec, home)
+    else:
+        if not study.get_trials(deepcopy=False):
+            # trial 0 is the method's own values, so tuning is never worse on val at a trial's length
+            base = in_space(run["method_config"], space)
+            if base:
+                study.enqueue_trial(optuna_params(base, space))
+        left = spec.trials - sum(t.state.name in _FINISHED for t in study.get_trials(deepcopy=False))
+        if left > 0:
+            parts = [len(p) for p in _split(list(range(left)), spec.jobs)]
+            _in_processes(_fixed_trials, (name, storage, run, space, spec, home), parts, spec.jobs)
     study = _open_study(name, storage, spec, run["seed"])
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED]
     record["study"] = name
     for t in trials:
         spent = t.user_attrs.get("spent") or {}
-        record["trials"].append({"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
+        record["trials"].append({"number": t.number, "state": t.state.name, "params": config_values(t.params),
+                                 "value": t.value, "rung": t.user_attrs.get("rung"),
                                  "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
                                  "spent": spent, "pid": t.user_attrs.get("pid")})
         record["compute"]["flops"] += float(spent.get("flops", 0.0))
         record["compute"]["seconds"] += float(spent.get("seconds", 0.0))
+    amount = _budget_amount(run)
+    record["budget"] = {"unit": parse_budget(run["budget"]).unit,
+                        "cap": spec.budget * amount if spec.budget is not None else None,
+                        "used": math.fsum(_spent(t) for t in study.get_trials(deepcopy=False))}
     complete = [t for t in trials if t.state.name == "COMPLETE"]
+    if spec.budget is not None and complete:  # the longest trials decide
+        top = max(t.user_attrs.get("rung", 0) for t in complete)
+        complete = [t for t in complete if t.user_attrs.get("rung", 0) == top]
     if not complete:
         raise TrainingError(f"tuning study {name!r}: none of its {len(trials)} trials finished (all failed or pruned);"
-                            f" widen the method's space or raise the trial share")
-    best = max(complete, key=lambda t: (t.value, -t.number))  # ties: the earliest trial
-    record["best_params"], record["best_value"] = dict(best.params), best.value
+                            f" narrow the method's space or raise the trial share")
+    best = _rank(complete)[0]
+    record["best_params"], record["best_value"] = config_values(best.params), best.value
     record["best_trial"] = best.number
-    return dict(best.params), record
+    return config_values(best.params), record
+
+
+def describe(spec: TuneSpec, budget: str) -> str:
+    """One line: how much tuning a run gets and how it is spent."""
+    if spec.budget is not None:
+        plan = " → ".join(f"{n} × {share:.3g}" for n, share in halving_plan(spec))
+        return f"{spec.budget:g} × {budget} by successive halving (trials × share of the run: {plan})"
+    pruner = "median pruner" if spec.pruner == "median" else "no pruner"
+    return f"{spec.trials} trials of {spec.share:g} × {budget} ({pruner})"
 
 
 def tuned_run(run: dict[str, Any], spec: TuneSpec, best: dict[str, Any], space: dict[str, tuple]) -> dict[str, Any]:
@@ -340,7 +590,7 @@ def tune_and_train(run: dict[str, Any], spec: TuneSpec, registry: Registry | Non
         raise RegistryError(f"expert {run['name']!r} is already registered in {registry.home};"
                             f" pick --name or `ltbench rm {run['name']}`")
     if console is not None and not quiet:
-        console.print(f"tuning {run['name']}: {spec.trials} trials of {spec.share:g} × {run['budget']}"
+        console.print(f"tuning {run['name']}: {describe(spec, run['budget'])}"
                       f" ({spec.jobs} process{'es' if spec.jobs > 1 else ''})", highlight=False)
     best, record = tune(run, spec, registry)
     space = {k: tuple(v) for k, v in record["space"].items()}

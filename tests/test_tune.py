@@ -103,15 +103,18 @@ def test_same_seed_same_best_values(tmp_path):
     a = tune(sgd_probe(), spec, Registry(tmp_path / "a"))
     b = tune(sgd_probe(), spec, Registry(tmp_path / "b"))
     c = tune(sgd_probe(seed=1), spec, Registry(tmp_path / "c"))
-    assert set(a[0]) == {"lr", "weight_decay", "batch_size"} and a[0] == b[0]
+    assert set(a[0]) == {"optimizer", "lr", "weight_decay", "warmup", "batch_size"} and a[0] == b[0]
     assert [t["params"] for t in a[1]["trials"]] == [t["params"] for t in b[1]["trials"]]
     assert [t["value"] for t in a[1]["trials"]] == [t["value"] for t in b[1]["trials"]]
     assert [t["params"] for t in a[1]["trials"]] != [t["params"] for t in c[1]["trials"]]
 
 
 def test_pruned_trials_are_recorded_as_pruned(tmp_path, lr_space):
+    """Fixed trials report at their points (a quarter, half, all of a trial here); the median pruner
+    stops one whose report falls below the median of earlier trials' reports at that point."""
     reg = Registry(tmp_path)
-    best, record = tune(sgd_probe(budget="6epochs"), TuneSpec(trials=6, share=0.5, startup=1), reg)
+    spec = TuneSpec(trials=6, share=0.5, eta=2, rungs=3, startup=1)
+    best, record = tune(sgd_probe(budget="48steps"), spec, reg)
     states = [t["state"] for t in record["trials"]]
     assert "PRUNED" in states and "COMPLETE" in states
     stored = optuna.load_study(study_name=record["study"], storage=storage_url(reg))
@@ -120,12 +123,15 @@ def test_pruned_trials_are_recorded_as_pruned(tmp_path, lr_space):
     for t in record["trials"]:
         steps = {int(k): v for k, v in t["intermediate"].items()}
         if t["state"] == "PRUNED":
-            # the median rule, recomputed: its last report fell below the median of earlier trials there
+            # the median rule, recomputed: its best report so far fell below the median of the
+            # completed trials' reports at its last point
             last = max(steps)
             earlier = [d[last] for d in done if last in d]
-            assert earlier and steps[last] < np.median(earlier)
-            assert last < 3 and t["spent"]["seconds"] > 0  # stopped before its 3 epochs, compute counted
-        done.append(steps)
+            assert earlier and max(steps.values()) < np.median(earlier)
+            assert last < 4 and 0 < t["spent"]["steps"] < 24  # stopped before its end, compute counted
+        else:
+            assert sorted(steps) == spec.steps() and t["spent"]["steps"] == 24
+            done.append(steps)
     assert record["compute"]["seconds"] == pytest.approx(sum(t["spent"]["seconds"] for t in record["trials"]))
 
 
@@ -146,24 +152,25 @@ def test_a_trial_runs_no_learning_curve_pass_the_final_run_does(tmp_path, lr_spa
     assert calls["n"] == 2  # one point per epoch of the registered run
 
 
-def test_the_pruner_hears_once_per_epoch_of_the_budget_however_many_phases():
-    """LT-Soups trains 7 short phases (3 caps x 2 branches, then the head): its pruner reports come
-    at each whole epoch of the phases' summed epochs, not at each phase's epoch end (each a val pass)."""
+def test_the_pruner_hears_at_the_points_of_the_whole_budget_however_many_phases():
+    """LT-Soups trains 7 short phases (3 caps x 2 branches, then the head): its reports come when the
+    phases' summed spending passes each point of the run's budget, sub-epoch points included."""
     from ltbench.budget import parse_budget
     from ltbench.train import Trainer, build_all
 
-    run = {**resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "2epochs"},
+    run = {**resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "3epochs"},
                             {**TINY_DATA, "factors": [0, 1, 2], "val_checks": 0}), "name": "soup"}
     data, method = build_all(run, tuning=True)
     heard = []
-    trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True,
-                      on_epoch_end=lambda epochs, spent: heard.append((epochs, spent.epochs)))
+    points = [1 / 9, 1 / 3, 2 / 3]
+    trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True, report_at=points,
+                      on_report=lambda k, spent: heard.append((k, spent.epochs)))
     result = trainer.fit(parse_budget(run["budget"]))
     assert len(result.phases) == 7
-    ends = sum(math.ceil(p["spent"]["epochs"] - 1e-9) for p in result.phases)  # the phases' epoch ends
-    total = sum(p["spent"]["epochs"] for p in result.phases)  # > 2 where a tiny phase's one step is a whole epoch
-    assert [e for e, _ in heard] == list(range(1, int(total + 1e-6) + 1)) and len(heard) < ends
-    assert all(e <= s < e + 1 for e, s in heard)  # reported as that epoch completes
+    assert [k for k, _ in heard] == sorted({k for k, _ in heard}) and heard[-1][0] == 3
+    step = max(1 / p["spent"]["steps"] * p["spent"]["epochs"] for p in result.phases if p["spent"]["steps"])
+    for k, epochs in heard:  # heard as the point is passed: within one step of it
+        assert 3 * points[k - 1] - 1e-6 <= epochs < 3 * points[k - 1] + step + 1e-6
 
 
 def test_trials_run_in_parallel_processes_sharing_the_study(tmp_path, lr_space):
@@ -200,7 +207,12 @@ def test_a_method_without_a_space_runs_no_trials(tmp_path):
     ({"trials": 0}, "trials must be an integer >= 1"),
     ({"trials": 2, "share": 0}, "share must be a number in"),
     ({"trials": 2, "sharre": 0.5}, "Did you mean 'share'"),
-    ({"share": 0.5}, "missing required key 'trials'"),
+    ({"share": 0.5}, "give either 'budget'"),
+    ({"trials": 2, "budget": 0.5}, "give either 'budget'"),
+    ({"budget": 0.01, "share": 0.25}, "does not pay for one trial"),
+    ({"budget": 0.3, "share": 0.25}, "does not pay for one trial"),
+    ({"budget": 0}, "budget must be a number in"),
+    ({"budget": 0.5, "eta": 1}, "eta must be an integer >= 2"),
     ({"trials": 2, "pruner": "hyperband"}, "pruner must be one of"),
     ("8", "expected a number of trials or a mapping"),
 ])
@@ -262,3 +274,72 @@ def test_the_demo_suite_tunes_every_run_alike_and_hand_picks_nothing():
     picked = {"lr", "optimizer", "batch_size", "lr_ref_batch", "weight_decay", "momentum"}
     assert not picked & set(suite.sets) and all(not picked & set(r.sets) for r in suite.runs)
     assert suite.tune is not None and {j.tune for j in suite.jobs if j.kind == "run"} == {suite.tune}
+
+
+def toy_trial(run, registry, reporter=None, val_images=0):
+    """A toy problem in place of training: after t steps at learning rate lr the validation accuracy is
+    0.1 + 0.8·g(lr)·(1 − e^(−t/8)), g a bump 0.25 decades wide around lr* = 0.03 in a 6-decade space
+    (1e-5 … 10): a short trial already ranks lrs, and 3 draws rarely land in the bump."""
+    from ltbench.budget import Spent, parse_budget
+    from ltbench.tune import TrialCompute
+
+    lr, steps = run["method_config"]["lr"], parse_budget(run["budget"]).amount
+    g = math.exp(-0.5 * (math.log10(lr / 0.03) / 0.25) ** 2)
+    cost = TrialCompute("steps", Spent(steps=int(steps), epochs=steps / 10))
+    return 0.1 + 0.8 * g * (1 - math.exp(-steps / 8)), cost.as_dict()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_successive_halving_finds_the_lr_a_fixed_share_search_of_the_same_compute_misses(tmp_path, monkeypatch, seed):
+    """Same compute (0.75 of the run), same space: 3 trials of a quarter each miss the narrow good
+    learning rate; successive halving spends the same on 9 + 3 + 1 trials of 1/36, 1/12, 1/4 and finds it."""
+    import ltbench.tune
+
+    monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("log", 1e-5, 10.0)})
+    monkeypatch.setattr(ltbench.tune, "run_trial", toy_trial)
+    run = sgd_probe(budget="360steps", seed=seed)
+    fixed = tune(run, TuneSpec(trials=3, share=0.25, pruner="none"), Registry(tmp_path / "fixed"))[1]
+    sha = tune(run, TuneSpec(budget=0.75, share=0.25), Registry(tmp_path / "sha"))[1]
+    for record in (fixed, sha):  # neither spends more than 0.75 of the run's 360 steps
+        assert sum(t["spent"]["steps"] for t in record["trials"]) == 270
+    assert sha["budget"] == {"unit": "steps", "cap": 270, "used": 270}
+    assert [sum(t["rung"] == r for t in sha["trials"]) for r in range(3)] == [9, 3, 1]
+    # the rungs' lengths, each trial a run of its own: 10, 30, 90 steps
+    assert {t["rung"]: t["spent"]["steps"] for t in sha["trials"]} == {0: 10, 1: 30, 2: 90}
+    # each rung trains again the best third of the rung before
+    for r in (1, 2):
+        prev = sorted((t for t in sha["trials"] if t["rung"] == r - 1), key=lambda t: -t["value"])
+        assert sorted(t["params"]["lr"] for t in sha["trials"] if t["rung"] == r) == \
+            sorted(t["params"]["lr"] for t in prev[:len(prev) // 3])
+    near = [abs(math.log10(r["best_params"]["lr"] / 0.03)) for r in (fixed, sha)]
+    assert near[1] < 0.25 < near[0]  # within the bump / outside it
+
+
+def test_halving_on_the_real_pipeline_spends_its_budget_and_resumes(tmp_path, lr_space):
+    """A budget's halving with real trials: the plan's trials, within the budget, and a second call on
+    the same storage runs nothing more (a killed tuning resumes with what it has)."""
+    from ltbench.tune import halving_plan
+
+    reg = Registry(tmp_path)
+    spec = TuneSpec(budget=1.0, share=0.5, eta=2, rungs=2)
+    assert halving_plan(spec) == [(2, 0.25), (1, 0.5)]  # 2 × 0.25 + 1 × 0.5 = 1.0 run
+    best, record = tune(sgd_probe(budget="40steps"), spec, reg)
+    assert [(t["rung"], t["spent"]["steps"]) for t in record["trials"]] == [(0, 10), (0, 10), (1, 20)]
+    assert record["budget"] == {"unit": "steps", "cap": 40.0, "used": 40.0}
+    assert best["lr"] == GOOD and record["trials"][-1]["rung"] == 1
+    again = tune(sgd_probe(budget="40steps"), spec, reg)[1]
+    assert again["trials"] == record["trials"]
+
+
+def test_a_trial_runs_its_own_whole_schedule(tmp_path, monkeypatch):
+    """Warm-up and cosine are scaled to the trial's own length, as to the final run's: a quarter-length
+    trial warms up for its first 10 % of steps and decays to its own end."""
+    seen = []
+    real = ltbench.train.lr_factor
+    monkeypatch.setattr(ltbench.train, "lr_factor", lambda p, w: seen.append((p, w)) or real(p, w))
+    monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("choice", [GOOD])})
+    tune(sgd_probe(budget="80steps", warmup=0.1), TuneSpec(trials=1, share=0.25), Registry(tmp_path))
+    progress = [p for p, _ in seen]
+    assert len(progress) == 20 and progress[-1] == pytest.approx(19 / 20)
+    factors = [real(p, 0.1) for p in progress]
+    assert max(factors) == factors[2] and factors[-1] < 0.05  # peak after 2 warm-up steps, cosine to ~0

@@ -7,13 +7,13 @@ from typing import Annotated, ClassVar
 from ..checks import Bool, Float, Int
 from ..plugins import register_method
 from .adapters import PEFTMethod, add_adapters
-from .base import MethodConfig
+from .base import MethodConfig, optimizer_space
 
 
 @dataclass
 class AdaptFormerConfig(MethodConfig):
     """AdaptFormer's defaults: AdamW at a PEFT lr, a fixed adapter scale s = 0.1 as in the paper."""
-    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-2)}
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(1e-4, 1e-1), adamw=(1e-4, 1e-2))
     bottleneck: Annotated[int, Int(lo=1, hi=65536)] = 64
     adapter_scale: Annotated[float, Float(lo=0, hi=100)] = 0.1  # AdaptFormer's fixed s
     learnable_scale: Annotated[bool, Bool()] = False

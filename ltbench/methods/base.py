@@ -35,6 +35,17 @@ def _samplers() -> list[str]:
     return SAMPLERS.registered()
 
 
+def optimizer_space(sgd: tuple[float, float], adamw: tuple[float, float],
+                    weight_decay: tuple[float, float] = (1e-6, 1e-1), warmup: tuple[float, float] = (0.0, 0.3),
+                    **extra: tuple) -> dict[str, tuple]:
+    """The search space of a minibatch-trained method: the optimiser, the learning rate from that
+    optimiser's own log range (good SGD and AdamW rates differ by one to two decades), weight decay,
+    and the warm-up share; `extra` adds method keys (a batch size where it sets the negatives)."""
+    return {"optimizer": ("choice", ["sgd", "adamw"]),
+            "lr": ("by", "optimizer", {"sgd": ("log", *sgd), "adamw": ("log", *adamw)}),
+            "weight_decay": ("log", *weight_decay), "warmup": ("float", *warmup), **extra}
+
+
 @dataclass
 class MethodConfig:
     """Training defaults shared by every method; methods override the defaults they change.
@@ -44,8 +55,8 @@ class MethodConfig:
     """
 
     REFERENCE: ClassVar[dict[str, Any]] = {}
-    #: What `tune:` / `--tune N` searches: key -> ("log", lo, hi) | ("float", lo, hi) | ("int", lo, hi)
-    #: | ("choice", [values]). Each method declares its own; empty means nothing to tune.
+    #: What `tune:` searches: key -> ("log", lo, hi) | ("float", lo, hi) | ("int", lo, hi) | ("choice", [values])
+    #: | ("by", KEY, {value of KEY: range}). Each method declares its own (`optimizer_space`); empty: nothing to tune.
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = {}
 
     preset: Annotated[str, Choice(PRESETS)] = "paper"

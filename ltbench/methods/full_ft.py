@@ -8,14 +8,14 @@ import torch
 
 from ..checks import Float
 from ..plugins import register_method
-from .base import Method, MethodConfig, Phase
+from .base import Method, MethodConfig, Phase, optimizer_space
 
 
 @dataclass
 class FullFTConfig(MethodConfig):
     """Full fine-tuning's defaults: the backbone at 1/100 of the head's lr, so the pretrained
     features are adjusted rather than overwritten by a randomly initialised head's gradients."""
-    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-5, 1e-2), "weight_decay": ("log", 1e-4, 1e-1)}
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(1e-4, 1e-1), adamw=(1e-5, 1e-2))
     optimizer: str = "adamw"
     lr: float = 1e-3  # the head's lr
     backbone_lr_scale: Annotated[float, Float(lo=0, hi=100)] = 0.01  # backbone lr = lr × this

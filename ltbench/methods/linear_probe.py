@@ -22,7 +22,7 @@ from ..budget import count_flops
 from ..checks import Choice, Float, Int, ListOf, Opt
 from ..errors import ConfigError
 from ..plugins import register_method
-from .base import Method, MethodConfig, Phase
+from .base import Method, MethodConfig, Phase, optimizer_space
 
 SOLVERS = ("lbfgs", "sgd")
 
@@ -31,8 +31,9 @@ SOLVERS = ("lbfgs", "sgd")
 class LinearProbeConfig(MethodConfig):
     """The probe's defaults: a logit-adjusted logistic regression solved by L-BFGS (the reference
     protocol, no budget-dependent schedule), or minibatch SGD under the budget with `solver=sgd`."""
-    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {  # solver=sgd only: L-BFGS sweeps its L2 strength itself
-        "lr": ("log", 1e-4, 1e-1), "weight_decay": ("log", 1e-6, 1e-2), "batch_size": ("choice", [8, 16, 32, 64, 128])}
+    # solver=sgd only: L-BFGS sweeps its L2 strength itself
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(1e-3, 1.0), adamw=(1e-4, 1e-1),
+                                                               batch_size=("choice", [8, 16, 32, 64, 128]))
 
     # lbfgs: to convergence, L2 swept on val | sgd: minibatches for as long as the budget lasts
     solver: Annotated[str, Choice(SOLVERS)] = "lbfgs"

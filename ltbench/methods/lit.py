@@ -19,15 +19,15 @@ import torch.nn.functional as F
 
 from ..checks import Choice
 from ..plugins import register_method
-from .base import Method, MethodConfig, Phase
+from .base import Method, MethodConfig, Phase, optimizer_space
 
 
 @dataclass
 class LiTConfig(MethodConfig):
     """LiT's defaults: AdamW, batch 128 (on cached features a step is nearly free; the batch size is tuned too)."""
     # Batch size matters here: on cached features a step is nearly free, and the batch sets the negatives.
-    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-1), "weight_decay": ("log", 1e-6, 1e-2),
-                                                "batch_size": ("choice", [16, 32, 64, 128])}
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(1e-3, 1.0), adamw=(1e-4, 1e-1),
+                                                               batch_size=("choice", [16, 32, 64, 128]))
     templates: Annotated[str, Choice(("simple", "openai"))] = "simple"
     optimizer: str = "adamw"
     lr: float = 1e-3

@@ -7,13 +7,13 @@ from typing import Annotated, ClassVar
 from ..checks import Choice, Float, Int
 from ..plugins import register_method
 from .adapters import PEFTMethod, add_lora
-from .base import MethodConfig
+from .base import MethodConfig, optimizer_space
 
 
 @dataclass
 class LoRAConfig(MethodConfig):
     """LoRA's defaults: rank 8, α 16 (a scale of 2), over the whole fused q/k/v weight."""
-    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-4, 1e-2), "weight_decay": ("log", 1e-6, 1e-2)}
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(1e-4, 1e-1), adamw=(1e-4, 1e-2))
     rank: Annotated[int, Int(lo=1, hi=65536)] = 8
     alpha: Annotated[float, Float(lo=0, hi=1e6, lo_open=True)] = 16.0
     targets: Annotated[str, Choice(("qkv", "qv"))] = "qkv"  # qkv: one factor pair over the fused weight | qv: a pair each for q and v

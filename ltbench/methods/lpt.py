@@ -22,7 +22,7 @@ from torch import nn
 from ..checks import Bool, Choice, Float, Int, Opt
 from ..plugins import register_method
 from ..losses import LOSSES
-from .base import Method, MethodConfig, PartSpec, Phase, _samplers
+from .base import Method, MethodConfig, PartSpec, Phase, _samplers, optimizer_space
 from .prompting import run_blocks, strip
 
 
@@ -39,9 +39,10 @@ class LPTConfig(MethodConfig):
         "margin": 0.1, "label_smoothing": 0.1, "neg_weight": 0.0, "ins_gamma_pos": 0.5, "ins_gamma_neg": 8.0,
     }
 
-    # lr per 256 images (lr_ref_batch): the paper's 0.002 and the code's 0.02 inside, up to 0.4 (0.05 a batch of
-    # 32, where the same prompts under VPT's SGD diverge in a short run; see vpt.py), down to 2e-4.
-    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 2e-4, 0.4), "weight_decay": ("log", 1e-5, 1e-1)}
+    # lr per 256 images (lr_ref_batch). SGD: the paper's 0.002 and the code's 0.02 inside, up to 0.4 (0.05 a
+    # batch of 32, where the same prompts under VPT's SGD diverge in a short run; see vpt.py), down to 2e-4.
+    # AdamW: 1e-3 … 0.1 (1.25e-4 … 1.25e-2 a batch of 32).
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(2e-4, 0.4), adamw=(1e-3, 0.1))
     # Paper: SGD (momentum 0.9), lr 0.002·B/256, wd 1e-4, cosine schedule, 5 warm-up epochs of 40 a phase.
     optimizer: str = "sgd"
     lr: float = 0.002

@@ -24,7 +24,7 @@ import torch
 
 from ..checks import Choice, Float, Int, ListOf, Mapping
 from ..plugins import METHODS, register_method
-from .base import Method, MethodConfig, Phase
+from .base import Method, MethodConfig, Phase, optimizer_space
 
 Weights = dict[str, torch.Tensor]
 
@@ -56,7 +56,7 @@ class LTSoupsConfig(MethodConfig):
     }
 
     # lr: the default 1e-3 and the official 3e-5 inside
-    SEARCH_SPACE: ClassVar[dict[str, tuple]] = {"lr": ("log", 1e-5, 1e-2), "weight_decay": ("log", 1e-6, 1e-1)}
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(1e-4, 1e-1), adamw=(1e-5, 1e-2))
     inner: Annotated[str, Choice(("lora", "adaptformer", "full-ft"))] = "lora"  # lora | adaptformer | full-ft
     inner_set: Annotated[dict[str, Any], Mapping()] = field(default_factory=dict)  # the inner method's own keys (rank, bottleneck …)
     factors: Annotated[list[int], ListOf(Int(lo=0, hi=64), nonempty=True)] = field(default_factory=lambda: [0, 1, 2, 3, 4, 5, 6])
