@@ -85,7 +85,7 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
     With `out`, every format is written there (report.csv/.md/.tex/.json/.txt); `plots` adds
     the PNG figures, into `out` or else `plots_dir`. The rows are read once for all of them.
     """
-    from .report import FORMATS, ReportError, render, rich_table, write_plots, write_report
+    from .report import FORMATS, ReportError, render, terminal, write_plots, write_report
 
     if fmt not in FORMATS:
         from ._registry import suggest
@@ -105,7 +105,7 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
     measured = report_frame(registry, with_paths=plots, **filters)
     df = add_references(measured, suite.references, suite_runs(suite)) if suite is not None else measured
     doc = {"suite": suite.name, "budget": suite.budget} if suite is not None else {}
-    shown = rich_table(df) if fmt == "table" else render(df, fmt, **doc)
+    shown = terminal(df) if fmt == "table" else render(df, fmt, **doc)
     written = write_report(df, out, **doc) if out is not None else []
     if plots:
         written += write_plots(measured, out if out is not None else plots_dir)

@@ -602,7 +602,7 @@ def suite_runs(suite: Suite) -> dict[str, str]:
 def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path | None = None,
                  plots: bool = True):
     """The report of exactly the suite's experts: (rich table, files written into `out`)."""
-    from .report import add_references, collect, rich_table, write_plots, write_report
+    from .report import add_references, collect, terminal, write_plots, write_report
 
     registry = registry or Registry()
     out = Path(out) if out is not None else default_report_dir(suite, registry)
@@ -611,7 +611,7 @@ def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path
     written = write_report(df, out, suite=suite.name, budget=suite.budget)
     if plots:
         written += write_plots(measured, out)
-    return rich_table(df, title=f"ltbench suite {suite.name} — test accuracy (%), budget {suite.budget} a run"), written
+    return terminal(df, title=f"ltbench suite {suite.name} — test accuracy (%), budget {suite.budget} a run"), written
 
 
 # -- plan: what a suite would run, without training -------------------------------------------

@@ -29,6 +29,7 @@ from rich.table import Table
 from ..provenance import experiment_key, replicate_seed
 from ..registry import Registry, RegistryError
 from . import logits as _logits
+from . import status as _status
 
 ACC_COLUMNS = ["overall", "many", "medium", "few"]
 FORMATS = ("table", "csv", "md", "latex", "json")
@@ -68,6 +69,11 @@ def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]
     row["tune_seconds"] = (tuning.get("compute") or {}).get("seconds") if tuning else None
     row["_path"] = ex.path
     row["_key"] = (r["dataset"], experiment_key(config, lookup))
+    counts = ex.class_counts
+    row["_classes"] = len(counts) if counts is not None else (config.get("data") or {}).get("num_classes")
+    row["_n"] = test.get("n")
+    row["_history"] = ex.history()
+    row["same_as"] = _status.one_expert(meta) if r["method"].startswith("fuse") or "constituents" in meta else None
     return row
 
 
@@ -118,6 +124,9 @@ def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
         row[c] = float(np.mean(vals)) if len(vals) == len(members) else None
     budgets = {m.get("budget") for m in members}
     row["budget"] = budgets.pop() if len(budgets) == 1 else "mixed"
+    row["status"], row["status_why"] = _status.group_status(members)
+    same = {m.get("same_as") for m in members}
+    row["same_as"] = same.pop() if len(same) == 1 else None
     return row
 
 
@@ -136,7 +145,7 @@ def _columns(df: pd.DataFrame) -> list[str]:
             "overall", "overall_lo", "overall_hi", "overall_std", "many", "many_std", "medium", "medium_std",
             "few", "few_std", *ood, *[_std_name(c) for c in ood], "ece", "ece_std",
             "trainable_params", "total_params", "trainable_pct", "flops", "device_seconds",
-            "tuned", "tune_flops", "tune_seconds", "budget"]
+            "tuned", "tune_flops", "tune_seconds", "budget", "status", "status_why", "same_as"]
     return cols
 
 
@@ -161,6 +170,14 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     rows = [r for r in rows if not (dataset and r["dataset"] != dataset) and not (method and r["method"] != method)]
     lookup = _config_lookup(registry)
     singles = [_expert_row(registry, r, lookup) for r in rows]
+    if ci:  # every run's interval: a seed group's status is its members'
+        scored = [r for r in singles if r.get("overall") is not None]
+        ivals = _logits.parallel_map(
+            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), scored)
+        for r, (lo, hi) in zip(scored, ivals):
+            r["overall_lo"], r["overall_hi"] = lo, hi
+    for r in singles:
+        r["status"], r["status_why"] = _status.row_status(r, r.pop("_history"), r["_classes"], r["_n"])
 
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for row in singles:
@@ -177,12 +194,6 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
                 m["_paths"] = [m["_path"]]
                 out.append(m)
 
-    if ci:
-        lone = [r for r in out if r["seeds"] == 1 and r.get("overall") is not None]
-        ivals = _logits.parallel_map(
-            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), lone)
-        for r, (lo, hi) in zip(lone, ivals):
-            r["overall_lo"], r["overall_hi"] = lo, hi
 
     df = pd.DataFrame(out)
     cols = _columns(df)
@@ -190,7 +201,8 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     if len(df):
         df = df.sort_values(SORT, kind="stable").reset_index(drop=True)
     for c in cols:
-        if c not in ("expert", "method", "backbone", "dataset", "members", "budget", "seed"):
+        if c not in ("expert", "method", "backbone", "dataset", "members", "budget", "seed", "status", "status_why",
+                     "same_as"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     for c in ("seed", "seeds", "trainable_params", "total_params", "tuned"):
         df[c] = df[c].astype("Int64")
@@ -280,6 +292,9 @@ def _cell(col: str, row: pd.Series) -> str:
         return f"{int(v):,}"
     if col == "tuned":
         return f"{int(v)} trials"
+    if col == "status":
+        same = row.get("same_as")
+        return str(v) + ("" if _missing(same) else f", = {same}")
     if col in ("flops", "tune_flops"):
         return f"{v:.2e}"
     if col in ("device_seconds", "tune_seconds"):
@@ -300,7 +315,10 @@ def _display_columns(df: pd.DataFrame) -> list[str]:
     lead = ["expert", "method", "backbone"] + (["dataset"] if df["dataset"].nunique() > 1 else [])
     deltas = [c for c in df.columns if c.startswith("delta:")]
     tuned = ["tuned", "tune_flops", "tune_seconds"] if "tuned" in df and df["tuned"].notna().any() else []
-    return [*lead, "seeds", *ACC_COLUMNS, *ood, *deltas, "ece", "trainable_params", "flops", "device_seconds", *tuned]
+    status = ["status"] if "status" in df and df["status"].notna().any() else []
+    budget = ["budget"] if "budget" in df and df["budget"].nunique() > 1 else []
+    return [*lead, *budget, "seeds", *ACC_COLUMNS, *status, *ood, *deltas, "ece", "trainable_params", "flops",
+            "device_seconds", *tuned]
 
 
 def _header(col: str) -> str:
@@ -321,14 +339,38 @@ def rich_table(df: pd.DataFrame, title: str = TITLE) -> Table:
         table.add_column(_header(c), justify="left" if text else "right", no_wrap=not text,
                          overflow="fold" if text else "ellipsis")
     for _, row in df.iterrows():
-        table.add_row(*[_cell(c, row) for c in cols])
+        flagged = row.get("status") not in (None, _status.OK) and not _missing(row.get("status"))
+        table.add_row(*[_cell(c, row) for c in cols], style="yellow" if flagged else None)
     return table
+
+
+def terminal(df: pd.DataFrame, title: str = TITLE):
+    """What the terminal shows: the table, then one line per flagged row saying why."""
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(rich_table(df, title), *(Text(line, style="yellow") for line in flag_lines(df)))
+
+
+def flag_lines(df: pd.DataFrame) -> list[str]:
+    """One line per flagged row (a status other than ok, or a fusion that is one expert), saying why."""
+    lines = []
+    for _, row in df.iterrows():
+        status, same = row.get("status"), row.get("same_as")
+        if not _missing(status) and status != _status.OK:
+            lines.append(f"{row['expert']}: {status} — {row.get('status_why') or ''}".rstrip(" —"))
+        if not _missing(same):
+            lines.append(f"{row['expert']}: = {same} — at least {_status.ONE_EXPERT:.0%} of the fusion's weight "
+                         f"is on its {same} expert in every shot group")
+    return lines
 
 
 def table_text(df: pd.DataFrame, width: int = 400) -> str:
     """The rich table as plain text (what `--out` writes to report.txt)."""
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(rich_table(df))
+    for line in flag_lines(df):
+        console.print(line, highlight=False, soft_wrap=True)
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
 
 
@@ -389,7 +431,8 @@ def render(df: pd.DataFrame, fmt: str, suite: str | None = None, budget: str | N
         lines = ["| " + " | ".join(_header(c) for c in cols) + " |",
                  "|" + "|".join(":---" if c in ("expert", "method", "backbone", "dataset") else "---:" for c in cols) + "|"]
         lines += ["| " + " | ".join(esc(x) for x in r) + " |" for r in cells]
-        return "\n".join(lines) + f"\n\n{CAPTION}\n"
+        flags = "".join(f"- {esc(line)}\n" for line in flag_lines(df))
+        return "\n".join(lines) + f"\n\n{CAPTION}\n" + (f"\n{flags}" if flags else "")
     lead = sum(c in ("expert", "method", "backbone", "dataset") for c in cols)
     lines = [r"\begin{tabular}{" + "l" * lead + "r" * (len(cols) - lead) + "}", r"\toprule",
              " & ".join(_latex_escape(_header(c)) for c in cols) + r" \\", r"\midrule"]
