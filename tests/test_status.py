@@ -17,7 +17,7 @@ C = 10
 COUNTS = [300, 200, 150, 101, 80, 50, 20, 19, 8, 5]
 
 
-def expert(reg, name, acc, *, method="lpt", seed=0, per_class=40, history=None, meta=None, gen=0):
+def expert(reg, name, acc, *, method="lpt", seed=0, per_class=40, history=None, meta=None, gen=0, budget=None):
     """An expert right with probability `acc` on every test image, with an optional learning curve."""
     g = np.random.default_rng(gen)
     labels = np.repeat(np.arange(C), per_class)
@@ -33,8 +33,8 @@ def expert(reg, name, acc, *, method="lpt", seed=0, per_class=40, history=None, 
     groups = shot_groups(np.array(COUNTS))
     metrics = {k: evaluate_logits(lg, lb, groups) for k, (lg, lb) in splits.items()}
     config = {"name": name, "method": method, "backbone": "vit-tiny-test", "dataset": "toy-lt", "seed": seed,
-              "method_config": {"lr": 0.01}, "many": 100, "few": 20}
-    m = {"params": {"trainable": 10, "total": 100}, "spent": {"flops": 1e9, "seconds": 1.0}, "budget": "2epochs",
+              "method_config": {"lr": 0.01}, "many": 100, "few": 20, **({"budget": budget} if budget else {})}
+    m = {"params": {"trainable": 10, "total": 100}, "spent": {"flops": 1e9, "seconds": 1.0}, "budget": budget or "2epochs",
          "class_counts": COUNTS, "created": "now", "config_hash": "x", **(meta or {})}
     return reg.register(name, config, {"w": torch.zeros(2)}, splits, metrics, m, history=history)
 

@@ -69,12 +69,35 @@ def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]
     row["tune_seconds"] = (tuning.get("compute") or {}).get("seconds") if tuning else None
     row["_path"] = ex.path
     row["_key"] = (r["dataset"], experiment_key(config, lookup))
+    # the same experiment at any budget (a line of the accuracy-against-budget view), and its budget
+    row["_series"] = (r["dataset"], experiment_key({**config, "budget": None}, _without_budget(lookup)))
+    row["_at_budget"] = _budget_of(config, meta, lookup)
     counts = ex.class_counts
     row["_classes"] = len(counts) if counts is not None else (config.get("data") or {}).get("num_classes")
     row["_n"] = test.get("n")
     row["_history"] = ex.history()
     row["same_as"] = _status.one_expert(meta) if r["method"].startswith("fuse") or "constituents" in meta else None
     return row
+
+
+def _without_budget(lookup):
+    def inner(name: str) -> dict[str, Any]:
+        return {**lookup(name), "budget": None}
+
+    return inner
+
+
+def _budget_of(config: dict[str, Any], meta: dict[str, Any], lookup) -> str | None:
+    """The budget a row ran at: a fusion's is its members' (when they share one)."""
+    if meta.get("budget") != "fuse":
+        return meta.get("budget") or config.get("budget")
+    budgets = set()
+    for name in config.get("experts") or []:
+        try:
+            budgets.add(lookup(name).get("budget"))
+        except KeyError:
+            return None
+    return budgets.pop() if len(budgets) == 1 else None
 
 
 def _config_lookup(registry: Registry):
@@ -109,7 +132,7 @@ def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
     stem = _stem(names)
     first = members[0]
     row = {k: first[k] for k in ("method", "backbone", "dataset", "trainable_params", "total_params",
-                                 "trainable_pct", "_path", "_key")}
+                                 "trainable_pct", "_path", "_key", "_series", "_at_budget")}
     row["expert"] = f"{stem}_s{{{','.join(map(str, seeds))}}}" if stem else "+".join(names)
     row.update(seeds=len(members), seed=None, members=",".join(names))
     metric_cols = [c for c in members[0] if c in ACC_COLUMNS or c == "ece" or c.startswith("ood:")]
@@ -197,7 +220,7 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
 
     df = pd.DataFrame(out)
     cols = _columns(df)
-    df = df.reindex(columns=cols + (["_paths"] if with_paths else []))
+    df = df.reindex(columns=cols + ["_series", "_at_budget"] + (["_paths"] if with_paths else []))
     if len(df):
         df = df.sort_values(SORT, kind="stable").reset_index(drop=True)
     for c in cols:
