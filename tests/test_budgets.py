@@ -152,6 +152,8 @@ def test_pivot_marks_statuses_and_spreads():
     b = next(r for r in rows if r[0] == "b")
     assert b[2:] == ["20.00 ± 1.00 [at chance]", "45.00 ± 1.00", "60.00 ± 1.00 [still improving]"]
     assert next(r for r in rows if r[0] == "c")[2] == "10.00"
+    text = bb.render(frame(POINTS), "table")  # the terminal's text: marks are not swallowed as markup
+    assert "20.00 ± 1.00 [at chance]" in text and "[status]" in text
 
 
 def test_series_names_drop_seed_and_budget():

@@ -118,11 +118,11 @@ CAPTION = "mean ± std over seeds (single runs: the run); [status] marks a run t
 
 def budget_table(bf: pd.DataFrame, title: str = TITLE) -> Table:
     header, rows = pivot(bf)
-    table = Table(title=title, caption=CAPTION)
+    table = Table(title=title, caption=Text(CAPTION))
     for c in header:
         table.add_column(c, justify="left" if c in ("dataset", "line", "method") else "right")
-    for r in rows:
-        table.add_row(*r, style="yellow" if any("[" in c for c in r) else None)
+    for r in rows:  # Text: a cell's "[at chance]" is not rich markup
+        table.add_row(*(Text(c) for c in r), style="yellow" if any("[" in c for c in r) else None)
     return table
 
 
