@@ -11,9 +11,11 @@ Statuses, most severe first (a seed group shows its most severe member's, naming
   random), whatever the test set's class balance, so an interval reaching it means the data
   cannot tell the run from one that learnt nothing. The interval is the report's percentile
   bootstrap over test images (`metrics.bootstrap_interval`: it resamples what the statistic
-  averages, per class, so it is right for unbalanced test sets too); without logits (`ci=False`)
-  a Wilson score interval on the test-set size stands in (exact for a balanced test set, where
-  per-class averaging is the plain proportion);
+  averages, per class, so it is right for unbalanced test sets too). Where the report reads no
+  logits — `ci=False`, and the members of a seed group, whose bootstrap would cost the report a
+  logits read each — a Wilson score interval on the test-set size stands in: the interval of a
+  plain proportion, which per-class-averaged accuracy is on a balanced test set (the long-tail
+  benchmarks' test sets are balanced); it is too narrow on an unbalanced one;
 - ``still improving``: the validation curve still rises at its end beyond its noise (see
   `still_improving`); the training loss (negated) stands in when validation was measured
   fewer than `MIN_VAL_POINTS` times, as in runs of an epoch or two;

@@ -193,22 +193,27 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     rows = [r for r in rows if not (dataset and r["dataset"] != dataset) and not (method and r["method"] != method)]
     lookup = _config_lookup(registry)
     singles = [_expert_row(registry, r, lookup) for r in rows]
-    if ci:  # every run's interval: a seed group's status is its members'
-        scored = [r for r in singles if r.get("overall") is not None]
+    by_key: dict[tuple, list[dict]] = defaultdict(list)
+    for row in singles:
+        by_key[row["_key"]].append(row)
+
+    def grouped(members: list[dict]) -> bool:
+        seeds = [m["seed"] for m in members]
+        return group_seeds and len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds)
+
+    if ci:  # single runs only: a seed group's members are judged on a Wilson interval (see report/status.py)
+        lone = [m for members in by_key.values() if not grouped(members) for m in members
+                if m.get("overall") is not None]
         ivals = _logits.parallel_map(
-            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), scored)
-        for r, (lo, hi) in zip(scored, ivals):
+            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), lone)
+        for r, (lo, hi) in zip(lone, ivals):
             r["overall_lo"], r["overall_hi"] = lo, hi
     for r in singles:
         r["status"], r["status_why"] = _status.row_status(r, r.pop("_history"), r["_classes"], r["_n"])
 
-    by_key: dict[tuple, list[dict]] = defaultdict(list)
-    for row in singles:
-        by_key[row["_key"]].append(row)
     out: list[dict[str, Any]] = []
     for members in by_key.values():
-        seeds = [m["seed"] for m in members]
-        if group_seeds and len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds):
+        if grouped(members):
             g = _group_row(members)
             g["_paths"] = [m["_path"] for m in sorted(members, key=lambda m: m["seed"])]
             out.append(g)
@@ -216,7 +221,6 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
             for m in members:
                 m["_paths"] = [m["_path"]]
                 out.append(m)
-
 
     df = pd.DataFrame(out)
     cols = _columns(df)
