@@ -210,6 +210,14 @@ def test_the_report_ends_with_one_line_per_flagged_run(reg):
     assert text.rstrip().splitlines()[-len(lines):] == lines
 
 
+def test_a_row_names_every_flag_worst_first(home):
+    r = Registry(home)
+    expert(r, "both", 0.1, history=steps(np.linspace(2.3, 1.0, 30)), gen=2)
+    row = collect(r).iloc[0]
+    assert row["status"] == st.CHANCE
+    assert row["status_why"].index("contains chance") < row["status_why"].index("also still improving: training loss")
+
+
 def test_a_seed_group_shows_its_worst_seed(home):
     r = Registry(home)
     expert(r, "g_s0", 0.6, seed=0, gen=1)

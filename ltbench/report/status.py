@@ -178,8 +178,9 @@ def row_status(row: dict[str, Any], history: list[dict[str, Any]] | None, num_cl
     found = [curve_status(history),
              chance_status(row.get("overall"), row.get("overall_lo"), row.get("overall_hi"), num_classes, n)]
     status = worst(s for s, _ in found)
-    why = "; ".join(w for s, w in found if s == status and w)
-    return status, why
+    why = [w for s, w in found if s == status and w]
+    why += [f"also {s}: {w}" for s, w in found if s not in (status, OK) and w]  # e.g. at chance but still rising
+    return status, "; ".join(why)
 
 
 def group_status(members: list[dict[str, Any]]) -> tuple[str, str]:
