@@ -114,7 +114,8 @@ def test_a_suite_at_two_budgets_trains_the_new_budget_only_and_reports_against_b
         (s, b) for s in ("tiny-a", "tiny-b") for b in ("1steps", "3steps")}
     assert all(r["status"] in ("ok", "still improving", "at chance", "diverged") for r in doc["rows"])
     assert doc["ranking_changes"] and "against budget" in r.output
-    assert json.loads((out / "report.json").read_text())["budget"] == "mixed"
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"] == "mixed" and len(report["rows"]) == 4 and all(r["status"] for r in report["rows"])
 
 
 # -- the view ---------------------------------------------------------------------------------------

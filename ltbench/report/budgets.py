@@ -117,6 +117,7 @@ CAPTION = "mean ± std over seeds (single runs: the run); [status] marks a run t
 
 
 def budget_table(bf: pd.DataFrame, title: str = TITLE) -> Table:
+    """The pivot as a rich table; rows with a flagged point in yellow."""
     header, rows = pivot(bf)
     table = Table(title=title, caption=Text(CAPTION))
     for c in header:
@@ -168,6 +169,7 @@ FILES = {"csv": "by_budget.csv", "md": "by_budget.md", "json": "by_budget.json",
 
 
 def write(bf: pd.DataFrame, out_dir: str | Path) -> list[Path]:
+    """by_budget.csv / .md / .json / .txt into `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
