@@ -11,7 +11,7 @@ import ltbench.train
 from ltbench.bench import SuiteError, load_suite, parse_budgets
 from ltbench.cli import app
 from ltbench.registry import Registry
-from ltbench.report import collect
+from ltbench.report import collect, render
 from ltbench.report import budgets as bb
 from test_bench import TINY_SUITE, write
 from test_status import expert
@@ -186,6 +186,8 @@ def test_report_by_budget_from_the_registry(home, tmp_path):
             expert(reg, f"x-b-{budget}-s{seed}", acc_b, method="vpt-deep", seed=seed, budget=budget, gen=10 + seed)
     bf = bb.budget_frame(collect(reg))
     assert sorted(set(bf["series"])) == ["x-a", "x-b"] and (bf["seeds"] == 2).all()
+    assert "budget" in render(collect(reg), "md").splitlines()[0]  # runs at two budgets: the table says which
+    assert "budget" not in render(collect(reg, experts=["x-a-1epochs-s0", "x-b-1epochs-s0"]), "md").splitlines()[0]
     r = runner.invoke(app, ["report", "--by", "budget", "--out", str(tmp_path / "o"), "--plots"])
     assert r.exit_code == 0, r.output
     assert "x-b overtakes x-a" in r.output and (tmp_path / "o" / "accuracy_vs_budget.png").is_file()

@@ -343,7 +343,8 @@ def _display_columns(df: pd.DataFrame) -> list[str]:
     deltas = [c for c in df.columns if c.startswith("delta:")]
     tuned = ["tuned", "tune_flops", "tune_seconds"] if "tuned" in df and df["tuned"].notna().any() else []
     status = ["status"] if "status" in df and df["status"].notna().any() else []
-    budget = ["budget"] if "budget" in df and df["budget"].nunique() > 1 else []
+    # the budget column only when runs ran at different budgets (a fusion's own "fuse" does not count)
+    budget = ["budget"] if "_at_budget" in df and df["_at_budget"].nunique() > 1 else []
     return [*lead, *budget, "seeds", *ACC_COLUMNS, *status, *ood, *deltas, "ece", "trainable_params", "flops",
             "device_seconds", *tuned]
 
