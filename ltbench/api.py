@@ -84,13 +84,16 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
 
     With `out`, every format is written there (report.csv/.md/.tex/.json/.txt); `plots` adds
     the PNG figures, into `out` or else `plots_dir`. The rows are read once for all of them.
+    `by="budget"`: the accuracy-against-budget view instead (report/budgets.py).
     """
-    from .report import FORMATS, ReportError, render, rich_table, write_plots, write_report
+    from ._registry import suggest
+    from .report import FORMATS, ReportError, render, terminal, write_plots, write_report
 
     if fmt not in FORMATS:
-        from ._registry import suggest
-
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.{suggest(fmt, FORMATS)}")
+    by = filters.pop("by", None)
+    if by not in (None, "budget"):
+        raise ReportError(f"unknown --by {by!r}; use budget.{suggest(by, ['budget'])}")
     suite = filters.pop("suite", None)
     if suite is not None:  # exactly the suite's experts, with its published reference rows
         from .bench import load_suite, suite_runs
@@ -103,9 +106,16 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
             raise ReportError(f"no expert of suite {suite.name!r} is registered in {registry.home}; "
                               f"run `ltbench bench {suite.source}` first")
     measured = report_frame(registry, with_paths=plots, **filters)
+    if by == "budget":
+        from .report import budgets as by_budget
+
+        bf = by_budget.budget_frame(measured)
+        shown = by_budget.terminal(bf) if fmt == "table" else by_budget.render(bf, fmt)
+        written = by_budget.write(bf, out) if out is not None else []
+        return shown, written + (by_budget.plot(bf, out if out is not None else plots_dir) if plots else [])
     df = add_references(measured, suite.references, suite_runs(suite)) if suite is not None else measured
     doc = {"suite": suite.name, "budget": suite.budget} if suite is not None else {}
-    shown = rich_table(df) if fmt == "table" else render(df, fmt, **doc)
+    shown = terminal(df) if fmt == "table" else render(df, fmt, **doc)
     written = write_report(df, out, **doc) if out is not None else []
     if plots:
         written += write_plots(measured, out if out is not None else plots_dir)
@@ -217,29 +227,39 @@ def listing(command: str) -> list[tuple[str, str]]:
 
 def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: bool = True,
           registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
-          executor: str = "local", address: str | None = None):
+          executor: str = "local", address: str | None = None, budgets: str | list[str] | None = None):
     """`ltbench bench SUITE.yaml`: train the suite's missing runs, fit its fusions, write its report.
 
     `executor="ray"` runs every job as a Ray task (on the cluster at `address`, or a local one).
+    `budgets` ("1epochs,2epochs" or a list) runs the suite at each of them instead of its own.
     Returns (the rich table, the files written, the suite's expert names). The report covers
     exactly the suite's experts and goes to `out` (default <LTBENCH_HOME>/reports/<suite name>).
     """
-    from .bench import Suite, load_suite, report_suite, run_suite
+    from .bench import report_suite, run_suite
     from .executors import check_executor
 
     check_executor(executor, address)
+    suite = _suite(suite, budgets)
     registry = registry or Registry()
-    suite = suite if isinstance(suite, Suite) else load_suite(suite)
     names = run_suite(suite, registry=registry, console=console, quiet=quiet, executor=executor, address=address)
     table, written = report_suite(suite, registry=registry, out=out, plots=plots)
     return table, written, names
 
 
-def plan(suite: "str | Path | Suite"):
-    """`ltbench bench SUITE --plan`: (the plan as a rich table, its rows); validates, trains nothing."""
-    from .bench import Suite, load_suite, plan_rows, plan_table
+def _suite(suite: "str | Path | Suite", budgets: str | list[str] | None = None) -> "Suite":
+    """The suite, at `budgets` when given (checked first: a bad value fails before the file is read)."""
+    from .bench import Suite, load_suite, parse_budgets
 
+    wanted = parse_budgets(budgets) if budgets is not None else None
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    return suite.with_budgets(wanted) if wanted is not None else suite
+
+
+def plan(suite: "str | Path | Suite", budgets: str | list[str] | None = None):
+    """`ltbench bench SUITE --plan`: (the plan as a rich table, its rows); validates, trains nothing."""
+    from .bench import plan_rows, plan_table
+
+    suite = _suite(suite, budgets)
     rows = plan_rows(suite)
     return plan_table(suite, rows), rows
 

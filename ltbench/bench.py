@@ -7,6 +7,7 @@ A suite is a YAML file (`ltbench bench SUITE.yaml`; `ltbench demo` runs the buil
     dataset: fashion-mnist-lt
     backbone: dinov2-s14           # default backbone of every run
     budget: 45s                    # ONE budget for every run: epochs | steps | flops | seconds
+    budgets: [1epochs, 2epochs]    # optional: every run at each of these too (accuracy against budget)
     seeds: [0]                     # every run (and fusion) once per seed
     set: {img_size: 56}            # --set keys common to every run
     runs:
@@ -44,6 +45,12 @@ stopped); a registered run whose stored config disagrees with the suite is an er
 than a silently stale row. The trainer enforces the budget (a run stops before the step that
 would overrun it) and the report shows what each run spent.
 
+With `budgets:` (or `ltbench bench SUITE --budgets 1epochs,2epochs`), every run and fusion
+runs once per budget and seed; each budget is tuned on its own when the suite tunes. Experts
+at the suite's own `budget:` keep their names; the others get the budget in theirs
+(`<name>-<label>-<budget>-s<seed>`), so adding budgets reuses what is registered. The budgets
+share one unit (they are one axis of the report's accuracy-against-budget view).
+
 With `tune:`, every run of the suite gets the same tuning: the same multiple of its budget spent
 on trials of its method's declared search space, selected on validation accuracy; the suite may
 not also set a key that is tuned (that would be a hand-picked override beside the search).
@@ -69,7 +76,7 @@ from .records import OPERATIONAL
 if TYPE_CHECKING:
     from .tune import TuneSpec
 
-SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "seeds", "set", "tune", "runs", "fusions",
+SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "budgets", "seeds", "set", "tune", "runs", "fusions",
               "reference", "resources", "retries")
 REFERENCE_KEYS = ("run", "name", "source", "overall", "many", "medium", "few", "ood")
 ACCURACY_KEYS = ("overall", "many", "medium", "few")
@@ -77,7 +84,7 @@ RUN_KEYS = ("label", "method", "backbone", "set", "init", "resources", "retries"
 #: What a Ray task of a run asks for (`--executor ray`); never part of a run's config.
 RESOURCE_KEYS = ("cpus", "gpus")
 FUSION_KEYS = ("label", "experts", "scorer", "trials", "objective", "per_group")
-REQUIRED = ("dataset", "backbone", "budget", "runs")
+REQUIRED = ("dataset", "backbone", "runs")
 
 
 class SuiteError(ConfigError):
@@ -122,6 +129,7 @@ class Job:
     resources: dict[str, float] = field(default_factory=dict)  # Ray task resources: cpus, gpus
     retries: int = 0  # further attempts after a failure (Ray executor)
     needs: list[str] = field(default_factory=list)  # expert names this job waits for (init, fusion members)
+    budget: str = ""  # the budget it runs under (one of the suite's budgets)
     tune: "TuneSpec | None" = None  # runs: tuned first (the suite's `tune:`)
 
 
@@ -144,10 +152,22 @@ class Suite:
     references: list[dict[str, Any]] = field(default_factory=list)
     resources: dict[str, float] = field(default_factory=dict)
     retries: int = 0
+    #: every budget the suite runs at (normalised, one unit); [budget] unless `budgets:` / --budgets
+    budgets: list[str] = field(default_factory=list)
 
-    def expert_name(self, label: str, seed: int) -> str:
-        """The registered name of a job's expert, unique per suite, label and seed."""
-        return f"{self.name}-{label}-s{seed}"
+    def expert_name(self, label: str, seed: int, budget: str | None = None) -> str:
+        """The registered name of a job's expert, unique per suite, label, budget and seed (the
+        suite's own `budget:` is not written, so its experts keep their names when budgets are added)."""
+        tag = "" if budget is None or budget == self.budget else f"-{budget}"
+        return f"{self.name}-{label}{tag}-s{seed}"
+
+    def with_budgets(self, budgets: list[str]) -> "Suite":
+        """The same suite run at each of `budgets` (already checked by `parse_budgets`)."""
+        from dataclasses import replace
+
+        suite = replace(self, budgets=list(budgets))
+        suite.jobs = plan(suite)
+        return suite
 
     @property
     def names(self) -> list[str]:
@@ -249,8 +269,11 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
     _label_ok(name, "suite name: ", source)
     from .budget import BudgetError, parse_budget
 
+    if data.get("budget") in (None, "") and data.get("budgets") in (None, "", []):
+        raise SuiteError(f"{source}: missing required key 'budget'")
+    budgets = parse_budgets(data["budgets"], f"{source}: budgets") if data.get("budgets") not in (None, "", []) else []
     try:
-        parse_budget(str(data["budget"]))
+        budget = str(parse_budget(str(data["budget"]))) if data.get("budget") not in (None, "") else budgets[-1]
     except BudgetError as e:
         raise SuiteError(f"{source}: budget: {e}") from None
     seeds = _parse_seeds(data, source)
@@ -282,12 +305,36 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         tune = parse_tune(data.get("tune"), f"{source}: tune")
     except ConfigError as e:
         raise SuiteError(str(e)) from None
-    suite = Suite(name=name, dataset=str(data["dataset"]), backbone=str(data["backbone"]), budget=str(data["budget"]),
-                  seeds=seeds, sets=common, runs=runs, fusions=fusions, source=source,
+    suite = Suite(name=name, dataset=str(data["dataset"]), backbone=str(data["backbone"]), budget=budget,
+                  budgets=budgets or [budget], seeds=seeds, sets=common, runs=runs, fusions=fusions, source=source,
                   description=str(data.get("description") or ""), references=references, resources=resources,
                   retries=retries, tune=tune)
     suite.jobs = plan(suite)
     return suite
+
+
+def parse_budgets(value: Any, where: str = "--budgets") -> list[str]:
+    """A list of budgets ("1epochs,2epochs,4epochs" or a YAML list), normalised: distinct, one
+    unit, in the order given; anything else is a one-line SuiteError naming the bad value."""
+    from .budget import BudgetError, parse_budget
+
+    items = [x.strip() for x in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or any(isinstance(x, (bool, dict, list)) or x in (None, "")
+                                                       for x in items):
+        raise SuiteError(f"{where}: expected a list of budgets such as 1epochs,2epochs,4epochs, got {value!r}")
+    out, units = [], set()
+    for x in items:
+        try:
+            b = parse_budget(str(x))
+        except BudgetError as e:
+            raise SuiteError(f"{where}: {e}") from None
+        if str(b) in out:
+            raise SuiteError(f"{where}: budget {str(b)!r} is listed twice")
+        out.append(str(b))
+        units.add(b.unit)
+    if len(units) > 1:
+        raise SuiteError(f"{where}: budgets must share one unit (one axis of the report), got {', '.join(out)}")
+    return out
 
 
 def _parse_seeds(data: dict, source: str) -> list[int]:
@@ -411,14 +458,14 @@ def plan(suite: Suite) -> list[Job]:
     for bb in dict.fromkeys([suite.backbone] + [r.backbone for r in suite.runs]):
         _check_backbone(bb, "backbone: ", src)
     jobs: list[Job] = []
-    for seed in suite.seeds:
+    for budget, seed in ((b, s) for b in suite.budgets or [suite.budget] for s in suite.seeds):
         for i, spec in enumerate(suite.runs):
-            name = suite.expert_name(spec.label, seed)
+            name = suite.expert_name(spec.label, seed, budget)
             flags = {"dataset": suite.dataset, "backbone": spec.backbone, "method": spec.method,
-                     "budget": suite.budget, "seed": seed, "name": name}
+                     "budget": budget, "seed": seed, "name": name}
             sets = {**suite.sets, **spec.sets}
             if spec.init is not None:
-                sets["init"] = suite.expert_name(spec.init, seed)
+                sets["init"] = suite.expert_name(spec.init, seed, budget)
             try:
                 run = resolve_config(flags, sets)
             except UnknownNameError as e:
@@ -434,12 +481,13 @@ def plan(suite: Suite) -> list[Job]:
                                      f" tune: block searches it); drop the override or the tune: block")
             jobs.append(Job("run", spec.label, name, seed, run=run, explicit={**flags, **sets},
                             resources=spec.resources, retries=spec.retries,
-                            needs=[sets["init"]] if spec.init is not None else [], tune=suite.tune))
+                            needs=[sets["init"]] if spec.init is not None else [], tune=suite.tune,
+                            budget=budget))
         for f in suite.fusions:
-            members = [suite.expert_name(e, seed) for e in f.experts]
-            jobs.append(Job("fusion", f.label, suite.expert_name(f.label, seed), seed, fusion=f, members=members,
-                            resources={"cpus": suite.resources.get("cpus", 1)}, retries=suite.retries,
-                            needs=list(members)))
+            members = [suite.expert_name(e, seed, budget) for e in f.experts]
+            jobs.append(Job("fusion", f.label, suite.expert_name(f.label, seed, budget), seed, fusion=f,
+                            members=members, resources={"cpus": suite.resources.get("cpus", 1)},
+                            retries=suite.retries, needs=list(members), budget=budget))
     return jobs
 
 
@@ -589,6 +637,13 @@ def run_suite(suite: Suite, registry: Registry | None = None, console: Console |
     return suite.names
 
 
+def budget_words(suite: Suite) -> str:
+    """"budget 2epochs" or "budgets 1epochs, 2epochs" (titles)."""
+    if len(suite.budgets) > 1:
+        return f"budgets {', '.join(suite.budgets)}"
+    return f"budget {suite.budgets[0] if suite.budgets else suite.budget}"
+
+
 def default_report_dir(suite: Suite, registry: Registry) -> Path:
     """Where a suite's report goes when no folder is given: under the registry home."""
     return registry.home / "reports" / suite.name
@@ -601,17 +656,31 @@ def suite_runs(suite: Suite) -> dict[str, str]:
 
 def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path | None = None,
                  plots: bool = True):
-    """The report of exactly the suite's experts: (rich table, files written into `out`)."""
-    from .report import add_references, collect, rich_table, write_plots, write_report
+    """The report of exactly the suite's experts: (what the terminal shows, files written into `out`).
+
+    With several budgets, the accuracy-against-budget view follows the table (by_budget.* and
+    accuracy_vs_budget.png), ending with the budgets at which the ranking changes."""
+    from rich.console import Group
+
+    from .report import add_references, collect, terminal, write_plots, write_report
+    from .report import budgets as by_budget
 
     registry = registry or Registry()
     out = Path(out) if out is not None else default_report_dir(suite, registry)
     measured = collect(registry, experts=suite.names, with_paths=plots)
     df = add_references(measured, suite.references, suite_runs(suite))
-    written = write_report(df, out, suite=suite.name, budget=suite.budget)
+    budget = suite.budget if len(suite.budgets) <= 1 else None  # None: the rows say ("mixed")
+    written = write_report(df, out, suite=suite.name, budget=budget)
     if plots:
         written += write_plots(measured, out)
-    return rich_table(df, title=f"ltbench suite {suite.name} — test accuracy (%), budget {suite.budget} a run"), written
+    shown = terminal(df, title=f"ltbench suite {suite.name} — test accuracy (%), {budget_words(suite)} a run")
+    if len(suite.budgets) > 1:
+        bf = by_budget.budget_frame(measured)
+        written += by_budget.write(bf, out)
+        if plots:
+            written += by_budget.plot(bf, out)
+        shown = Group(shown, by_budget.terminal(bf, f"ltbench suite {suite.name} — test accuracy (%) against budget"))
+    return shown, written
 
 
 # -- plan: what a suite would run, without training -------------------------------------------
@@ -685,17 +754,24 @@ TRAIN_FORWARDS = 3
 
 
 def plan_rows(suite: Suite) -> list[dict[str, Any]]:
-    """One row per run and fusion label: seeds, budget, training images, estimated FLOPs per seed.
+    """One row per run and fusion label (per budget): seeds, budget, training images, estimated FLOPs per seed.
 
     FLOPs ≈ 3 × the backbone's forward FLOPs × the images a run sees (epochs × training images, or
     steps × batch size); a FLOPs budget is its own estimate, a seconds budget has none. Runs on
     cached features spend less (one forward per image); evaluation passes are not counted."""
     from .budget import parse_budget
 
-    budget = parse_budget(suite.budget)
     rows: list[dict[str, Any]] = []
     fwd_cache: dict[tuple, tuple] = {}
-    first = {j.label: j for j in reversed(suite.jobs)}  # the first seed's job of each label
+    for text in suite.budgets or [suite.budget]:
+        rows += _plan_rows_at(suite, parse_budget(text), fwd_cache)
+    return rows
+
+
+def _plan_rows_at(suite: Suite, budget, fwd_cache: dict[tuple, tuple]) -> list[dict[str, Any]]:
+    """`plan_rows` at one budget."""
+    rows: list[dict[str, Any]] = []
+    first = {j.label: j for j in reversed(suite.jobs) if j.budget == str(budget)}  # the first seed's job of each label
     for spec in suite.runs:
         run = first[spec.label].run
         key = (run["backbone"], run["img_size"])
@@ -714,7 +790,7 @@ def plan_rows(suite: Suite) -> list[dict[str, Any]]:
                      "reference": [r["name"] for r in suite.references if r["run"] == spec.label]})
     for f in suite.fusions:
         rows.append({"label": f.label, "kind": "fusion", "method": f"fuse:{f.scorer}", "backbone": "+".join(f.experts),
-                     "img_size": None, "seeds": list(suite.seeds), "budget": "fuse", "train_images": None,
+                     "img_size": None, "seeds": list(suite.seeds), "budget": str(budget), "train_images": None,
                      "forward_flops": None, "flops_per_seed": 0.0,
                      "reference": [r["name"] for r in suite.references if r["run"] == f.label]})
     return rows
@@ -725,19 +801,23 @@ def plan_table(suite: Suite, rows: list[dict[str, Any]]):
     from rich.table import Table
 
     unknown = "unknown"
+    several = len(suite.budgets) > 1
     table = Table(title=f"ltbench suite {suite.name} — plan ({len(suite.jobs)} jobs, seeds {suite.seeds},"
-                        f" budget {suite.budget} a run)",
+                        f" {budget_words(suite)} a run)",
                   caption="est. FLOPs ≈ 3 × forward × (epochs × training images, or steps × batch) per seed: an upper"
                           " estimate (class-capped subsets and cached-feature phases see fewer); training measures exactly")
-    for col in ("run", "method", "backbone", "px", "train images", "est. FLOPs / seed", "published"):
-        table.add_column(col, justify="left" if col in ("run", "method", "backbone", "published") else "right")
+    cols = ("run", *(["budget"] if several else []), "method", "backbone", "px", "train images", "est. FLOPs / seed",
+            "published")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("run", "budget", "method", "backbone", "published") else "right")
     total = 0.0
     for r in rows:
         flops = r["flops_per_seed"]
         total = total + flops * len(r["seeds"]) if flops is not None and total is not None else None
-        table.add_row(r["label"], r["method"], r["backbone"], str(r["img_size"] or "—"),
+        table.add_row(r["label"], *([r["budget"]] if several else []), r["method"], r["backbone"], str(r["img_size"] or "—"),
                       unknown if r["kind"] == "run" and r["train_images"] is None else
                       f"{r['train_images']:,}" if r["train_images"] is not None else "—",
                       unknown if flops is None else f"{flops:.2e}", ", ".join(r["reference"]) or "—")
-    table.add_row("total", "", "", "", "", unknown if total is None else f"{total:.2e}", "", end_section=True)
+    table.add_row("total", *([""] if several else []), "", "", "", "", unknown if total is None else f"{total:.2e}", "",
+                  end_section=True)
     return table

@@ -186,11 +186,12 @@ def report(
     plots: bool = typer.Option(False, "--plots", help="write PNG plots into --out (default ./ltbench-report)"),
     ci: bool = typer.Option(True, "--ci/--no-ci", help="95% bootstrap interval of single runs (reads cached test logits)"),
     group_seeds: bool = typer.Option(True, "--group-seeds/--no-group-seeds", help="one row per experiment: mean ± std over seeds"),
+    by: Optional[str] = typer.Option(None, "--by", help="budget: accuracy against budget, one line per experiment"),
 ) -> None:
     """Print the comparison table from the registry (no retraining)."""
     names = experts.split(",") if experts else None
     shown, written = api.report(format, out=out_dir, plots=plots, dataset=dataset, method=method, experts=names,
-                                ci=ci, group_seeds=group_seeds, suite=suite)
+                                ci=ci, group_seeds=group_seeds, suite=suite, by=by)
     if format == "table":
         out.print(shown)
     else:
@@ -331,13 +332,14 @@ def bench(
     plan: bool = typer.Option(False, "--plan", help="validate and print runs, seeds, budget, estimated FLOPs; train nothing"),
     executor: str = typer.Option("local", help="local (one run after another) | ray (every run a Ray task)"),
     address: Optional[str] = typer.Option(None, help="Ray cluster: auto | ray://HOST:PORT (default: start a local one)"),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="run every run at each budget, e.g. 1epochs,2epochs,4epochs"),
 ) -> None:
     """Run a suite: every method under one budget (registered runs are skipped), fusions, then the report."""
     if plan:
-        out.print(api.plan(suite)[0])
+        out.print(api.plan(suite, budgets)[0])
         return
     table, written, _ = api.bench(suite, out=out_dir, plots=plots, console=err, quiet=quiet, executor=executor,
-                                  address=address)
+                                  address=address, budgets=budgets)
     _print_suite_result(table, written)
 
 

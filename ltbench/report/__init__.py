@@ -1,5 +1,6 @@
 """Tables and plots built from the registry alone: no retraining, no re-evaluation."""
-from .tables import FILES, FORMATS, ReportError, add_references, collect, records, render, rich_table, table_text, write_report
+from .tables import (FILES, FORMATS, ReportError, add_references, collect, flag_lines, records, render, rich_table,
+                     table_text, terminal, write_report)
 
 
 def write_plots(df, out_dir):
@@ -9,5 +10,5 @@ def write_plots(df, out_dir):
     return _write(df, out_dir)
 
 
-__all__ = ["FILES", "FORMATS", "ReportError", "add_references", "collect", "records", "render", "rich_table", "table_text",
-           "write_plots", "write_report"]
+__all__ = ["FILES", "FORMATS", "ReportError", "add_references", "collect", "flag_lines", "records", "render",
+           "rich_table", "table_text", "terminal", "write_plots", "write_report"]

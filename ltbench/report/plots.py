@@ -103,6 +103,34 @@ def _error_bars(ax, x, y, df: pd.DataFrame) -> None:
             bars[-1][0].set_linestyle(style)
 
 
+#: Legend text of a hollow point.
+HOLLOW_LABEL = "hollow: flagged (at chance, still improving or diverged)"
+
+
+def flagged(df: pd.DataFrame) -> np.ndarray:
+    """Rows whose status is not ok: drawn hollow (the report's closing lines say why)."""
+    if "status" not in df:
+        return np.zeros(len(df), bool)
+    return (df["status"].notna() & (df["status"] != "ok")).to_numpy()
+
+
+def _scatter(ax, x, y, hollow, color, s, **kw) -> None:
+    """Filled points, and hollow ones (edge in the method's colour) for flagged rows; `color`
+    and `s` are one value or one per point."""
+    color = np.broadcast_to(np.asarray(color, dtype=object), len(x))
+    s = np.broadcast_to(np.asarray(s, dtype=float), len(x))
+    if (~hollow).any():
+        ax.scatter(x[~hollow], y[~hollow], s=s[~hollow], color=list(color[~hollow]), edgecolors="black", **kw)
+    if hollow.any():
+        kw = {**kw, "label": None if (~hollow).any() else kw.get("label"), "linewidths": 1.6}
+        ax.scatter(x[hollow], y[hollow], s=s[hollow], facecolors="none", edgecolors=list(color[hollow]), **kw)
+
+
+def _hollow_note(ax, df: pd.DataFrame) -> None:
+    if flagged(df).any():
+        ax.scatter([], [], facecolors="none", edgecolors="black", s=40, label=HOLLOW_LABEL)
+
+
 def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
     """Indices of the rows no other row beats (as accurate or more for as little compute or less,
     better in one), sorted by cost: the accuracy-for-compute frontier."""
@@ -171,10 +199,12 @@ def accuracy_vs_params(df: pd.DataFrame, path: Path, dataset: str) -> Path | Non
     top = total.max() if total.max() > 0 else 1.0
     sizes = 60 + 1400 * total / top
     _error_bars(ax, x, y, d)
+    hollow = flagged(d)
     for method in sorted(set(d["method"])):
         m = (d["method"] == method).to_numpy()
-        ax.scatter(x[m], y[m], s=sizes[m], color=colors[method], alpha=0.55, edgecolors="black", linewidths=0.6,
-                   label=method, zorder=3)
+        _scatter(ax, x[m], y[m], hollow[m], colors[method], sizes[m], alpha=0.55, linewidths=0.6,
+                 label=method, zorder=3)
+    _hollow_note(ax, d)
     ax.set_xscale("log")
     lo, hi = x.min(), x.max()
     ax.set_xlim(lo / 3, hi * 6)
@@ -215,10 +245,11 @@ def accuracy_vs_compute(df: pd.DataFrame, path: Path, dataset: str) -> Path | No
         x = np.where(ok & (raw > 0), raw, floor)  # no compute (zero-shot) sits at the left edge
         x, yy, sub = x[ok], y[ok], d[ok].reset_index(drop=True)
         _error_bars(ax, x, yy, sub)
+        hollow = flagged(sub)
         for method in sorted(set(sub["method"])):
             m = (sub["method"] == method).to_numpy()
-            ax.scatter(x[m], yy[m], s=46, color=method_color(method), edgecolors="black", linewidths=0.6,
-                       label=method, zorder=3)
+            _scatter(ax, x[m], yy[m], hollow[m], method_color(method), 46, linewidths=0.6, label=method, zorder=3)
+        _hollow_note(ax, sub)
         front = pareto_front(x, yy)
         if len(front):
             fx, fy = x[front], yy[front]
@@ -325,8 +356,9 @@ def shot_group_bars(df: pd.DataFrame, path: Path, dataset: str) -> Path | None:
             err = 100 * d[f"{g}_std"].astype(float).fillna(0).to_numpy()
             ax.errorbar((xs + (j - 1) * width)[grouped], vals[grouped], yerr=err[grouped], fmt="none",
                         ecolor="black", elinewidth=0.8, capsize=2, label=STD_LABEL if j == 0 else None)
-    ax.scatter(xs, 100 * d["overall"].astype(float).to_numpy(), marker="D", color=[method_color(m) for m in d["method"]],
-               edgecolors="black", linewidths=0.6, s=26, zorder=3, label="overall (method colour)")
+    _scatter(ax, xs, 100 * d["overall"].astype(float).to_numpy(), flagged(d), [method_color(m) for m in d["method"]],
+             26, marker="D", linewidths=0.6, zorder=3, label="overall (method colour)")
+    _hollow_note(ax, d)
     ax.set_xticks(xs)
     ax.set_xticklabels(d["expert"], rotation=30 if n > 3 else 0, ha="right" if n > 3 else "center", fontsize=8)
     for tick, method in zip(ax.get_xticklabels(), d["method"]):

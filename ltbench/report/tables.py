@@ -29,6 +29,7 @@ from rich.table import Table
 from ..provenance import experiment_key, replicate_seed
 from ..registry import Registry, RegistryError
 from . import logits as _logits
+from . import status as _status
 
 ACC_COLUMNS = ["overall", "many", "medium", "few"]
 FORMATS = ("table", "csv", "md", "latex", "json")
@@ -68,7 +69,35 @@ def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]
     row["tune_seconds"] = (tuning.get("compute") or {}).get("seconds") if tuning else None
     row["_path"] = ex.path
     row["_key"] = (r["dataset"], experiment_key(config, lookup))
+    # the same experiment at any budget (a line of the accuracy-against-budget view), and its budget
+    row["_series"] = (r["dataset"], experiment_key({**config, "budget": None}, _without_budget(lookup)))
+    row["_at_budget"] = _budget_of(config, meta, lookup)
+    counts = ex.class_counts
+    row["_classes"] = len(counts) if counts is not None else (config.get("data") or {}).get("num_classes")
+    row["_n"] = test.get("n")
+    row["_history"] = ex.history()
+    row["same_as"] = _status.one_expert(meta) if r["method"].startswith("fuse") or "constituents" in meta else None
     return row
+
+
+def _without_budget(lookup):
+    def inner(name: str) -> dict[str, Any]:
+        return {**lookup(name), "budget": None}
+
+    return inner
+
+
+def _budget_of(config: dict[str, Any], meta: dict[str, Any], lookup) -> str | None:
+    """The budget a row ran at: a fusion's is its members' (when they share one)."""
+    if meta.get("budget") != "fuse":
+        return meta.get("budget") or config.get("budget")
+    budgets = set()
+    for name in config.get("experts") or []:
+        try:
+            budgets.add(lookup(name).get("budget"))
+        except KeyError:
+            return None
+    return budgets.pop() if len(budgets) == 1 else None
 
 
 def _config_lookup(registry: Registry):
@@ -103,7 +132,7 @@ def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
     stem = _stem(names)
     first = members[0]
     row = {k: first[k] for k in ("method", "backbone", "dataset", "trainable_params", "total_params",
-                                 "trainable_pct", "_path", "_key")}
+                                 "trainable_pct", "_path", "_key", "_series", "_at_budget")}
     row["expert"] = f"{stem}_s{{{','.join(map(str, seeds))}}}" if stem else "+".join(names)
     row.update(seeds=len(members), seed=None, members=",".join(names))
     metric_cols = [c for c in members[0] if c in ACC_COLUMNS or c == "ece" or c.startswith("ood:")]
@@ -118,6 +147,9 @@ def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
         row[c] = float(np.mean(vals)) if len(vals) == len(members) else None
     budgets = {m.get("budget") for m in members}
     row["budget"] = budgets.pop() if len(budgets) == 1 else "mixed"
+    row["status"], row["status_why"] = _status.group_status(members)
+    same = {m.get("same_as") for m in members}
+    row["same_as"] = same.pop() if len(same) == 1 else None
     return row
 
 
@@ -136,7 +168,7 @@ def _columns(df: pd.DataFrame) -> list[str]:
             "overall", "overall_lo", "overall_hi", "overall_std", "many", "many_std", "medium", "medium_std",
             "few", "few_std", *ood, *[_std_name(c) for c in ood], "ece", "ece_std",
             "trainable_params", "total_params", "trainable_pct", "flops", "device_seconds",
-            "tuned", "tune_flops", "tune_seconds", "budget"]
+            "tuned", "tune_flops", "tune_seconds", "budget", "status", "status_why", "same_as"]
     return cols
 
 
@@ -161,14 +193,27 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     rows = [r for r in rows if not (dataset and r["dataset"] != dataset) and not (method and r["method"] != method)]
     lookup = _config_lookup(registry)
     singles = [_expert_row(registry, r, lookup) for r in rows]
-
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for row in singles:
         by_key[row["_key"]].append(row)
+
+    def grouped(members: list[dict]) -> bool:
+        seeds = [m["seed"] for m in members]
+        return group_seeds and len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds)
+
+    if ci:  # single runs only: a seed group's members are judged on a Wilson interval (see report/status.py)
+        lone = [m for members in by_key.values() if not grouped(members) for m in members
+                if m.get("overall") is not None]
+        ivals = _logits.parallel_map(
+            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), lone)
+        for r, (lo, hi) in zip(lone, ivals):
+            r["overall_lo"], r["overall_hi"] = lo, hi
+    for r in singles:
+        r["status"], r["status_why"] = _status.row_status(r, r.pop("_history"), r["_classes"], r["_n"])
+
     out: list[dict[str, Any]] = []
     for members in by_key.values():
-        seeds = [m["seed"] for m in members]
-        if group_seeds and len(members) > 1 and None not in seeds and len(set(seeds)) == len(seeds):
+        if grouped(members):
             g = _group_row(members)
             g["_paths"] = [m["_path"] for m in sorted(members, key=lambda m: m["seed"])]
             out.append(g)
@@ -177,20 +222,14 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
                 m["_paths"] = [m["_path"]]
                 out.append(m)
 
-    if ci:
-        lone = [r for r in out if r["seeds"] == 1 and r.get("overall") is not None]
-        ivals = _logits.parallel_map(
-            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), lone)
-        for r, (lo, hi) in zip(lone, ivals):
-            r["overall_lo"], r["overall_hi"] = lo, hi
-
     df = pd.DataFrame(out)
     cols = _columns(df)
-    df = df.reindex(columns=cols + (["_paths"] if with_paths else []))
+    df = df.reindex(columns=cols + ["_series", "_at_budget"] + (["_paths"] if with_paths else []))
     if len(df):
         df = df.sort_values(SORT, kind="stable").reset_index(drop=True)
     for c in cols:
-        if c not in ("expert", "method", "backbone", "dataset", "members", "budget", "seed"):
+        if c not in ("expert", "method", "backbone", "dataset", "members", "budget", "seed", "status", "status_why",
+                     "same_as"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     for c in ("seed", "seeds", "trainable_params", "total_params", "tuned"):
         df[c] = df[c].astype("Int64")
@@ -280,6 +319,9 @@ def _cell(col: str, row: pd.Series) -> str:
         return f"{int(v):,}"
     if col == "tuned":
         return f"{int(v)} trials"
+    if col == "status":
+        same = row.get("same_as")
+        return str(v) + ("" if _missing(same) else f", = {same}")
     if col in ("flops", "tune_flops"):
         return f"{v:.2e}"
     if col in ("device_seconds", "tune_seconds"):
@@ -300,7 +342,11 @@ def _display_columns(df: pd.DataFrame) -> list[str]:
     lead = ["expert", "method", "backbone"] + (["dataset"] if df["dataset"].nunique() > 1 else [])
     deltas = [c for c in df.columns if c.startswith("delta:")]
     tuned = ["tuned", "tune_flops", "tune_seconds"] if "tuned" in df and df["tuned"].notna().any() else []
-    return [*lead, "seeds", *ACC_COLUMNS, *ood, *deltas, "ece", "trainable_params", "flops", "device_seconds", *tuned]
+    status = ["status"] if "status" in df and df["status"].notna().any() else []
+    # the budget column only when runs ran at different budgets (a fusion's own "fuse" does not count)
+    budget = ["budget"] if "_at_budget" in df and df["_at_budget"].nunique() > 1 else []
+    return [*lead, *budget, "seeds", *ACC_COLUMNS, *status, *ood, *deltas, "ece", "trainable_params", "flops",
+            "device_seconds", *tuned]
 
 
 def _header(col: str) -> str:
@@ -321,14 +367,38 @@ def rich_table(df: pd.DataFrame, title: str = TITLE) -> Table:
         table.add_column(_header(c), justify="left" if text else "right", no_wrap=not text,
                          overflow="fold" if text else "ellipsis")
     for _, row in df.iterrows():
-        table.add_row(*[_cell(c, row) for c in cols])
+        flagged = row.get("status") not in (None, _status.OK) and not _missing(row.get("status"))
+        table.add_row(*[_cell(c, row) for c in cols], style="yellow" if flagged else None)
     return table
+
+
+def terminal(df: pd.DataFrame, title: str = TITLE):
+    """What the terminal shows: the table, then one line per flagged row saying why."""
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(rich_table(df, title), *(Text(line, style="yellow") for line in flag_lines(df)))
+
+
+def flag_lines(df: pd.DataFrame) -> list[str]:
+    """One line per flagged row (a status other than ok, or a fusion that is one expert), saying why."""
+    lines = []
+    for _, row in df.iterrows():
+        status, same = row.get("status"), row.get("same_as")
+        if not _missing(status) and status != _status.OK:
+            lines.append(f"{row['expert']}: {status} — {row.get('status_why') or ''}".rstrip(" —"))
+        if not _missing(same):
+            lines.append(f"{row['expert']}: = {same} — at least {_status.ONE_EXPERT:.0%} of the fusion's weight "
+                         f"is on its {same} expert in every shot group")
+    return lines
 
 
 def table_text(df: pd.DataFrame, width: int = 400) -> str:
     """The rich table as plain text (what `--out` writes to report.txt)."""
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(rich_table(df))
+    for line in flag_lines(df):
+        console.print(line, highlight=False, soft_wrap=True)
     return "\n".join(line.rstrip() for line in console.file.getvalue().splitlines()) + "\n"
 
 
@@ -389,7 +459,8 @@ def render(df: pd.DataFrame, fmt: str, suite: str | None = None, budget: str | N
         lines = ["| " + " | ".join(_header(c) for c in cols) + " |",
                  "|" + "|".join(":---" if c in ("expert", "method", "backbone", "dataset") else "---:" for c in cols) + "|"]
         lines += ["| " + " | ".join(esc(x) for x in r) + " |" for r in cells]
-        return "\n".join(lines) + f"\n\n{CAPTION}\n"
+        flags = "".join(f"- {esc(line)}\n" for line in flag_lines(df))
+        return "\n".join(lines) + f"\n\n{CAPTION}\n" + (f"\n{flags}" if flags else "")
     lead = sum(c in ("expert", "method", "backbone", "dataset") for c in cols)
     lines = [r"\begin{tabular}{" + "l" * lead + "r" * (len(cols) - lead) + "}", r"\toprule",
              " & ".join(_latex_escape(_header(c)) for c in cols) + r" \\", r"\midrule"]
