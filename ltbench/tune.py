@@ -37,9 +37,9 @@ from .registry import Registry
 
 SPACE_KINDS = ("log", "float", "int", "choice", "by")
 PRUNERS = ("median", "none")
-#: Finished states: what counts towards a study's N trials (a RUNNING one left by a killed process does not).
+#: Finished states: what counts towards a study's trials (a RUNNING one left by a killed process does not).
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-#: Trials a budget-only study may run at most (a guard: the budget ends it long before).
+#: The most trials a halving's first rung may draw (a guard for a tiny share of a large budget).
 MAX_TRIALS = 1000
 
 
@@ -275,37 +275,24 @@ class TrialCompute:
 
 
 class Reporter:
-    """What a trial tells its study at each of the spec's report points: the accuracy (to the pruner)
-    and the compute spent so far (stored first, so a pruned trial counts in the tuning compute).
+    """What a fixed-share trial tells its study at each of the spec's report points: the accuracy (to
+    the pruner) and the compute spent so far (stored first, so a pruned trial counts in the tuning
+    compute too). It stops the trial (optuna.TrialPruned) where the pruner says so."""
 
-    It stops the trial (optuna.TrialPruned) where the pruner says so, or where the tuning budget
-    `left()` (in the run's unit, other trials' spending taken off) would not pay for the way to its
-    next point. `amount` is the trial's own budget in that unit.
-    """
-
-    def __init__(self, trial, spec: TuneSpec, amount: float, left: Callable[[], float] | None = None):
-        self.trial, self.spec, self.amount, self.left = trial, spec, amount, left
-        self.points, self.steps = spec.points(), spec.steps()
+    def __init__(self, trial, spec: TuneSpec):
+        self.trial, self.points, self.steps = trial, spec.points(), spec.steps()
         self.done = 0
 
     def __call__(self, k: int, acc: float, cost: TrialCompute) -> None:
         """The trial has passed its first `k` points with `acc`; the last point ends it (never pruned there)."""
         import optuna
 
-        # Ties go to the earlier trial, as the best trial's do: Optuna's halving keeps every trial tied
-        # at its cut, and at a small budget many trials tie at chance (1/C), which would keep them all.
         for step in self.steps[self.done:k]:
-            self.trial.report(acc - 1e-9 * self.trial.number, step)
+            self.trial.report(acc, step)
         self.done = k
         self.trial.set_user_attr("spent", cost.as_dict())
-        if k >= len(self.points):
-            return
-        if self.left is not None:
-            ahead = (self.points[k] - self.points[k - 1]) * self.amount
-            if cost.amount() + ahead > self.left() * (1 + 1e-9):
-                raise optuna.TrialPruned(f"the tuning budget does not pay for point {k + 1} (val accuracy {acc:.4f})")
-        if self.trial.should_prune():
-            raise optuna.TrialPruned(f"val accuracy {acc:.4f} at point {k} is not among the best")
+        if k < len(self.points) and self.trial.should_prune():
+            raise optuna.TrialPruned(f"val accuracy {acc:.4f} at point {k} is below the median")
 
 
 def run_trial(run: dict[str, Any], registry: Registry, reporter: Reporter | None = None,
@@ -482,7 +469,7 @@ def _fixed_trials(name: str, storage: str, run: dict[str, Any], space: dict[str,
     def objective(trial) -> float:
         params = suggest(trial, space)
         trial.set_user_attr("pid", os.getpid())
-        reporter = Reporter(trial, spec, spec.share * _budget_amount(run))
+        reporter = Reporter(trial, spec)
         acc, spent = run_trial(trial_run(run, params, spec.share), registry, reporter, spec.val_images)
         trial.set_user_attr("spent", spent)
         return acc
@@ -493,12 +480,6 @@ def _fixed_trials(name: str, storage: str, run: dict[str, Any], space: dict[str,
 def _spent(t) -> float:
     """What a trial spent in the run's budget unit."""
     return float((t.user_attrs.get("spent") or {}).get("amount", 0.0))
-
-
-def _budget_amount(run: dict[str, Any]) -> float:
-    from .budget import parse_budget
-
-    return parse_budget(run["budget"]).amount
 
 
 def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) -> tuple[dict[str, Any], dict]:
@@ -544,9 +525,9 @@ def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) 
                                  "spent": spent, "pid": t.user_attrs.get("pid")})
         record["compute"]["flops"] += float(spent.get("flops", 0.0))
         record["compute"]["seconds"] += float(spent.get("seconds", 0.0))
-    amount = _budget_amount(run)
-    record["budget"] = {"unit": parse_budget(run["budget"]).unit,
-                        "cap": spec.budget * amount if spec.budget is not None else None,
+    budget = parse_budget(run["budget"])
+    record["budget"] = {"unit": budget.unit,
+                        "cap": spec.budget * budget.amount if spec.budget is not None else None,
                         "used": math.fsum(_spent(t) for t in study.get_trials(deepcopy=False))}
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     if spec.budget is not None and complete:  # the longest trials decide
@@ -589,7 +570,7 @@ def tune_and_train(run: dict[str, Any], spec: TuneSpec, registry: Registry | Non
 
         raise RegistryError(f"expert {run['name']!r} is already registered in {registry.home};"
                             f" pick --name or `ltbench rm {run['name']}`")
-    if console is not None and not quiet:
+    if console is not None and not quiet and search_space(run):
         console.print(f"tuning {run['name']}: {describe(spec, run['budget'])}"
                       f" ({spec.jobs} process{'es' if spec.jobs > 1 else ''})", highlight=False)
     best, record = tune(run, spec, registry)
