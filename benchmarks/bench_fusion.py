@@ -1,6 +1,6 @@
 """`ltbench fuse` on Places-LT-sized synthetic logits: 5 experts, 7,300 val × 365 classes, 36,500 test.
 
-Targets (issue): `search` with 200 trials under 60 s on 2 cores; `learned` under 60 s.
+Targets: `search` with 200 trials under 60 s on 2 cores; `learned` under 60 s.
 Each scorer is timed end to end through `fuse_experts` on a temporary registry (load the
 cached logits, fit on val, apply to test, evaluate, register), and the fit alone is
 reported beside it. Prints seconds and the ratio to the target (< 1 is within it).

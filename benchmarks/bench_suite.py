@@ -1,4 +1,4 @@
-"""The Ray executor's overhead and scaling, and the registry's write throughput (issue 15).
+"""The Ray executor's overhead and scaling, and the registry's write throughput.
 
 Side by side in one run:
 
@@ -27,7 +27,7 @@ Side by side in one run:
 
 On a shared machine the ratios are noisy: the script prints the load average before and after,
 and the CPU steal of each timed suite (/proc/stat: time the hypervisor gave other guests; on
-this project's 2-core VMs it was seen at 25-58 % while both cores were busy, 0 with one).
+some 2-core VMs it was seen at 25-58 % while both cores were busy, 0 with one).
 """
 from __future__ import annotations
 

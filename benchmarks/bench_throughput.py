@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Training and inference throughput (images/s) of vpt-deep and lpt, the issue-7 GPU figures.
+"""Training and inference throughput (images/s) of vpt-deep and lpt on a GPU.
 
     python benchmarks/bench_throughput.py                    # ViT-B/16 at 224, batch 128, on CUDA when present
     python benchmarks/bench_throughput.py --quick            # CPU smoke run on a tiny ViT (seconds)

@@ -1,4 +1,4 @@
-"""Defaults vs. hand-picked overrides vs. equal tuning, side by side, at the demo's size (issue 11).
+"""Defaults vs. hand-picked overrides vs. equal tuning, side by side, at the demo's size.
 
     .venv/bin/python benchmarks/bench_tuning.py --home DIR [--seeds 0 1 2] [--variants defaults overrides tuned]
     .venv/bin/python benchmarks/bench_tuning.py --quick   # the same steps on a tiny suite (seconds): checks the script
@@ -7,9 +7,8 @@ Builds three suites from the built-in demo suite (same dataset, backbone, sizes 
 runs them into one registry, so a killed run resumes with what it has:
 
 - `defaults`: every method with the library's defaults (the papers' values), no tuning;
-- `overrides`: the per-method overrides the demo used before it was tuned (commit 2f55653^,
-  `ltbench/suites/demo.yaml`: learning rates, optimisers, batch sizes chosen by looking at
-  validation accuracy), no tuning;
+- `overrides`: the demo's former per-method overrides (learning rates, optimisers, batch sizes
+  chosen by looking at validation accuracy of full runs), no tuning;
 - `tuned`: the demo suite itself (its `tune:` block, equal for every method).
 
 Fusions are left out: the table is per method. Then prints, per method and variant, test
@@ -26,7 +25,7 @@ import statistics
 import sys
 from pathlib import Path
 
-#: The demo's per-method overrides before tuning replaced them (`git show 2f55653^:ltbench/suites/demo.yaml`).
+#: The demo's former per-method overrides, kept as data for the side-by-side comparison.
 OVERRIDES = {
     "linear-probe": {"batch_size": 8},
     "vpt-deep": {"optimizer": "adamw", "lr": 1.0e-2},

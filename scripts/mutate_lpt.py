@@ -1,4 +1,4 @@
-"""Break LPT on purpose, one mutation at a time, and name the test that catches each (issue 10).
+"""Break LPT on purpose, one mutation at a time, and name the test that catches each.
 
     python scripts/mutate_lpt.py          # every mutation (about 10 min on 2 cores)
     python scripts/mutate_lpt.py 3 9      # only mutations 3 and 9

@@ -1,4 +1,4 @@
-"""Issue 15 on real components: a local Ray cluster (two nodes, one worker each) and a PostgreSQL
+"""The cluster executor and registry on real components: a local Ray cluster (two nodes, one worker each) and a PostgreSQL
 server (conftest's session fixtures); nothing mocked."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Code shape (issue 13): no function under ltbench/ longer than 80 lines, the expert folder's layout
+"""Code shape: no function under ltbench/ longer than 80 lines, the expert folder's layout
 known to the registry module alone, the shot-group thresholds written once."""
 import re
 import ast

@@ -4,7 +4,7 @@ Every case runs the real CLI in process (CliRunner) inside a temporary working f
 also holds the registry home, a registered expert and a file outside the home that a bad
 `--name` could reach. After the command, every file there must be as before, except the
 run's own checkpoint folder (`<home>/runs/<name>`), and the index must list the same experts.
-The README's reliability section lists the same cases with their messages.
+docs/reliability.md lists the same cases with their messages.
 """
 import hashlib
 import os

