@@ -1,15 +1,23 @@
-"""Defaults vs. hand-picked overrides vs. equal tuning, side by side, at the demo's size.
+"""Defaults vs. hand-picked overrides vs. equal tuning, side by side, at the demo's size; and the
+tuned demo's accuracy against budget.
 
-    .venv/bin/python benchmarks/bench_tuning.py --home DIR [--seeds 0 1 2] [--variants defaults overrides tuned]
+    .venv/bin/python benchmarks/bench_tuning.py --home DIR [--seeds 0 1 2] [--variants defaults overrides fixed tuned]
+    .venv/bin/python benchmarks/bench_tuning.py --home DIR --seeds 0 --variants --budgets 5epochs 10epochs 20epochs 40epochs --out DIR
     .venv/bin/python benchmarks/bench_tuning.py --quick   # the same steps on a tiny suite (seconds): checks the script
 
-Builds three suites from the built-in demo suite (same dataset, backbone, sizes and budget) and
-runs them into one registry, so a killed run resumes with what it has:
+Builds one suite per variant from the built-in demo suite (same dataset, backbone, sizes and
+budget) and runs them into one registry, so a killed run resumes with what it has:
 
 - `defaults`: every method with the library's defaults (the papers' values), no tuning;
 - `overrides`: the demo's former per-method overrides (learning rates, optimisers, batch sizes
   chosen by looking at validation accuracy of full runs), no tuning;
+- `fixed`: the demo tuned by the fixed-share form at the same tuning compute as its `tune:`
+  block's budget (3 trials of a quarter of the run = 0.75 runs, the first the defaults);
 - `tuned`: the demo suite itself (its `tune:` block, equal for every method).
+
+With `--budgets`, the tuned demo also runs at each of those budgets (each tuned on its own) and
+the accuracy-against-budget table, the budgets where the ranking changes, and the figure
+(`accuracy_vs_budget.png`, into `--out`) are written.
 
 Fusions are left out: the table is per method. Then prints, per method and variant, test
 overall and few-shot accuracy and per-class validation accuracy (mean ± std over the seeds),
@@ -35,12 +43,14 @@ OVERRIDES = {
     "lpt++-vl": {"optimizer": "adamw", "lr": 3.0e-3, "lr_ref_batch": 0},
     "lt-soups": {"batch_size": 16, "lr": 3.0e-3, "stage2_share": 0.5},
 }
-VARIANTS = ("defaults", "overrides", "tuned")
+VARIANTS = ("defaults", "overrides", "fixed", "tuned")
+#: `fixed`: the fixed-share form of tuning (trial 0 the defaults, then TPE) at 0.75 of a run
+FIXED = {"trials": 3, "share": 0.25}
 #: `--quick`: the demo's shape at test size (the random test ViT, 3-step runs, 2 trials); its numbers mean nothing
 QUICK = {
     "name": "quick", "dataset": "fashion-mnist-lt", "backbone": "vit-tiny-test", "budget": "4steps", "seeds": [0],
     "set": {"head": 40, "imbalance": 10, "val_per_class": 4, "test_per_class": 6},
-    "tune": {"trials": 2, "share": 0.5},
+    "tune": {"budget": 1.0, "share": 0.5, "eta": 2, "rungs": 2},
     "runs": [{"method": "linear-probe"}, {"method": "vpt-deep", "set": {"prompt_len": 2}}],
 }
 
@@ -54,6 +64,8 @@ def variant_suite(demo: dict, variant: str, seeds: list[int]) -> dict:
         return data
     data["name"] = f"{data['name']}-{variant}"
     data.pop("tune", None)
+    if variant == "fixed":
+        data["tune"] = dict(FIXED)
     for run in data["runs"]:
         label = run.get("label", run["method"])
         if variant == "overrides" and label in OVERRIDES:
@@ -74,7 +86,9 @@ def main() -> None:
     ap.add_argument("--home", help="registry home (kept; a rerun reuses what it registered; default: a temporary one)")
     ap.add_argument("--quick", action="store_true", help="a tiny suite instead of the demo's (seconds): checks the script")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", choices=VARIANTS, default=list(VARIANTS))
+    ap.add_argument("--budgets", nargs="*", default=[], help="also run the tuned demo at these budgets")
+    ap.add_argument("--out", help="--budgets: folder for the accuracy-against-budget table and figure")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args()
     if args.home is None:
@@ -124,7 +138,28 @@ def main() -> None:
     print("\nordering by mean test accuracy (best first):")
     for v, rows in order.items():
         print(f"  {v:<10} " + " > ".join(label for _, label in sorted(rows, reverse=True)))
+    if args.budgets:
+        by_budget(demo, args, registry, console)
     print(f"load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (seconds are noisy, FLOPs not)")
+
+
+def by_budget(demo: dict, args, registry, console) -> None:
+    """The tuned demo at each of `args.budgets` (its own budget among them or not), then the
+    accuracy-against-budget table, where the ranking changes, and the figure."""
+    from ltbench import api
+    from ltbench.bench import parse_suite, run_suite
+
+    data = variant_suite(demo, "tuned", args.seeds)
+    data["budgets"] = list(args.budgets)
+    suite = parse_suite(data, "demo (budgets)")
+    console.print(f"[bold]budgets[/] {', '.join(args.budgets)}: {len(suite.jobs)} runs")
+    run_suite(suite, registry, console=console, quiet=args.quiet)
+    names = [n for n in suite.names if n in registry]
+    shown, written = api.report("md", out=args.out, plots=args.out is not None, by="budget", registry=registry,
+                                experts=names)
+    print(shown)
+    for path in written:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":
