@@ -143,6 +143,27 @@ def test_moe_fits_offsets_on_val_images_the_search_did_not_use(reg):
     assert info["holdout_nll"] == learned["holdout_nll"] and info["best_epoch"] == learned["best_epoch"]
 
 
+def test_moe_uses_w_offset_where_the_offset_was_accepted(reg):
+    """On this fixture the learned offsets beat W_base on the held-out rows, so they are accepted and
+    the fused expert must apply W_base + W_offset: its stored delta holds the network, its logits are
+    those of the full model and differ from W_base's alone."""
+    from ltbench.fusion.core import FusionModel
+
+    add_expert(reg, "mid", MID, 3)
+    names = ["head", "tail", "mid"]
+    fused = fuse_experts(names, "moe", trials=12, seed=1, registry=reg, quiet=True, name="moe")
+    learned = fused.meta["scorer_info"]["learned"]
+    assert learned["offset_accepted"]
+    assert learned["objective_with_offset"]["holdout"] > learned["objective_without_offset"]["holdout"]
+    delta = fused.delta()
+    assert any(k.startswith("offset.") for k in delta), "an accepted offset is part of the fused expert"
+    model = FusionModel.from_delta(delta)
+    logits = [reg.get(n).logits("test") for n in names]
+    assert torch.allclose(fused.logits("test"), model.log_probs(logits), atol=0.01)  # stored in 16 bits
+    base_only = FusionModel(model.w_base, model.groups).log_probs(logits)
+    assert (fused.logits("test").argmax(1) != base_only.argmax(1)).any()
+
+
 def test_moe_base_weights_ignore_the_offset_rows(tmp_path):
     """Rewriting the experts' validation logits on the offset rows changes nothing the search sees."""
     a = Registry(tmp_path / "a")

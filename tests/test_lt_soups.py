@@ -240,3 +240,33 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
     resumed = train_expert({**run, "name": "resumed", "resume": True}, reg, quiet=True)
     assert all(torch.equal(v, straight.delta()[k]) for k, v in resumed.delta().items())
     assert torch.equal(resumed.logits("test"), straight.logits("test"))
+
+
+def test_each_phase_adjusts_by_its_own_training_prior_with_the_official_sign(tmp_path, monkeypatch):
+    """Stage 1: CE at k = 0, LA with the capped subset's counts for k > 0; stage 2: LA with the full
+    counts. LA adds + log prior to the logits (official utils/losses.py LogitAdjustedLoss), so at
+    equal logits a head-class target costs less than a tail one."""
+    import ltbench.train
+
+    built = []
+    real = ltbench.train.build_loss
+
+    def recording(name, counts, **kw):
+        built.append((name, np.asarray(counts).copy(), real(name, counts, **kw)))
+        return built[-1][2]
+
+    monkeypatch.setattr(ltbench.train, "build_loss", recording)
+    run = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "4steps"},
+                         {**TINY_DATA, "batch_size": 8, "factors": [0, 1], "branches": 1, "val_checks": 0})
+    ex = train_expert(run, Registry(tmp_path), quiet=True)
+    counts = np.array(ex.meta["class_counts"])
+    n_min = counts.min()
+    assert [b[0] for b in built] == ["ce", "la", "la"]
+    assert np.array_equal(built[1][1], np.minimum(counts, 2 * n_min)) and np.array_equal(built[2][1], counts)
+    for _, c, loss in built[1:]:
+        prior = torch.log(torch.as_tensor(c / c.sum(), dtype=torch.float32))
+        assert torch.allclose(loss.adjust, prior)
+        z = torch.zeros(2, len(c))
+        head, tail = int(np.argmax(c)), int(np.argmin(c))
+        per = loss.per_sample(z, torch.tensor([head, tail]))
+        assert per[0] < per[1]
