@@ -270,3 +270,45 @@ def test_each_phase_adjusts_by_its_own_training_prior_with_the_official_sign(tmp
         head, tail = int(np.argmax(c)), int(np.argmin(c))
         per = loss.per_sample(z, torch.tensor([head, tail]))
         assert per[0] < per[1]
+
+
+def test_official_step_rule_on_cifar100_lt_and_the_suite_budget():
+    """max((n // 128 + 1) · 10, 100) steps for each branch (trainer.py:954-957) and for stage 2
+    (277-280): on CIFAR-100-LT IF 100 the k = 0 branch runs 100 steps, not (500 // 128) · 10 = 30."""
+    from ltbench.bench import load_suite
+    from ltbench.data import exponential_profile
+    from ltbench.methods.lt_soups import official_steps
+
+    counts = np.array(exponential_profile(100, 500, 100))
+    steps = official_steps(counts, list(range(7)), 2)
+    assert steps == [100, 100, 100, 100, 140, 140, 230, 230, 380, 380, 580, 580, 780, 780, 850]
+    suite = load_suite(__import__("pathlib").Path(__file__).resolve().parents[1] / "ltbench" / "suites" / "repro"
+                       / "lt-soups-cifar100-lt.yaml")
+    assert suite.budget == f"{sum(steps)}steps"
+    run = suite.jobs[0].run
+    assert run["data"]["val_from"] == "test" and run["data"]["val_per_class"] == 10
+    mc = run["method_config"]
+    assert (mc["steps_rule"], mc["stage2_augment"], mc["branch_epochs"], mc["batch_size"]) == ("official", True, 10, 128)
+
+
+def test_under_the_official_rule_each_phase_gets_its_official_steps():
+    """A budget of sum(official_steps) steps splits into exactly each phase's official count (the
+    trainer gives phase i budget · share_i / Σ share); stage 2 trains on augmented images."""
+    from ltbench.methods.lt_soups import official_steps
+
+    m = _soups(factors=[0, 1, 2], branches=2, batch_size=4, steps_rule="official", branch_epochs=20,
+               stage2_augment=True)
+    want = official_steps(COUNTS, [0, 1, 2], 2, 4, 20)
+    # subsets of 15, 25, 35 images, then all 55: (n // 4 + 1) · 20 = 80 (→ the 100-step floor), 140, 180, 280
+    assert want == [100, 100, 140, 140, 180, 180, 280]
+    phases = m.phases()
+    total = sum(p.share for p in phases)
+    assert [round(sum(want) * p.share / total, 9) for p in phases] == want
+    assert [p.epoch_share for p in phases[:-1]] == [p.share for p in phases[:-1]]
+    assert not phases[-1].cache_features and _soups().phases()[-1].cache_features
+
+
+def test_inner_lora_scale_is_alpha_over_rank_with_the_official_alpha_1():
+    m = _soups(inner="lora", inner_set={"rank": 4})
+    loras = [mod for mod in m.modules() if type(mod).__name__ == "LoRA"]
+    assert loras and all(lo.scaling == pytest.approx(1 / 4) for lo in loras)  # models/peft_modules.py:89
