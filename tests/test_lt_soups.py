@@ -312,3 +312,16 @@ def test_inner_lora_scale_is_alpha_over_rank_with_the_official_alpha_1():
     m = _soups(inner="lora", inner_set={"rank": 4})
     loras = [mod for mod in m.modules() if type(mod).__name__ == "LoRA"]
     assert loras and all(lo.scaling == pytest.approx(1 / 4) for lo in loras)  # models/peft_modules.py:89
+
+
+def test_docs_cite_the_official_file_and_line_for_every_reference_value():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    section = text[text.index("## LT-Soups"):text.index("## Fusion scorer")]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    for value in ("steps", "warm-up", "schedule", "stage 2", "CLIP head width", "LoRA α", "CIFAR val / test",
+                  "optimiser", "merge", "EMA of the weights", "head", "shot groups"):
+        assert value in rows, value
+        assert re.search(r"[\w/]+\.(py|sh):\d+", rows[value]), f"{value}: no official file:line"
