@@ -219,6 +219,15 @@ def test_reference_preset_is_the_official_code():
     assert (paper.lr, paper.weight_decay, paper.neg_weight, paper.top_k, paper.eta) == (0.002, 1e-4, 1.0, 2, 0.5)
 
 
+def test_reference_phase2_has_no_mixup_and_the_paper_mixes_both_phases():
+    """The official phase-2 script never imports its mixup.py; the paper (App. B) mixes both phases."""
+    p1, p2 = make(preset="reference").phases()
+    assert (p1.mixup, p2.mixup) == (1.0, 0.0)
+    p1, p2 = make().phases()
+    assert (p1.mixup, p2.mixup) == (1.0, 1.0)
+    assert make(mixup=0.4).phases()[1].mixup == 0.4  # phase2_mixup None: phase 2 follows `mixup`
+
+
 def test_losses_without_the_options_get_none_of_them():
     p1, p2 = make(loss="la").phases()
     assert p1.loss_kwargs == {} and all(p.loss_kwargs == {} for p in p2.parts)
