@@ -27,7 +27,7 @@ def acc_of(profile):
 
 def add_expert(reg: Registry, name: str, profile, seed: int, *, dataset="synth", num_classes=C,
                val_labels=None, splits=("val", "test", "ood:synth-r"), data_seed=0, stored_test=None,
-               family=None) -> Expert:
+               family=None, groups=None) -> Expert:
     acc = np.resize(acc_of(profile), num_classes)
     labels = {"val": VAL if val_labels is None else val_labels, "test": TEST, "ood:synth-r": OOD}
     logits = {s: (expert_logits(labels[s] % num_classes, acc, num_classes, seed * 10 + i), labels[s] % num_classes)
@@ -37,7 +37,8 @@ def add_expert(reg: Registry, name: str, profile, seed: int, *, dataset="synth",
     counts = np.resize(COUNTS, num_classes)
     family = family or name  # experts of one family differ only by seed
     config = {"name": name, "method": "linear-probe", "backbone": f"bb-{family}", "dataset": dataset,
-              "seed": data_seed, "budget": "2epochs", "many": 100, "few": 20, "data": {"root": f"/data/{family}"}}
+              "seed": data_seed, "budget": "2epochs", "many": 100, "few": 20, "data": {"root": f"/data/{family}"},
+              **({"groups": groups} if groups else {})}
     meta = {"class_counts": counts.tolist(), "classnames": [f"c{i}" for i in range(num_classes)],
             "params": {"trainable": 100, "total": 1000}, "spent": {"flops": 1e9, "seconds": 2.0},
             "config_hash": f"h-{name}", "created": "2025-01-01T00:00:00+00:00", "seed": data_seed}
@@ -201,6 +202,7 @@ def test_learned_offsets_train_and_are_deterministic(reg):
     ("val-order", "differ in validation labels / sample order"),
     ("seed", "differ in data seed"),
     ("splits", "differ in cached splits (not shared: ood:synth-r)"),
+    ("groups", "differ in shot-group protocol (groups): 'standard' vs 'lpt'"),
 ])
 def test_mismatched_experts_are_refused(reg, kind, expected):
     if kind == "dataset":
@@ -211,12 +213,29 @@ def test_mismatched_experts_are_refused(reg, kind, expected):
         add_expert(reg, "x", MID, 5, val_labels=np.random.default_rng(0).permutation(VAL))
     elif kind == "seed":
         add_expert(reg, "x", MID, 5, data_seed=1)
+    elif kind == "groups":  # evaluated with few <= 20 instead of few < 20: the group columns mean other classes
+        add_expert(reg, "x", MID, 5, groups="lpt")
     else:
         add_expert(reg, "x", MID, 5, splits=("val", "test"))
     with pytest.raises(FusionError, match="head.*x") as e:
         fuse_experts("head,x", "mean", registry=reg, quiet=True)
     assert expected in str(e.value)
     assert "x" in reg and len(reg.names()) == 3  # nothing registered
+
+
+def test_a_fusion_records_its_members_protocol_and_groups_by_it(reg):
+    """Fusing `lpt`-protocol experts: the fused expert records groups=lpt, and its per-group weights
+    use few <= 20 (a class of exactly 20 training images is few)."""
+    add_expert(reg, "a", HEAD, 7, groups="lpt")
+    add_expert(reg, "b", TAIL, 8, groups="lpt")
+    fused = fuse_experts("a,b", "search", trials=4, per_group=True, registry=reg, quiet=True, name="f")
+    assert fused.config["groups"] == "lpt" and (fused.config["many"], fused.config["few"]) == (100, 20)
+    assert 20 in COUNTS
+    from ltbench.metrics import shot_groups, thresholds
+
+    assert fused.meta["shot_groups"] == {"many": int((COUNTS > 100).sum()), "medium": int(((COUNTS > 20) & (COUNTS <= 100)).sum()),
+                                         "few": int((COUNTS <= 20).sum())}
+    assert shot_groups(COUNTS, *thresholds(fused.config)).tolist() != shot_groups(COUNTS).tolist()
 
 
 def test_missing_val_logits_refused_with_the_command(reg):
