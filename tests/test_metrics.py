@@ -94,3 +94,15 @@ def test_groups_come_from_training_counts_not_test_counts():
     assert data.shot_groups().tolist() == [0, 1, 1, 2]
     data.many_threshold, data.few_threshold = thresholds_lpt = (100, 21)
     assert data.shot_groups().tolist() == [0, 1, 2, 2], thresholds_lpt
+
+
+def test_places_lt_group_sizes_under_both_protocols():
+    """The shipped Places-LT train file: 131 / 163 / 71 classes under `standard`, 131 / 157 / 77 under
+    `lpt` (six classes have exactly 20 training images)."""
+    from ltbench.data.splitfile import PACKAGED, find_file, read_split_file
+    from ltbench.metrics import group_sizes, shot_groups, thresholds
+
+    labels = read_split_file(find_file(PACKAGED / "places_lt" / "Places_LT_train.txt"), ".", 365).labels
+    counts = np.bincount(labels, minlength=365)
+    assert group_sizes(shot_groups(counts, *thresholds({}))) == {"many": 131, "medium": 163, "few": 71}
+    assert group_sizes(shot_groups(counts, *thresholds({"groups": "lpt"}))) == {"many": 131, "medium": 157, "few": 77}
