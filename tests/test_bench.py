@@ -282,3 +282,11 @@ def test_quoted_reference_numbers_are_validated(tmp_path):
         == ["overall", "many"]
     msg = suite_error(tmp_path, {**TINY_SUITE, "reference": [{**ref, "quoted": ["few"]}]})
     assert "quoted must be" in msg
+
+
+def test_inat_suite_trains_on_the_whole_train_split():
+    """Validation is the official val file (also the test set, as the official code uses it), so no
+    image is held out of the published train split."""
+    suite = load_suite(next(p for p in REPRO if p.stem == "lpt-inat2018"))
+    data = suite.jobs[0].run["data"]
+    assert data["val_file"] == data["test_file"] == "iNaturalist18_val.txt"

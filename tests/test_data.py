@@ -304,7 +304,7 @@ def test_unknown_option_and_dataset_messages():
     assert "head" in msg and "val_per_class" in msg and "test_per_class" in msg
     with pytest.raises(UnknownNameError, match="Did you mean 'places-lt'"):
         create_dataset("place-lt")
-    assert dataset_options("cifar100-lt") == {"imbalance": 100, "head": 500, "val_per_class": 20}
+    assert dataset_options("cifar100-lt") == {"imbalance": 100, "head": 500, "val_per_class": 20, "val_from": "train"}
     assert dataset_options("places-lt")["train_file"] == "Places_LT_train.txt"
     assert dataset_options("inat2018")["test_file"] == "iNaturalist18_val.txt"
 

@@ -113,8 +113,9 @@ def _phase2(preset="paper", **cfg):
 @pytest.mark.parametrize("epoch", [0, 3])
 def test_phase2_loss_matches_eq5_with_dual_sampling(preset, epoch):
     """Σ over the parts: balanced part [A-GCL + matching] + β·instance part [A-GCL + matching], each its
-    own mean and loss options, with Mixup drawn per part; β = η·(E − e)/E (official code)."""
-    m, p2 = _phase2(preset)
+    own mean and loss options, with Mixup drawn per part; β = η·(E − e)/E (official code). Mixup is
+    switched on in phase 2 under both presets here (the reference turns it off) to check its parts."""
+    m, p2 = _phase2(preset, phase2_mixup=None)
     parts = p2.batch_parts(m.cfg)
     assert [p.sampler for p in parts] == ["class", "instance"]
     E = 10
