@@ -508,6 +508,10 @@ def _stale(job: Job, config: dict[str, Any]) -> list[str]:
             have, want = config.get(key), job.run.get(key)
             if key == "img_size" and want is None:
                 continue
+            if key == "groups":  # experts that predate the key were evaluated under `standard`
+                from .metrics import group_protocol
+
+                have = group_protocol(config)
         elif key in job.run["method_config"]:
             have, want = (config.get("method_config") or {}).get(key), job.run["method_config"][key]
         else:

@@ -290,3 +290,16 @@ def test_inat_suite_trains_on_the_whole_train_split():
     suite = load_suite(next(p for p in REPRO if p.stem == "lpt-inat2018"))
     data = suite.jobs[0].run["data"]
     assert data["val_file"] == data["test_file"] == "iNaturalist18_val.txt"
+
+
+def test_a_changed_shot_group_protocol_is_a_stale_expert(tmp_path):
+    """An expert registered without the key (evaluated under `standard`) is reused by a suite that
+    says `groups: standard`, and refused by one that says `groups: lpt`."""
+    from ltbench.bench import _stale
+
+    data = runs({"method": "linear-probe"})
+    std = load_suite(write(tmp_path, {**data, "groups": "standard"}, "std.yaml")).jobs[0]
+    old = {k: v for k, v in std.run.items() if k != "groups"}  # a record that predates the key
+    assert _stale(std, old) == []
+    lpt = load_suite(write(tmp_path, {**data, "groups": "lpt"}, "lpt.yaml")).jobs[0]
+    assert _stale(lpt, old) == ["groups: registered 'standard', suite 'lpt'"]
