@@ -10,6 +10,7 @@ A suite is a YAML file (`ltbench bench SUITE.yaml`; `ltbench demo` runs the buil
     budgets: [1epochs, 2epochs]    # optional: every run at each of these too (accuracy against budget)
     seeds: [0]                     # every run (and fusion) once per seed
     set: {img_size: 56}            # --set keys common to every run
+    groups: standard               # shot-group protocol of every run: standard (few < 20) | lpt (few <= 20)
     runs:
       - method: linear-probe       # label defaults to the method name
       - method: lpt
@@ -33,6 +34,7 @@ A suite is a YAML file (`ltbench bench SUITE.yaml`; `ltbench demo` runs the buil
         overall: 50.07
         many: 49.27
         ood: {imagenet-sketch: 36.22}
+        quoted: [many]             # numbers not found in the paper's text (quoted from elsewhere; true: all)
 
 `ltbench bench SUITE --plan` validates the suite and prints what it would run (runs, seeds,
 budget, training images counted from the split files, estimated FLOPs) without training,
@@ -76,9 +78,9 @@ from .records import OPERATIONAL
 if TYPE_CHECKING:
     from .tune import TuneSpec
 
-SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "budgets", "seeds", "set", "tune", "runs", "fusions",
-              "reference", "resources", "retries")
-REFERENCE_KEYS = ("run", "name", "source", "overall", "many", "medium", "few", "ood")
+SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "budgets", "seeds", "set", "groups", "tune",
+              "runs", "fusions", "reference", "resources", "retries")
+REFERENCE_KEYS = ("run", "name", "source", "overall", "many", "medium", "few", "ood", "quoted")
 ACCURACY_KEYS = ("overall", "many", "medium", "few")
 RUN_KEYS = ("label", "method", "backbone", "set", "init", "resources", "retries")
 #: What a Ray task of a run asks for (`--executor ray`); never part of a run's config.
@@ -279,6 +281,14 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
     seeds = _parse_seeds(data, source)
     common = _mapping(data.get("set"), "set", source)
     _check_set(common, "", source)
+    if "groups" in data:  # one shot-group protocol for the suite (a run may not set another: see plan)
+        from .metrics import GROUP_PROTOCOLS
+
+        if data["groups"] not in GROUP_PROTOCOLS:
+            raise SuiteError(f"{source}: groups: expected {' or '.join(GROUP_PROTOCOLS)}, got {data['groups']!r}")
+        if common.get("groups", data["groups"]) != data["groups"]:
+            raise SuiteError(f"{source}: set: groups={common['groups']} contradicts groups: {data['groups']}")
+        common["groups"] = data["groups"]
     resources = _resources(data.get("resources"), "", source)
     retries = _retries(data.get("retries"), "", source)
     if not isinstance(data["runs"], list):
@@ -446,9 +456,15 @@ def _parse_references(raw: Any, labels: list[str], source: str) -> list[dict[str
                 raise SuiteError(f"{where}{key} must be a percentage in [0, 100] as published, got {v!r}")
         if all(v is None for v in [*values.values(), *ood.values()]):
             raise SuiteError(f"{where}gives no number (overall, many, medium, few or ood)")
+        given = [k for k, v in values.items() if v is not None] + [f"ood.{k}" for k, v in ood.items() if v is not None]
+        quoted = row.get("quoted", False)
+        quoted = given if quoted is True else [] if quoted is False else quoted
+        if not isinstance(quoted, list) or not set(quoted) <= set(given):
+            raise SuiteError(f"{where}quoted must be true, false or a list of the row's numbers ({', '.join(given)}),"
+                             f" got {row.get('quoted')!r}")
         out.append({"run": run, "name": str(row.get("name") or run or f"reference {i}"), "source": row["source"],
                     **{k: None if v is None else v / 100 for k, v in values.items()},
-                    "ood": {str(k): v / 100 for k, v in ood.items() if v is not None}})
+                    "ood": {str(k): v / 100 for k, v in ood.items() if v is not None}, "quoted": list(quoted)})
     return out
 
 
@@ -479,6 +495,9 @@ def plan(suite: Suite) -> list[Job]:
                 if tuned:
                     raise SuiteError(f"{src}: runs[{i}] ({spec.label}): set: {', '.join(tuned)} is tuned (the suite's"
                                      f" tune: block searches it); drop the override or the tune: block")
+            if jobs and run["groups"] != jobs[0].run["groups"]:
+                raise SuiteError(f"{src}: runs[{i}] ({spec.label}): groups={run['groups']}, but {jobs[0].label} has"
+                                 f" groups={jobs[0].run['groups']}: a suite reports one shot-group protocol")
             jobs.append(Job("run", spec.label, name, seed, run=run, explicit={**flags, **sets},
                             resources=spec.resources, retries=spec.retries,
                             needs=[sets["init"]] if spec.init is not None else [], tune=suite.tune,
@@ -537,6 +556,10 @@ def _stale(job: Job, config: dict[str, Any]) -> list[str]:
             have, want = config.get(key), job.run.get(key)
             if key == "img_size" and want is None:
                 continue
+            if key == "groups":  # experts that predate the key were evaluated under `standard`
+                from .metrics import group_protocol
+
+                have = group_protocol(config)
         elif key in job.run["method_config"]:
             have, want = (config.get("method_config") or {}).get(key), job.run["method_config"][key]
         else:
@@ -673,7 +696,9 @@ def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path
     written = write_report(df, out, suite=suite.name, budget=budget)
     if plots:
         written += write_plots(measured, out)
-    shown = terminal(df, title=f"ltbench suite {suite.name} — test accuracy (%), {budget_words(suite)} a run")
+    groups = suite.jobs[0].run["groups"] if suite.jobs and suite.jobs[0].run else "standard"
+    shown = terminal(df, title=f"ltbench suite {suite.name} — test accuracy (%), {budget_words(suite)} a run,"
+                               f" shot groups {groups}")
     if len(suite.budgets) > 1:
         bf = by_budget.budget_frame(measured)
         written += by_budget.write(bf, out)
@@ -753,6 +778,15 @@ def forward_flops(backbone: str, img_size: int | None) -> tuple[float | None, in
 TRAIN_FORWARDS = 3
 
 
+def vs_paper(run: dict[str, Any]) -> dict[str, Any]:
+    """The resolved method values that differ from the method's paper defaults (what a preset or
+    the suite's `set:` changed), so a plan shows which recipe a run trains."""
+    from dataclasses import asdict
+
+    paper = asdict(METHODS.get(run["method"]).Config())
+    return {k: v for k, v in run["method_config"].items() if k != "preset" and k in paper and paper[k] != v}
+
+
 def plan_rows(suite: Suite) -> list[dict[str, Any]]:
     """One row per run and fusion label (per budget): seeds, budget, training images, estimated FLOPs per seed.
 
@@ -787,12 +821,14 @@ def _plan_rows_at(suite: Suite, budget, fwd_cache: dict[tuple, tuple]) -> list[d
         rows.append({"label": spec.label, "kind": "run", "method": spec.method, "backbone": spec.backbone,
                      "img_size": size, "seeds": list(suite.seeds), "budget": str(budget), "train_images": images,
                      "forward_flops": fwd, "flops_per_seed": flops,
-                     "reference": [r["name"] for r in suite.references if r["run"] == spec.label]})
+                     "reference": [r["name"] for r in suite.references if r["run"] == spec.label],
+                     "preset": run["method_config"].get("preset"), "groups": run["groups"], "vs_paper": vs_paper(run)})
     for f in suite.fusions:
         rows.append({"label": f.label, "kind": "fusion", "method": f"fuse:{f.scorer}", "backbone": "+".join(f.experts),
                      "img_size": None, "seeds": list(suite.seeds), "budget": str(budget), "train_images": None,
                      "forward_flops": None, "flops_per_seed": 0.0,
-                     "reference": [r["name"] for r in suite.references if r["run"] == f.label]})
+                     "reference": [r["name"] for r in suite.references if r["run"] == f.label],
+                     "preset": None, "groups": None, "vs_paper": {}})
     return rows
 
 
@@ -800,16 +836,21 @@ def plan_table(suite: Suite, rows: list[dict[str, Any]]):
     """The plan as a rich table (what `ltbench bench SUITE --plan` prints)."""
     from rich.table import Table
 
+    from .metrics import GROUP_PROTOCOLS
+
     unknown = "unknown"
     several = len(suite.budgets) > 1
+    groups = next((r["groups"] for r in rows if r["groups"]), "standard")
     table = Table(title=f"ltbench suite {suite.name} — plan ({len(suite.jobs)} jobs, seeds {suite.seeds},"
-                        f" {budget_words(suite)} a run)",
+                        f" {budget_words(suite)} a run, shot groups {groups}: {GROUP_PROTOCOLS[groups]})",
                   caption="est. FLOPs ≈ 3 × forward × (epochs × training images, or steps × batch) per seed: an upper"
-                          " estimate (class-capped subsets and cached-feature phases see fewer); training measures exactly")
+                          " estimate (class-capped subsets and cached-feature phases see fewer); training measures"
+                          " exactly. vs paper: resolved values that differ from the method's paper defaults")
     cols = ("run", *(["budget"] if several else []), "method", "backbone", "px", "train images", "est. FLOPs / seed",
-            "published")
+            "published", "preset", "vs paper")
     for col in cols:
-        table.add_column(col, justify="left" if col in ("run", "budget", "method", "backbone", "published") else "right")
+        table.add_column(col, justify="left" if col in ("run", "budget", "method", "backbone", "published", "preset",
+                                                        "vs paper") else "right")
     total = 0.0
     for r in rows:
         flops = r["flops_per_seed"]
@@ -817,7 +858,8 @@ def plan_table(suite: Suite, rows: list[dict[str, Any]]):
         table.add_row(r["label"], *([r["budget"]] if several else []), r["method"], r["backbone"], str(r["img_size"] or "—"),
                       unknown if r["kind"] == "run" and r["train_images"] is None else
                       f"{r['train_images']:,}" if r["train_images"] is not None else "—",
-                      unknown if flops is None else f"{flops:.2e}", ", ".join(r["reference"]) or "—")
+                      unknown if flops is None else f"{flops:.2e}", ", ".join(r["reference"]) or "—",
+                      r["preset"] or "—", ", ".join(f"{k}={v}" for k, v in r["vs_paper"].items()) or "—")
     table.add_row("total", *([""] if several else []), "", "", "", "", unknown if total is None else f"{total:.2e}", "",
-                  end_section=True)
+                  "", "", end_section=True)
     return table

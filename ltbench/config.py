@@ -18,7 +18,7 @@ from .budget import parse_budget
 from .checks import Bool, Choice, Either, Int, Key, ListOf, Opt, Str, check_key, dataclass_checks, signature_checks
 from .data import DATASETS, create_dataset, dataset_options  # noqa: F401  (re-exported for callers)
 from .methods import METHODS, method_config_fields
-from .metrics import FEW_THRESHOLD, MANY_THRESHOLD
+from .metrics import FEW_THRESHOLD, GROUP_PROTOCOLS, MANY_THRESHOLD, thresholds
 from .methods.base import resolve_method_config
 from .tracking import LogTargets, check_log_options
 
@@ -44,7 +44,8 @@ RUN_KEYS: dict[str, Key] = {
     "img_size": Key(None, Opt(Int(lo=1, hi=8192))),  # None: the backbone's own default
     "eval_batch_size": Key(128, Int(lo=1, hi=2**20)),
     "many": Key(MANY_THRESHOLD, Int(lo=0)),  # shot groups: many > this
-    "few": Key(FEW_THRESHOLD, Int(lo=0)),  # few < this
+    "few": Key(FEW_THRESHOLD, Int(lo=0)),  # few < this (groups=lpt: few <= this)
+    "groups": Key("standard", Choice(tuple(GROUP_PROTOCOLS))),  # shot-group protocol (metrics.GROUP_PROTOCOLS)
     "device": Key("auto", Str()),  # and check_device: auto | cpu | cuda[:N] | mps, available here
     "num_workers": Key("auto", Either((_AUTO, Int(lo=0, hi=1024)), "auto or an integer >= 0")),  # auto = 0 on CPU, min(8, cores) on CUDA
     "pretrained": Key(True, Bool()),
@@ -169,9 +170,9 @@ def _check_run(run: dict[str, Any]) -> None:
 
     for key, spec in RUN_KEYS.items():
         run[key] = check_key(key, run[key], spec.check)
-    if run["few"] > run["many"] + 1:
-        raise ConfigError(f"--set few={run['few']} many={run['many']}: few (< few) and many (> many) shot groups"
-                          " would overlap; need few <= many + 1")
+    if thresholds(run)[1] > run["many"] + 1:
+        raise ConfigError(f"--set few={run['few']} many={run['many']} groups={run['groups']}: few and many (> many)"
+                          " shot groups would overlap; need few <= many + 1 (groups=lpt: few <= many)")
     if run["name"] is not None:
         check_name(run["name"])
     check_device(run["device"])

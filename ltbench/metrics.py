@@ -16,6 +16,13 @@ GROUP_NAMES = ("many", "medium", "few")
 #: Default thresholds on a class's training count (Liu et al. 2019): many > 100, few < 20.
 #: The one place they are written; runs record theirs as the run keys `many` / `few`.
 MANY_THRESHOLD, FEW_THRESHOLD = 100, 20
+#: Shot-group protocols (the run key `groups`): where a class whose count equals the `few`
+#: threshold belongs. `standard`: few < 20 (Liu et al. 2019); `lpt`: few <= 20, medium (20, 100],
+#: as the official LPT evaluation counts them (github DongSky/LPT, phase2_test/train_dual_dualloss.py
+#: and eval_phase2.py: `train count > low and <= high` with few (0, 20]). On Places-LT: 131 / 163 / 71
+#: classes under `standard`, 131 / 157 / 77 under `lpt`.
+GROUP_PROTOCOLS = {"standard": "many > 100, medium 20-100, few < 20",
+                   "lpt": "many > 100, medium 21-100, few <= 20 (official LPT evaluation)"}
 
 
 def shot_groups(counts: np.ndarray, many: int = MANY_THRESHOLD, few: int = FEW_THRESHOLD) -> np.ndarray:
@@ -27,9 +34,17 @@ def shot_groups(counts: np.ndarray, many: int = MANY_THRESHOLD, few: int = FEW_T
     return groups
 
 
+def group_protocol(config: dict) -> str:
+    """An expert's shot-group protocol (`groups`); experts that predate the key used `standard`."""
+    return str(config.get("groups") or "standard")
+
+
 def thresholds(config: dict) -> tuple[int, int]:
-    """An expert's (many, few) thresholds from its config; experts that predate the keys used the defaults."""
-    return int(config.get("many", MANY_THRESHOLD)), int(config.get("few", FEW_THRESHOLD))
+    """An expert's (many, few) bounds for `shot_groups` (many > many, few < few) from its config:
+    the `lpt` protocol's few <= `few` is few < `few` + 1 on integer counts. Experts that predate
+    the keys used the defaults. The one place the protocol turns into numbers."""
+    few = int(config.get("few", FEW_THRESHOLD))
+    return int(config.get("many", MANY_THRESHOLD)), few + 1 if group_protocol(config) == "lpt" else few
 
 
 def group_sizes(groups: np.ndarray) -> dict[str, int]:

@@ -31,7 +31,7 @@ from .backbones.base import create_backbone
 from .losses import build_loss
 from .methods import create_method
 from .methods.base import Method, PartSpec, Phase
-from .metrics import class_averaged_accuracy, evaluate_logits
+from .metrics import class_averaged_accuracy, evaluate_logits, thresholds
 from .provenance import config_hash
 from .records import expert_record
 from .registry import Registry, check_name
@@ -686,7 +686,7 @@ def build_all(run: dict[str, Any], registry: Registry | None = None, tuning: boo
     from .config import ConfigError
 
     data = create_dataset(run["dataset"], root=run["root"], seed=run["seed"], **run["data"])
-    data.many_threshold, data.few_threshold = run["many"], run["few"]
+    data.many_threshold, data.few_threshold = thresholds(run)
     if tuning:
         from .data.base import ArraySplit
 

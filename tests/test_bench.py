@@ -223,3 +223,83 @@ def test_reference_rows_are_validated(tmp_path):
     for bad, expected in cases:
         msg = suite_error(tmp_path, {**TINY_SUITE, "reference": [bad]})
         assert "reference[0]" in msg and expected in msg, msg
+
+
+def test_places_lt_plan_runs_the_official_lpt_recipe_under_lpt_groups():
+    """The LPT suites train what produced the published numbers: the official code's values
+    (preset reference, no Mixup in phase 2) and its shot groups (few <= 20)."""
+    from ltbench.api import plan
+
+    path = next(p for p in REPRO if p.stem == "lpt-places-lt")
+    suite = load_suite(path)
+    _, rows = plan(suite)
+    lpt = next(r for r in rows if r["label"] == "lpt")
+    assert lpt["preset"] == "reference" and lpt["groups"] == "lpt"
+    assert lpt["vs_paper"]["phase2_mixup"] == 0.0 and lpt["vs_paper"]["lr"] == 0.02
+    job = next(j for j in suite.jobs if j.label == "lpt")
+    from ltbench.methods import create_method  # noqa: F401  (the phases are what trains)
+    from ltbench.methods.base import resolve_method_config
+    from ltbench.methods.lpt import LPT
+
+    cfg = resolve_method_config(LPT, job.run["method_config"])
+    assert (cfg.mixup, cfg.phase2_mixup) == (1.0, 0.0)
+    probe = next(j for j in suite.jobs if j.label == "linear-probe-sgd").run["method_config"]
+    assert (probe["solver"], probe["optimizer"], probe["lr"], probe["weight_decay"]) == ("sgd", "sgd", 0.02, 1e-4)
+    assert next(j for j in suite.jobs if j.label == "linear-probe").run["method_config"]["solver"] == "lbfgs"
+    out = runner.invoke(app, ["bench", str(path), "--plan"], terminal_width=400).output
+    assert "reference" in out and "shot groups lpt" in out and "phase2_mixup=0.0" in out
+
+
+@pytest.mark.parametrize("path", REPRO, ids=[p.stem for p in REPRO])
+def test_repro_suites_say_their_recipe_and_protocol(path):
+    suite = load_suite(path)
+    text = path.read_text()
+    assert "Recipe:" in text, "each repro suite's header says which recipe it runs and why"
+    lpt_family = any(r.method == "lpt" for r in suite.runs)
+    assert all(j.run["groups"] == ("lpt" if lpt_family else "standard") for j in suite.jobs if j.run)
+    for j in suite.jobs:
+        if j.run and j.run["method"] in ("lpt", "lt-soups"):
+            assert j.run["method_config"]["preset"] == "reference"
+    for ref in suite.references:  # table and section, and never a silent number from elsewhere
+        assert "Table" in ref["source"] and "Sec." in ref["source"], ref["source"]
+        assert bool(ref["quoted"]) == ("not in the paper's text" in ref["source"]), ref
+
+
+def test_one_shot_group_protocol_per_suite(tmp_path):
+    data = {**TINY_SUITE, "groups": "lpt"}
+    assert all(j.run["groups"] == "lpt" for j in load_suite(write(tmp_path, data)).jobs if j.run)
+    assert "groups: expected standard or lpt" in suite_error(tmp_path, {**TINY_SUITE, "groups": "few20"})
+    assert "contradicts" in suite_error(tmp_path, {**data, "set": {**TINY_SUITE["set"], "groups": "standard"}})
+    mixed = {**TINY_SUITE, "fusions": [], "runs": [{"method": "linear-probe"}, {"method": "lpt", "set": {"groups": "lpt"}}]}
+    assert "one shot-group protocol" in suite_error(tmp_path, mixed)
+
+
+def test_quoted_reference_numbers_are_validated(tmp_path):
+    ref = {"run": "linear-probe", "source": "a paper, Table 1, Sec. 2", "overall": 50.0, "many": 60.0}
+    refs = load_suite(write(tmp_path, {**TINY_SUITE, "reference": [{**ref, "quoted": [ "many"]}]})).references
+    assert refs[0]["quoted"] == ["many"]
+    assert load_suite(write(tmp_path, {**TINY_SUITE, "reference": [{**ref, "quoted": True}]})).references[0]["quoted"] \
+        == ["overall", "many"]
+    msg = suite_error(tmp_path, {**TINY_SUITE, "reference": [{**ref, "quoted": ["few"]}]})
+    assert "quoted must be" in msg
+
+
+def test_inat_suite_trains_on_the_whole_train_split():
+    """Validation is the official val file (also the test set, as the official code uses it), so no
+    image is held out of the published train split."""
+    suite = load_suite(next(p for p in REPRO if p.stem == "lpt-inat2018"))
+    data = suite.jobs[0].run["data"]
+    assert data["val_file"] == data["test_file"] == "iNaturalist18_val.txt"
+
+
+def test_a_changed_shot_group_protocol_is_a_stale_expert(tmp_path):
+    """An expert registered without the key (evaluated under `standard`) is reused by a suite that
+    says `groups: standard`, and refused by one that says `groups: lpt`."""
+    from ltbench.bench import _stale
+
+    data = runs({"method": "linear-probe"})
+    std = load_suite(write(tmp_path, {**data, "groups": "standard"}, "std.yaml")).jobs[0]
+    old = {k: v for k, v in std.run.items() if k != "groups"}  # a record that predates the key
+    assert _stale(std, old) == []
+    lpt = load_suite(write(tmp_path, {**data, "groups": "lpt"}, "lpt.yaml")).jobs[0]
+    assert _stale(lpt, old) == ["groups: registered 'standard', suite 'lpt'"]

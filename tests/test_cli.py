@@ -27,8 +27,9 @@ def test_train_report_show_rm(home):
     assert "registered lp" in r.output
 
     doc = json.loads(invoke("report", "--format", "json").output)
-    assert set(doc) == {"ltbench_version", "git_hash", "date", "suite", "budget", "rows"}
+    assert set(doc) == {"ltbench_version", "git_hash", "date", "suite", "budget", "groups", "rows"}
     assert doc["ltbench_version"] == ltbench.__version__ and doc["budget"] == "2epochs" and doc["suite"] is None
+    assert doc["groups"] == "standard"
     rows = doc["rows"]
     assert len(rows) == 1
     row = rows[0]

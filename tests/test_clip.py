@@ -131,6 +131,8 @@ def test_adapters_add_about_one_percent_of_vit_b():
     vit_b = counts["total"] - counts["trainable"]
     assert vit_b == 85_798_656
     assert 0.9 < 100 * adapters / vit_b < 1.1
+    added = counts["trainable"] - 365 * 768  # LPT's prompts and keys plus the adapters, the cosine head aside
+    assert added == 1_923_660 and round(100 * added / vit_b, 2) == 2.24
 
 
 @pytest.mark.parametrize("name", ["vit_tiny_patch16_224", "clip:ViT-B-32/openai"])

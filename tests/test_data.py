@@ -304,7 +304,7 @@ def test_unknown_option_and_dataset_messages():
     assert "head" in msg and "val_per_class" in msg and "test_per_class" in msg
     with pytest.raises(UnknownNameError, match="Did you mean 'places-lt'"):
         create_dataset("place-lt")
-    assert dataset_options("cifar100-lt") == {"imbalance": 100, "head": 500, "val_per_class": 20}
+    assert dataset_options("cifar100-lt") == {"imbalance": 100, "head": 500, "val_per_class": 20, "val_from": "train"}
     assert dataset_options("places-lt")["train_file"] == "Places_LT_train.txt"
     assert dataset_options("inat2018")["test_file"] == "iNaturalist18_val.txt"
 
@@ -371,3 +371,27 @@ def test_fashion_mnist_folder_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("LTBENCH_FASHION_MNIST", str(tmp_path))
     x_tr, y_tr, x_te, y_te = load_fashion_mnist()
     assert x_tr.shape == (60_000, 28, 28) and y_te.shape == (10_000,)
+
+
+def test_cifar100_lt_official_val_test_split(tmp_path):
+    """`val_from=test` (LT-Soups' split): validation is the first `val_per_class` test images of each
+    class in file order, the test set the rest; the training subset is the same as by default."""
+    import pickle
+
+    _fake_cifar(tmp_path, per_class_test=5)
+    folder = tmp_path / "cifar-100-python"
+    with open(folder / "test", "rb") as f:
+        raw = pickle.load(f)
+    order = np.random.default_rng(1).permutation(len(raw[b"fine_labels"]))  # classes interleaved in the file
+    raw = {b"data": raw[b"data"][order], b"fine_labels": np.asarray(raw[b"fine_labels"])[order].tolist()}
+    with open(folder / "test", "wb") as f:
+        pickle.dump(raw, f)
+    y = np.asarray(raw[b"fine_labels"])
+    ds = create_dataset("cifar100-lt", root=str(tmp_path), head=8, imbalance=4, val_per_class=2, val_from="test")
+    default = create_dataset("cifar100-lt", root=str(tmp_path), head=8, imbalance=4, val_per_class=2)
+    assert np.array_equal(ds.train.indices, default.train.indices)
+    want_val = np.sort(np.concatenate([np.flatnonzero(y == c)[:2] for c in range(100)]))
+    assert np.array_equal(ds.val.indices, want_val)
+    assert np.array_equal(ds.val.images, raw[b"data"][want_val].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    assert len(ds.test) == 300 and np.bincount(ds.test.labels).tolist() == [3] * 100
+    assert np.array_equal(ds.val.labels, y[want_val])

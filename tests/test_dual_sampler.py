@@ -116,3 +116,18 @@ def test_a_new_sampler_is_one_registration(monkeypatch):
     run = resolve_config({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": "1epochs"},
                          {"sampler": "every-other"})
     assert run["method_config"]["sampler"] == "every-other"
+
+
+def test_the_registered_dual_sampler_is_class_balanced_then_instance():
+    """`--set sampler=dual` (build_batch_sampler("dual")): the first part class-balanced, the second one
+    shuffled pass, as LPT's phase 2 draws its two parts (PartSpec("class"), PartSpec("instance"))."""
+    bs = build_batch_sampler("dual", LT_LABELS, 32, seed=2)
+    assert bs.kinds == ("class", "instance")
+    freq_c = np.zeros(4)
+    for epoch in range(10):
+        bs.set_epoch(epoch)
+        b = np.array(list(bs))
+        freq_c += np.bincount(LT_LABELS[b[:, :32].ravel()], minlength=4)
+        inst = b[:, 32:].ravel()
+        assert len(set(inst)) == len(inst)
+    assert np.allclose(freq_c / freq_c.sum(), 0.25, atol=0.02)  # instance-balanced would give 0.9 / 0.09 / …

@@ -27,7 +27,7 @@ def acc_of(profile):
 
 def add_expert(reg: Registry, name: str, profile, seed: int, *, dataset="synth", num_classes=C,
                val_labels=None, splits=("val", "test", "ood:synth-r"), data_seed=0, stored_test=None,
-               family=None) -> Expert:
+               family=None, groups=None) -> Expert:
     acc = np.resize(acc_of(profile), num_classes)
     labels = {"val": VAL if val_labels is None else val_labels, "test": TEST, "ood:synth-r": OOD}
     logits = {s: (expert_logits(labels[s] % num_classes, acc, num_classes, seed * 10 + i), labels[s] % num_classes)
@@ -37,7 +37,8 @@ def add_expert(reg: Registry, name: str, profile, seed: int, *, dataset="synth",
     counts = np.resize(COUNTS, num_classes)
     family = family or name  # experts of one family differ only by seed
     config = {"name": name, "method": "linear-probe", "backbone": f"bb-{family}", "dataset": dataset,
-              "seed": data_seed, "budget": "2epochs", "many": 100, "few": 20, "data": {"root": f"/data/{family}"}}
+              "seed": data_seed, "budget": "2epochs", "many": 100, "few": 20, "data": {"root": f"/data/{family}"},
+              **({"groups": groups} if groups else {})}
     meta = {"class_counts": counts.tolist(), "classnames": [f"c{i}" for i in range(num_classes)],
             "params": {"trainable": 100, "total": 1000}, "spent": {"flops": 1e9, "seconds": 2.0},
             "config_hash": f"h-{name}", "created": "2025-01-01T00:00:00+00:00", "seed": data_seed}
@@ -143,6 +144,27 @@ def test_moe_fits_offsets_on_val_images_the_search_did_not_use(reg):
     assert info["holdout_nll"] == learned["holdout_nll"] and info["best_epoch"] == learned["best_epoch"]
 
 
+def test_moe_uses_w_offset_where_the_offset_was_accepted(reg):
+    """On this fixture the learned offsets beat W_base on the held-out rows, so they are accepted and
+    the fused expert must apply W_base + W_offset: its stored delta holds the network, its logits are
+    those of the full model and differ from W_base's alone."""
+    from ltbench.fusion.core import FusionModel
+
+    add_expert(reg, "mid", MID, 3)
+    names = ["head", "tail", "mid"]
+    fused = fuse_experts(names, "moe", trials=12, seed=1, registry=reg, quiet=True, name="moe")
+    learned = fused.meta["scorer_info"]["learned"]
+    assert learned["offset_accepted"]
+    assert learned["objective_with_offset"]["holdout"] > learned["objective_without_offset"]["holdout"]
+    delta = fused.delta()
+    assert any(k.startswith("offset.") for k in delta), "an accepted offset is part of the fused expert"
+    model = FusionModel.from_delta(delta)
+    logits = [reg.get(n).logits("test") for n in names]
+    assert torch.allclose(fused.logits("test"), model.log_probs(logits), atol=0.01)  # stored in 16 bits
+    base_only = FusionModel(model.w_base, model.groups).log_probs(logits)
+    assert (fused.logits("test").argmax(1) != base_only.argmax(1)).any()
+
+
 def test_moe_base_weights_ignore_the_offset_rows(tmp_path):
     """Rewriting the experts' validation logits on the offset rows changes nothing the search sees."""
     a = Registry(tmp_path / "a")
@@ -180,6 +202,7 @@ def test_learned_offsets_train_and_are_deterministic(reg):
     ("val-order", "differ in validation labels / sample order"),
     ("seed", "differ in data seed"),
     ("splits", "differ in cached splits (not shared: ood:synth-r)"),
+    ("groups", "differ in shot-group protocol (groups): 'standard' vs 'lpt'"),
 ])
 def test_mismatched_experts_are_refused(reg, kind, expected):
     if kind == "dataset":
@@ -190,12 +213,29 @@ def test_mismatched_experts_are_refused(reg, kind, expected):
         add_expert(reg, "x", MID, 5, val_labels=np.random.default_rng(0).permutation(VAL))
     elif kind == "seed":
         add_expert(reg, "x", MID, 5, data_seed=1)
+    elif kind == "groups":  # evaluated with few <= 20 instead of few < 20: the group columns mean other classes
+        add_expert(reg, "x", MID, 5, groups="lpt")
     else:
         add_expert(reg, "x", MID, 5, splits=("val", "test"))
     with pytest.raises(FusionError, match="head.*x") as e:
         fuse_experts("head,x", "mean", registry=reg, quiet=True)
     assert expected in str(e.value)
     assert "x" in reg and len(reg.names()) == 3  # nothing registered
+
+
+def test_a_fusion_records_its_members_protocol_and_groups_by_it(reg):
+    """Fusing `lpt`-protocol experts: the fused expert records groups=lpt, and its per-group weights
+    use few <= 20 (a class of exactly 20 training images is few)."""
+    add_expert(reg, "a", HEAD, 7, groups="lpt")
+    add_expert(reg, "b", TAIL, 8, groups="lpt")
+    fused = fuse_experts("a,b", "search", trials=4, per_group=True, registry=reg, quiet=True, name="f")
+    assert fused.config["groups"] == "lpt" and (fused.config["many"], fused.config["few"]) == (100, 20)
+    assert 20 in COUNTS
+    from ltbench.metrics import shot_groups, thresholds
+
+    assert fused.meta["shot_groups"] == {"many": int((COUNTS > 100).sum()), "medium": int(((COUNTS > 20) & (COUNTS <= 100)).sum()),
+                                         "few": int((COUNTS <= 20).sum())}
+    assert shot_groups(COUNTS, *thresholds(fused.config)).tolist() != shot_groups(COUNTS).tolist()
 
 
 def test_missing_val_logits_refused_with_the_command(reg):

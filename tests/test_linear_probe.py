@@ -139,3 +139,22 @@ def test_sgd_solver_stays_an_option(tmp_path):
 def test_bad_probe_settings_fail_before_work(sets, match):
     with pytest.raises(ConfigError, match=match):
         tiny(**sets)
+
+
+def test_the_logit_adjusted_probe_removes_the_training_prior():
+    """Features that say nothing about the label leave only the bias to fit: plain CE learns the
+    training prior (b_c − b_k = log n_c/n_k), the logit-adjusted loss the probe fits by default
+    (logits + log prior) learns none of it, so a balanced test set is not tilted to the head.
+    A flipped prior sign would learn twice the prior instead."""
+    from ltbench.losses import build_loss
+
+    counts = np.array([80, 15, 5])
+    y = torch.as_tensor(np.repeat(np.arange(3), counts))
+    x = torch.zeros(len(y), 4, dtype=torch.float64)
+    yv = torch.arange(3).repeat(5)
+    xv = torch.zeros(len(yv), 4, dtype=torch.float64)
+    fits = {name: fit_logistic_regression(x, y, xv, yv, 3, build_loss(name, counts).double(), [1e-3])
+            for name in ("ce", "la")}
+    ce, la = fits["ce"]["bias"], fits["la"]["bias"]
+    assert torch.allclose(ce - ce[2], torch.as_tensor(np.log(counts / counts[2])), atol=1e-4)
+    assert torch.allclose(la - la[2], torch.zeros(3, dtype=la.dtype), atol=1e-4)

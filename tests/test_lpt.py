@@ -113,8 +113,9 @@ def _phase2(preset="paper", **cfg):
 @pytest.mark.parametrize("epoch", [0, 3])
 def test_phase2_loss_matches_eq5_with_dual_sampling(preset, epoch):
     """Σ over the parts: balanced part [A-GCL + matching] + β·instance part [A-GCL + matching], each its
-    own mean and loss options, with Mixup drawn per part; β = η·(E − e)/E (official code)."""
-    m, p2 = _phase2(preset)
+    own mean and loss options, with Mixup drawn per part; β = η·(E − e)/E (official code). Mixup is
+    switched on in phase 2 under both presets here (the reference turns it off) to check its parts."""
+    m, p2 = _phase2(preset, phase2_mixup=None)
     parts = p2.batch_parts(m.cfg)
     assert [p.sampler for p in parts] == ["class", "instance"]
     E = 10
@@ -217,6 +218,15 @@ def test_reference_preset_is_the_official_code():
     assert resolve_method_config(LPT, {"preset": "reference", "lr": 0.1}).lr == 0.1  # the user's --set wins
     paper = resolve_method_config(LPT, {})
     assert (paper.lr, paper.weight_decay, paper.neg_weight, paper.top_k, paper.eta) == (0.002, 1e-4, 1.0, 2, 0.5)
+
+
+def test_reference_phase2_has_no_mixup_and_the_paper_mixes_both_phases():
+    """The official phase-2 script never imports its mixup.py; the paper (App. B) mixes both phases."""
+    p1, p2 = make(preset="reference").phases()
+    assert (p1.mixup, p2.mixup) == (1.0, 0.0)
+    p1, p2 = make().phases()
+    assert (p1.mixup, p2.mixup) == (1.0, 1.0)
+    assert make(mixup=0.4).phases()[1].mixup == 0.4  # phase2_mixup None: phase 2 follows `mixup`
 
 
 def test_losses_without_the_options_get_none_of_them():

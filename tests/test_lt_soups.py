@@ -240,3 +240,88 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
     resumed = train_expert({**run, "name": "resumed", "resume": True}, reg, quiet=True)
     assert all(torch.equal(v, straight.delta()[k]) for k, v in resumed.delta().items())
     assert torch.equal(resumed.logits("test"), straight.logits("test"))
+
+
+def test_each_phase_adjusts_by_its_own_training_prior_with_the_official_sign(tmp_path, monkeypatch):
+    """Stage 1: CE at k = 0, LA with the capped subset's counts for k > 0; stage 2: LA with the full
+    counts. LA adds + log prior to the logits (official utils/losses.py LogitAdjustedLoss), so at
+    equal logits a head-class target costs less than a tail one."""
+    import ltbench.train
+
+    built = []
+    real = ltbench.train.build_loss
+
+    def recording(name, counts, **kw):
+        built.append((name, np.asarray(counts).copy(), real(name, counts, **kw)))
+        return built[-1][2]
+
+    monkeypatch.setattr(ltbench.train, "build_loss", recording)
+    run = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "4steps"},
+                         {**TINY_DATA, "batch_size": 8, "factors": [0, 1], "branches": 1, "val_checks": 0})
+    ex = train_expert(run, Registry(tmp_path), quiet=True)
+    counts = np.array(ex.meta["class_counts"])
+    n_min = counts.min()
+    assert [b[0] for b in built] == ["ce", "la", "la"]
+    assert np.array_equal(built[1][1], np.minimum(counts, 2 * n_min)) and np.array_equal(built[2][1], counts)
+    for _, c, loss in built[1:]:
+        prior = torch.log(torch.as_tensor(c / c.sum(), dtype=torch.float32))
+        assert torch.allclose(loss.adjust, prior)
+        z = torch.zeros(2, len(c))
+        head, tail = int(np.argmax(c)), int(np.argmin(c))
+        per = loss.per_sample(z, torch.tensor([head, tail]))
+        assert per[0] < per[1]
+
+
+def test_official_step_rule_on_cifar100_lt_and_the_suite_budget():
+    """max((n // 128 + 1) · 10, 100) steps for each branch (trainer.py:954-957) and for stage 2
+    (277-280): on CIFAR-100-LT IF 100 the k = 0 branch runs 100 steps, not (500 // 128) · 10 = 30."""
+    from ltbench.bench import load_suite
+    from ltbench.data import exponential_profile
+    from ltbench.methods.lt_soups import official_steps
+
+    counts = np.array(exponential_profile(100, 500, 100))
+    steps = official_steps(counts, list(range(7)), 2)
+    assert steps == [100, 100, 100, 100, 140, 140, 230, 230, 380, 380, 580, 580, 780, 780, 850]
+    suite = load_suite(__import__("pathlib").Path(__file__).resolve().parents[1] / "ltbench" / "suites" / "repro"
+                       / "lt-soups-cifar100-lt.yaml")
+    assert suite.budget == f"{sum(steps)}steps"
+    run = suite.jobs[0].run
+    assert run["data"]["val_from"] == "test" and run["data"]["val_per_class"] == 10
+    mc = run["method_config"]
+    assert (mc["steps_rule"], mc["stage2_augment"], mc["branch_epochs"], mc["batch_size"]) == ("official", True, 10, 128)
+
+
+def test_under_the_official_rule_each_phase_gets_its_official_steps():
+    """A budget of sum(official_steps) steps splits into exactly each phase's official count (the
+    trainer gives phase i budget · share_i / Σ share); stage 2 trains on augmented images."""
+    from ltbench.methods.lt_soups import official_steps
+
+    m = _soups(factors=[0, 1, 2], branches=2, batch_size=4, steps_rule="official", branch_epochs=20,
+               stage2_augment=True)
+    want = official_steps(COUNTS, [0, 1, 2], 2, 4, 20)
+    # subsets of 15, 25, 35 images, then all 55: (n // 4 + 1) · 20 = 80 (→ the 100-step floor), 140, 180, 280
+    assert want == [100, 100, 140, 140, 180, 180, 280]
+    phases = m.phases()
+    total = sum(p.share for p in phases)
+    assert [round(sum(want) * p.share / total, 9) for p in phases] == want
+    assert [p.epoch_share for p in phases[:-1]] == [p.share for p in phases[:-1]]
+    assert not phases[-1].cache_features and _soups().phases()[-1].cache_features
+
+
+def test_inner_lora_scale_is_alpha_over_rank_with_the_official_alpha_1():
+    m = _soups(inner="lora", inner_set={"rank": 4})
+    loras = [mod for mod in m.modules() if type(mod).__name__ == "LoRA"]
+    assert loras and all(lo.scaling == pytest.approx(1 / 4) for lo in loras)  # models/peft_modules.py:89
+
+
+def test_docs_cite_the_official_file_and_line_for_every_reference_value():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    section = text[text.index("## LT-Soups"):text.index("## Fusion scorer")]
+    rows = {line.split("|")[1].strip(): line for line in section.splitlines() if line.startswith("| ")}
+    for value in ("steps", "warm-up", "schedule", "stage 2", "CLIP head width", "LoRA α", "CIFAR val / test",
+                  "optimiser", "merge", "EMA of the weights", "head", "shot groups"):
+        assert value in rows, value
+        assert re.search(r"[\w/]+\.(py|sh):\d+", rows[value]), f"{value}: no official file:line"

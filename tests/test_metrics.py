@@ -67,3 +67,42 @@ def test_bootstrap_on_a_tiny_set_drops_empty_resamples_without_warnings():
         warnings.simplefilter("error")
         lo, hi = bootstrap_interval(np.array([1.0, 1.0]), np.array([0, 1]), 2)
     assert (lo, hi) == (1.0, 1.0)
+
+
+# -- shot-group protocols ----------------------------------------------------------------
+def test_group_boundaries_at_exactly_20_and_100_under_both_protocols():
+    from ltbench.metrics import FEW, MANY, MEDIUM, shot_groups, thresholds
+
+    counts = np.array([101, 100, 21, 20, 19])
+    std = shot_groups(counts, *thresholds({}))  # standard: many > 100, few < 20
+    assert std.tolist() == [MANY, MEDIUM, MEDIUM, MEDIUM, FEW]
+    lpt = shot_groups(counts, *thresholds({"groups": "lpt"}))  # official LPT: few (0, 20], medium (20, 100]
+    assert lpt.tolist() == [MANY, MEDIUM, MEDIUM, FEW, FEW]
+    assert thresholds({"groups": "lpt", "few": 5, "many": 50}) == (50, 6)
+
+
+def test_groups_come_from_training_counts_not_test_counts():
+    """Train and test counts disagree on every group: the groups must follow train."""
+    from ltbench.data.base import ArraySplit, LTDataset
+
+    def split(counts):
+        labels = np.repeat(np.arange(len(counts)), counts)
+        return ArraySplit(np.zeros((len(labels), 2, 2, 3), np.uint8), labels)
+
+    data = LTDataset("toy", ["a", "b", "c", "d"], train=split([101, 100, 20, 19]), val=split([1, 1, 1, 1]),
+                     test=split([5, 150, 150, 30]))
+    assert data.shot_groups().tolist() == [0, 1, 1, 2]
+    data.many_threshold, data.few_threshold = thresholds_lpt = (100, 21)
+    assert data.shot_groups().tolist() == [0, 1, 2, 2], thresholds_lpt
+
+
+def test_places_lt_group_sizes_under_both_protocols():
+    """The shipped Places-LT train file: 131 / 163 / 71 classes under `standard`, 131 / 157 / 77 under
+    `lpt` (six classes have exactly 20 training images)."""
+    from ltbench.data.splitfile import PACKAGED, find_file, read_split_file
+    from ltbench.metrics import group_sizes, shot_groups, thresholds
+
+    labels = read_split_file(find_file(PACKAGED / "places_lt" / "Places_LT_train.txt"), ".", 365).labels
+    counts = np.bincount(labels, minlength=365)
+    assert group_sizes(shot_groups(counts, *thresholds({}))) == {"many": 131, "medium": 163, "few": 71}
+    assert group_sizes(shot_groups(counts, *thresholds({"groups": "lpt"}))) == {"many": 131, "medium": 157, "few": 77}

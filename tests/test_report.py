@@ -24,7 +24,7 @@ runner = CliRunner()
 
 
 def register(reg, name, method="lpt", seed=0, acc=0.7, dataset="toy-lt", lr=0.01, trainable=1000,
-             total=100_000, ood=True, gen_seed=None, init=None):
+             total=100_000, ood=True, gen_seed=None, init=None, protocol=None):
     """An expert whose test predictions are right with probability `acc` (a bit higher on head classes)."""
     g = np.random.default_rng(gen_seed if gen_seed is not None else abs(hash(name)) % 2**32)
     labels = np.repeat(np.arange(C), PER_CLASS)
@@ -44,7 +44,8 @@ def register(reg, name, method="lpt", seed=0, acc=0.7, dataset="toy-lt", lr=0.01
     groups = shot_groups(np.array(COUNTS))
     metrics = {k: evaluate_logits(lg, lb, groups) for k, (lg, lb) in splits.items()}
     config = {"name": name, "method": method, "backbone": "vit-tiny-test", "dataset": dataset, "seed": seed,
-              "method_config": {"lr": lr, **({"init": init} if init else {})}, "many": 100, "few": 20, "device": "cpu"}
+              "method_config": {"lr": lr, **({"init": init} if init else {})}, "many": 100, "few": 20, "device": "cpu",
+              **({"groups": protocol} if protocol else {})}
     meta = {"params": {"trainable": trainable, "total": total}, "spent": {"flops": 1e12 * (1 + seed), "seconds": 3.0 + seed},
             "budget": "2epochs", "class_counts": COUNTS, "created": "now", "config_hash": "x"}
     return reg.register(name, config, {"head.weight": torch.zeros(2)}, splits, metrics, meta)
@@ -273,6 +274,33 @@ def test_suite_report_shows_published_rows_and_differences(home, tmp_path):
     table, written = report_suite(load_suite(path), r, out=tmp_path / "rep", plots=False)
     on_file = json.loads((tmp_path / "rep" / "report.json").read_text())["rows"]
     assert [x["expert"] for x in on_file if x["expert"].startswith("published")] == ["published: lpt", "published: VPT"]
+
+
+def test_report_says_its_shot_group_protocol_and_marks_quoted_numbers(home):
+    """The JSON wrapper and the caption name the protocol; rows of two protocols in one table get a
+    `groups` column; a published row whose numbers are not in the paper's text says "quoted"."""
+    from ltbench.report import add_references
+
+    r = Registry(home)
+    register(r, "a_s0", method="lpt")  # a record without the key: the standard protocol
+    df = collect(r, ci=False)
+    doc = json.loads(render(df, "json"))
+    assert doc["groups"] == "standard" and doc["rows"][0]["groups"] == "standard"
+    assert "shot groups: standard" in render(df, "md") and "| groups |" not in render(df, "md")
+    register(r, "b_s0", method="vpt", protocol="lpt")  # evaluated under the official LPT protocol
+    mixed = collect(r, ci=False)
+    assert json.loads(render(mixed, "json"))["groups"] == "mixed"
+    md = render(mixed, "md")
+    assert "| groups |" in md and "shot groups: mixed" in md
+    assert [row.split("|")[4].strip() for row in md.splitlines()[2:4]] == ["standard", "lpt"]
+    refs = [{"run": None, "name": "all", "source": "s", "overall": 0.5, "many": None, "medium": None, "few": None,
+             "ood": {}, "quoted": ["overall"]},
+            {"run": None, "name": "part", "source": "s", "overall": 0.5, "many": 0.4, "medium": None, "few": None,
+             "ood": {}, "quoted": ["many"]},
+            {"run": None, "name": "none", "source": "s", "overall": 0.5, "many": None, "medium": None, "few": None,
+             "ood": {}, "quoted": []}]
+    names = list(add_references(df, refs, {})["expert"])
+    assert names[-3:] == ["quoted: all", "published: part (quoted: many)", "published: none"]
 
 
 # -- plots: compute view, Pareto front, fixed method colours, labelled error bars -------------------

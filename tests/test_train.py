@@ -151,3 +151,15 @@ def test_checks_due_at_once_share_one_evaluation():
     assert len(evaluations) == 2 and checks.done == 4 and checks.scores == [0.1, 0.1, 0.2, 0.2]
     checks.due(1.0)
     assert len(evaluations) == 2  # nothing left to check
+
+
+@pytest.mark.parametrize("groups, sizes", [("standard", {"many": 1, "medium": 3, "few": 6}),
+                                           ("lpt", {"many": 1, "medium": 2, "few": 7})])
+def test_a_run_records_shot_groups_from_training_counts_under_its_protocol(tmp_path, groups, sizes):
+    """Tiny fashion-mnist-lt: train counts 40 30 23 18 14 11 8 6 5 4, test 6 a class. With many=30
+    and few=18 the class of 30 is medium, the class of 18 medium under `standard` and few under
+    `lpt`; the test split's counts (all 6) would make every class few."""
+    run = {**tiny_run("linear-probe", "1steps", solver="sgd"), "many": 30, "few": 18, "groups": groups}
+    ex = train_expert(run, Registry(tmp_path), quiet=True)
+    assert ex.meta["class_counts"] == [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]
+    assert ex.meta["shot_groups"] == sizes and ex.config["groups"] == groups

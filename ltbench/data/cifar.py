@@ -4,7 +4,9 @@
 
 Training split: n_i = int(head · IF^(−i/99)) images of class i, a seeded random subset
 (IF 100, head 500 gives 10,847); validation: `val_per_class` images per class from the
-training images left over; test: the balanced 10,000.
+training images left over; test: the balanced 10,000. With `val_from=test` (LT-Soups' official
+split, its datasets/cifar100.py:22-33) validation is instead the first `val_per_class` test
+images of each class in file order and the test set the rest (10 a class: 1,000 / 9,000).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from ..checks import Float, Int
+from ..checks import Choice, Float, Int
 from . import DATASETS
 from .base import ArraySplit, DataError, LTDataset, lt_train_val
 
@@ -82,16 +84,27 @@ def cifar100_lt(
     imbalance: Annotated[float, Float(lo=1, hi=1e6)] = 100,
     head: Annotated[int, Int(lo=1, hi=10**7)] = 500,
     val_per_class: Annotated[int, Int(lo=1, hi=10**6)] = 20,
+    val_from: Annotated[str, Choice(("train", "test"))] = "train",
 ) -> LTDataset:
     """CIFAR-100-LT (n_i = int(500·IF^(−i/99))) from <root>/cifar-100-python pickles."""
     if root is None:
         raise DataError(f"cifar100-lt needs root=<folder holding {FOLDER}/> (torchvision's CIFAR-100 layout)")
     names, x_tr, y_tr, x_te, y_te = load_cifar100(root)
     r_train, r_val = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    train_idx, val_idx = lt_train_val(y_tr, names, head, imbalance, val_per_class, r_train, r_val, "cifar100-lt")
+    if val_from == "test":
+        train_idx, _ = lt_train_val(y_tr, names, head, imbalance, 0, r_train, r_val, "cifar100-lt")
+        rank = np.empty(len(y_te), dtype=np.int64)  # position of each test image within its class, in file order
+        for c in range(len(names)):
+            where = np.flatnonzero(y_te == c)
+            rank[where] = np.arange(len(where))
+        val_idx, test_idx = np.flatnonzero(rank < val_per_class), np.flatnonzero(rank >= val_per_class)
+        val = ArraySplit(x_te[val_idx], y_te[val_idx])
+        test = ArraySplit(x_te[test_idx], y_te[test_idx])
+    else:
+        train_idx, val_idx = lt_train_val(y_tr, names, head, imbalance, val_per_class, r_train, r_val, "cifar100-lt")
+        val = ArraySplit(x_tr[val_idx], y_tr[val_idx])
+        test = ArraySplit(x_te, y_te)
+    val.indices = val_idx
     train = ArraySplit(x_tr[train_idx], y_tr[train_idx])
     train.indices = train_idx
-    val = ArraySplit(x_tr[val_idx], y_tr[val_idx])
-    val.indices = val_idx
-    test = ArraySplit(x_te, y_te)
     return LTDataset(name="cifar100-lt", classnames=names, train=train, val=val, test=test)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..metrics import GROUP_NAMES, evaluate_logits, shot_groups, thresholds
+from ..metrics import FEW_THRESHOLD, GROUP_NAMES, MANY_THRESHOLD, evaluate_logits, group_protocol, shot_groups, thresholds
 from ..records import ExpertRecord, expert_record
 from ..registry import Expert, Registry, check_name
 from .core import OBJECTIVES, FusionError, FusionModel, ProbStack
@@ -84,7 +84,8 @@ def check_compatible(members: list[Expert]) -> dict[str, Any]:
         raise FusionError(f"expert {first.name!r} has no training class_counts in its meta; shot groups are unknown")
     return {"dataset": c0.get("dataset"), "data": c0.get("data"), "data_seed": _split_key(c0, "data_seed"),
             "classnames": m0.get("classnames"), "class_counts": counts,
-            **dict(zip(("many", "few"), first.thresholds)), "splits": first.splits()}
+            "many": int(c0.get("many", MANY_THRESHOLD)), "few": int(c0.get("few", FEW_THRESHOLD)),
+            "groups": group_protocol(c0), "splits": first.splits()}
 
 
 def _mismatch(what: str, first: Expert, ex: Expert, a: Any, b: Any) -> FusionError:
@@ -118,6 +119,9 @@ def _check_same_classes(first: Expert, ex: Expert, n_logits: int) -> None:
         i = next((i for i, (a, b) in enumerate(zip(k0, k)) if a != b), min(len(k0), len(k)))
         raise _mismatch(f"training class counts (class {i}; so their shot groups differ)", first, ex,
                         k0[i] if i < len(k0) else None, k[i] if i < len(k) else None)
+    p0, p = group_protocol(first.config), group_protocol(ex.config)
+    if p != p0:
+        raise _mismatch("shot-group protocol (groups)", first, ex, p0, p)
     for key, a, b in zip(("many", "few"), first.thresholds, ex.thresholds):
         if a != b:
             raise _mismatch(f"shot-group threshold {key!r}", first, ex, a, b)
@@ -200,7 +204,7 @@ def fuse_experts(
     registry.check_free(name)
     members = [registry.get(n) for n in names]
     shared = check_compatible(members)
-    sg = shot_groups(shared["class_counts"], shared["many"], shared["few"])
+    sg = shot_groups(shared["class_counts"], *thresholds(shared))
     groups, group_names = _weight_groups(sg, per_group)
     ctx = FitContext(stack=ProbStack.build([ex.logits("val") for ex in members], groups, with_features=True),
                      labels=members[0].labels("val"), shot_groups=sg, groups=groups, group_names=group_names,
@@ -278,7 +282,7 @@ def _fused_config(name: str, scorer: str, members: list[Expert], shared: dict[st
         "data": shared["data"], "seed": ctx.seed, "data_seed": shared["data_seed"], "experts": ctx.experts,
         "scorer": scorer, "objective": ctx.objective,
         "per_group": per_group, "weight_groups": ctx.group_names, "trials": ctx.trials, "storage": ctx.storage,
-        "study_name": ctx.study_name, "many": shared["many"], "few": shared["few"], "fusion_space": "probability",
+        "study_name": ctx.study_name, "many": shared["many"], "few": shared["few"], "groups": shared["groups"], "fusion_space": "probability",
         "options": options or {},
     }
 

@@ -37,6 +37,8 @@ class LPTConfig(MethodConfig):
         # AGCL(m=0.1, s=20, noise_mul=0.5) over ASLSingleLabel(eps=0.1): smoothed targets weigh
         # the off-target terms; the instance-sampled half uses gamma_pos 0.5, gamma_neg 8
         "margin": 0.1, "label_smoothing": 0.1, "neg_weight": 0.0, "ins_gamma_pos": 0.5, "ins_gamma_neg": 8.0,
+        # phase 2 (train_dual_dualloss.py) imports no Mixup: only phase 1 mixes
+        "phase2_mixup": 0.0,
     }
 
     # lr per 256 images (lr_ref_batch). SGD: the paper's 0.002 and the code's 0.02 inside, up to 0.4 (0.05 a
@@ -63,6 +65,7 @@ class LPTConfig(MethodConfig):
     label_smoothing: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.0
     noise_mul: Annotated[float, Float(lo=0, hi=100)] = 0.5
     mixup: Annotated[float, Float(lo=0, hi=100)] = 1.0  # Mixup α in both phases (App. B; α from the official mixup.py)
+    phase2_mixup: Annotated[float | None, Opt(Float(lo=0, hi=100))] = None  # phase 2's Mixup α; None: `mixup` (0: off, as the official code)
     dropout: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.1  # before the head (official nn.Dropout(0.1); the paper does not say)
     sampler: str = "instance"  # phase 1; phase 2 uses phase2_sampler
     phase2_sampler: Annotated[str, Choice(_samplers)] = "dual"  # dual: class-balanced part (weight 1) + instance part (weight β)
@@ -197,7 +200,8 @@ class LPT(Method):
         else:
             parts = [PartSpec(cfg.phase2_sampler, loss_kwargs=self.loss_kwargs())]
         p2 = Phase("group-prompts", [{"params": self.phase_params(2)}], share=1 - cfg.phase1_share,
-                   parts=parts, mixup=cfg.mixup, on_start=lambda: self._set_stage(2))
+                   parts=parts, mixup=cfg.mixup if cfg.phase2_mixup is None else cfg.phase2_mixup,
+                   on_start=lambda: self._set_stage(2))
         return {0: [p1, p2], 1: [p1], 2: [p2]}[cfg.phase]
 
     def trainable_names(self) -> list[str]:

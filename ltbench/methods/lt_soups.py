@@ -11,8 +11,11 @@ Stage 2: retrain only the classifier on the full long-tailed data with logit adj
 cached features of the soup (EMA and best-on-validation as in stage 1).
 
 Budget: every branch is a phase of its own, so branches share the run's one budget (two
-branches per factor get half the epochs each); validation checks are charged to it too.
-Values and their sources: docs/methods.md ("LT-Soups").
+branches per factor get half the epochs each); validation checks are charged to it too. Under
+`steps_rule=official` (the reference preset) the budget is shared as the official code counts
+steps instead: a branch on n images runs max((n // B + 1) · E, 100) steps and stage 2 the same
+rule on all the data (E = `branch_epochs`), so a budget of `official_steps(...)` steps gives every
+phase exactly the official count. Values and their sources: docs/methods.md ("LT-Soups").
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from typing import Annotated, Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from ..checks import Choice, Float, Int, ListOf, Mapping
+from ..checks import Bool, Choice, Float, Int, ListOf, Mapping
 from ..plugins import METHODS, register_method
 from .base import Method, MethodConfig, Phase, optimizer_space
 
@@ -53,6 +56,9 @@ class LTSoupsConfig(MethodConfig):
     REFERENCE: ClassVar[dict[str, Any]] = {
         "inner": "full-ft", "lr": 3e-5, "weight_decay": 1e-2, "batch_size": 128, "warmup": 0.01,
         "stage2_lr": 3e-5, "stage2_share": 1 / 15,
+        # trainer.py:954-957 / 277-280: max((n // 128 + 1) · epochs, 100) steps a branch and for stage 2;
+        # stage 2 (main.py, head_tuning) trains on augmented images (trainer.py:126-132, 181)
+        "steps_rule": "official", "stage2_augment": True,
     }
 
     # lr: the default 1e-3 and the official 3e-5 inside
@@ -67,11 +73,31 @@ class LTSoupsConfig(MethodConfig):
     merge_alpha: Annotated[float, Float(lo=0, hi=1)] = 0.3
     stage2_share: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.1  # share of the budget for retraining the classifier
     stage2_lr: Annotated[float, Float(lo=0, hi=10, lo_open=True)] = 1e-2
+    #: budget: share the run's budget by subset size (equal epochs); official: by the official step count
+    steps_rule: Annotated[str, Choice(("budget", "official"))] = "budget"
+    branch_epochs: Annotated[int, Int(lo=1, hi=10**6)] = 10  # E of the official step rule (run_lt_soups.sh num_epochs)
+    stage2_augment: Annotated[bool, Bool()] = False  # stage 2 on augmented images through the soup (slow) or cached features
+    lora_alpha: Annotated[float, Float(lo=0, hi=1e6, lo_open=True)] = 1.0  # inner LoRA's α: scale α / rank (utils/config.py:97)
     classifier: str = "cosine"
     cosine_scale: float = 30.0  # what the official head runs with (its config's scale 25 never reaches it)
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
+
+
+def official_steps(class_counts: np.ndarray, factors: list[int], branches: int, batch_size: int = 128,
+                   epochs: int = 10) -> list[int]:
+    """Steps of every stage-1 branch, then of stage 2, as the official code counts them: a stretch
+    of training on n images runs max((n // B + 1) · E, 100) steps (trainer.py:954-957 for a
+    branch, 277-280 for stage 2 on all the data); their sum is the reference suite's budget."""
+    counts = np.asarray(class_counts)
+    n_min = int(np.min(counts[counts > 0]))
+
+    def rule(n: int) -> int:
+        return max((n // batch_size + 1) * epochs, 100)
+
+    branch = [rule(int(np.minimum(counts, n_min * 2 ** k).sum())) for k in factors for _ in range(branches)]
+    return [*branch, rule(int(counts.sum()))]
 
 
 def _clone(w: Weights) -> Weights:
@@ -149,6 +175,7 @@ class LTSoups(Method):
                                                "batch_size", "classifier", "cosine_scale")}
         if cfg.inner == "lora":
             shared["targets"] = "qv"  # the official LoRA modules: q and v of every block
+            shared["alpha"] = cfg.lora_alpha
         inner_cfg = METHODS.get(cfg.inner).Config(**{**shared, **cfg.inner_set})
         self.inner = METHODS.get(cfg.inner)(backbone, num_classes, inner_cfg, class_counts, classnames)
         self.n_min = int(np.min(class_counts[class_counts > 0]))
@@ -238,13 +265,16 @@ class LTSoups(Method):
         sizes = [int(np.minimum(counts, cap).sum()) for cap in self.caps()]
         params = list(self._weights().values())
         n_models = len(sizes) * cfg.branches
+        steps = official_steps(counts, cfg.factors, cfg.branches, cfg.batch_size, cfg.branch_epochs)
+        official = cfg.steps_rule == "official"
         stage1 = []
-        for k, cap, size in zip(cfg.factors, self.caps(), sizes):
+        for i, (k, cap, size) in enumerate(zip(cfg.factors, self.caps(), sizes)):
             for b in range(cfg.branches):
+                n = steps[i * cfg.branches + b] / sum(steps)
                 stage1.append(Phase(
                     f"soup k={k} (cap {cap}) branch {b + 1}/{cfg.branches}", [{"params": params}],
-                    share=(1 - cfg.stage2_share) * size / sum(sizes) / cfg.branches,
-                    epoch_share=(1 - cfg.stage2_share) / n_models,
+                    share=n if official else (1 - cfg.stage2_share) * size / sum(sizes) / cfg.branches,
+                    epoch_share=n if official else (1 - cfg.stage2_share) / n_models,
                     loss="ce" if k == 0 else "la",
                     subset=lambda labels, seed, cap=cap: capped_subset(labels, cap, seed),
                     on_start=self._restart, on_end=self._end_branch,
@@ -253,7 +283,8 @@ class LTSoups(Method):
                 ))
         head = list(self.inner.head.parameters())
         stage2 = Phase("classifier (LA, full data)", [{"params": head, "lr_scale": cfg.stage2_lr / cfg.lr}],
-                       share=cfg.stage2_share, loss="la", sampler="instance", cache_features=True,
+                       share=steps[-1] / sum(steps) if official else cfg.stage2_share, loss="la", sampler="instance",
+                       cache_features=not cfg.stage2_augment,
                        on_start=self._begin_stage2, on_end=self._end_stage2,
                        on_step=lambda: self._sel.step(self._head()),
                        val_checks=cfg.val_checks, on_val=lambda score: self._sel.check(self._head(), score))

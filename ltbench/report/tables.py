@@ -9,7 +9,9 @@ from their cached test logits (optional: `ci=False` reads no logits at all).
 Machine formats (JSON, CSV) carry fractions in [0, 1] and numeric `<column>_std` (one scheme:
 `overall_std`, `ood:sketch_std`), `overall_lo`, `overall_hi` columns; human formats (table, md,
 latex) show percentages. JSON is strict (NaN → null) and wraps the rows in an object that says
-what produced them: {ltbench_version, git_hash, date, suite, budget, rows}.
+what produced them: {ltbench_version, git_hash, date, suite, budget, groups, rows}; `groups` is
+the shot-group protocol of the rows (metrics.GROUP_PROTOCOLS), "mixed" when they differ, and a
+table that mixes protocols shows a `groups` column.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from ..metrics import group_protocol
 from ..provenance import experiment_key, replicate_seed
 from ..registry import Registry, RegistryError
 from . import logits as _logits
@@ -63,6 +66,7 @@ def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]
     row["flops"] = spent.get("flops")
     row["device_seconds"] = spent.get("seconds")
     row["budget"] = meta.get("budget")
+    row["groups"] = group_protocol(config)
     tuning = meta.get("tuning")  # the study that chose its values: its trial count and compute
     row["tuned"] = len(tuning.get("trials") or []) if tuning else None
     row["tune_flops"] = (tuning.get("compute") or {}).get("flops") if tuning else None
@@ -132,7 +136,7 @@ def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
     stem = _stem(names)
     first = members[0]
     row = {k: first[k] for k in ("method", "backbone", "dataset", "trainable_params", "total_params",
-                                 "trainable_pct", "_path", "_key", "_series", "_at_budget")}
+                                 "trainable_pct", "groups", "_path", "_key", "_series", "_at_budget")}
     row["expert"] = f"{stem}_s{{{','.join(map(str, seeds))}}}" if stem else "+".join(names)
     row.update(seeds=len(members), seed=None, members=",".join(names))
     metric_cols = [c for c in members[0] if c in ACC_COLUMNS or c == "ece" or c.startswith("ood:")]
@@ -168,7 +172,7 @@ def _columns(df: pd.DataFrame) -> list[str]:
             "overall", "overall_lo", "overall_hi", "overall_std", "many", "many_std", "medium", "medium_std",
             "few", "few_std", *ood, *[_std_name(c) for c in ood], "ece", "ece_std",
             "trainable_params", "total_params", "trainable_pct", "flops", "device_seconds",
-            "tuned", "tune_flops", "tune_seconds", "budget", "status", "status_why", "same_as"]
+            "tuned", "tune_flops", "tune_seconds", "budget", "status", "status_why", "same_as", "groups"]
     return cols
 
 
@@ -229,7 +233,7 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
         df = df.sort_values(SORT, kind="stable").reset_index(drop=True)
     for c in cols:
         if c not in ("expert", "method", "backbone", "dataset", "members", "budget", "seed", "status", "status_why",
-                     "same_as"):
+                     "same_as", "groups"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     for c in ("seed", "seeds", "trainable_params", "total_params", "tuned"):
         df[c] = df[c].astype("Int64")
@@ -251,7 +255,11 @@ def add_references(df: pd.DataFrame, references: list[dict[str, Any]], run_of: d
     dataset = df["dataset"].dropna().iloc[0] if len(df) and df["dataset"].notna().any() else None
 
     def published(ref: dict[str, Any], method: Any) -> dict[str, Any]:
-        row = {"expert": f"published: {ref['name']}", "method": method, "dataset": dataset, "source": ref["source"],
+        given = [c for c in ACC_COLUMNS if ref.get(c) is not None] + [f"ood.{k}" for k in ref.get("ood") or {}]
+        quoted = ref.get("quoted") or []  # numbers not in the paper's text: never silently "published"
+        label = (f"quoted: {ref['name']}" if set(given) <= set(quoted) else
+                 f"published: {ref['name']} (quoted: {', '.join(quoted)})" if quoted else f"published: {ref['name']}")
+        row = {"expert": label, "method": method, "dataset": dataset, "source": ref["source"],
                **{c: ref.get(c) for c in ACC_COLUMNS}}
         row.update({f"ood:{k}": v for k, v in (ref.get("ood") or {}).items()})
         return row
@@ -345,6 +353,8 @@ def _display_columns(df: pd.DataFrame) -> list[str]:
     status = ["status"] if "status" in df and df["status"].notna().any() else []
     # the budget column only when runs ran at different budgets (a fusion's own "fuse" does not count)
     budget = ["budget"] if "_at_budget" in df and df["_at_budget"].nunique() > 1 else []
+    if "groups" in df and df["groups"].nunique() > 1:  # rows of different shot-group protocols: say so per row
+        lead.append("groups")
     return [*lead, *budget, "seeds", *ACC_COLUMNS, *status, *ood, *deltas, "ece", "trainable_params", "flops",
             "device_seconds", *tuned]
 
@@ -357,9 +367,17 @@ TITLE = "ltbench report — test accuracy (%)"
 CAPTION = "single runs: [95% bootstrap interval over test samples]; seed groups: mean ± std (n seeds)"
 
 
+def _caption(df: pd.DataFrame) -> str:
+    """CAPTION plus the rows' shot-group protocol (or "mixed": then each row shows its own)."""
+    protocols = set(df["groups"].dropna()) if "groups" in df else set()
+    if not protocols:
+        return CAPTION
+    return f"{CAPTION}; shot groups: {protocols.pop() if len(protocols) == 1 else 'mixed (see groups column)'}"
+
+
 def rich_table(df: pd.DataFrame, title: str = TITLE) -> Table:
     """The report frame as a terminal table, with intervals and seed spreads written beside the means."""
-    table = Table(title=title, caption=CAPTION)
+    table = Table(title=title, caption=_caption(df))
     cols = _display_columns(df) if len(df.columns) else []
     for c in cols:
         text = c in ("expert", "method", "backbone", "dataset")
@@ -435,8 +453,10 @@ def document(df: pd.DataFrame, suite: str | None = None, budget: str | None = No
     if budget is None:
         budgets = {r.get("budget") for r in rows} - {None}
         budget = budgets.pop() if len(budgets) == 1 else ("mixed" if budgets else None)
+    protocols = {r.get("groups") for r in rows} - {None}
+    groups = protocols.pop() if len(protocols) == 1 else ("mixed" if protocols else None)
     return {"ltbench_version": __version__, "git_hash": git_hash(), "date": now(), "suite": suite,
-            "budget": budget, "rows": rows}
+            "budget": budget, "groups": groups, "rows": rows}
 
 
 def render(df: pd.DataFrame, fmt: str, suite: str | None = None, budget: str | None = None) -> str:
@@ -460,7 +480,7 @@ def render(df: pd.DataFrame, fmt: str, suite: str | None = None, budget: str | N
                  "|" + "|".join(":---" if c in ("expert", "method", "backbone", "dataset") else "---:" for c in cols) + "|"]
         lines += ["| " + " | ".join(esc(x) for x in r) + " |" for r in cells]
         flags = "".join(f"- {esc(line)}\n" for line in flag_lines(df))
-        return "\n".join(lines) + f"\n\n{CAPTION}\n" + (f"\n{flags}" if flags else "")
+        return "\n".join(lines) + f"\n\n{_caption(df)}\n" + (f"\n{flags}" if flags else "")
     lead = sum(c in ("expert", "method", "backbone", "dataset") for c in cols)
     lines = [r"\begin{tabular}{" + "l" * lead + "r" * (len(cols) - lead) + "}", r"\toprule",
              " & ".join(_latex_escape(_header(c)) for c in cols) + r" \\", r"\midrule"]
