@@ -148,7 +148,7 @@ def show_history(name: str, registry: Registry | None = None) -> Table:
     from .errors import RegistryError
     from .tracking import history_table
 
-    ex = (registry or Registry()).get(name)
+    ex = (registry or Registry.existing()).get(name)
     rows = ex.history()
     if rows is None:
         why = "a fused expert is fitted, not trained" if str(ex.config.get("method", "")).startswith("fuse:") \
@@ -169,16 +169,18 @@ def predict(expert: str, inputs: list[str], top: int = 5, fmt: str = "table", ba
     return rows, render(rows, fmt)
 
 
-def export(name: str, file: str | Path, registry: Registry | None = None) -> Path:
-    """`ltbench export NAME FILE`: one safetensors file that `load_expert(FILE)` reads elsewhere."""
+def export(name: str, file: str | Path, registry: Registry | None = None, force: bool = False) -> Path:
+    """`ltbench export NAME FILE`: one safetensors file that `load_expert(FILE)` reads elsewhere
+    (an existing FILE only with `force`)."""
     from .experts import export_expert
 
-    return export_expert(name, file, registry=registry)
+    return export_expert(name, file, registry=registry or Registry.existing(), force=force)
 
 
-def remove(name: str, registry: Registry | None = None) -> None:
-    """`ltbench rm NAME`: delete an expert (index row and folder) so the name can be trained again."""
-    (registry or Registry.existing()).remove(name)
+def remove(name: str, registry: Registry | None = None, force: bool = False) -> None:
+    """`ltbench rm NAME`: delete an expert (index row and folder) so the name can be trained again;
+    a member of a registered fusion only with `force`."""
+    (registry or Registry.existing(read_only=False)).remove(name, force=force)
 
 
 def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry | None = None):
@@ -190,7 +192,7 @@ def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry
         from .registry import default_home
 
         home = default_home()
-        registry = Registry(home) if repair and (home / "experts").is_dir() else Registry.existing(home)
+        registry = Registry(home) if repair and (home / "experts").is_dir() else Registry.existing(home, not repair)
     if not repair:
         return registry.check(), []
     done = registry.repair(remove_broken=remove_broken)

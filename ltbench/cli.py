@@ -248,18 +248,19 @@ def predict(
 @_guard
 def export(
     name: str = typer.Argument(..., help="registered expert"),
-    file: Path = typer.Argument(..., help="output .safetensors file"),
+    file: Path = typer.Argument(..., help="output .safetensors file (a new one, unless --force)"),
+    force: bool = typer.Option(False, "--force", help="replace FILE if it is an existing regular file"),
 ) -> None:
     """Write an expert as one safetensors file (delta + config); `load_expert(FILE)` reads it elsewhere."""
-    path = api.export(name, file)
+    path = api.export(name, file, force=force)
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False)
 
 
 @app.command()
 @_guard
-def rm(name: str) -> None:
+def rm(name: str, force: bool = typer.Option(False, "--force", help="also a member of a registered fusion")) -> None:
     """Remove an expert (index row and folder together)."""
-    api.remove(name)
+    api.remove(name, force=force)
     out.print(f"removed {name}")
 
 

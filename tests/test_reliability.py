@@ -98,7 +98,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
 def _register_at_once(home, name, barrier):
     reg = Registry(home)
     barrier.wait(600)  # a writer that failed before it would leave the others waiting: broken after 10 min
-    reg.register(name, {"method": "m", "backbone": "b", "dataset": "d", "seed": 0}, {"w": torch.ones(2)},
+    reg.register(name, {"method": "linear-probe", "backbone": "b", "dataset": "d", "seed": 0}, {"w": torch.ones(2)},
                  {"val": (torch.zeros(3, 2), np.array([0, 1, 0]))}, {"val": {"overall": 1.0}}, {"created": "x"})
 
 

@@ -140,6 +140,15 @@ def _columns(df: pd.DataFrame) -> list[str]:
     return cols
 
 
+def _skip(name: str, e: Exception) -> None:
+    import warnings
+
+    from ..errors import BrokenExpertWarning
+
+    text = (str(e).strip().splitlines() or [""])[0]
+    warnings.warn(f"skipping expert {name!r}: {text}; `ltbench doctor` for details", BrokenExpertWarning, stacklevel=3)
+
+
 def collect(registry: Registry, dataset: str | None = None, method: str | None = None,
             experts: Iterable[str] | None = None, *, ci: bool = True, group_seeds: bool = True,
             n_resamples: int = 1000, confidence: float = 0.95, bootstrap_seed: int = 0,
@@ -160,7 +169,12 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
         rows = [r for r in rows if r["name"] in keep]
     rows = [r for r in rows if not (dataset and r["dataset"] != dataset) and not (method and r["method"] != method)]
     lookup = _config_lookup(registry)
-    singles = [_expert_row(registry, r, lookup) for r in rows]
+    singles = []
+    for r in rows:  # an expert that breaks while read (removed meanwhile, damaged) is skipped and named
+        try:
+            singles.append(_expert_row(registry, r, lookup))
+        except (RegistryError, OSError) as e:
+            _skip(r["name"], e)
 
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for row in singles:
@@ -179,10 +193,19 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
 
     if ci:
         lone = [r for r in out if r["seeds"] == 1 and r.get("overall") is not None]
-        ivals = _logits.parallel_map(
-            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), lone)
-        for r, (lo, hi) in zip(lone, ivals):
-            r["overall_lo"], r["overall_hi"] = lo, hi
+
+        def interval(r):
+            try:
+                return _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine)
+            except (RegistryError, OSError, ValueError) as e:  # its test logits are gone or damaged
+                return e
+
+        for r, iv in zip(lone, _logits.parallel_map(interval, lone)):
+            if isinstance(iv, Exception):
+                _skip(r["expert"], iv)
+                out.remove(r)
+            else:
+                r["overall_lo"], r["overall_hi"] = iv
 
     df = pd.DataFrame(out)
     cols = _columns(df)
