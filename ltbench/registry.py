@@ -209,6 +209,8 @@ def database_url(url: str | Path) -> str:
 
 
 _ENGINES: dict[tuple[str, bool, int], sa.Engine] = {}
+#: how long a writer waits for the SQLite index's write lock before naming its holder
+LOCK_TIMEOUT_S = 30.0
 
 
 def _engine(url: str, read_only: bool = False) -> sa.Engine:
@@ -225,23 +227,23 @@ def _engine(url: str, read_only: bool = False) -> sa.Engine:
 
             file = sa.engine.make_url(url).database or ""
             engine = sa.create_engine("sqlite://", poolclass=sa.pool.NullPool, creator=lambda: sqlite3.connect(
-                f"file:{quote(file)}?mode=ro", uri=True, timeout=30, check_same_thread=False))
+                f"file:{quote(file)}?mode=ro", uri=True, timeout=LOCK_TIMEOUT_S, check_same_thread=False))
 
             @sa.event.listens_for(engine, "connect")
             def _sqlite_ro_connect(dbapi, _record):
                 dbapi.isolation_level = None
-                dbapi.execute("PRAGMA busy_timeout=30000")
+                dbapi.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
 
             @sa.event.listens_for(engine, "begin")
             def _sqlite_ro_begin(conn):
                 conn.exec_driver_sql("BEGIN")
         elif url.startswith("sqlite"):
-            engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": 30})
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": LOCK_TIMEOUT_S})
 
             @sa.event.listens_for(engine, "connect")
             def _sqlite_connect(dbapi, _record):  # SQLite's own transactions, driven by the begin event
                 dbapi.isolation_level = None
-                dbapi.execute("PRAGMA busy_timeout=30000")
+                dbapi.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
                 _set_wal(dbapi)
 
             @sa.event.listens_for(engine, "begin")

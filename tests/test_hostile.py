@@ -79,6 +79,29 @@ def _config_twice(tmp, home):
     return _train("--config", str(tmp / "c.yaml"))
 
 
+def _user_file(tmp, home):
+    (tmp / "mine.safetensors").write_bytes(b"a user's file")
+    (tmp / "mine.safetensors.tmp").write_bytes(b"another user's file")
+    return ["export", "kept", str(tmp / "mine.safetensors")]
+
+
+def _fused(tmp, home):
+    """A fused expert over `kept`."""
+    Registry(home).register("fz", {"method": "fuse:moe", "experts": ["kept"], "backbone": "b", "dataset": "d"},
+                            {"w": torch.ones(1)}, {"val": (torch.zeros(2, 2), np.array([0, 1]))}, {}, {})
+    return ["rm", "kept"]
+
+
+def _foreign_sqlite(tmp, home):
+    import sqlite3
+
+    db = sqlite3.connect(tmp / "app.db")
+    db.execute("CREATE TABLE users (id INTEGER)")
+    db.commit()
+    db.close()
+    return ["--registry", str(tmp / "app.db"), "ls"]
+
+
 # case -> (args, or a function (tmp, home) -> args; exit code; what the one line must contain)
 CASES = {
     # -- data loss ------------------------------------------------------------------------------
@@ -92,6 +115,19 @@ CASES = {
     "garbage registry.sqlite": (_garbage_index, 2, "registry.sqlite is damaged"),
     "show an unknown name": (["show", "kep"], 2, "no expert named 'kep'"),
     "rm an unknown name": (["rm", "nope"], 2, "no expert named 'nope'"),
+    "rm a fusion's member": (_fused, 2, "member of the fused expert(s) fz"),
+    "a foreign SQLite file as the index": (_foreign_sqlite, 2, "is not an ltbench registry index"),
+    # -- export -----------------------------------------------------------------------------------------
+    "export onto a user's file": (_user_file, 2, "mine.safetensors exists; pass --force"),
+    "export onto /dev/full": (["export", "kept", "/dev/full"], 2, "/dev/full exists and is not a regular file"),
+    "export --force onto /dev/null": (["export", "kept", "/dev/null", "--force"], 2, "is not a regular file"),
+    "export onto the index": (lambda t, h: ["export", "kept", str(h / "registry.sqlite"), "--force"], 2,
+                              "inside the registry home"),
+    "export into an expert": (lambda t, h: ["export", "kept", str(h / "experts" / "kept" / "x.safetensors")], 2,
+                              "inside the registry home"),
+    "export onto a folder": (lambda t, h: ["export", "kept", str(t / "victim"), "--force"], 2, "not a regular file"),
+    "export into a missing folder": (lambda t, h: ["export", "kept", str(t / "no" / "x.safetensors")], 2,
+                                     "does not exist"),
     # -- values: run keys -----------------------------------------------------------------------
     "batch_size=0": (_train("--set", "batch_size=0"), 2, "--set batch_size=0: expected an integer >= 1"),
     "batch_size=-4": (_train("--set", "batch_size=-4"), 2, "--set batch_size=-4: expected an integer >= 1"),
@@ -182,7 +218,9 @@ def test_hostile_input(case, tmp_path, monkeypatch):
     own = home / "runs" / name if safe else home / "runs" / "-none-"  # the run's own folder may change
     before = _snapshot(work, own)
 
+    monkeypatch.delenv("LTBENCH_REGISTRY", raising=False)
     r = CliRunner().invoke(app, args)
+    os.environ.pop("LTBENCH_REGISTRY", None)  # `--registry` sets it for this process
 
     assert r.exit_code == code, f"{case}: exit {r.exit_code}\n{r.output}\n{r.exception!r}"
     lines = r.output.strip().splitlines()
@@ -265,3 +303,117 @@ def test_checks_accept_and_refuse(check, good, bad):
     for v in bad:
         with pytest.raises(ValueError):
             c(v)
+
+
+# -- a stalled writer: readers go on, writers are told who holds the lock -------------------------------------
+
+def test_a_stalled_writer_blocks_no_reader_and_writers_name_its_pid(home, monkeypatch):
+    import subprocess
+    import sys
+
+    from ltbench import registry as registry_module
+
+    Registry(home).register("kept", {"method": "linear-probe", "backbone": "b", "dataset": "d", "seed": 0},
+                            {"w": torch.ones(2)}, {"val": (torch.zeros(2, 2), np.array([0, 1]))}, {}, {})
+    monkeypatch.setattr(registry_module, "LOCK_TIMEOUT_S", 1.0)
+    index = home / "registry.sqlite"
+    script = ("import os, sqlite3, sys, time\n"  # a writer stopped between its BEGIN and its commit
+              "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+              "db.execute('BEGIN IMMEDIATE')\n"
+              "open(sys.argv[1] + '.writer', 'w').write(f'{os.getpid()}\\n')\n"
+              "print('locked', flush=True)\n"
+              "time.sleep(120)\n")
+    writer = subprocess.Popen([sys.executable, "-c", script, str(index)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "locked"
+        r = CliRunner().invoke(app, ["ls", "--format", "json"])
+        assert r.exit_code == 0 and '"kept"' in r.output, r.output
+        r = CliRunner().invoke(app, ["rm", "kept"])
+        assert r.exit_code == 2 and f"is locked by process {writer.pid}" in r.output, r.output
+        assert "damaged" not in r.output and len(r.output.strip().splitlines()) <= 3
+    finally:
+        writer.kill()
+        writer.wait()
+    assert Registry(home).names() == ["kept"]
+
+
+def test_report_skips_and_names_an_expert_whose_logits_are_gone(home):
+    reg = Registry(home)
+    for name in ("a", "b"):
+        reg.register(name, {"method": "linear-probe", "backbone": "b", "dataset": "d", "seed": 0},
+                     {"w": torch.ones(2)}, {s: (torch.eye(2), np.array([0, 1])) for s in ("val", "test")},
+                     {"test": {"overall": 1.0}}, {})
+    (reg.experts_dir / "b" / "logits" / "test.safetensors").unlink()
+    from ltbench.errors import BrokenExpertWarning
+
+    with pytest.warns(BrokenExpertWarning, match="skipping expert 'b': .*test.safetensors is missing"):
+        r = CliRunner().invoke(app, ["report", "--format", "csv"])
+    assert r.exit_code == 0, r.output
+    assert "\na," in r.output and "\nb," not in r.output
+    r = CliRunner().invoke(app, ["doctor"])
+    assert r.exit_code == 1 and "unreadable b:" in r.output, r.output
+
+
+def test_doctor_finds_a_changed_delta_an_unknown_method_and_a_future_format(home):
+    import json
+
+    reg = Registry(home)
+    for name in ("ok", "flip", "meth", "future"):
+        reg.register(name, {"method": "linear-probe", "backbone": "b", "dataset": "d", "seed": 0},
+                     {"w": torch.ones(2)}, {"val": (torch.eye(2), np.array([0, 1]))}, {}, {})
+    delta = reg.experts_dir / "flip" / "delta.safetensors"
+    data = bytearray(delta.read_bytes())
+    data[-1] ^= 0xFF  # one bit pattern of the tensor bytes: same size, same header
+    delta.write_bytes(bytes(data))
+    cfg = reg.experts_dir / "meth" / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "method": "no-such-method"}))
+    meta = reg.experts_dir / "future" / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "format": 99}))
+    (reg.experts_dir / "notes.txt").write_text("a user's stray file")
+    r = CliRunner().invoke(app, ["doctor"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1, r.output
+    assert any(l.startswith("damaged flip:") and "sha256 differs" in l for l in lines), r.output
+    assert any(l.startswith("damaged meth:") and "unknown method 'no-such-method'" in l for l in lines), r.output
+    assert any(l.startswith("damaged future:") and "format 99" in l for l in lines), r.output
+    assert any(l.startswith("stray notes.txt:") for l in lines) and not any(" ok:" in l for l in lines)
+    r = CliRunner().invoke(app, ["doctor", "--repair", "--remove-broken"])
+    assert reg.names() == ["ok"] and (reg.experts_dir / "notes.txt").read_text() == "a user's stray file"
+
+
+def test_doctor_repair_on_a_shared_index_keeps_another_homes_rows(tmp_path, monkeypatch):
+    index = tmp_path / "shared.sqlite"
+    monkeypatch.setenv("LTBENCH_REGISTRY", str(index))
+    a, b = Registry(tmp_path / "a"), Registry(tmp_path / "b")
+    a.register("from-a", {"method": "linear-probe", "backbone": "b", "dataset": "d"}, {"w": torch.ones(1)}, {}, {}, {})
+    b.register("from-b", {"method": "linear-probe", "backbone": "b", "dataset": "d"}, {"w": torch.ones(1)}, {}, {}, {})
+    import shutil
+
+    shutil.rmtree(a.experts_dir / "from-a")  # an orphan row of home a
+    monkeypatch.setenv("LTBENCH_HOME", str(tmp_path / "b"))
+    r = CliRunner().invoke(app, ["doctor", "--repair"])
+    assert r.exit_code == 0 and a.names() == ["from-a", "from-b"], r.output  # home b: nothing of a's touched
+    monkeypatch.setenv("LTBENCH_HOME", str(tmp_path / "a"))
+    r = CliRunner().invoke(app, ["doctor", "--repair"])
+    assert r.exit_code == 0 and a.names() == ["from-b"], r.output
+
+
+def test_an_empty_home_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LTBENCH_HOME", "")
+    for args in (["ls"], ["doctor", "--repair"], _train()):
+        r = CliRunner().invoke(app, args)
+        assert r.exit_code == 2 and "empty" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_force_replaces_a_file_and_leaves_no_temporary(home, tmp_path):
+    from ltbench.experts.model import Spec
+
+    spec = Spec("x", {"method": "linear-probe"}, ["a"], [1], {"w": torch.ones(1)})
+    target = tmp_path / "out" / "x.safetensors"
+    target.parent.mkdir()
+    target.write_bytes(b"old")
+    spec.save(target, force=True)
+    assert Spec.from_file(target).delta["w"].tolist() == [1.0]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.safetensors"]
