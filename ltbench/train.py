@@ -22,7 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .budget import Budget, Meter, Spent, Stopwatch, count_flops, parse_budget
+from .budget import Budget, BudgetError, Meter, Spent, Stopwatch, count_flops, parse_budget
 from .data import LTDataset, TorchSplit, create_dataset
 from .data.samplers import build_batch_sampler
 from .distributed import Dist, ShardedBatchSampler, all_ranks_sum, device_for, gather_rows, init_distributed
@@ -287,6 +287,14 @@ class TrainResult:
     phases: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _check_one_step(budget: Budget, one_step: float) -> None:
+    """A budget (or a phase's share of it) smaller than one training step would train nothing or
+    overrun it many times over: refuse it, naming the smallest one that trains."""
+    if budget.amount < one_step * (1 - 1e-6):
+        raise BudgetError(f"budget {budget} is below one training step ({one_step:.4g} {budget.unit} here);"
+                          f" give at least {one_step:.4g} {budget.unit}")
+
+
 class Trainer:
     """Runs a method's phases under a budget on one device (one rank of a distributed run)."""
 
@@ -354,6 +362,7 @@ class Trainer:
             return p.epoch_share if by_epochs and p.epoch_share is not None else p.share
 
         total_share = sum(share(p) for p in phases)
+        self._whole_budget = budget  # a phase's share may be under one step; the whole budget may not
         result = TrainResult()
         state = self._load_checkpoint() if resume else None
         if state is not None:
@@ -457,6 +466,13 @@ class Trainer:
                             disable=self.quiet or not self.console.is_terminal)  # else: the tracker's plain lines
         with progress:
             task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
+            meter = run.meter
+            if meter.budget == getattr(self, "_whole_budget", None) and not meter.spent.steps:
+                if meter.budget.unit == "epochs":
+                    _check_one_step(meter.budget, 1 / len(run.loader))
+                if meter.exhausted:
+                    raise BudgetError(f"budget {meter.budget} was spent before the first training step (the feature"
+                                      f" pass took {meter.spent.get(meter.budget.unit):.4g} {meter.budget.unit}); give more")
             done = False
             while not done and not run.meter.exhausted:
                 done = self._train_epoch(run, lambda **fields: progress.update(task, **fields))
@@ -476,8 +492,11 @@ class Trainer:
             if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost + run.checks.reserve() \
                     > meter.budget.amount * (1 + 1e-9):
                 return True  # the next step would overrun the budget: stop before it
+            whole = meter.budget == getattr(self, "_whole_budget", None)
             loss, elapsed = self._train_step(run, x, y, weights)
             self._account_step(run, loss, elapsed, n_global, steps_per_epoch, bar)
+            if whole and meter.spent.steps == 1 and meter.budget.unit == "flops":
+                _check_one_step(meter.budget, meter.spent.flops)
             if meter.exhausted:
                 break
         return False
