@@ -452,6 +452,10 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{path}: no such suite file") from None
     except IsADirectoryError:
         raise SuiteError(f"{path}: is a folder, not a suite file") from None
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot read it ({e.strerror})") from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as e:

@@ -39,9 +39,16 @@ _python_showwarning = warnings.showwarning
 warnings.showwarning = _show_warning
 
 
+#: the longest error line printed (a message quoting a huge value is cut, never echoed whole)
+MAX_ERROR_CHARS = 500
+
+
 def _error_line(text: str) -> None:
     from rich.markup import escape
 
+    text = " ".join(text.split())
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS - 20] + f" … ({len(text)} characters)"
     err.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 

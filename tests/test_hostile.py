@@ -102,6 +102,31 @@ def _foreign_sqlite(tmp, home):
     return ["--registry", str(tmp / "app.db"), "ls"]
 
 
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+def _bomb_suite(key: str):
+    def make(tmp, home):
+        body = {"set": "set: {batch_size: *i}\n", "ood": "ood: *i\n", "description": "description: *i\n",
+                "seeds": "seeds: *i\n", "runs": "runs: *i\n", "reference": "reference: *i\n"}[key]
+        return _suite(tmp, "x-anchors:\n" + "".join("  " + line + "\n" for line in BOMB.splitlines())
+                      + "budget: 1steps\n" + body + ("runs: [{method: linear-probe}]\n" if key != "runs" else ""))
+    return make
+
+
+def _config(text: str):
+    def make(tmp, home):
+        (tmp / "c.yaml").write_text(text)
+        return _train("--config", str(tmp / "c.yaml"))
+    return make
+
+
+def _binary_suite(tmp, home):
+    (tmp / "suite.bin").write_bytes(bytes(range(256)) * 4)
+    return ["bench", str(tmp / "suite.bin"), "--quiet"]
+
+
 # case -> (args, or a function (tmp, home) -> args; exit code; what the one line must contain)
 CASES = {
     # -- data loss ------------------------------------------------------------------------------
@@ -178,6 +203,18 @@ CASES = {
                                    2, "set: batch_size=0: expected an integer >= 1"),
     "suite budget 1e999flops": (lambda t, h: _suite(t, "budget: 1e999flops\nruns: [{method: linear-probe}]\n"),
                                 2, "at most 1e+21 flops"),
+    "suite: alias bomb in set:": (_bomb_suite("set"), 2, "once its aliases (*name) are expanded"),
+    "suite: alias bomb in ood:": (_bomb_suite("ood"), 2, "once its aliases (*name) are expanded"),
+    "suite: alias bomb in description:": (_bomb_suite("description"), 2, "once its aliases (*name) are expanded"),
+    "suite: alias bomb in seeds:": (_bomb_suite("seeds"), 2, "once its aliases (*name) are expanded"),
+    "suite: alias bomb in runs:": (_bomb_suite("runs"), 2, "once its aliases (*name) are expanded"),
+    "suite: alias bomb in reference:": (_bomb_suite("reference"), 2, "once its aliases (*name) are expanded"),
+    "--config: alias bomb": (_config(BOMB + "set: {batch_size: *i}\n"), 2, "once its aliases (*name) are expanded"),
+    "--config: set: [1, 2]": (_config("set: [1, 2]\n"), 2, "set: expected a mapping"),
+    "--config: method: [x]": (lambda t, h: _config("method: [x]\n")(t, h)[:1] + ["--config", str(t / "c.yaml")],
+                              2, "method: expected a name, got list"),
+    "--config: a complex key": (_config("? [a, b]\n: 1\n"), 2, "line 1: a key must be a plain value"),
+    "bench a binary file": (_binary_suite, 2, "not a text file"),
     # -- split files and images (the train split, and now every split) --------------------------------------
     "malformed line": (lambda t, h: _places(t, train="a/x.jpg 0\nonlyone\n"), 2, "Places_LT_train.txt:2: expected"),
     "label not an integer": (lambda t, h: _places(t, train="a/x.jpg 0\na/y.jpg one\n"), 2,
