@@ -226,12 +226,13 @@ def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: boo
     Returns (the rich table, the files written, the suite's expert names). The report covers
     exactly the suite's experts and goes to `out` (default <LTBENCH_HOME>/reports/<suite name>).
     """
-    from .bench import Suite, load_suite, report_suite, run_suite
+    from .bench import Suite, check_report_dir, default_report_dir, load_suite, report_suite, run_suite
     from .executors import check_executor
 
     check_executor(executor, address)
     registry = registry or Registry()
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    out = check_report_dir(out if out is not None else default_report_dir(suite, registry))  # before any run
     names = run_suite(suite, registry=registry, console=console, quiet=quiet, executor=executor, address=address)
     table, written = report_suite(suite, registry=registry, out=out, plots=plots)
     return table, written, names

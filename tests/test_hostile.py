@@ -215,6 +215,10 @@ CASES = {
                               2, "method: expected a name, got list"),
     "--config: a complex key": (_config("? [a, b]\n: 1\n"), 2, "line 1: a key must be a plain value"),
     "bench a binary file": (_binary_suite, 2, "not a text file"),
+    "bench --out at a file": (lambda t, h: _suite(t, "budget: 1steps\nruns: [{method: linear-probe}]\n")
+                              + ["--out", str(t / "victim" / "checkpoint.pt")], 2, "is a file, not a folder"),
+    "bench --out under a file": (lambda t, h: _suite(t, "budget: 1steps\nruns: [{method: linear-probe}]\n")
+                                 + ["--out", str(t / "victim" / "checkpoint.pt" / "r")], 2, "is a file, not a folder"),
     # -- split files and images (the train split, and now every split) --------------------------------------
     "malformed line": (lambda t, h: _places(t, train="a/x.jpg 0\nonlyone\n"), 2, "Places_LT_train.txt:2: expected"),
     "label not an integer": (lambda t, h: _places(t, train="a/x.jpg 0\na/y.jpg one\n"), 2,
