@@ -51,8 +51,8 @@ not also set a key that is tuned (that would be a hand-picked override beside th
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 import os
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
