@@ -205,6 +205,8 @@ def params(method: str, backbone: str, num_classes: int, sets: list[str] | None 
     from .config import method_overrides, parse_sets
     from .methods import create_method
 
+    if num_classes < 1:
+        raise ConfigError(f"--num-classes {num_classes}: expected an integer >= 1")
     overrides = method_overrides(method, parse_sets(sets or []))  # unknown keys fail before any model is built
     bb = create_backbone(backbone, pretrained=False)
     return create_method(method, bb, num_classes, **overrides).param_counts()

@@ -364,39 +364,44 @@ class Expert:
         st = file.stat()
         return (str(file), st.st_size, st.st_mtime_ns)
 
-    def logits(self, split: str) -> torch.Tensor:
-        """fp32 logits of a split; never returns labels, so fusion cannot peek at test labels."""
+    @contextmanager
+    def _tensors(self, file: Path, framework: str = "pt") -> Iterator[Any]:
+        """safe_open on one of the expert's tensor files; a missing or damaged file is a one-line RegistryError."""
         from safetensors import safe_open
 
-        with safe_open(str(self._logits_file(split)), "pt") as f:
+        try:
+            with safe_open(str(file), framework) as f:
+                yield f
+        except RegistryError:
+            raise
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own types for a damaged file)
+            why = "is missing" if isinstance(e, FileNotFoundError) else f"is damaged ({_first_line(e)})"
+            raise RegistryError(f"expert {self.name!r}: {file} {why}; run `ltbench doctor`") from None
+
+    def logits(self, split: str) -> torch.Tensor:
+        """fp32 logits of a split; never returns labels, so fusion cannot peek at test labels."""
+        with self._tensors(self._logits_file(split)) as f:
             return f.get_tensor("logits").float()
 
     def stored_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(logits as stored, fp16; labels) of a split: the report's bulk read, no fp32 copy."""
-        from safetensors import safe_open
-
-        with safe_open(str(self._logits_file(split)), "pt") as f:
+        with self._tensors(self._logits_file(split)) as f:
             return f.get_tensor("logits").numpy(), f.get_tensor("labels").numpy().astype(np.int64, copy=False)
 
     def rows(self, split: str) -> int:
         """Samples in a split, read from the header alone."""
-        from safetensors import safe_open
-
-        with safe_open(str(self._logits_file(split)), "pt") as f:
+        with self._tensors(self._logits_file(split)) as f:
             return int(f.get_slice("logits").get_shape()[0])
 
     def labels(self, split: str) -> np.ndarray:
         """A split's labels: fusion reads validation ones to fit, the others only to evaluate."""
-        from safetensors import safe_open
-
-        with safe_open(str(self._logits_file(split)), "pt") as f:
+        with self._tensors(self._logits_file(split)) as f:
             return f.get_tensor("labels").numpy()
 
     def delta(self) -> dict[str, torch.Tensor]:
         """The trained tensors (what differs from the backbone), to load the expert back as a model."""
-        from safetensors.torch import load_file
-
-        return load_file(str(self.path / DELTA_FILE))
+        with self._tensors(self.path / DELTA_FILE) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
 
     def problem(self) -> str | None:
         """Why this folder is not a complete, readable expert (None if it is); reads headers only."""
@@ -445,7 +450,11 @@ class Expert:
     def history(self) -> list[dict[str, Any]] | None:
         """The learning curve (history.csv, one row per step; see tracking.HISTORY_COLUMNS), or None
         for an expert that has none (a fusion, or one registered before histories were kept)."""
-        return _read_history(self.path / "history.csv")
+        try:
+            return _read_history(self.path / "history.csv")
+        except (ValueError, OSError, UnicodeDecodeError, csv.Error) as e:
+            raise RegistryError(f"expert {self.name!r}: {self.path / 'history.csv'} is damaged"
+                                f" ({_first_line(e)}); run `ltbench doctor`") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -654,6 +663,7 @@ class Registry:
     def get(self, name: str) -> Expert:
         """The registered expert `name`; an unknown name is a RegistryError with a suggestion, and one
         written by a newer ltbench is refused rather than misread."""
+        check_name(name)  # also a name no index could hold (a non-UTF-8 byte from the shell)
         with self._connect() as db:
             row = db.execute(sa.select(EXPERTS.c.format).where(EXPERTS.c.name == name)).first()
         if row is None:

@@ -127,6 +127,23 @@ def _binary_suite(tmp, home):
     return ["bench", str(tmp / "suite.bin"), "--quiet"]
 
 
+def _damage(rel: str, data: bytes | None, args: list[str]):
+    """`kept`'s file `rel` truncated to `data` (None: deleted), then `args`."""
+    def make(tmp, home):
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(tmp / "img.png")
+        f = home / "experts" / "kept" / rel
+        f.unlink() if data is None else f.write_bytes(data)
+        return [str(tmp / a[1:]) if a.startswith("@") else a for a in args]
+    return make
+
+
+def _second_expert(tmp, home):
+    Registry(home).register("other", {"method": "m", "backbone": "b", "dataset": "d", "seed": 0},
+                            {"w": torch.ones(2)}, {"val": (torch.zeros(2, 2), np.array([0, 1]))}, {}, {})
+    (home / "experts" / "other" / "logits" / "val.safetensors").write_bytes(b"\x08" + b"\0" * 7 + b"{")
+    return ["fuse", "--experts", "kept,other", "--scorer", "mean", "--quiet"]
+
+
 # case -> (args, or a function (tmp, home) -> args; exit code; what the one line must contain)
 CASES = {
     # -- data loss ------------------------------------------------------------------------------
@@ -140,6 +157,21 @@ CASES = {
     "garbage registry.sqlite": (_garbage_index, 2, "registry.sqlite is damaged"),
     "show an unknown name": (["show", "kep"], 2, "no expert named 'kep'"),
     "rm an unknown name": (["rm", "nope"], 2, "no expert named 'nope'"),
+    "show a non-UTF-8 name": (["show", "a\udcff"], 2, "invalid expert name 'a\\udcff'"),
+    "rm a non-UTF-8 name": (["rm", "a\udcff"], 2, "invalid expert name"),
+    "export a non-UTF-8 name": (["export", "a\udcff", "x.safetensors"], 2, "invalid expert name"),
+    "report a non-UTF-8 name": (["report", "--experts", "a\udcff"], 2, "invalid expert name"),
+    "params --num-classes -5": (["params", "--method", "linear-probe", "--backbone", "vit-tiny-test",
+                                 "--num-classes", "-5"], 2, "--num-classes -5: expected an integer >= 1"),
+    "show --history of a damaged history.csv": (_damage("history.csv", b"step,loss\n1,abc\n", ["show", "kept", "--history"]),
+                                                2, "history.csv is damaged"),
+    "export with a truncated delta": (_damage("delta.safetensors", b"\x01\x02", ["export", "kept", "@x.safetensors"]),
+                                      2, "delta.safetensors is damaged"),
+    "export with a missing delta": (_damage("delta.safetensors", None, ["export", "kept", "@x.safetensors"]),
+                                    2, "delta.safetensors is missing"),
+    "predict with a missing delta": (_damage("delta.safetensors", None, ["predict", "kept", "@img.png"]),
+                                     2, "delta.safetensors is missing"),
+    "fuse with damaged logits": (_second_expert, 2, "val.safetensors is damaged"),
     "rm a fusion's member": (_fused, 2, "member of the fused expert(s) fz"),
     "a foreign SQLite file as the index": (_foreign_sqlite, 2, "is not an ltbench registry index"),
     # -- export -----------------------------------------------------------------------------------------
