@@ -498,3 +498,34 @@ def test_export_force_replaces_a_file_and_leaves_no_temporary(home, tmp_path):
     spec.save(target, force=True)
     assert Spec.from_file(target).delta["w"].tolist() == [1.0]
     assert sorted(p.name for p in target.parent.iterdir()) == ["x.safetensors"]
+
+
+def test_predict_reads_every_image_mode_as_training_does(home, tmp_path):
+    """predict's input for a file equals what training's loader (data.base.load_image) makes of it:
+    a 16-bit mid-grey gets the probabilities of 8-bit mid-grey, not of white."""
+    from ltbench.api import predict
+    from ltbench.data.base import load_image
+
+    r = CliRunner().invoke(app, _train("--name", "e"))
+    assert r.exit_code == 0, r.output
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (16, 16)).astype(np.uint16) * 257  # 16-bit values
+    files = []
+    for mode in ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"]:
+        if mode == "I;16":
+            im = Image.fromarray(grey)
+        elif mode == "I":
+            im = Image.fromarray(grey.astype(np.int32))
+        elif mode == "F":
+            im = Image.fromarray((grey >> 8).astype(np.float32))
+        else:
+            im = Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8), "RGB").convert(mode)
+        src = tmp_path / (mode.replace(";", "_") + (".tif" if mode in ("CMYK", "F", "I") else ".png"))
+        im.save(src)
+        assert Image.open(src).mode == mode
+        ref = src.with_name(src.stem + "-ref.png")
+        load_image(src).save(ref)  # what training feeds the model, as a plain RGB file
+        files += [src, ref]
+    rows, _ = predict("e", [str(f) for f in files], top=3, fmt="json")
+    for got, want in zip(rows[::2], rows[1::2]):
+        assert got["predictions"] == want["predictions"], got["file"]
