@@ -442,9 +442,26 @@ class Expert:
             return f"config.json names an unknown method {method!r}"
         if not isinstance(meta.get("format", FORMAT_VERSION), int) or meta.get("format", FORMAT_VERSION) > FORMAT_VERSION:
             return f"meta.json has format {meta.get('format')!r}; this ltbench reads up to {FORMAT_VERSION}"
-        for rel, info in (meta.get("files") or {}).items():
-            if isinstance(info, dict) and _sha256(self.path / rel) != info.get("sha256"):
-                return f"{self.path / rel} changed since registration (its sha256 differs)"
+        return self.changed()
+
+    def changed(self, prefix: str = "") -> str | None:
+        """Which recorded tensor file (under `prefix`) no longer hashes as when registered: its metrics
+        were computed from other bytes, so a report must not show them. Hashes are kept per (file, size,
+        mtime) in this process."""
+        recorded = self.meta.get("files") or {}
+        for rel, info in sorted(recorded.items()) if isinstance(recorded, dict) else []:
+            if not rel.startswith(prefix) or not isinstance(info, dict):
+                continue
+            file = self.path / rel
+            try:
+                st = file.stat()
+            except OSError:
+                return f"{file} is missing"
+            key = (str(file), st.st_size, st.st_mtime_ns)
+            if key not in _HASHED:
+                _HASHED[key] = _sha256(file)
+            if _HASHED[key] != info.get("sha256"):
+                return f"{file} changed since registration (its sha256 differs)"
         return None
 
     def history(self) -> list[dict[str, Any]] | None:
@@ -948,6 +965,9 @@ def _known_methods() -> set[str] | None:
         return set(table("METHODS")) | set(METHODS)
     except Exception:  # noqa: BLE001  (a check must not fail on the listing)
         return None
+
+
+_HASHED: dict[tuple[str, int, int], str] = {}
 
 
 def _sha256(path: Path) -> str:

@@ -435,6 +435,23 @@ def test_report_skips_and_names_an_expert_whose_logits_are_gone(home):
     assert r.exit_code == 1 and "unreadable b:" in r.output, r.output
 
 
+def test_report_refuses_the_metrics_of_changed_logits(home):
+    from safetensors.torch import save_file
+
+    from ltbench.errors import BrokenExpertWarning
+
+    reg = Registry(home)
+    for name in ("a", "b"):
+        reg.register(name, {"method": "linear-probe", "backbone": "b", "dataset": "d", "seed": 0},
+                     {"w": torch.ones(2)}, {s: (torch.eye(2), np.array([0, 1])) for s in ("val", "test")},
+                     {"test": {"overall": 1.0}}, {})
+    save_file({"logits": torch.eye(2).flip(0).half(), "labels": torch.tensor([0, 1])},  # now all wrong, same size
+              str(reg.experts_dir / "b" / "logits" / "test.safetensors"))
+    with pytest.warns(BrokenExpertWarning, match="skipping expert 'b': stale metrics: .*test.safetensors changed"):
+        r = CliRunner().invoke(app, ["report", "--format", "csv", "--no-ci"])
+    assert r.exit_code == 0 and "\na," in r.output and "\nb," not in r.output, r.output
+
+
 def test_doctor_finds_a_changed_delta_an_unknown_method_and_a_future_format(home):
     import json
 

@@ -46,6 +46,9 @@ class ReportError(RegistryError):
 
 def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]:
     ex = registry.get(r["name"])
+    stale = ex.changed("logits/")  # metrics computed from other logits than those cached now
+    if stale:
+        raise RegistryError(f"stale metrics: {stale}")
     config, metrics, meta = ex.config, ex.metrics, ex.meta
     test = metrics.get("test", {})
     row: dict[str, Any] = {"expert": r["name"], "method": r["method"], "backbone": r["backbone"],
