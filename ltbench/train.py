@@ -97,11 +97,24 @@ def make_optimizer(phase: Phase, cfg) -> torch.optim.Optimizer:
     raise TrainingError(f"unknown optimizer {cfg.optimizer!r}: use sgd or adamw")
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file and a rename, so a crash never leaves half a checkpoint."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        size = max(tmp.stat().st_size if tmp.exists() else 0, path.stat().st_size if path.exists() else 0)
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, RuntimeError) and "write" not in str(e).lower():
+            raise
+        why = getattr(e, "strerror", None) or _first_line(e)
+        raise TrainingError(f"cannot write the checkpoint {path} ({why}); the previous one is kept — free at least"
+                            f" {max(size, 1) / 1e6:.1f} MB in {path.parent} and continue with --resume") from None
 
 
 @torch.no_grad()

@@ -137,6 +137,19 @@ def _damage(rel: str, data: bytes | None, args: list[str]):
     return make
 
 
+def _huge_png(tmp, home):
+    """A tiny PNG whose header claims 60000×60000 pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    (tmp / "huge.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 60000, 60000, 8, 0, 0, 0, 0))
+                                   + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return ["predict", "kept", str(tmp / "huge.png")]
+
+
 def _second_expert(tmp, home):
     Registry(home).register("other", {"method": "m", "backbone": "b", "dataset": "d", "seed": 0},
                             {"w": torch.ones(2)}, {"val": (torch.zeros(2, 2), np.array([0, 1]))}, {}, {})
@@ -171,6 +184,7 @@ CASES = {
                                     2, "delta.safetensors is missing"),
     "predict with a missing delta": (_damage("delta.safetensors", None, ["predict", "kept", "@img.png"]),
                                      2, "delta.safetensors is missing"),
+    "predict a 60000×60000 PNG": (_huge_png, 2, "huge.png: not an image PIL can read"),
     "fuse with damaged logits": (_second_expert, 2, "val.safetensors is damaged"),
     "rm a fusion's member": (_fused, 2, "member of the fused expert(s) fz"),
     "a foreign SQLite file as the index": (_foreign_sqlite, 2, "is not an ltbench registry index"),
@@ -546,3 +560,41 @@ def test_predict_reads_every_image_mode_as_training_does(home, tmp_path):
     rows, _ = predict("e", [str(f) for f in files], top=3, fmt="json")
     for got, want in zip(rows[::2], rows[1::2]):
         assert got["predictions"] == want["predictions"], got["file"]
+
+
+# -- a full disk: one line, nothing half-written, no temporary left ---------------------------------------------
+
+def _disk_full(*a, **k):
+    import errno
+
+    path = a[1] if len(a) > 1 else a[0]
+    Path(path).write_bytes(b"x" * 1000)  # a partial write first
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_checkpointing_leaves_the_last_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    from ltbench import train
+    from ltbench.errors import TrainingError
+
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.parent.mkdir()
+    train.atomic_save({"step": 1}, ckpt)
+    before = ckpt.read_bytes()
+    monkeypatch.setattr(train.torch, "save", _disk_full)
+    with pytest.raises(TrainingError, match=r"cannot write the checkpoint .*No space left on device.* free at least"):
+        train.atomic_save({"step": 2}, ckpt)
+    assert [p.name for p in ckpt.parent.iterdir()] == ["checkpoint.pt"] and ckpt.read_bytes() == before
+
+
+def test_a_full_disk_while_registering_leaves_the_index_and_no_temporary(home, monkeypatch):
+    from ltbench import registry as registry_module
+    from ltbench.errors import RegistryError
+
+    reg = Registry(home)
+    reg.register("kept", {"method": "linear-probe", "backbone": "b", "dataset": "d"}, {"w": torch.ones(1)}, {}, {}, {})
+    monkeypatch.setattr(registry_module, "_write_history", lambda path, rows: _disk_full(path))
+    with pytest.raises(RegistryError, match=r"cannot register 'new': writing .*experts failed \(No space left on device\);"
+                                            r" nothing was registered — free at least"):
+        reg.register("new", {"method": "linear-probe", "backbone": "b", "dataset": "d"}, {"w": torch.ones(1)}, {}, {},
+                     {}, history=[])
+    assert reg.names() == ["kept"] and sorted(p.name for p in reg.experts_dir.iterdir()) == ["kept"]
