@@ -47,8 +47,8 @@ def _error_line(text: str) -> None:
     from rich.markup import escape
 
     text = " ".join(text.split())
-    if len(text) > MAX_ERROR_CHARS:
-        text = text[:MAX_ERROR_CHARS - 20] + f" … ({len(text)} characters)"
+    if len(text) > MAX_ERROR_CHARS:  # the middle goes: the end usually says what to do
+        text = text[:MAX_ERROR_CHARS * 3 // 5] + " … " + text[-MAX_ERROR_CHARS * 2 // 5:]
     err.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 

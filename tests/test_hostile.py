@@ -598,3 +598,28 @@ def test_a_full_disk_while_registering_leaves_the_index_and_no_temporary(home, m
         reg.register("new", {"method": "linear-probe", "backbone": "b", "dataset": "d"}, {"w": torch.ones(1)}, {}, {},
                      {}, history=[])
     assert reg.names() == ["kept"] and sorted(p.name for p in reg.experts_dir.iterdir()) == ["kept"]
+
+
+def test_an_unreachable_hub_fails_within_seconds_with_the_weights_hint(home, monkeypatch):
+    import socket
+    import time
+
+    from ltbench.backbones import base
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(home / "empty-hf-cache"))  # nothing cached
+    monkeypatch.setattr(base.os, "environ", dict(base.os.environ))  # the switch stays in this test
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", hub_constants.HF_HUB_OFFLINE)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(home / "empty-hf-cache"))
+
+    def unreachable(*a, **k):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    t0 = time.monotonic()
+    r = CliRunner().invoke(app, ["train", "--backbone", "vit_tiny_patch16_224.augreg_in21k", "--quiet",
+                                 "--method", "linear-probe", "--budget", "1steps", *[a for s in TINY_SETS for a in ("--set", s)]])
+    assert r.exit_code == 2 and "pass --weights FILE" in r.output, r.output
+    assert time.monotonic() - t0 < 30
