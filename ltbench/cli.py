@@ -360,4 +360,7 @@ def demo(
 
 def main() -> None:  # `python -m ltbench`
     """Entry point of `python -m ltbench` and the console script."""
+    from . import reproducible
+
+    reproducible.prepare(sys.argv[1:])  # before anything loads torch
     app(prog_name="ltbench")

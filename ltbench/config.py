@@ -58,6 +58,7 @@ RUN_KEYS: dict[str, Key] = {
     "log": Key([], LogTargets()),  # extra sinks for the learning curve: tensorboard, mlflow (history.csv always)
     "log_dir": Key(None, Opt(Str())),  # TensorBoard event files (default $LTBENCH_HOME/tensorboard/<name>)
     "mlflow_uri": Key(None, Opt(Str())),  # MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the home)
+    "reproducible": Key(False, Bool()),  # the same bits on any x86-64 CPU (ltbench/reproducible.py)
     "val_each_epoch": Key(True, Bool()),  # validation accuracy in the history after every epoch (one eval pass)
 }
 RUN_DEFAULTS: dict[str, Any] = {k: v.default for k, v in RUN_KEYS.items()}

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from . import reproducible
 from .budget import Budget, BudgetError, Meter, Spent, Stopwatch, count_flops, parse_budget
 from .data import LTDataset, TorchSplit, create_dataset
 from .data.samplers import build_batch_sampler
@@ -763,6 +764,7 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     name = check_name(run["name"] or default_name(run))
     run = {**run, "name": name}
     registry.check_free(name)  # indexed, or a folder the index does not know: refuse before any work
+    reproducible.check(run)
     budget = parse_budget(run["budget"])
     requested = resolve_device(run["device"])
     d = init_distributed(requested)
