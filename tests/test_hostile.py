@@ -623,3 +623,19 @@ def test_an_unreachable_hub_fails_within_seconds_with_the_weights_hint(home, mon
                                  "--method", "linear-probe", "--budget", "1steps", *[a for s in TINY_SETS for a in ("--set", s)]])
     assert r.exit_code == 2 and "pass --weights FILE" in r.output, r.output
     assert time.monotonic() - t0 < 30
+
+
+def test_alias_expansion_is_bounded_and_plain_anchors_still_load():
+    import yaml
+
+    from ltbench.config import load_yaml
+
+    def nested(levels: int) -> str:
+        text = "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+        for i in range(1, levels):
+            text += f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n"
+        return text
+
+    assert len(load_yaml(nested(4))["a3"]) == 10  # 10^4 values expanded: fine
+    with pytest.raises(yaml.YAMLError, match=r"more than 100000 values once its aliases"):
+        load_yaml(nested(6))  # 10^6 (harmless here: PyYAML shares aliased objects)
