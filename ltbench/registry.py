@@ -421,6 +421,8 @@ class Expert:
         except Exception as e:  # noqa: BLE001  (safetensors raises its own types for a damaged header)
             return f"{file} is unreadable ({type(e).__name__}: {_first_line(e)})"
         for rel, info in (recorded if isinstance(recorded, dict) else {}).items():
+            if rel in RECORDS:  # a record is judged by reading it, above
+                continue
             try:
                 size = (self.path / rel).stat().st_size
             except OSError:
@@ -981,9 +983,10 @@ def _sha256(path: Path) -> str:
 
 
 def _file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {sha256, bytes}} of the tensor files, recorded in meta.json at registration so
-    `doctor` can tell a damaged delta or logits file (and `Expert.problem` a missing one)."""
-    files = [folder / DELTA_FILE, *sorted((folder / LOGITS_DIR).glob("*.safetensors"))]
+    """{relative path: {sha256, bytes}} of config.json and the tensor files, recorded in meta.json at
+    registration so `doctor` can tell a damaged delta or logits file (and `Expert.problem` a missing
+    one), and `predict` a config changed since (it would rebuild another model)."""
+    files = [folder / RECORDS[0], folder / DELTA_FILE, *sorted((folder / LOGITS_DIR).glob("*.safetensors"))]
     return {str(f.relative_to(folder)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in files if f.is_file()}
 
 

@@ -45,8 +45,8 @@ def requested(argv: list[str], environ: dict[str, str] | None = None) -> bool:
         if re.fullmatch(r"\s*reproducible\s*=\s*(true|yes|on|1)\s*", value, re.I):
             return True
     files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
-    if len(argv) > 1 and argv[0] == "bench":
-        files.append(argv[1])
+    if "bench" in argv:  # its suite file: the first argument after the command that is not an option
+        files += [a for a in argv[argv.index("bench") + 1:] if not a.startswith("-")][:1]
     for f in files:
         try:
             if _KEY.search(Path(f).read_text(errors="replace")[:1_000_000]):

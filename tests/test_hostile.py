@@ -184,6 +184,8 @@ CASES = {
                                     2, "delta.safetensors is missing"),
     "predict with a missing delta": (_damage("delta.safetensors", None, ["predict", "kept", "@img.png"]),
                                      2, "delta.safetensors is missing"),
+    "predict after config.json changed": (_damage("config.json", b'{"method": "m", "backbone": "other"}',
+                                                  ["predict", "kept", "@img.png"]), 2, "config.json changed since registration"),
     "predict a 60000×60000 PNG": (_huge_png, 2, "huge.png: not an image PIL can read"),
     "fuse with damaged logits": (_second_expert, 2, "val.safetensors is damaged"),
     "rm a fusion's member": (_fused, 2, "member of the fused expert(s) fz"),

@@ -57,5 +57,6 @@ def test_what_asks_for_the_mode(tmp_path):
     (tmp_path / "s.yaml").write_text("name: s\nreproducible: true  # all runs\n")
     assert reproducible.requested(["train", "--set", "reproducible=true"], {})
     assert reproducible.requested(["bench", str(tmp_path / "s.yaml")], {})
+    assert reproducible.requested(["--home", "h", "bench", "--quiet", str(tmp_path / "s.yaml")], {})
     assert reproducible.requested(["ls"], {reproducible.ENV: "1"})
     assert not reproducible.requested(["train", "--set", "reproducible=false"], {})
