@@ -58,6 +58,10 @@ class Spec:
 
         registry = registry or Registry.existing()
         ex = registry.get(name)
+        changed = ex.changed("config.json")
+        if changed:
+            raise ExpertError(f"expert {name!r}: {changed}; it would be rebuilt from another recipe than it was"
+                              " trained with — restore it or retrain")
         config, meta = ex.config, ex.meta
         spec = cls(name, config, list(meta.get("classnames") or []), meta.get("class_counts"), ex.delta())
         if spec.fused:
