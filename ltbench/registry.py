@@ -446,6 +446,14 @@ class Expert:
             return f"meta.json has format {meta.get('format')!r}; this ltbench reads up to {FORMAT_VERSION}"
         return self.changed()
 
+    def stale_metrics(self) -> str | None:
+        """Why the recorded metrics no longer describe the cached logits (a logits file changed), or None."""
+        return self.changed(LOGITS_DIR + "/")
+
+    def recipe_changed(self) -> str | None:
+        """Why config.json is not the config the expert was trained with (changed since), or None."""
+        return self.changed(RECORDS[0])
+
     def changed(self, prefix: str = "") -> str | None:
         """Which recorded tensor file (under `prefix`) no longer hashes as when registered: its metrics
         were computed from other bytes, so a report must not show them. Hashes are kept per (file, size,

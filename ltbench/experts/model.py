@@ -58,7 +58,7 @@ class Spec:
 
         registry = registry or Registry.existing()
         ex = registry.get(name)
-        changed = ex.changed("config.json")
+        changed = ex.recipe_changed()
         if changed:
             raise ExpertError(f"expert {name!r}: {changed}; it would be rebuilt from another recipe than it was"
                               " trained with — restore it or retrain")

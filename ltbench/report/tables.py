@@ -46,7 +46,7 @@ class ReportError(RegistryError):
 
 def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]:
     ex = registry.get(r["name"])
-    stale = ex.changed("logits/")  # metrics computed from other logits than those cached now
+    stale = ex.stale_metrics()  # metrics computed from other logits than those cached now
     if stale:
         raise RegistryError(f"stale metrics: {stale}")
     config, metrics, meta = ex.config, ex.metrics, ex.meta
