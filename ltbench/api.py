@@ -158,7 +158,7 @@ def show_history(name: str, registry: Registry | None = None) -> Table:
     from .errors import RegistryError
     from .tracking import history_table
 
-    ex = (registry or Registry()).get(name)
+    ex = (registry or Registry.existing()).get(name)
     rows = ex.history()
     if rows is None:
         why = "a fused expert is fitted, not trained" if str(ex.config.get("method", "")).startswith("fuse:") \
@@ -179,16 +179,18 @@ def predict(expert: str, inputs: list[str], top: int = 5, fmt: str = "table", ba
     return rows, render(rows, fmt)
 
 
-def export(name: str, file: str | Path, registry: Registry | None = None) -> Path:
-    """`ltbench export NAME FILE`: one safetensors file that `load_expert(FILE)` reads elsewhere."""
+def export(name: str, file: str | Path, registry: Registry | None = None, force: bool = False) -> Path:
+    """`ltbench export NAME FILE`: one safetensors file that `load_expert(FILE)` reads elsewhere
+    (an existing FILE only with `force`)."""
     from .experts import export_expert
 
-    return export_expert(name, file, registry=registry)
+    return export_expert(name, file, registry=registry or Registry.existing(), force=force)
 
 
-def remove(name: str, registry: Registry | None = None) -> None:
-    """`ltbench rm NAME`: delete an expert (index row and folder) so the name can be trained again."""
-    (registry or Registry.existing()).remove(name)
+def remove(name: str, registry: Registry | None = None, force: bool = False) -> None:
+    """`ltbench rm NAME`: delete an expert (index row and folder) so the name can be trained again;
+    a member of a registered fusion only with `force`."""
+    (registry or Registry.existing(read_only=False)).remove(name, force=force)
 
 
 def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry | None = None):
@@ -200,7 +202,7 @@ def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry
         from .registry import default_home
 
         home = default_home()
-        registry = Registry(home) if repair and (home / "experts").is_dir() else Registry.existing(home)
+        registry = Registry(home) if repair and (home / "experts").is_dir() else Registry.existing(home, not repair)
     if not repair:
         return registry.check(), []
     done = registry.repair(remove_broken=remove_broken)
@@ -213,6 +215,8 @@ def params(method: str, backbone: str, num_classes: int, sets: list[str] | None 
     from .config import method_overrides, parse_sets
     from .methods import create_method
 
+    if num_classes < 1:
+        raise ConfigError(f"--num-classes {num_classes}: expected an integer >= 1")
     overrides = method_overrides(method, parse_sets(sets or []))  # unknown keys fail before any model is built
     bb = create_backbone(backbone, pretrained=False)
     return create_method(method, bb, num_classes, **overrides).param_counts()
@@ -235,12 +239,13 @@ def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: boo
     Returns (the rich table, the files written, the suite's expert names). The report covers
     exactly the suite's experts and goes to `out` (default <LTBENCH_HOME>/reports/<suite name>).
     """
-    from .bench import report_suite, run_suite
+    from .bench import check_report_dir, default_report_dir, report_suite, run_suite
     from .executors import check_executor
 
     check_executor(executor, address)
     suite = _suite(suite, budgets)
     registry = registry or Registry()
+    out = check_report_dir(out if out is not None else default_report_dir(suite, registry))  # before any run
     names = run_suite(suite, registry=registry, console=console, quiet=quiet, executor=executor, address=address)
     table, written = report_suite(suite, registry=registry, out=out, plots=plots)
     return table, written, names

@@ -60,6 +60,7 @@ not also set a key that is tuned (that would be a hand-picked override beside th
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -519,6 +520,10 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(f"{path}: no such suite file") from None
     except IsADirectoryError:
         raise SuiteError(f"{path}: is a folder, not a suite file") from None
+    except UnicodeDecodeError as e:
+        raise SuiteError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot read it ({e.strerror})") from None
     try:
         data = load_yaml(text)
     except yaml.YAMLError as e:
@@ -675,6 +680,22 @@ def default_report_dir(suite: Suite, registry: Registry) -> Path:
 def suite_runs(suite: Suite) -> dict[str, str]:
     """Expert name → the run (or fusion) label it belongs to, for every seed."""
     return {j.name: j.label for j in suite.jobs}
+
+
+def check_report_dir(out: str | Path) -> Path:
+    """`out` if a report can be written there (a folder, or one that can be created), else a one-line
+    SuiteError: checked before the suite runs, so a bad --out never costs the runs' time."""
+    out = Path(out)
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        if probe.is_symlink():  # a dangling link
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise SuiteError(f"--out {out}: {probe} is a file, not a folder")
+    if not probe.exists() or not os.access(probe, os.W_OK | os.X_OK):
+        raise SuiteError(f"--out {out}: {probe} is not writable; give a folder this user can write")
+    return out
 
 
 def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path | None = None,

@@ -57,6 +57,8 @@ def parse_budget(text: str | Budget) -> Budget:
     amount = float(m.group(1))
     if not math.isfinite(amount) or amount > MAX_BUDGET[unit]:
         raise BudgetError(f"budget {text!r}: at most {MAX_BUDGET[unit]:g} {unit} (a run that long never ends)")
+    if unit == "seconds" and amount < 1:
+        raise BudgetError(f"budget {text!r}: at least 1 second (a step alone takes longer)")
     if unit == "steps" and amount != int(amount):
         raise BudgetError(f"budget {text!r}: steps must be a whole number")
     return Budget(amount, unit)

@@ -39,9 +39,16 @@ _python_showwarning = warnings.showwarning
 warnings.showwarning = _show_warning
 
 
+#: the longest error line printed (a message quoting a huge value is cut, never echoed whole)
+MAX_ERROR_CHARS = 500
+
+
 def _error_line(text: str) -> None:
     from rich.markup import escape
 
+    text = " ".join(text.split())
+    if len(text) > MAX_ERROR_CHARS:  # the middle goes: the end usually says what to do
+        text = text[:MAX_ERROR_CHARS * 3 // 5] + " … " + text[-MAX_ERROR_CHARS * 2 // 5:]
     err.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
@@ -252,18 +259,19 @@ def predict(
 @_guard
 def export(
     name: str = typer.Argument(..., help="registered expert"),
-    file: Path = typer.Argument(..., help="output .safetensors file"),
+    file: Path = typer.Argument(..., help="output .safetensors file (a new one, unless --force)"),
+    force: bool = typer.Option(False, "--force", help="replace FILE if it is an existing regular file"),
 ) -> None:
     """Write an expert as one safetensors file (delta + config); `load_expert(FILE)` reads it elsewhere."""
-    path = api.export(name, file)
+    path = api.export(name, file, force=force)
     out.print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)", highlight=False)
 
 
 @app.command()
 @_guard
-def rm(name: str) -> None:
+def rm(name: str, force: bool = typer.Option(False, "--force", help="also a member of a registered fusion")) -> None:
     """Remove an expert (index row and folder together)."""
-    api.remove(name)
+    api.remove(name, force=force)
     out.print(f"removed {name}")
 
 
@@ -357,4 +365,7 @@ def demo(
 
 def main() -> None:  # `python -m ltbench`
     """Entry point of `python -m ltbench` and the console script."""
+    from . import reproducible
+
+    reproducible.prepare(sys.argv[1:])  # before anything loads torch
     app(prog_name="ltbench")

@@ -59,6 +59,7 @@ RUN_KEYS: dict[str, Key] = {
     "log": Key([], LogTargets()),  # extra sinks for the learning curve: tensorboard, mlflow (history.csv always)
     "log_dir": Key(None, Opt(Str())),  # TensorBoard event files (default $LTBENCH_HOME/tensorboard/<name>)
     "mlflow_uri": Key(None, Opt(Str())),  # MLflow tracking URI (default $MLFLOW_TRACKING_URI, else SQLite in the home)
+    "reproducible": Key(False, Bool()),  # the same bits on any x86-64 CPU (ltbench/reproducible.py)
     "val_each_epoch": Key(True, Bool()),  # validation accuracy in the history after every epoch (one eval pass)
 }
 RUN_DEFAULTS: dict[str, Any] = {k: v.default for k, v in RUN_KEYS.items()}
@@ -110,6 +111,9 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, (str, int, float, bool, type(None))):
+            raise DuplicateKeyError(f"line {key_node.start_mark.line + 1}: a key must be a plain value, not a"
+                                    f" {type(key).__name__}")
         if key in seen:
             raise DuplicateKeyError(f"key {key!r} appears twice (lines {seen[key] + 1} and"
                                     f" {key_node.start_mark.line + 1}); YAML would keep the last one silently")
@@ -120,9 +124,39 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
+#: the most nodes a config or suite may hold with its aliases expanded (an alias bomb holds billions)
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes under `node` with every alias expanded, counted once per distinct node (memoised)."""
+    key = id(node)
+    if key not in sizes:
+        sizes[key] = 1  # a recursive alias counts once
+        if isinstance(node, yaml.SequenceNode):
+            sizes[key] = 1 + sum(min(_expanded_size(c, sizes), MAX_YAML_NODES + 1) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            sizes[key] = 1 + sum(min(_expanded_size(k, sizes) + _expanded_size(v, sizes), MAX_YAML_NODES + 1)
+                                 for k, v in node.value)
+    return sizes[key]
+
+
 def load_yaml(text: str) -> Any:
-    """YAML (or JSON) with duplicate keys an error; what `--config` and suite files are read with."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+    """YAML (or JSON) with duplicate keys an error and alias expansion bounded (MAX_YAML_NODES);
+    what `--config` and suite files are read with."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"more than {MAX_YAML_NODES} values once its aliases (*name) are expanded;"
+                                 " an alias bomb?")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -138,6 +172,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid YAML/JSON: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of keys, got {type(data).__name__}")
+    if not isinstance(data.get("set", {}) or {}, dict):
+        raise ConfigError(f"--config {path}: set: expected a mapping of key: value, got {type(data['set']).__name__}")
+    for key in [*data, *(data.get("set") or {})]:
+        if not isinstance(key, str):
+            raise ConfigError(f"--config {path}: key {str(key)[:60]}: keys must be names (strings)")
     return data
 
 
@@ -210,6 +249,9 @@ def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) ->
     if unknown_flags:
         raise ConfigError(f"unknown config keys {sorted(unknown_flags)}")
 
+    for key in ("method", "dataset", "backbone"):  # looked up by name below
+        if not isinstance(run[key], str):
+            raise ConfigError(f"{key}: expected a name, got {type(run[key]).__name__} {str(run[key])[:60]}")
     METHODS.get(run["method"])  # an unknown method fails here, with suggestions
     mfields = method_config_fields(run["method"])
     dfields = dataset_options(run["dataset"])

@@ -384,7 +384,11 @@ def run_suite_ray(suite: "Suite", registry: "Registry", address: str | None = No
     done = set(check_registered(suite, registry))
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        from . import reproducible
+
+        pinned = {"env_vars": {**reproducible.PINS, reproducible.ENV: "1"}} if reproducible.active() else None
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 runtime_env=pinned)  # workers start pinned, before they load torch
     try:
         driver = _Driver(suite, registry, console, done)
         _drive(driver, quiet, on_update, poll)

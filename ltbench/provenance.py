@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
+from . import reproducible
 from .records import OPERATIONAL, result_keys
 
 PACKAGES = ("ltbench", "torch", "torchvision", "timm", "open_clip_torch", "optuna", "numpy", "scipy",
@@ -56,6 +57,7 @@ def environment(device: torch.device | str = "cpu") -> dict[str, Any]:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "numeric": numeric_environment(),
+        "reproducible": reproducible.settings(),  # None: kernels chosen by this CPU
     }
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)

@@ -17,7 +17,7 @@ from .errors import RegistryError
 #: is reported. Two configs that differ only here are the same experiment and the same hash.
 OPERATIONAL: frozenset[str] = frozenset({
     "name", "resume", "device", "num_workers", "eval_batch_size", "compile",
-    "log", "log_dir", "mlflow_uri", "val_each_epoch",
+    "log", "log_dir", "mlflow_uri", "val_each_epoch", "reproducible",
 })
 
 #: Version of the config / metrics / meta schema. 1: written before it was recorded (no

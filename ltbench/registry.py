@@ -52,6 +52,9 @@ EXPERTS = sa.Table(  # the same table the SQLite-only registry created: old home
     sa.Column("format", sa.Integer, nullable=False),
 )
 _COLUMNS = ("name", "method", "backbone", "dataset", "seed", "config_hash", "created", "format")
+#: which home wrote each row, so `doctor --repair` on a shared index touches only its own home's rows
+HOMES = sa.Table("expert_homes", _META, sa.Column("name", sa.Text, primary_key=True),
+                 sa.Column("home", sa.Text, nullable=False))
 
 
 from .errors import BrokenExpertWarning, RegistryError  # noqa: E402,F401
@@ -162,7 +165,10 @@ def _set_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
 
 def default_home() -> Path:
     """Where experts live unless told otherwise: $LTBENCH_HOME, else ./ltbench-runs (one home per project)."""
-    return local_home(os.environ.get("LTBENCH_HOME", "ltbench-runs"))
+    home = os.environ.get("LTBENCH_HOME", "ltbench-runs")
+    if not home.strip():
+        raise RegistryError("LTBENCH_HOME is set but empty; unset it (default ./ltbench-runs) or give a folder")
+    return local_home(home)
 
 
 def local_home(home: str | Path) -> Path:
@@ -173,6 +179,8 @@ def local_home(home: str | Path) -> Path:
     filesystem, so mount the bucket (s3fs, gcsfuse) or use a shared filesystem and give its path.
     """
     text = str(home)
+    if not text.strip():
+        raise RegistryError("the registry home is empty (--home / LTBENCH_HOME); give a folder")
     if "://" not in text:
         return Path(text)
     import fsspec
@@ -200,22 +208,42 @@ def database_url(url: str | Path) -> str:
     return text if "://" in text else f"sqlite:///{Path(text).absolute()}"
 
 
-_ENGINES: dict[tuple[str, int], sa.Engine] = {}
+_ENGINES: dict[tuple[str, bool, int], sa.Engine] = {}
+#: how long a writer waits for the SQLite index's write lock before naming its holder
+LOCK_TIMEOUT_S = 30.0
 
 
-def _engine(url: str) -> sa.Engine:
-    """One engine per URL and process (a pool for servers; a fresh connection per use for SQLite)."""
-    key = (url, os.getpid())
+def _engine(url: str, read_only: bool = False) -> sa.Engine:
+    """One engine per URL, mode and process (a pool for servers; a fresh connection per use for SQLite).
+
+    A read-only SQLite engine opens the file with mode=ro: it never takes the write lock, so a
+    stalled writer cannot block `ls`, `show` or `report`, and a read-only home can be listed."""
+    key = (url, read_only and url.startswith("sqlite"), os.getpid())
     if key in _ENGINES:
         return _ENGINES[key]
     try:
-        if url.startswith("sqlite"):
-            engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": 30})
+        if url.startswith("sqlite") and key[1]:
+            from urllib.parse import quote
+
+            file = sa.engine.make_url(url).database or ""
+            engine = sa.create_engine("sqlite://", poolclass=sa.pool.NullPool, creator=lambda: sqlite3.connect(
+                f"file:{quote(file)}?mode=ro", uri=True, timeout=LOCK_TIMEOUT_S, check_same_thread=False))
+
+            @sa.event.listens_for(engine, "connect")
+            def _sqlite_ro_connect(dbapi, _record):
+                dbapi.isolation_level = None
+                dbapi.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
+
+            @sa.event.listens_for(engine, "begin")
+            def _sqlite_ro_begin(conn):
+                conn.exec_driver_sql("BEGIN")
+        elif url.startswith("sqlite"):
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": LOCK_TIMEOUT_S})
 
             @sa.event.listens_for(engine, "connect")
             def _sqlite_connect(dbapi, _record):  # SQLite's own transactions, driven by the begin event
                 dbapi.isolation_level = None
-                dbapi.execute("PRAGMA busy_timeout=30000")
+                dbapi.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
                 _set_wal(dbapi)
 
             @sa.event.listens_for(engine, "begin")
@@ -336,39 +364,44 @@ class Expert:
         st = file.stat()
         return (str(file), st.st_size, st.st_mtime_ns)
 
-    def logits(self, split: str) -> torch.Tensor:
-        """fp32 logits of a split; never returns labels, so fusion cannot peek at test labels."""
+    @contextmanager
+    def _tensors(self, file: Path, framework: str = "pt") -> Iterator[Any]:
+        """safe_open on one of the expert's tensor files; a missing or damaged file is a one-line RegistryError."""
         from safetensors import safe_open
 
-        with safe_open(str(self._logits_file(split)), "pt") as f:
+        try:
+            with safe_open(str(file), framework) as f:
+                yield f
+        except RegistryError:
+            raise
+        except Exception as e:  # noqa: BLE001  (safetensors raises its own types for a damaged file)
+            why = "is missing" if isinstance(e, FileNotFoundError) else f"is damaged ({_first_line(e)})"
+            raise RegistryError(f"expert {self.name!r}: {file} {why}; run `ltbench doctor`") from None
+
+    def logits(self, split: str) -> torch.Tensor:
+        """fp32 logits of a split; never returns labels, so fusion cannot peek at test labels."""
+        with self._tensors(self._logits_file(split)) as f:
             return f.get_tensor("logits").float()
 
     def stored_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """(logits as stored, fp16; labels) of a split: the report's bulk read, no fp32 copy."""
-        from safetensors import safe_open
-
-        with safe_open(str(self._logits_file(split)), "pt") as f:
+        with self._tensors(self._logits_file(split)) as f:
             return f.get_tensor("logits").numpy(), f.get_tensor("labels").numpy().astype(np.int64, copy=False)
 
     def rows(self, split: str) -> int:
         """Samples in a split, read from the header alone."""
-        from safetensors import safe_open
-
-        with safe_open(str(self._logits_file(split)), "pt") as f:
+        with self._tensors(self._logits_file(split)) as f:
             return int(f.get_slice("logits").get_shape()[0])
 
     def labels(self, split: str) -> np.ndarray:
         """A split's labels: fusion reads validation ones to fit, the others only to evaluate."""
-        from safetensors import safe_open
-
-        with safe_open(str(self._logits_file(split)), "pt") as f:
+        with self._tensors(self._logits_file(split)) as f:
             return f.get_tensor("labels").numpy()
 
     def delta(self) -> dict[str, torch.Tensor]:
         """The trained tensors (what differs from the backbone), to load the expert back as a model."""
-        from safetensors.torch import load_file
-
-        return load_file(str(self.path / DELTA_FILE))
+        with self._tensors(self.path / DELTA_FILE) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
 
     def problem(self) -> str | None:
         """Why this folder is not a complete, readable expert (None if it is); reads headers only."""
@@ -382,16 +415,78 @@ class Expert:
             for file in [self.path / DELTA_FILE, *sorted((self.path / LOGITS_DIR).glob("*.safetensors"))]:
                 with safe_open(str(file), "numpy") as f:  # headers only: no torch needed (`ltbench ls`)
                     f.keys()
+            recorded = self.meta.get("files")
         except RegistryError as e:
             return str(e).split(": ", 1)[1].removesuffix("; run `ltbench doctor`")
         except Exception as e:  # noqa: BLE001  (safetensors raises its own types for a damaged header)
-            return f"{file} is unreadable ({type(e).__name__}: {e})"
+            return f"{file} is unreadable ({type(e).__name__}: {_first_line(e)})"
+        for rel, info in (recorded if isinstance(recorded, dict) else {}).items():
+            if rel in RECORDS:  # a record is judged by reading it, above
+                continue
+            try:
+                size = (self.path / rel).stat().st_size
+            except OSError:
+                return f"{self.path / rel} is missing"
+            if isinstance(info, dict) and size != info.get("bytes", size):
+                return f"{self.path / rel} has {size} bytes, {info.get('bytes')} when registered"
+        return None
+
+    def verify(self, methods: set[str] | None = None, registered: set[str] | None = None) -> str | None:
+        """What `doctor` checks beyond `problem`: the config names a known method, the records' format
+        is one this ltbench reads, the tensor files hash as when registered, a fusion's members exist."""
+        config, meta = self.config, self.meta
+        method = str(config.get("method", ""))
+        if method.startswith("fuse:"):
+            missing = [m for m in config.get("experts") or [] if registered is not None and m not in registered]
+            if missing:
+                return f"its member expert(s) {', '.join(map(str, missing))} are no longer registered"
+        elif methods is not None and method not in methods:
+            return f"config.json names an unknown method {method!r}"
+        if not isinstance(meta.get("format", FORMAT_VERSION), int) or meta.get("format", FORMAT_VERSION) > FORMAT_VERSION:
+            return f"meta.json has format {meta.get('format')!r}; this ltbench reads up to {FORMAT_VERSION}"
+        return self.changed()
+
+    def stale_metrics(self) -> str | None:
+        """Why the recorded metrics no longer describe the cached logits (a logits file changed), or None."""
+        return self.changed(LOGITS_DIR + "/")
+
+    def recipe_changed(self) -> str | None:
+        """Why config.json is not the config the expert was trained with (changed since), or None."""
+        return self.changed(RECORDS[0])
+
+    def changed(self, prefix: str = "") -> str | None:
+        """Which recorded tensor file (under `prefix`) no longer hashes as when registered: its metrics
+        were computed from other bytes, so a report must not show them. Hashes are kept per (file, size,
+        mtime) in this process."""
+        recorded = self.meta.get("files") or {}
+        for rel, info in sorted(recorded.items()) if isinstance(recorded, dict) else []:
+            if not rel.startswith(prefix) or not isinstance(info, dict):
+                continue
+            file = self.path / rel
+            try:
+                st = file.stat()
+            except OSError:
+                return f"{file} is missing"
+            key = (str(file), st.st_size, st.st_mtime_ns)
+            if key not in _HASHED:
+                _HASHED[key] = _sha256(file)
+            if _HASHED[key] != info.get("sha256"):
+                return f"{file} changed since registration (its sha256 differs)"
         return None
 
     def history(self) -> list[dict[str, Any]] | None:
         """The learning curve (history.csv, one row per step; see tracking.HISTORY_COLUMNS), or None
         for an expert that has none (a fusion, or one registered before histories were kept)."""
-        return _read_history(self.path / "history.csv")
+        try:
+            return _read_history(self.path / "history.csv")
+        except (ValueError, OSError, UnicodeDecodeError, csv.Error) as e:
+            raise RegistryError(f"expert {self.name!r}: {self.path / 'history.csv'} is damaged"
+                                f" ({_first_line(e)}); run `ltbench doctor`") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines() or [""])[0][:200]
 
 
 def _quote(split: str) -> str:
@@ -436,7 +531,7 @@ def _write_json(path: Path, obj: Any) -> None:
 class Problem:
     """One thing `doctor` found: what, which name, where, and what `repair` would do."""
 
-    kind: str  # orphan-row | orphan-folder | unreadable | temporary
+    kind: str  # orphan-row | orphan-folder | unreadable | damaged | temporary | stray | checkpoint | stale-checkpoint
     name: str
     path: Path
     detail: str
@@ -448,43 +543,63 @@ class Registry:
 
     Writers never overwrite or half-write (see the module docstring); readers get `Expert` handles,
     the one interface to what an expert folder holds."""
-    def __init__(self, home: str | Path | None = None, url: str | Path | None = None):
+    def __init__(self, home: str | Path | None = None, url: str | Path | None = None, read_only: bool = False):
         self.home = local_home(home) if home is not None else default_home()
         self.experts_dir = self.home / "experts"
         self.url = database_url(url) if url is not None else default_url(self.home)
         self.sqlite = self.url.startswith("sqlite")
+        self.read_only = read_only
         #: what messages name: the SQLite file, or the server's URL without its password
         self.index: Path | str = Path(sa.engine.make_url(self.url).database or "") if self.sqlite else _shown(self.url)
-        try:
-            self.experts_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise RegistryError(f"cannot create the registry in {self.home} ({e.strerror}); make it writable"
-                                " or point LTBENCH_HOME at a writable folder") from None
-        self._engine = _engine(self.url)
+        #: this home as the index records it (`expert_homes`); a shared index holds other homes' rows too
+        self.home_key = str(self.home.absolute())
+        self.shared = not (self.sqlite and Path(self.index).absolute().parent == self.home.absolute())
+        if not read_only:
+            try:
+                self.experts_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise RegistryError(f"cannot create the registry in {self.home} ({e.strerror}); make it writable"
+                                    " or point LTBENCH_HOME at a writable folder") from None
+        self._engine = _engine(self.url, read_only)
         self._create_table()
 
     def _create_table(self) -> None:
+        """Check that the index is an ltbench one (never write into another database), then create
+        what is missing; an index that has its tables is not locked for writing."""
+        with self._connect() as db:
+            tables = set(sa.inspect(db).get_table_names())
+        if tables and "experts" not in tables:
+            shown = ", ".join(sorted(tables)[:5])
+            raise RegistryError(f"{self.index} is not an ltbench registry index (it holds {shown}); nothing was"
+                                " written to it — point LTBENCH_HOME / LTBENCH_REGISTRY elsewhere")
+        if {"experts", "expert_homes"} <= tables or self.read_only:
+            if "experts" not in tables:
+                raise RegistryError(f"{self.index} holds no ltbench registry index (an empty database)")
+            self.has_homes = "expert_homes" in tables
+            return
         for attempt in range(3):
             try:  # SQLite: under the write lock (a fresh file's check-then-create would not wait for it)
                 with self._connect(write=True, lock_table=False) as db:
                     EXPERTS.create(db, checkfirst=True)
+                    HOMES.create(db, checkfirst=True)
+                self.has_homes = True
                 return
-            except (RegistryError, sa.exc.IntegrityError):
+            except (RegistryError, sa.exc.IntegrityError, sa.exc.ProgrammingError):
                 if self.sqlite or attempt == 2:
                     raise
                 # PostgreSQL: another process created it between our check and create; check again
 
     @classmethod
-    def existing(cls, home: str | Path | None = None) -> "Registry":
-        """The registry at `home` (default $LTBENCH_HOME) for reading; one that is not there is
-        an error naming the folder, never created (a mistyped home must not look empty)."""
+    def existing(cls, home: str | Path | None = None, read_only: bool = True) -> "Registry":
+        """The registry at `home` (default $LTBENCH_HOME), opened read-only unless told; one that is
+        not there is an error naming the folder, never created (a mistyped home must not look empty)."""
         path = local_home(home) if home is not None else default_home()
         url = default_url(path)
         index = Path(sa.engine.make_url(url).database or "") if url.startswith("sqlite") else None
         if not (index.is_file() if index is not None else path.is_dir()):
             raise RegistryError(f"no ltbench registry in {path.resolve()} (--home / LTBENCH_HOME, default"
                                 f" ./ltbench-runs): nothing has been registered there")
-        return cls(path)
+        return cls(path, read_only=read_only)
 
     @contextmanager
     def _connect(self, write: bool = False, lock_table: bool = True) -> Iterator[sa.Connection]:
@@ -493,6 +608,9 @@ class Registry:
         `write` holds the index's write lock from the start (SQLite BEGIN IMMEDIATE, PostgreSQL
         LOCK TABLE): writers are serialised, readers go on.
         """
+        if write and self.read_only:
+            raise RegistryError(f"the registry {self.home} was opened read-only")
+        writer = Path(str(self.index) + ".writer") if self.sqlite else None
         try:
             with self._engine.connect() as db:
                 if write and self.sqlite:
@@ -500,11 +618,27 @@ class Registry:
                 with db.begin():
                     if write and lock_table and not self.sqlite:
                         db.execute(sa.text("LOCK TABLE experts IN SHARE ROW EXCLUSIVE MODE"))
-                    yield db
+                    if write and writer is not None:  # who holds the lock, for those who wait on it
+                        try:
+                            writer.write_text(f"{os.getpid()}\n")
+                        except OSError:
+                            writer = None
+                    try:
+                        yield db
+                    finally:
+                        if write and writer is not None:
+                            writer.unlink(missing_ok=True)
         except sa.exc.IntegrityError:
             raise
         except sa.exc.DBAPIError as e:
             text = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+            if self.sqlite and "locked" in text:
+                try:
+                    holder = Path(str(self.index) + ".writer").read_text().strip() or "?"
+                except OSError:
+                    holder = "?"
+                raise RegistryError(f"the registry index {self.index} is locked by process {holder}, a writer that"
+                                    " has not finished (stopped or hung?); wait for it, or end it and retry") from None
             if not self.sqlite:
                 raise RegistryError(f"the registry database {self.index} failed ({type(e.orig).__name__}: {text});"
                                     " is the server up and LTBENCH_REGISTRY right?") from None
@@ -556,6 +690,7 @@ class Registry:
     def get(self, name: str) -> Expert:
         """The registered expert `name`; an unknown name is a RegistryError with a suggestion, and one
         written by a newer ltbench is refused rather than misread."""
+        check_name(name)  # also a name no index could hold (a non-UTF-8 byte from the shell)
         with self._connect() as db:
             row = db.execute(sa.select(EXPERTS.c.format).where(EXPERTS.c.name == name)).first()
         if row is None:
@@ -617,7 +752,7 @@ class Registry:
                         str(tmp / LOGITS_DIR / f"{_quote(split)}.safetensors"),
                     )
                 _write_json(tmp / RECORDS[1], metrics)
-                _write_json(tmp / RECORDS[2], {**meta, "format": FORMAT_VERSION})
+                _write_json(tmp / RECORDS[2], {**meta, "format": FORMAT_VERSION, "files": _file_hashes(tmp)})
                 for file, obj in (extra_files or {}).items():
                     _write_json(tmp / file, obj)
                 if history is not None:
@@ -627,6 +762,7 @@ class Registry:
                     os.rename(tmp, final)  # fails, replacing nothing, if a non-empty `final` appeared
                     try:
                         db.execute(sa.insert(EXPERTS).values(_row(name, config, meta)))
+                        self._own(db, name)
                         db.commit()  # the index row last: only now is the expert there
                     except BaseException:
                         os.rename(final, tmp)  # ours: put it back so the cleanup below removes it
@@ -635,6 +771,11 @@ class Registry:
                 if e.errno in (errno.ENOTEMPTY, errno.EEXIST) and Path(e.filename or "") == tmp:
                     raise RegistryError(f"cannot register {name!r}: {final} appeared meanwhile (another"
                                         " process?); it was left as it is") from None
+                if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+                    need = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.is_dir() else 0
+                    raise RegistryError(f"cannot register {name!r}: writing {self.experts_dir} failed ({e.strerror});"
+                                        f" nothing was registered — free at least {need / 1e6:.1f} MB more there"
+                                        " (or make it writable) and run again") from None
                 raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -677,34 +818,81 @@ class Registry:
             return "indexed"
         return "unindexed" if os.path.lexists(self.experts_dir / name) else None
 
-    def remove(self, name: str) -> None:
+    def _own(self, db: sa.Connection, name: str) -> None:
+        """Record that this home holds `name`'s folder (see HOMES)."""
+        if getattr(self, "has_homes", False):
+            db.execute(sa.delete(HOMES).where(HOMES.c.name == name))
+            db.execute(sa.insert(HOMES).values(name=name, home=self.home_key))
+
+    def _drop(self, db: sa.Connection, name: str) -> None:
+        db.execute(sa.delete(EXPERTS).where(EXPERTS.c.name == name))
+        if getattr(self, "has_homes", False):
+            db.execute(sa.delete(HOMES).where(HOMES.c.name == name))
+
+    def fusions_of(self, name: str) -> list[str]:
+        """Registered fused experts that have `name` as a member (they cannot predict without it)."""
+        out = []
+        for r in self.rows():
+            if str(r["method"]).startswith("fuse:") and r["name"] != name:
+                try:
+                    members = Expert(r["name"], self.experts_dir / r["name"]).config.get("experts") or []
+                except RegistryError:
+                    continue
+                if name in members:
+                    out.append(r["name"])
+        return out
+
+    def remove(self, name: str, force: bool = False) -> None:
         """Drop the row and the folder together (row first: readers never list a missing folder).
 
-        An orphan row (its folder gone) is dropped alone.
+        An orphan row (its folder gone) is dropped alone. A member of a registered fusion is
+        refused unless `force` (the fusion could no longer predict).
         """
         self.get(name)
+        users = self.fusions_of(name)
+        if users and not force:
+            raise RegistryError(f"expert {name!r} is a member of the fused expert(s) {', '.join(users)}, which could"
+                                f" no longer predict without it; `ltbench rm {users[0]}` first, or rm --force")
         trash = self.experts_dir / f".rm-{name}-{uuid.uuid4().hex[:8]}"
         with self._connect(write=True) as db:
-            db.execute(sa.delete(EXPERTS).where(EXPERTS.c.name == name))
+            self._drop(db, name)
             folder = self.experts_dir / name
             if os.path.lexists(folder):
                 os.replace(folder, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     # -- checking and repair -------------------------------------------------------------
+    def _homes(self) -> dict[str, str]:
+        """name -> the home that registered it (rows written before `expert_homes` have none)."""
+        if not getattr(self, "has_homes", False):
+            return {}
+        with self._connect() as db:
+            return {n: h for n, h in db.execute(sa.select(HOMES.c.name, HOMES.c.home))}
+
     def check(self) -> list[Problem]:
-        """Orphan rows, orphan folders, unreadable records and stale half-written temporaries."""
+        """Orphan rows, orphan folders, unreadable or damaged experts (unknown method, newer format,
+        files changed since registration, missing fusion members), stale temporaries and checkpoints
+        left in runs/. On a shared index, rows another home registered are not this home's to judge."""
         found: list[Problem] = []
         indexed = set(self.names())
+        homes = self._homes()
+        methods = _known_methods()
         for name in sorted(indexed):
             folder = self.experts_dir / name
-            why = Expert(name, folder).problem()
+            if homes.get(name, self.home_key) != self.home_key:
+                continue  # another home's expert on a shared index
             if not os.path.lexists(folder):
-                found.append(Problem("orphan-row", name, folder, "indexed, but its folder is missing",
-                                     "--repair drops the index row"))
-            elif why:
+                fix = ("--repair drops the index row" if name in homes or not self.shared else
+                       "not repaired: the shared index does not say which home wrote it; `ltbench rm` it from its home")
+                found.append(Problem("orphan-row", name, folder, "indexed, but its folder is missing", fix))
+                continue
+            ex = Expert(name, folder)
+            why = ex.problem()
+            if why:
                 found.append(Problem("unreadable", name, folder, why, "--repair --remove-broken removes it"))
-        for entry in sorted(self.experts_dir.iterdir()):
+            elif why := ex.verify(methods, indexed):
+                found.append(Problem("damaged", name, folder, why, "--repair --remove-broken removes it"))
+        for entry in sorted(self.experts_dir.iterdir()) if self.experts_dir.is_dir() else []:
             n = entry.name
             if n.startswith((".tmp-", ".rm-")):
                 lock = entry if n.endswith(".lock") else entry.with_name(n + ".lock")
@@ -712,6 +900,10 @@ class Registry:
                     found.append(Problem("temporary", n, entry, "left by an interrupted write or removal",
                                          "--repair deletes it"))
             elif n not in indexed:
+                if entry.is_symlink() or not entry.is_dir() or not any((entry / f).exists() for f in RECORDS):
+                    found.append(Problem("stray", n, entry, "not an expert folder that ltbench wrote",
+                                         "left as it is: move it out of the registry"))
+                    continue
                 why = Expert(n, entry).problem()
                 if why is None:
                     found.append(Problem("orphan-folder", n, entry, "a complete expert folder without an index row",
@@ -720,24 +912,39 @@ class Registry:
                     found.append(Problem("unreadable", n, entry, f"not indexed and incomplete: {why}",
                                          "--repair --remove-broken removes it"))
         runs = self.home / "runs"
-        for tmp in sorted(runs.glob("*/checkpoint.pt.tmp*")) if runs.is_dir() else []:
-            if not _is_locked(tmp.parent / ".lock"):
-                found.append(Problem("temporary", tmp.parent.name, tmp, "a half-written checkpoint", "--repair deletes it"))
+        for folder in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
+            if _is_locked(folder / ".lock"):
+                continue  # a run in progress
+            for tmp in sorted(folder.glob("checkpoint.pt.tmp*")):
+                found.append(Problem("temporary", folder.name, tmp, "a half-written checkpoint", "--repair deletes it"))
+            if (folder / "checkpoint.pt").is_file():
+                if folder.name in indexed:
+                    found.append(Problem("stale-checkpoint", folder.name, folder,
+                                         "the checkpoint of a run that is registered", "--repair deletes it"))
+                else:
+                    found.append(Problem("checkpoint", folder.name, folder, "an unfinished or failed run's checkpoint",
+                                         f"`ltbench train --name {folder.name} --resume …` continues it;"
+                                         " --repair --remove-broken deletes it"))
         return found
 
     def repair(self, remove_broken: bool = False) -> list[Problem]:
-        """Fix what `check` finds: re-index complete folders, drop orphan rows, delete stale temporaries;
-        broken experts are removed only with `remove_broken`. Returns what was done."""
+        """Fix what `check` finds: re-index complete folders, drop this home's orphan rows, delete stale
+        temporaries and checkpoints; broken experts and unfinished runs' checkpoints are removed only
+        with `remove_broken`. Nothing `check` calls stray is touched. Returns what was done."""
         done = []
+        homes = self._homes()
         for p in self.check():
             if p.kind == "orphan-row":
+                if p.name not in homes and self.shared:
+                    continue
                 with self._connect() as db:
-                    db.execute(sa.delete(EXPERTS).where(EXPERTS.c.name == p.name))
+                    self._drop(db, p.name)
             elif p.kind == "orphan-folder":
                 ex = Expert(p.name, p.path)
                 try:
                     with self._connect() as db:
                         db.execute(sa.insert(EXPERTS).values(_row(p.name, ex.config, ex.meta)))
+                        self._own(db, p.name)
                 except sa.exc.IntegrityError:  # indexed meanwhile
                     continue
             elif p.kind == "temporary":
@@ -745,9 +952,11 @@ class Registry:
                     shutil.rmtree(p.path, ignore_errors=True)
                 else:
                     p.path.unlink(missing_ok=True)
-            elif p.kind == "unreadable" and remove_broken:
+            elif p.kind == "stale-checkpoint" or (p.kind == "checkpoint" and remove_broken):
+                shutil.rmtree(p.path, ignore_errors=True)
+            elif p.kind in ("unreadable", "damaged") and remove_broken:
                 with self._connect() as db:
-                    db.execute(sa.delete(EXPERTS).where(EXPERTS.c.name == p.name))
+                    self._drop(db, p.name)
                 trash = self.experts_dir / f".rm-{p.name}-{uuid.uuid4().hex[:8]}"
                 os.replace(p.path, trash)
                 shutil.rmtree(trash, ignore_errors=True)
@@ -755,6 +964,38 @@ class Registry:
                 continue
             done.append(p)
         return done
+
+
+def _known_methods() -> set[str] | None:
+    """Method names a config may name (read from the sources, no torch); None if they cannot be read."""
+    try:
+        from .catalog import table
+        from .plugins import METHODS
+
+        return set(table("METHODS")) | set(METHODS)
+    except Exception:  # noqa: BLE001  (a check must not fail on the listing)
+        return None
+
+
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
+    """{relative path: {sha256, bytes}} of config.json and the tensor files, recorded in meta.json at
+    registration so `doctor` can tell a damaged delta or logits file (and `Expert.problem` a missing
+    one), and `predict` a config changed since (it would rebuild another model)."""
+    files = [folder / RECORDS[0], folder / DELTA_FILE, *sorted((folder / LOGITS_DIR).glob("*.safetensors"))]
+    return {str(f.relative_to(folder)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in files if f.is_file()}
 
 
 def _row(name: str, config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from .budget import Budget, Meter, Spent, Stopwatch, count_flops, parse_budget
+from . import reproducible
+from .budget import Budget, BudgetError, Meter, Spent, Stopwatch, count_flops, parse_budget
 from .data import LTDataset, TorchSplit, create_dataset
 from .data.samplers import build_batch_sampler
 from .distributed import Dist, ShardedBatchSampler, all_ranks_sum, device_for, gather_rows, init_distributed
@@ -97,11 +98,24 @@ def make_optimizer(phase: Phase, cfg) -> torch.optim.Optimizer:
     raise TrainingError(f"unknown optimizer {cfg.optimizer!r}: use sgd or adamw")
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save through a temporary file and a rename, so a crash never leaves half a checkpoint."""
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        size = max(tmp.stat().st_size if tmp.exists() else 0, path.stat().st_size if path.exists() else 0)
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, RuntimeError) and "write" not in str(e).lower():
+            raise
+        why = getattr(e, "strerror", None) or _first_line(e)
+        raise TrainingError(f"cannot write the checkpoint {path} ({why}); the previous one is kept — free at least"
+                            f" {max(size, 1) / 1e6:.1f} MB in {path.parent} and continue with --resume") from None
 
 
 @torch.no_grad()
@@ -287,6 +301,14 @@ class TrainResult:
     phases: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _check_one_step(budget: Budget, one_step: float) -> None:
+    """A budget (or a phase's share of it) smaller than one training step would train nothing or
+    overrun it many times over: refuse it, naming the smallest one that trains."""
+    if budget.amount < one_step * (1 - 1e-6):
+        raise BudgetError(f"budget {budget} is below one training step ({one_step:.4g} {budget.unit} here);"
+                          f" give at least {one_step:.4g} {budget.unit}")
+
+
 class Trainer:
     """Runs a method's phases under a budget on one device (one rank of a distributed run)."""
 
@@ -357,6 +379,7 @@ class Trainer:
             return p.epoch_share if by_epochs and p.epoch_share is not None else p.share
 
         total_share = sum(share(p) for p in phases)
+        self._whole_budget = budget  # a phase's share may be under one step; the whole budget may not
         result = self._result = TrainResult()
         state = self._load_checkpoint() if resume else None
         if state is not None:
@@ -460,6 +483,13 @@ class Trainer:
                             disable=self.quiet or not self.console.is_terminal)  # else: the tracker's plain lines
         with progress:
             task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
+            meter = run.meter
+            if meter.budget == getattr(self, "_whole_budget", None) and not meter.spent.steps:
+                if meter.budget.unit == "epochs":
+                    _check_one_step(meter.budget, 1 / len(run.loader))
+                if meter.exhausted:
+                    raise BudgetError(f"budget {meter.budget} was spent before the first training step (the feature"
+                                      f" pass took {meter.spent.get(meter.budget.unit):.4g} {meter.budget.unit}); give more")
             done = False
             while not done and not run.meter.exhausted:
                 done = self._train_epoch(run, lambda **fields: progress.update(task, **fields))
@@ -479,8 +509,11 @@ class Trainer:
             if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost + run.checks.reserve() \
                     > meter.budget.amount * (1 + 1e-9):
                 return True  # the next step would overrun the budget: stop before it
+            whole = meter.budget == getattr(self, "_whole_budget", None)
             loss, elapsed = self._train_step(run, x, y, weights)
             self._account_step(run, loss, elapsed, n_global, steps_per_epoch, bar)
+            if whole and meter.spent.steps == 1 and meter.budget.unit == "flops":
+                _check_one_step(meter.budget, meter.spent.flops)
             if meter.exhausted:
                 break
         return False
@@ -742,6 +775,7 @@ def train_expert(run: dict[str, Any], registry: Registry | None = None, console:
     name = check_name(run["name"] or default_name(run))
     run = {**run, "name": name}
     registry.check_free(name)  # indexed, or a folder the index does not know: refuse before any work
+    reproducible.check(run)
     budget = parse_budget(run["budget"])
     requested = resolve_device(run["device"])
     d = init_distributed(requested)

@@ -30,6 +30,8 @@ QUICK = {
     "bench_prompts.py": (["--quick", "--backbone", "vit-tiny-test", "--img-size", "32", "--batch", "8", "--threads", "1"],
                          [r"^== 1\. LPT phase 2", r"same math: .*\(ok\)", r"^== 2\. VPT-deep",
                           r"ltbench vs bare .*\(ok\)", r"^frozen params: no grads PASS, optimizer state == trainable count PASS"]),
+    "bench_reproducible.py": (["--quick"], [r"^steps/s without the mode: [\d.]+", r"^steps/s with the mode: +[\d.]+",
+                                            r"^reproducible / default steps/s ratio: [\d.]+"]),
     "bench_report.py": (["--quick"], [r"^built 4 experts", r"^report, CI on \(cold, in-process\)\s+\d",
                                       r"^report, --no-ci\s+\d.*\(2 rows\)"]),
     "bench_suite.py": (["--quick"], [r"^  no Ray, 3-step runs: local [\d.]+ s, 2 plain processes [\d.]+ s; same metrics: True$",

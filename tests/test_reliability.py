@@ -98,7 +98,7 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
 def _register_at_once(home, name, barrier):
     reg = Registry(home)
     barrier.wait(600)  # a writer that failed before it would leave the others waiting: broken after 10 min
-    reg.register(name, {"method": "m", "backbone": "b", "dataset": "d", "seed": 0}, {"w": torch.ones(2)},
+    reg.register(name, {"method": "linear-probe", "backbone": "b", "dataset": "d", "seed": 0}, {"w": torch.ones(2)},
                  {"val": (torch.zeros(3, 2), np.array([0, 1, 0]))}, {"val": {"overall": 1.0}}, {"created": "x"})
 
 
@@ -427,8 +427,13 @@ def test_a_damaged_index_or_a_read_only_home_is_one_line(tmp_path):
     paths = [ro / "home", ro / "new"]
     for p in [ro, *paths[0].rglob("*"), paths[0]]:
         os.chmod(p, 0o555 if p.is_dir() else 0o444)
-    # root ignores permissions: the child imports what it needs, then runs as nobody
-    child = ("import os, sys\nfrom ltbench.registry import Registry, RegistryError\n"
+    # root ignores permissions: the child imports all it needs, then runs as nobody. Nobody may not
+    # read the checkout or the virtualenv (a 0700 folder), so every later import is refused, here too.
+    child = ("import os, sys\nimport sqlalchemy.dialects.sqlite.pysqlite, sqlite3, urllib.parse\n"
+             "from ltbench.registry import Registry, RegistryError\n"
+             "class NoImports:\n"
+             "    def find_spec(self, name, path=None, target=None): raise ImportError(f'{name}: not readable')\n"
+             "sys.meta_path.insert(0, NoImports())\n"
              "if os.geteuid() == 0: os.setgid(65534); os.setuid(65534)\n"
              "for home in sys.argv[1:]:\n"
              "    try: Registry(home).names()\n    except RegistryError as e: print(f'error: {e}')\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -197,6 +198,29 @@ BACKBONES.register("vit-tiny-reg-test", help="tiny random ViT for tests (dim 32,
     _tiny("vit-tiny-reg-test", reg_tokens=2))
 
 
+def go_offline_if_hub_unreachable(timeout: float = 3.0) -> bool:
+    """Whether the hub is reachable; if not, huggingface_hub is switched to its offline mode for this
+    process, so a missing download fails at once (cache only) instead of after a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            from huggingface_hub import constants
+
+            constants.HF_HUB_OFFLINE = True  # read at import time; calls read the constant
+        except ImportError:
+            pass
+        return False
+
+
 def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrained: bool,
                    display: str | None = None) -> Backbone:
     kwargs: dict[str, Any] = {"num_classes": 0}
@@ -207,13 +231,15 @@ def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrai
         if not path.is_file():
             raise BackboneError(f"--weights {weights}: no such file")
         kwargs["pretrained_cfg_overlay"] = {"file": str(path.resolve())}
+    elif pretrained:
+        go_offline_if_hub_unreachable()
     try:
         model = timm.create_model(name, pretrained=pretrained or bool(weights), **kwargs)
     except (OSError, RuntimeError, ValueError) as e:
         if weights:
             raise BackboneError(f"could not load --weights {weights} into timm model {name!r}: {e}") from e
         raise BackboneError(
-            f"could not fetch pretrained weights for timm model {name!r} ({type(e).__name__}: {e}). "
+            f"could not fetch pretrained weights for timm model {name!r} ({type(e).__name__}: {str(e)[:120]}). "
             f"Without a network, download them elsewhere and pass --weights FILE (a .safetensors or .pth checkpoint)."
         ) from e
     size = img_size or model.patch_embed.img_size[0]

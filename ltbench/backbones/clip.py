@@ -300,6 +300,10 @@ def create_clip_backbone(spec: str, img_size: int | None = None, weights: str | 
     source = weights or (tag if pretrained and tag else None)
     if weights and not Path(weights).is_file():
         raise BackboneError(f"--weights {weights}: no such file")
+    if source and not weights:
+        from .base import go_offline_if_hub_unreachable
+
+        go_offline_if_hub_unreachable()
     try:
         model = open_clip.create_model(model_name, pretrained=source, **kwargs)
     except Exception as e:  # open_clip raises many kinds when the hub is unreachable

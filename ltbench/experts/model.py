@@ -13,8 +13,12 @@ loading it on a machine whose backbone differs is an error, not silently wrong p
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -52,8 +56,12 @@ class Spec:
         """How to rebuild a registered expert: its config and meta are the whole recipe."""
         from ..registry import Registry
 
-        registry = registry or Registry()
+        registry = registry or Registry.existing()
         ex = registry.get(name)
+        changed = ex.recipe_changed()
+        if changed:
+            raise ExpertError(f"expert {name!r}: {changed}; it would be rebuilt from another recipe than it was"
+                              " trained with — restore it or retrain")
         config, meta = ex.config, ex.meta
         spec = cls(name, config, list(meta.get("classnames") or []), meta.get("class_counts"), ex.delta())
         if spec.fused:
@@ -78,17 +86,36 @@ class Spec:
         header["members"] = members
         return header, tensors
 
-    def save(self, path: str | Path) -> Path:
-        """One safetensors file: every tensor, and the spec tree as JSON in its metadata."""
+    def save(self, path: str | Path, force: bool = False, protected: Path | None = None) -> Path:
+        """One safetensors file: every tensor, and the spec tree as JSON in its metadata.
+
+        Written to a fresh temporary beside `path`, then moved there: an existing `path` is refused
+        unless `force` (and then only a regular file is replaced), anything under `protected` (the
+        registry home) always; on any failure nothing is left behind."""
         from safetensors.torch import save_file
 
-        header, tensors = self._flatten()
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
-                  metadata={"format": EXPORT_FORMAT, "spec": json.dumps(header, default=str)})
-        tmp.replace(path)
+        _check_target(path, force, protected)
+        header, tensors = self._flatten()
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".tmp", dir=path.parent)
+        except OSError as e:
+            raise ExpertError(f"cannot write {path}: {e.strerror}") from None
+        os.close(fd)
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
+                      metadata={"format": EXPORT_FORMAT, "spec": json.dumps(header, default=str)})
+            if force:
+                os.replace(tmp, path)
+            else:
+                os.link(tmp, path)  # fails with EEXIST, replacing nothing, if `path` appeared meanwhile
+        except OSError as e:
+            if e.errno == errno.EEXIST:
+                raise ExpertError(f"{path} exists; pass --force to replace it") from None
+            raise ExpertError(f"cannot write {path}: {e.strerror}; nothing was written") from None
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
         return path
 
     @classmethod
@@ -255,11 +282,39 @@ def load_expert(expert: str | Path, registry=None, device: str | torch.device = 
     return ExpertModel(spec, weights, check_fingerprint=from_file).to(device)
 
 
-def export_expert(name: str, file: str | Path, registry=None) -> Path:
+def _check_target(path: Path, force: bool, protected: Path | None) -> None:
+    """Refuse, before any work, an export target that is not a new (or, with `force`, an existing
+    regular) file in an existing folder outside the registry home."""
+    if protected is not None:
+        home = protected.resolve()
+        target = path.parent.resolve() / path.name
+        if target == home or home in target.parents:
+            raise ExpertError(f"{path} is inside the registry home {protected}; export to a file outside it")
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise ExpertError(f"cannot write {path}: {e.strerror}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise ExpertError(f"{path} exists and is not a regular file; give a file path")
+    if st is not None and not force:
+        raise ExpertError(f"{path} exists; pass --force to replace it")
+    if not path.parent.is_dir():
+        raise ExpertError(f"cannot write {path}: its folder {path.parent} does not exist")
+
+
+def export_expert(name: str, file: str | Path, registry=None, force: bool = False) -> Path:
     """Write one safetensors file holding everything `load_expert(FILE)` needs besides the backbone."""
+    from ..registry import Registry
+
+    registry = registry or Registry.existing()
+    _check_target(Path(file), force, registry.home)  # before the model is built
+    if registry.sqlite and Path(file).resolve() == Path(registry.index).resolve():
+        raise ExpertError(f"{file} is the registry index; export to another file")
     spec = Spec.from_registry(name, registry)
     _fill_fingerprints(spec, ExpertModel(spec))
-    return spec.save(file)
+    return spec.save(file, force=force, protected=registry.home)
 
 
 def _fill_fingerprints(spec: Spec, model: ExpertModel) -> None:

@@ -39,9 +39,9 @@ def image_files(inputs: Sequence[str | Path]) -> list[Path]:
             raise DataError(f"{item}: no such file or folder")
     for f in files:
         try:
-            with Image.open(f):  # reads the header only
+            with Image.open(f):  # reads the header only (PIL refuses a decompression bomb here)
                 pass
-        except (UnidentifiedImageError, OSError) as e:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
             raise DataError(f"{f}: not an image PIL can read ({e})") from None
     return files
 
@@ -52,6 +52,7 @@ def predict(expert: str | Path, inputs: Sequence[str | Path], top: int = 5, batc
     import torch
     from PIL import Image
 
+    from ..data.base import load_image
     from .model import load_expert
 
     if top < 1:
@@ -67,13 +68,14 @@ def predict(expert: str | Path, inputs: Sequence[str | Path], top: int = 5, batc
         images = []
         for f in chunk:
             try:
-                with Image.open(f) as im:
-                    images.append(im.convert("RGB"))
-            except OSError as e:
+                images.append(load_image(f))  # exactly as training reads an image (16-bit greys scaled)
+            except (OSError, Image.DecompressionBombError) as e:
                 raise DataError(f"{f}: unreadable image ({e})") from None
         x = model.prepare(images)
         x = x.to(model.device) if isinstance(x, torch.Tensor) else tuple(t.to(model.device) for t in x)
         probs = torch.softmax(model(x).float().cpu(), dim=1)
+        if not torch.isfinite(probs).all():
+            raise ExpertError(f"expert {model.name!r} gives non-finite outputs (a damaged delta?); run `ltbench doctor`")
         p, idx = probs.topk(k, dim=1)
         for f, ps, ix in zip(chunk, p.tolist(), idx.tolist()):
             rows.append({"file": str(f), "predictions": [

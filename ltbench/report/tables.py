@@ -50,6 +50,9 @@ class ReportError(RegistryError):
 
 def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]:
     ex = registry.get(r["name"])
+    stale = ex.stale_metrics()  # metrics computed from other logits than those cached now
+    if stale:
+        raise RegistryError(f"stale metrics: {stale}")
     config, metrics, meta = ex.config, ex.metrics, ex.meta
     test = metrics.get("test", {})
     row: dict[str, Any] = {"expert": r["name"], "method": r["method"], "backbone": r["backbone"],
@@ -176,6 +179,15 @@ def _columns(df: pd.DataFrame) -> list[str]:
     return cols
 
 
+def _skip(name: str, e: Exception) -> None:
+    import warnings
+
+    from ..errors import BrokenExpertWarning
+
+    text = (str(e).strip().splitlines() or [""])[0]
+    warnings.warn(f"skipping expert {name!r}: {text}; `ltbench doctor` for details", BrokenExpertWarning, stacklevel=3)
+
+
 def collect(registry: Registry, dataset: str | None = None, method: str | None = None,
             experts: Iterable[str] | None = None, *, ci: bool = True, group_seeds: bool = True,
             n_resamples: int = 1000, confidence: float = 0.95, bootstrap_seed: int = 0,
@@ -196,7 +208,12 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
         rows = [r for r in rows if r["name"] in keep]
     rows = [r for r in rows if not (dataset and r["dataset"] != dataset) and not (method and r["method"] != method)]
     lookup = _config_lookup(registry)
-    singles = [_expert_row(registry, r, lookup) for r in rows]
+    singles = []
+    for r in rows:  # an expert that breaks while read (removed meanwhile, damaged) is skipped and named
+        try:
+            singles.append(_expert_row(registry, r, lookup))
+        except (RegistryError, OSError) as e:
+            _skip(r["name"], e)
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for row in singles:
         by_key[row["_key"]].append(row)
@@ -208,10 +225,25 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     if ci:  # single runs only: a seed group's members are judged on a Wilson interval (see report/status.py)
         lone = [m for members in by_key.values() if not grouped(members) for m in members
                 if m.get("overall") is not None]
-        ivals = _logits.parallel_map(
-            lambda r: _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine), lone)
-        for r, (lo, hi) in zip(lone, ivals):
-            r["overall_lo"], r["overall_hi"] = lo, hi
+
+        def interval(r):
+            try:
+                return _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine)
+            except (RegistryError, OSError, ValueError) as e:  # its test logits are gone or damaged
+                return e
+
+        broken = []
+        for r, iv in zip(lone, _logits.parallel_map(interval, lone)):
+            if isinstance(iv, Exception):
+                _skip(r["expert"], iv)
+                broken.append(r)
+            else:
+                r["overall_lo"], r["overall_hi"] = iv
+        for r in broken:
+            singles.remove(r)
+            by_key[r["_key"]].remove(r)
+            if not by_key[r["_key"]]:
+                del by_key[r["_key"]]
     for r in singles:
         r["status"], r["status_why"] = _status.row_status(r, r.pop("_history"), r["_classes"], r["_n"])
 
