@@ -41,6 +41,22 @@ def test_the_mode_gives_the_same_bits_under_two_cpu_capabilities(tmp_path, capsy
     assert recorded["threads"] == 1
     free = [_train(tmp_path, cap, False) for cap in (wide, "default")]
     assert free[0][1]["env"]["reproducible"] is None
+    # the report marks which rows were trained in the mode: a column where rows differ, the caption where not
+    from ltbench.registry import Registry
+    from ltbench.report.tables import _display_columns, collect, rich_table
+
+    frames = []
+    for home, marks in ((f"{wide}-1", {True}), (f"{wide}-0", {False})):
+        df = collect(Registry(tmp_path / home), ci=False)
+        frames.append(df)
+        assert set(df["reproducible"]) == marks
+        caption = str(rich_table(df).caption)
+        assert ("without reproducible mode" in caption) == (marks == {False})
+        assert "reproducible" not in _display_columns(df)
+    import pandas as pd
+
+    both = pd.concat(frames, ignore_index=True)
+    assert "reproducible" in _display_columns(both) and "reproducible mode" in str(rich_table(both).caption)
     with capsys.disabled():  # what the bits do without the mode on this CPU
         print(f"\nwithout the mode, {wide} vs default: {'different' if free[0][0] != free[1][0] else 'the same'} bits")
 

@@ -70,6 +70,8 @@ def _expert_row(registry: Registry, r: dict[str, Any], lookup) -> dict[str, Any]
     row["device_seconds"] = spent.get("seconds")
     row["budget"] = meta.get("budget")
     row["groups"] = group_protocol(config)
+    # trained in reproducible mode (the same bits on any x86-64 CPU), or with the kernels this CPU chose
+    row["reproducible"] = bool((meta.get("env") or {}).get("reproducible"))
     tuning = meta.get("tuning")  # the study that chose its values: its trial count and compute
     row["tuned"] = len(tuning.get("trials") or []) if tuning else None
     row["tune_flops"] = (tuning.get("compute") or {}).get("flops") if tuning else None
@@ -157,6 +159,7 @@ def _group_row(members: list[dict[str, Any]]) -> dict[str, Any]:
     row["status"], row["status_why"] = _status.group_status(members)
     same = {m.get("same_as") for m in members}
     row["same_as"] = same.pop() if len(same) == 1 else None
+    row["reproducible"] = all(m.get("reproducible") for m in members)
     return row
 
 
@@ -175,7 +178,8 @@ def _columns(df: pd.DataFrame) -> list[str]:
             "overall", "overall_lo", "overall_hi", "overall_std", "many", "many_std", "medium", "medium_std",
             "few", "few_std", *ood, *[_std_name(c) for c in ood], "ece", "ece_std",
             "trainable_params", "total_params", "trainable_pct", "flops", "device_seconds",
-            "tuned", "tune_flops", "tune_seconds", "budget", "status", "status_why", "same_as", "groups"]
+            "tuned", "tune_flops", "tune_seconds", "budget", "status", "status_why", "same_as", "groups",
+            "reproducible"]
     return cols
 
 
@@ -265,7 +269,7 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
         df = df.sort_values(SORT, kind="stable").reset_index(drop=True)
     for c in cols:
         if c not in ("expert", "method", "backbone", "dataset", "members", "budget", "seed", "status", "status_why",
-                     "same_as", "groups"):
+                     "same_as", "groups", "reproducible"):
             df[c] = pd.to_numeric(df[c], errors="coerce")
     for c in ("seed", "seeds", "trainable_params", "total_params", "tuned"):
         df[c] = df[c].astype("Int64")
@@ -333,6 +337,8 @@ def _cell(col: str, row: pd.Series) -> str:
     v = row.get(col)
     if _missing(v):
         return "—"
+    if col == "reproducible":
+        return "yes" if v else "no"
     grouped = not _missing(row.get("seeds")) and row.get("seeds", 1) > 1
     if col in ACC_COLUMNS or col.startswith("ood:"):
         text = _pct(v)
@@ -387,6 +393,8 @@ def _display_columns(df: pd.DataFrame) -> list[str]:
     budget = ["budget"] if "_at_budget" in df and df["_at_budget"].nunique() > 1 else []
     if "groups" in df and df["groups"].nunique() > 1:  # rows of different shot-group protocols: say so per row
         lead.append("groups")
+    if "reproducible" in df and df["reproducible"].nunique() > 1:  # some rows pinned, some not: mark each
+        lead.append("reproducible")
     return [*lead, *budget, "seeds", *ACC_COLUMNS, *status, *ood, *deltas, "ece", "trainable_params", "flops",
             "device_seconds", *tuned]
 
@@ -402,9 +410,15 @@ CAPTION = "single runs: [95% bootstrap interval over test samples]; seed groups:
 def _caption(df: pd.DataFrame) -> str:
     """CAPTION plus the rows' shot-group protocol (or "mixed": then each row shows its own)."""
     protocols = set(df["groups"].dropna()) if "groups" in df else set()
-    if not protocols:
-        return CAPTION
-    return f"{CAPTION}; shot groups: {protocols.pop() if len(protocols) == 1 else 'mixed (see groups column)'}"
+    text = CAPTION
+    if protocols:
+        text += f"; shot groups: {protocols.pop() if len(protocols) == 1 else 'mixed (see groups column)'}"
+    modes = set(df["reproducible"].dropna()) if "reproducible" in df else set()
+    if modes == {False}:
+        text += "; trained without reproducible mode (another CPU may change the last digits)"
+    elif len(modes) > 1:
+        text += "; reproducible: trained in reproducible mode (the same bits on any x86-64 CPU)"
+    return text
 
 
 def rich_table(df: pd.DataFrame, title: str = TITLE) -> Table:
