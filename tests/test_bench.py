@@ -152,7 +152,7 @@ def test_suite_runs_then_resumes_without_retraining(tmp_path, home, monkeypatch)
     assert (home / "reports" / "tiny" / "report.json").is_file()
 
     # a constituent removed (to be retrained) makes its registered fusion stale: an error, not a stale row
-    Registry(home).remove("tiny-vpt-deep-s0")
+    Registry(home).remove("tiny-vpt-deep-s0", force=True)
     with pytest.raises(SuiteError, match=r"'tiny-mean-s0'.*constituent tiny-vpt-deep-s0 is not registered"):
         run_suite(load_suite(path), Registry(home), quiet=True)
 
