@@ -192,6 +192,26 @@ def _skip(name: str, e: Exception) -> None:
     warnings.warn(f"skipping expert {name!r}: {text}; `ltbench doctor` for details", BrokenExpertWarning, stacklevel=3)
 
 
+def _with_intervals(rows: list[dict], n_resamples: int, confidence: float, seed: int, engine) -> list[dict]:
+    """Set each row's bootstrap interval of its overall accuracy; return the rows whose test logits are
+    gone or damaged (each skipped with a warning naming it)."""
+
+    def interval(r):
+        try:
+            return _logits.interval(r["_path"], n_resamples, confidence, seed, engine)
+        except (RegistryError, OSError, ValueError) as e:
+            return e
+
+    broken = []
+    for r, iv in zip(rows, _logits.parallel_map(interval, rows)):
+        if isinstance(iv, Exception):
+            _skip(r["expert"], iv)
+            broken.append(r)
+        else:
+            r["overall_lo"], r["overall_hi"] = iv
+    return broken
+
+
 def collect(registry: Registry, dataset: str | None = None, method: str | None = None,
             experts: Iterable[str] | None = None, *, ci: bool = True, group_seeds: bool = True,
             n_resamples: int = 1000, confidence: float = 0.95, bootstrap_seed: int = 0,
@@ -229,21 +249,7 @@ def collect(registry: Registry, dataset: str | None = None, method: str | None =
     if ci:  # single runs only: a seed group's members are judged on a Wilson interval (see report/status.py)
         lone = [m for members in by_key.values() if not grouped(members) for m in members
                 if m.get("overall") is not None]
-
-        def interval(r):
-            try:
-                return _logits.interval(r["_path"], n_resamples, confidence, bootstrap_seed, engine)
-            except (RegistryError, OSError, ValueError) as e:  # its test logits are gone or damaged
-                return e
-
-        broken = []
-        for r, iv in zip(lone, _logits.parallel_map(interval, lone)):
-            if isinstance(iv, Exception):
-                _skip(r["expert"], iv)
-                broken.append(r)
-            else:
-                r["overall_lo"], r["overall_hi"] = iv
-        for r in broken:
+        for r in _with_intervals(lone, n_resamples, confidence, bootstrap_seed, engine):  # the broken ones
             singles.remove(r)
             by_key[r["_key"]].remove(r)
             if not by_key[r["_key"]]:
