@@ -79,12 +79,13 @@ def resolve_workers(value: int | str, cuda: bool) -> int:
     return (min(8, os.cpu_count() or 1) if cuda else 0) if value == "auto" else int(value)
 
 
-def lr_factor(progress: float, warmup: float) -> float:
-    """Linear warm-up over the first `warmup` share, then cosine to zero."""
+def lr_factor(progress: float, warmup: float, floor: float = 0.0, start: float | None = None) -> float:
+    """Linear warm-up over the first `warmup` share (from `start`, or from 1e-3 of the way), then
+    cosine down to `floor` (LT-Soups' code: from 1e-6 and down to 0.1)."""
     if warmup > 0 and progress < warmup:
-        return (progress + 1e-3) / warmup
+        return (progress + 1e-3) / warmup if start is None else start + (1 - start) * progress / warmup
     rest = (progress - warmup) / max(1e-8, 1 - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, rest)))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, rest)))
 
 
 def make_optimizer(phase: Phase, cfg) -> torch.optim.Optimizer:
@@ -286,6 +287,13 @@ class _PhaseRun:
     losses: list[float] = field(default_factory=list)
     part_weights: list[list[float]] = field(default_factory=list)  # per epoch of this run (a resumed run logs from where it resumed)
     val_cache: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def warmup_share(self, share: float, steps: int) -> float:
+        """The warm-up's share of the schedule: `share`, or `steps` optimiser steps where that is more
+        (and the phase's step count is known: under a steps or epochs budget); at most half of it."""
+        unit, amount = self.meter.budget.unit, self.meter.budget.amount - self.schedule_base
+        total = {"steps": amount, "epochs": amount * len(self.loader)}.get(unit)
+        return min(0.5, max(share, steps / total)) if steps and total else share
 
     def schedule_progress(self) -> float:
         """The share of the schedule done: of the budget left after `schedule_base`."""
@@ -522,8 +530,10 @@ class Trainer:
                     weights: list[float]) -> tuple[torch.Tensor, float]:
         """One optimizer step at the schedule's lr (the first one FLOP-counted); (loss, local seconds)."""
         cfg, device, optimizer, phase = self.cfg, self.device, run.optimizer, run.phase
+        factor = lr_factor(run.schedule_progress(), run.warmup_share(cfg.warmup, cfg.warmup_steps), cfg.lr_floor,
+                           cfg.warmup_start)
         for g in optimizer.param_groups:
-            g["lr"] = cfg.effective_lr * g["lr_scale"] * lr_factor(run.schedule_progress(), cfg.warmup)
+            g["lr"] = cfg.effective_lr * g["lr_scale"] * factor
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)

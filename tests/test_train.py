@@ -77,6 +77,26 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(0.5, 0.1) < 1.0 and lr_factor(1.0, 0.1) == pytest.approx(0.0)
 
 
+def test_a_floor_a_start_and_a_least_number_of_warm_up_steps(tmp_path):
+    """LT-Soups' code: the warm-up lasts max(20 steps, 1 %) and starts at 1e-6 × lr; the cosine ends at
+    0.1 × lr. The oracle: lr_t = lr·(s + (1 − s)·t/W) for t < W, then lr·(f + (1 − f)·(1 + cos(π·(t − W)/(T − W)))/2)."""
+    import csv
+    import math
+
+    lr, T, W, s, f = 0.01, 20, 5, 1e-6, 0.1
+    run = tiny_run("vpt-deep", f"{T}steps", optimizer="adamw", lr=lr, warmup=0.01, warmup_steps=W,
+                   warmup_start=s, lr_floor=f)
+    ex = train_expert(run, registry=Registry(tmp_path), quiet=True)
+    seen = [float(r["lr"]) for r in csv.DictReader(open(ex.path / "history.csv")) if r["lr"]]
+    want = [lr * (s + (1 - s) * t / W) if t < W else
+            lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * (t - W) / (T - W)))) for t in range(T)]
+    assert seen == pytest.approx(want, rel=1e-6, abs=1e-12)
+    assert lr_factor(1.0, 0.1) == 0.0 and lr_factor(0.0, 0.1) == pytest.approx(0.01)  # the defaults: as before
+    ref = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "100steps"},
+                         {**TINY_DATA, "preset": "reference"})["method_config"]
+    assert (ref["warmup"], ref["warmup_steps"], ref["warmup_start"], ref["lr_floor"]) == (0.01, 20, 1e-6, 0.1)
+
+
 def test_checkpoint_written_at_each_epoch_end(tmp_path):
     reg = Registry(tmp_path)
     run = {**tiny_run("full-ft", "2epochs"), "name": "resumed"}

@@ -336,7 +336,7 @@ def test_a_trial_runs_its_own_whole_schedule(tmp_path, monkeypatch):
     trial warms up for its first 10 % of steps and decays to its own end."""
     seen = []
     real = ltbench.train.lr_factor
-    monkeypatch.setattr(ltbench.train, "lr_factor", lambda p, w: seen.append((p, w)) or real(p, w))
+    monkeypatch.setattr(ltbench.train, "lr_factor", lambda p, w, *a: seen.append((p, w)) or real(p, w, *a))
     monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("choice", [GOOD])})
     tune(sgd_probe(budget="80steps", warmup=0.1), TuneSpec(trials=1, share=0.25), Registry(tmp_path))
     progress = [p for p, _ in seen]

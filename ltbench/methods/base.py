@@ -67,6 +67,9 @@ class MethodConfig:
     weight_decay: Annotated[float, Float(lo=0, hi=10)] = 1e-4
     momentum: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.9
     warmup: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.1  # share of each phase's budget spent warming up the lr linearly
+    warmup_steps: Annotated[int, Int(lo=0, hi=2**31)] = 0  # ...or at least this many steps (steps / epochs budgets)
+    warmup_start: Annotated[float | None, Opt(Float(lo=0, hi=1))] = None  # the warm-up's first lr factor (None: ~0)
+    lr_floor: Annotated[float, Float(lo=0, hi=1, hi_open=True)] = 0.0  # the cosine ends at lr × this
     batch_size: Annotated[int, Int(lo=1, hi=2**20)] = 32
     classifier: Annotated[str, Choice(("linear", "cosine"))] = "linear"
     cosine_scale: Annotated[float, Float(lo=0, hi=1e4, lo_open=True)] = 20.0

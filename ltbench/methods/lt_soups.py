@@ -59,6 +59,8 @@ class LTSoupsConfig(MethodConfig):
         # trainer.py:954-957 / 277-280: max((n // 128 + 1) · epochs, 100) steps a branch and for stage 2;
         # stage 2 (main.py, head_tuning) trains on augmented images (trainer.py:126-132, 181)
         "steps_rule": "official", "stage2_augment": True,
+        # trainer.py:351-360: warm-up over max(20, 1 %) steps from 1e-6 × lr, then cosine down to 0.1 × lr
+        "warmup_steps": 20, "warmup_start": 1e-6, "lr_floor": 0.1,
     }
 
     # lr: the default 1e-3 and the official 3e-5 inside
