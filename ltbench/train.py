@@ -333,7 +333,7 @@ class Trainer:
         #: by raising
         self.report_at, self.on_report = sorted(report_at), on_report
         self._reported = 0
-        self._budget: Budget | None = None
+        self._budget: Budget | None = None  # the whole run's (a phase's share may be under one step; this may not)
         self.cfg = method.cfg
         self.dist = dist or Dist()
         self.console = console or Console(stderr=True)
@@ -387,7 +387,6 @@ class Trainer:
             return p.epoch_share if by_epochs and p.epoch_share is not None else p.share
 
         total_share = sum(share(p) for p in phases)
-        self._whole_budget = budget  # a phase's share may be under one step; the whole budget may not
         result = self._result = TrainResult()
         state = self._load_checkpoint() if resume else None
         if state is not None:
@@ -492,7 +491,7 @@ class Trainer:
         with progress:
             task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
             meter = run.meter
-            if meter.budget == getattr(self, "_whole_budget", None) and not meter.spent.steps:
+            if meter.budget == self._budget and not meter.spent.steps:
                 if meter.budget.unit == "epochs":
                     _check_one_step(meter.budget, 1 / len(run.loader))
                 if meter.exhausted:
@@ -517,7 +516,7 @@ class Trainer:
             if meter.spent.steps and meter.spent.get(meter.budget.unit) + cost + run.checks.reserve() \
                     > meter.budget.amount * (1 + 1e-9):
                 return True  # the next step would overrun the budget: stop before it
-            whole = meter.budget == getattr(self, "_whole_budget", None)
+            whole = meter.budget == self._budget
             loss, elapsed = self._train_step(run, x, y, weights)
             self._account_step(run, loss, elapsed, n_global, steps_per_epoch, bar)
             if whole and meter.spent.steps == 1 and meter.budget.unit == "flops":
