@@ -54,7 +54,7 @@ def main() -> None:
     from rich.console import Console
 
     from ltbench.bench import builtin_suite, load_suite, parse_suite, report_suite, run_suite
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
 
     t_import = time.perf_counter() - t0
     console = Console(stderr=True)

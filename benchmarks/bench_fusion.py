@@ -47,7 +47,7 @@ def main() -> None:
     from ltbench.data.base import shot_groups
     from ltbench.fusion import fuse_experts
     from ltbench.fusion.synthetic import balanced_labels, expert_logits, lt_counts
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
 
     C = args.classes
     counts = lt_counts(C, head=4980, imbalance=4980 / 5)  # Places-LT: 4,980 … 5 images per class

@@ -39,7 +39,7 @@ def places_counts() -> list[int]:
 
 def build(home: Path, n: int) -> None:
     from ltbench.metrics import shot_groups
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
 
     reg = Registry(home)
     counts = places_counts()
@@ -93,7 +93,7 @@ def main() -> None:
             build(home, args.experts)
             print(f"built {args.experts} experts in {time.perf_counter() - t:.1f} s ({home})")
 
-        from ltbench.registry import Registry
+        from ltbench.store.index import Registry
         from ltbench.report import collect, render
 
         reg = Registry(home)

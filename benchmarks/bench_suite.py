@@ -82,7 +82,7 @@ def _share(steps: int, part: int, parts: int, home: str, barrier, results) -> No
     import torch
 
     from ltbench.bench import parse_suite, run_suite
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
 
     torch.set_num_threads(1)
     data = suite(steps)
@@ -116,7 +116,7 @@ def time_executors(steps: int, cold: bool = False) -> dict:
 
     from ltbench.bench import parse_suite
     from ltbench.executors import run_suite_ray, warm_workers
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
 
     torch.set_num_threads(1)
     out, seen = {}, {}
@@ -146,7 +146,7 @@ def _writer(home: str, url: str, first: int, count: int, barrier) -> None:
     import numpy as np
     import torch
 
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
 
     reg = Registry(home, url=url)
     barrier.wait()
@@ -157,7 +157,7 @@ def _writer(home: str, url: str, first: int, count: int, barrier) -> None:
 
 
 def time_registry(url: str | None, home: Path, total: int, writers: int) -> dict:
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
 
     url = url or str(home / "registry.sqlite")
     Registry(home, url=url)  # create the table first: the writers time registrations only

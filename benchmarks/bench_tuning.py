@@ -102,7 +102,7 @@ def main() -> None:
 
     import ltbench
     from ltbench.bench import parse_suite, run_suite
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
 
     demo = QUICK if args.quick else yaml.safe_load((Path(ltbench.__file__).parent / "suites" / "demo.yaml").read_text())
     registry = Registry(args.home)

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from . import catalog
 from .errors import USER_ERRORS, ConfigError  # noqa: F401  (the CLI catches these)
-from .registry import Registry
+from .store.index import Registry
 
 # Heavy imports (torch models, timm, open_clip, optuna) happen inside the functions that need
 # them, so `--help`, `ls`, `show` and the listings start without torch (tests/test_cli.py checks).
@@ -28,7 +28,7 @@ def use_home(home: str | Path | None, registry: str | None = None) -> None:
 def version() -> str:
     """`ltbench 0.1.0 (git 1a2b3c…)`: the package version and the checkout's commit."""
     from . import __version__
-    from .provenance import git_hash
+    from .store.provenance import git_hash
 
     return f"ltbench {__version__} (git {git_hash() or 'unknown'})"
 
@@ -199,7 +199,7 @@ def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry
     `--repair` on a home whose index was moved aside (damaged) builds a new one from the folders.
     """
     if registry is None:
-        from .registry import default_home
+        from .store.database import default_home
 
         home = default_home()
         registry = Registry(home) if repair and (home / "experts").is_dir() else Registry.existing(home, not repair)

@@ -73,8 +73,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ._registry import UnknownNameError, suggest
 from .config import RUN_DEFAULTS, ConfigError, load_yaml, resolve_config
 from .methods import METHODS
-from .registry import Registry
-from .records import OPERATIONAL
+from .store.index import Registry
+from .store.provenance import OPERATIONAL
 
 if TYPE_CHECKING:
     from .tune import TuneSpec

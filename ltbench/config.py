@@ -205,7 +205,7 @@ def check_device(name: str) -> None:
 
 def _check_run(run: dict[str, Any]) -> None:
     """Checks across run keys and the ones a Check cannot express (names, devices, budgets)."""
-    from .registry import check_name
+    from .store.expert import check_name
 
     for key, spec in RUN_KEYS.items():
         run[key] = check_key(key, run[key], spec.check)

@@ -42,7 +42,7 @@ from .errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
     from .bench import Job, Suite
-    from .registry import Registry
+    from .store.index import Registry
 
 EXECUTORS = ("local", "ray")
 
@@ -98,7 +98,7 @@ def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, key: str
     """The body of one Ray task (attempt 1, 2 …): train a run or fit a fusion, registering it."""
     import torch
 
-    from .registry import Registry
+    from .store.index import Registry
 
     name, cpus = job["name"], job["resources"].get("cpus", 1)
     torch.set_num_threads(max(1, int(cpus)))

@@ -33,9 +33,10 @@ from .losses import build_loss
 from .methods import create_method
 from .methods.base import Method, PartSpec, Phase
 from .metrics import class_averaged_accuracy, evaluate_logits, thresholds
-from .provenance import config_hash
-from .records import expert_record
-from .registry import Registry, check_name
+from .store.provenance import config_hash
+from .store.records import expert_record
+from .store.index import Registry
+from .store.expert import check_name
 from .tracking import Tracker
 
 

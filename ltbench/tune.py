@@ -33,7 +33,7 @@ import torch
 
 from . import _registry
 from .errors import ConfigError, TrainingError
-from .registry import Registry
+from .store.index import Registry
 
 SPACE_KINDS = ("log", "float", "int", "choice", "by")
 PRUNERS = ("median", "none")
@@ -218,8 +218,8 @@ def config_values(params: dict[str, Any]) -> dict[str, Any]:
 
 def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> str:
     """A name that changes with anything that changes results, so a study only resumes its own trials."""
-    from .provenance import _hash
-    from .records import result_keys
+    from .store.provenance import _hash
+    from .store.provenance import result_keys
 
     # operational keys (device, workers, logging, …: records.OPERATIONAL) leave the study as it is,
     # as they leave config_hash: a study resumed on another device keeps its trials
@@ -566,7 +566,7 @@ def tune_and_train(run: dict[str, Any], spec: TuneSpec, registry: Registry | Non
     registry = registry or Registry()
     run = {**run, "name": run["name"] or default_name(run)}
     if run["name"] in registry:
-        from .registry import RegistryError
+        from .errors import RegistryError
 
         raise RegistryError(f"expert {run['name']!r} is already registered in {registry.home};"
                             f" pick --name or `ltbench rm {run['name']}`")

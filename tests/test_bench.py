@@ -10,7 +10,7 @@ import ltbench.train
 from conftest import TINY_DATA
 from ltbench.bench import SuiteError, builtin_suite, load_suite, run_suite
 from ltbench.cli import app
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 
 runner = CliRunner()
 

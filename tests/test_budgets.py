@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import ltbench.train
 from ltbench.bench import SuiteError, load_suite, parse_budgets
 from ltbench.cli import app
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.report import collect, render
 from ltbench.report import budgets as bb
 from test_bench import TINY_SUITE, write

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import ltbench
 from conftest import TINY_SETS
 from ltbench.cli import app
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 
 runner = CliRunner()
 TINY = ["--backbone", "vit-tiny-test", "--budget", "2epochs", "--quiet"] + [a for s in TINY_SETS for a in ("--set", s)]
@@ -160,7 +160,7 @@ def test_light_commands_do_not_import_torch(trained, tmp_path):
 
 
 def test_version_short_help_completion_and_home_help():
-    from ltbench.provenance import git_hash
+    from ltbench.store.provenance import git_hash
 
     r = invoke("--version")
     assert r.exit_code == 0

@@ -12,7 +12,7 @@ from ltbench.config import resolve_config
 from ltbench.backbones.base import BackboneError, create_backbone
 from ltbench.methods import create_method
 from ltbench.methods.adapters import add_adapters, add_lora
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.train import build_all, train_expert
 
 NAMES = ["cat", "dog", "car", "tree", "ship"]

@@ -16,7 +16,7 @@ from conftest import TINY_DATA
 from ltbench.bench import SuiteError, load_suite, parse_suite, run_suite
 from ltbench.errors import ConfigError, TrainingError
 from ltbench.executors import check_executor, run_suite_ray, torchrun_command
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 
 FOUR = {
     "name": "four",
@@ -297,7 +297,8 @@ def test_fuse_workers_need_a_shared_storage(tmp_path):
 WRITER = """
 import json, sys
 import numpy as np, torch
-from ltbench.registry import Registry, RegistryError
+from ltbench.store.index import Registry
+from ltbench.errors import RegistryError
 first, last = int(sys.argv[1]), int(sys.argv[2])
 reg = Registry()  # LTBENCH_HOME (the shared folder) and LTBENCH_REGISTRY (the database) from the environment
 out = {}

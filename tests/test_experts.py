@@ -17,7 +17,7 @@ from ltbench.cli import app
 from ltbench.config import resolve_config
 from ltbench.errors import ExpertError
 from ltbench.fusion import fuse_experts
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.train import build_all, train_expert
 
 runner = CliRunner()

@@ -11,7 +11,8 @@ from ltbench.data.base import shot_groups
 from ltbench.fusion import FusionError, FusionModel, apply_fused, fuse_experts
 from ltbench.fusion import fuse as fuse_mod
 from ltbench.fusion.synthetic import balanced_labels, expert_logits, lt_counts
-from ltbench.registry import Expert, Registry
+from ltbench.store.expert import Expert
+from ltbench.store.index import Registry
 
 C = 30
 COUNTS = lt_counts(C, head=500, imbalance=100)  # 11 many / 10 medium / 9 few

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_SETS
 from ltbench.cli import app
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 
 TINY = ["--backbone", "vit-tiny-test", "--quiet", "--method", "linear-probe", "--budget", "1steps"] + \
     [a for s in TINY_SETS for a in ("--set", s)]
@@ -408,11 +408,11 @@ def test_a_stalled_writer_blocks_no_reader_and_writers_name_its_pid(home, monkey
     import subprocess
     import sys
 
-    from ltbench import registry as registry_module
+    from ltbench.store import database
 
     Registry(home).register("kept", {"method": "linear-probe", "backbone": "b", "dataset": "d", "seed": 0},
                             {"w": torch.ones(2)}, {"val": (torch.zeros(2, 2), np.array([0, 1]))}, {}, {})
-    monkeypatch.setattr(registry_module, "LOCK_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(database, "LOCK_TIMEOUT_S", 1.0)
     index = home / "registry.sqlite"
     script = ("import os, sqlite3, sys, time\n"  # a writer stopped between its BEGIN and its commit
               "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
@@ -589,12 +589,12 @@ def test_a_full_disk_while_checkpointing_leaves_the_last_checkpoint_and_no_tempo
 
 
 def test_a_full_disk_while_registering_leaves_the_index_and_no_temporary(home, monkeypatch):
-    from ltbench import registry as registry_module
     from ltbench.errors import RegistryError
+    from ltbench.store import index
 
     reg = Registry(home)
     reg.register("kept", {"method": "linear-probe", "backbone": "b", "dataset": "d"}, {"w": torch.ones(1)}, {}, {}, {})
-    monkeypatch.setattr(registry_module, "_write_history", lambda path, rows: _disk_full(path))
+    monkeypatch.setattr(index, "write_history", lambda path, rows: _disk_full(path))
     with pytest.raises(RegistryError, match=r"cannot register 'new': writing .*experts failed \(No space left on device\);"
                                             r" nothing was registered — free at least"):
         reg.register("new", {"method": "linear-probe", "backbone": "b", "dataset": "d"}, {"w": torch.ones(1)}, {}, {},

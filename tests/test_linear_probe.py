@@ -12,7 +12,7 @@ from scipy.optimize import minimize
 from conftest import TINY_DATA
 from ltbench.config import ConfigError, resolve_config
 from ltbench.methods.linear_probe import fit_logistic_regression
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.train import Trainer, build_all, train_expert
 
 

@@ -14,7 +14,7 @@ from ltbench.config import resolve_config
 from ltbench.methods import create_method
 from ltbench.methods.adapters import add_lora
 from ltbench.methods.lt_soups import capped_subset
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.train import train_expert
 
 COUNTS = np.array([40, 10, 5])

@@ -11,7 +11,7 @@ from ltbench.cli import app
 from ltbench.config import resolve_config
 from ltbench.backbones.base import create_backbone
 from ltbench.methods import create_method
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.train import train_expert
 
 

@@ -6,9 +6,11 @@ import pytest
 
 from ltbench.bench import Job, _stale
 from ltbench.config import RUN_KEYS, resolve_config
-from ltbench.provenance import config_hash, experiment_key
-from ltbench.records import OPERATIONAL, SCHEMA_VERSION, ExpertRecord, RunConfig
-from ltbench.registry import Registry, RegistryError
+from ltbench.store.provenance import config_hash, experiment_key
+from ltbench.store.provenance import OPERATIONAL
+from ltbench.store.records import SCHEMA_VERSION, ExpertRecord, RunConfig
+from ltbench.store.index import Registry
+from ltbench.errors import RegistryError
 
 OLD_REGISTRY = Path(__file__).parent / "data" / "registry_v1"  # written by ltbench before ExpertRecord (main @ 202a8b2)
 

@@ -5,7 +5,9 @@ import pytest
 import sqlalchemy as sa
 import torch
 
-from ltbench.registry import FORMAT_VERSION, Registry, RegistryError
+from ltbench.store.expert import FORMAT_VERSION
+from ltbench.store.index import Registry
+from ltbench.errors import RegistryError
 
 
 def _register(reg, name="a", **kw):

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from conftest import TINY_SETS, new_database
 from ltbench.cli import app
-from ltbench.registry import Registry, RegistryError
+from ltbench.store.index import Registry
+from ltbench.errors import RegistryError
 
 TINY = ["--backbone", "vit-tiny-test", "--quiet"] + [a for s in TINY_SETS for a in ("--set", s)]
 
@@ -289,7 +290,7 @@ def test_a_check_during_another_writers_commit_says_already_registered(tmp_path,
     told "already registered" (as when it loses by a minute), not "exists but is not indexed"."""
     import threading
 
-    import ltbench.registry as registry
+    import ltbench.store.index as registry
 
     reg = Registry(tmp_path)
     final = reg.experts_dir / "same"
@@ -430,7 +431,7 @@ def test_a_damaged_index_or_a_read_only_home_is_one_line(tmp_path):
     # root ignores permissions: the child imports all it needs, then runs as nobody. Nobody may not
     # read the checkout or the virtualenv (a 0700 folder), so every later import is refused, here too.
     child = ("import os, sys\nimport sqlalchemy.dialects.sqlite.pysqlite, sqlite3, urllib.parse\n"
-             "from ltbench.registry import Registry, RegistryError\n"
+             "from ltbench.errors import RegistryError\nfrom ltbench.store.index import Registry\n"
              "class NoImports:\n"
              "    def find_spec(self, name, path=None, target=None): raise ImportError(f'{name}: not readable')\n"
              "sys.meta_path.insert(0, NoImports())\n"

@@ -42,7 +42,7 @@ def test_the_mode_gives_the_same_bits_under_two_cpu_capabilities(tmp_path, capsy
     free = [_train(tmp_path, cap, False) for cap in (wide, "default")]
     assert free[0][1]["env"]["reproducible"] is None
     # the report marks which rows were trained in the mode: a column where rows differ, the caption where not
-    from ltbench.registry import Registry
+    from ltbench.store.index import Registry
     from ltbench.report.tables import _display_columns, collect, rich_table
 
     frames = []

@@ -9,7 +9,7 @@ import torch
 
 from ltbench.data.base import shot_groups
 from ltbench.metrics import bootstrap_interval, evaluate_logits
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.report import collect, flag_lines, render, write_plots
 from ltbench.report import status as st
 

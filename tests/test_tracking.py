@@ -13,7 +13,7 @@ from ltbench.budget import parse_budget
 from ltbench.cli import app
 from ltbench.config import resolve_config
 from ltbench.errors import ConfigError
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.tracking import HISTORY_COLUMNS
 from ltbench.train import Trainer, build_all, train_expert
 

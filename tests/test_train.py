@@ -5,7 +5,7 @@ import torch
 
 from conftest import TINY_DATA
 from ltbench.config import resolve_config
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.train import Trainer, build_all, lr_factor, train_expert
 
 

@@ -21,7 +21,7 @@ from ltbench.cli import app
 from ltbench.config import ConfigError, resolve_config
 from ltbench.data.base import LTDataset
 from ltbench.methods.linear_probe import LinearProbeConfig
-from ltbench.registry import Registry
+from ltbench.store.index import Registry
 from ltbench.report import collect
 from ltbench.tune import TuneSpec, parse_tune, storage_url, tune, tune_and_train
 
@@ -185,7 +185,7 @@ def test_trials_run_in_parallel_processes_sharing_the_study(tmp_path, lr_space):
 
 def test_the_study_name_ignores_exactly_the_operational_keys():
     """Moving a study to another device or worker count resumes its trials; a result key starts a new one."""
-    from ltbench.records import OPERATIONAL
+    from ltbench.store.provenance import OPERATIONAL
     from ltbench.tune import study_name
 
     run, spec, space = sgd_probe(), TuneSpec(trials=2), {"lr": ("choice", [BAD, GOOD])}

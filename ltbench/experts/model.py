@@ -54,7 +54,7 @@ class Spec:
     @classmethod
     def from_registry(cls, name: str, registry=None) -> "Spec":
         """How to rebuild a registered expert: its config and meta are the whole recipe."""
-        from ..registry import Registry
+        from ..store.index import Registry
 
         registry = registry or Registry.existing()
         ex = registry.get(name)
@@ -306,7 +306,7 @@ def _check_target(path: Path, force: bool, protected: Path | None) -> None:
 
 def export_expert(name: str, file: str | Path, registry=None, force: bool = False) -> Path:
     """Write one safetensors file holding everything `load_expert(FILE)` needs besides the backbone."""
-    from ..registry import Registry
+    from ..store.index import Registry
 
     registry = registry or Registry.existing()
     _check_target(Path(file), force, registry.home)  # before the model is built

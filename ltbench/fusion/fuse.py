@@ -34,8 +34,9 @@ import torch
 from rich.console import Console
 
 from ..metrics import FEW_THRESHOLD, GROUP_NAMES, MANY_THRESHOLD, evaluate_logits, group_protocol, shot_groups, thresholds
-from ..records import ExpertRecord, expert_record
-from ..registry import Expert, Registry, check_name
+from ..store.records import ExpertRecord, expert_record
+from ..store.expert import Expert, check_name
+from ..store.index import Registry
 from .core import OBJECTIVES, FusionError, FusionModel, ProbStack
 from .scorers import SCORERS, FitContext
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, TypeVar
 import numpy as np
 
 from ..metrics import bootstrap_interval
-from ..registry import Expert
+from ..store.expert import Expert
 
 T = TypeVar("T")
 

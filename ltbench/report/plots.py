@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from ..metrics import shot_groups
-from ..registry import Expert, RegistryError
+from ..store.expert import Expert
+from ..errors import RegistryError
 from . import logits as _logits
 from .tables import _count
 

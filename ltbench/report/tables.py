@@ -29,8 +29,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..metrics import group_protocol
-from ..provenance import experiment_key, replicate_seed
-from ..registry import Registry, RegistryError
+from ..store.provenance import experiment_key, replicate_seed
+from ..store.index import Registry
+from ..errors import RegistryError
 from . import logits as _logits
 from . import status as _status
 
@@ -499,7 +500,7 @@ def document(df: pd.DataFrame, suite: str | None = None, budget: str | None = No
     """The JSON report: the rows and what produced them. `budget` defaults to the rows' common
     budget ("mixed" when they differ, null when there are no rows)."""
     from .. import __version__
-    from ..provenance import git_hash, now
+    from ..store.provenance import git_hash, now
 
     rows = records(df)
     if budget is None:

@@ -1,4 +1,4 @@
-"""The expert registry: an index (SQLite or PostgreSQL) plus one complete folder per expert.
+"""`Registry`: the index plus one complete folder per expert, and `doctor` over both.
 
 The index is a SQLite file in the home (the default, no server) or any database URL
 (`LTBENCH_REGISTRY` / `Registry(url=…)`, e.g. postgresql://…), reached through one SQLAlchemy
@@ -12,15 +12,9 @@ writers of one name are serialised by the index's write lock, and `doctor` repor
 """
 from __future__ import annotations
 
-import csv
 import errno
-import fcntl
-import json
 import os
-import re
 import shutil
-import sqlite3
-import time
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -34,497 +28,11 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     import torch
 
-    from .records import ExpertRecord
-# torch and safetensors are imported where tensors are read or written, so that `ltbench ls`
-# and `show` (JSON and SQLite only) start without them (tests/test_cli.py checks sys.modules).
-
-FORMAT_VERSION = 1
-_META = sa.MetaData()
-EXPERTS = sa.Table(  # the same table the SQLite-only registry created: old homes open unchanged
-    "experts", _META,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("method", sa.Text, nullable=False),
-    sa.Column("backbone", sa.Text, nullable=False),
-    sa.Column("dataset", sa.Text, nullable=False),
-    sa.Column("seed", sa.Integer),
-    sa.Column("config_hash", sa.Text),
-    sa.Column("created", sa.Text, nullable=False),
-    sa.Column("format", sa.Integer, nullable=False),
-)
-_COLUMNS = ("name", "method", "backbone", "dataset", "seed", "config_hash", "created", "format")
-#: which home wrote each row, so `doctor --repair` on a shared index touches only its own home's rows
-HOMES = sa.Table("expert_homes", _META, sa.Column("name", sa.Text, primary_key=True),
-                 sa.Column("home", sa.Text, nullable=False))
-
-
-from .errors import BrokenExpertWarning, RegistryError  # noqa: E402,F401
-
-#: Expert names: they become folder names, so a safe charset, no separators, a bounded length.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
-NAME_MAX = 200
-RECORDS = ("config.json", "metrics.json", "meta.json")
-
-
-def check_name(name: str) -> str:
-    """Return `name` if it is a safe expert name, else raise a one-line RegistryError (before any work)."""
-    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or len(name) > NAME_MAX:
-        why = (f"longer than {NAME_MAX} characters" if isinstance(name, str) and len(name) > NAME_MAX
-               else "use letters, digits and . _ + = - only, starting with a letter or digit (no / or spaces)")
-        shown = name if not isinstance(name, str) or len(name) <= 60 else name[:57] + "..."
-        raise RegistryError(f"invalid expert name {shown!r}: {why}")
-    return name
-
-
-class LockHeld(RegistryError):
-    """Another live process holds the lock file."""
-
-
-@contextmanager
-def file_lock(path: Path, what: str, remove_dir: bool = False) -> Iterator[None]:
-    """An exclusive, non-blocking flock on `path` (pid written inside); released when the process dies.
-
-    The lock file is removed on release (with `remove_dir`, its folder and that folder's parent
-    too, if nothing else is left in them); a process that opened the old file sees it unlinked
-    and takes a new one.
-    """
-    for _ in range(10):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except FileNotFoundError:  # the folder was removed by a releasing holder just now
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            if e.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise LockHeld(f"{what} is in use by process {holder} (lock {path}); wait for it to finish") from None
-        try:
-            if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # the holder removed the file after we opened it: take the new one
-    else:
-        raise LockHeld(f"{what}: cannot take the lock {path}")
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:  # still ours (not removed and re-created)
-                path.unlink()
-        except FileNotFoundError:
-            pass
-        if remove_dir:  # the folder, and the one above (runs/), if this left them empty
-            for folder in (path.parent, path.parent.parent):
-                try:
-                    folder.rmdir()
-                except FileNotFoundError:
-                    continue
-                except OSError:  # not empty
-                    break
-        os.close(fd)
-
-
-def _is_locked(path: Path) -> bool:
-    """Whether a live process holds the flock on `path` (False if there is no such file)."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-
-
-def _set_wal(db: sqlite3.Connection, timeout: float = 30.0) -> None:
-    """Switch a registry to WAL (persistent in the file, so once per open is enough).
-
-    SQLite does not call the busy handler while another process creates the same fresh
-    database, so processes opening a new home together (the ranks of a torchrun job) can get
-    'database is locked' here; retry until the timeout instead.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if "locked" not in str(e) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-def default_home() -> Path:
-    """Where experts live unless told otherwise: $LTBENCH_HOME, else ./ltbench-runs (one home per project)."""
-    home = os.environ.get("LTBENCH_HOME", "ltbench-runs")
-    if not home.strip():
-        raise RegistryError("LTBENCH_HOME is set but empty; unset it (default ./ltbench-runs) or give a folder")
-    return local_home(home)
-
-
-def local_home(home: str | Path) -> Path:
-    """The artifact folder of a home: a path, or an fsspec URL of a filesystem mounted here.
-
-    `file://` (and any fsspec URL whose filesystem is the local one) resolves to its path. Object
-    stores (s3://, gs:// …) are refused: the registry's locks and renames need a POSIX
-    filesystem, so mount the bucket (s3fs, gcsfuse) or use a shared filesystem and give its path.
-    """
-    text = str(home)
-    if not text.strip():
-        raise RegistryError("the registry home is empty (--home / LTBENCH_HOME); give a folder")
-    if "://" not in text:
-        return Path(text)
-    import fsspec
-    from fsspec.implementations.local import LocalFileSystem
-
-    try:
-        fs, path = fsspec.core.url_to_fs(text)
-    except (ValueError, ImportError) as e:
-        raise RegistryError(f"LTBENCH_HOME {text!r}: {e}") from None
-    if not isinstance(fs, LocalFileSystem):
-        raise RegistryError(f"LTBENCH_HOME {text!r}: artifacts need a mounted filesystem (locks and atomic renames);"
-                            f" mount the {fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol} store and"
-                            " point LTBENCH_HOME at the mount")
-    return Path(path)
-
-
-def default_url(home: Path) -> str:
-    """$LTBENCH_REGISTRY (a database URL or a SQLite file path), else the SQLite file in the home."""
-    return database_url(os.environ.get("LTBENCH_REGISTRY") or home / "registry.sqlite")
-
-
-def database_url(url: str | Path) -> str:
-    """A database URL; a plain path is a SQLite file."""
-    text = str(url)
-    return text if "://" in text else f"sqlite:///{Path(text).absolute()}"
-
-
-_ENGINES: dict[tuple[str, bool, int], sa.Engine] = {}
-#: how long a writer waits for the SQLite index's write lock before naming its holder
-LOCK_TIMEOUT_S = 30.0
-
-
-def _engine(url: str, read_only: bool = False) -> sa.Engine:
-    """One engine per URL, mode and process (a pool for servers; a fresh connection per use for SQLite).
-
-    A read-only SQLite engine opens the file with mode=ro: it never takes the write lock, so a
-    stalled writer cannot block `ls`, `show` or `report`, and a read-only home can be listed."""
-    key = (url, read_only and url.startswith("sqlite"), os.getpid())
-    if key in _ENGINES:
-        return _ENGINES[key]
-    try:
-        if url.startswith("sqlite") and key[1]:
-            from urllib.parse import quote
-
-            file = sa.engine.make_url(url).database or ""
-            engine = sa.create_engine("sqlite://", poolclass=sa.pool.NullPool, creator=lambda: sqlite3.connect(
-                f"file:{quote(file)}?mode=ro", uri=True, timeout=LOCK_TIMEOUT_S, check_same_thread=False))
-
-            @sa.event.listens_for(engine, "connect")
-            def _sqlite_ro_connect(dbapi, _record):
-                dbapi.isolation_level = None
-                dbapi.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
-
-            @sa.event.listens_for(engine, "begin")
-            def _sqlite_ro_begin(conn):
-                conn.exec_driver_sql("BEGIN")
-        elif url.startswith("sqlite"):
-            engine = sa.create_engine(url, poolclass=sa.pool.NullPool, connect_args={"timeout": LOCK_TIMEOUT_S})
-
-            @sa.event.listens_for(engine, "connect")
-            def _sqlite_connect(dbapi, _record):  # SQLite's own transactions, driven by the begin event
-                dbapi.isolation_level = None
-                dbapi.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
-                _set_wal(dbapi)
-
-            @sa.event.listens_for(engine, "begin")
-            def _sqlite_begin(conn):  # a writer takes the write lock at BEGIN (PostgreSQL: LOCK TABLE)
-                conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.pop("write", False) else "BEGIN")
-        else:
-            engine = sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
-    except (ModuleNotFoundError, sa.exc.NoSuchModuleError, sa.exc.ArgumentError) as e:
-        shown = _shown(url)
-        hint = " (pip install 'ltbench[cluster]' for PostgreSQL)" if "postgres" in url else ""
-        raise RegistryError(f"cannot open the registry database {shown}: {e}{hint}") from None
-    _ENGINES[key] = engine
-    return engine
-
-
-def _shown(url: str) -> str:
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
-
-
-#: The folder layout of one expert (the registry's alone: others ask `Expert`).
-DELTA_FILE = "delta.safetensors"
-LOGITS_DIR = "logits"
-EXTRA_SUFFIX = ".json"
-
-
-@dataclass
-class Expert:
-    """A registered expert, read lazily from its folder.
-
-    The only reader of an expert's folder: everything else (fusion, report, the API) asks for
-    records, logits, counts and artifacts here, so the layout can change, or move to another
-    store, in this one class.
-    """
-
-    name: str
-    path: Path
-
-    @classmethod
-    def at(cls, path: str | Path) -> "Expert":
-        """The expert in folder `path` (report tables carry folders, not registry handles)."""
-        return cls(Path(path).name, Path(path))
-
-    def _json(self, file: str) -> dict[str, Any]:
-        try:
-            obj = json.loads((self.path / file).read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RegistryError(f"expert {self.name!r}: {self.path / file} is unreadable"
-                                f" ({type(e).__name__}: {e}); run `ltbench doctor`") from None
-        if not isinstance(obj, dict):
-            raise RegistryError(f"expert {self.name!r}: {self.path / file} is not a JSON object; run `ltbench doctor`")
-        return obj
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """The resolved run config (config.json): the whole truth about what was run."""
-        return self._json(RECORDS[0])
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        """Accuracy per split and shot group, ECE (metrics.json)."""
-        return self._json(RECORDS[1])
-
-    @property
-    def meta(self) -> dict[str, Any]:
-        """Provenance and cost (meta.json): versions, environment, compute, parameters, classes."""
-        return self._json(RECORDS[2])
-
-    @property
-    def record(self) -> "ExpertRecord":
-        """config, metrics and meta as one typed record, upgraded from older schema versions."""
-        from .records import ExpertRecord
-
-        return ExpertRecord.read(self.config, self.metrics, self.meta, where=str(self.path))
-
-    @property
-    def class_counts(self) -> np.ndarray | None:
-        """Training images per class (what shot groups are computed from); None if not recorded."""
-        counts = self.meta.get("class_counts")
-        return None if counts is None else np.asarray(counts)
-
-    @property
-    def thresholds(self) -> tuple[int, int]:
-        """The (many, few) shot-group thresholds the expert was evaluated with."""
-        from .metrics import thresholds
-
-        return thresholds(self.config)
-
-    @property
-    def spent(self) -> dict[str, Any]:
-        """Compute spent (FLOPs, seconds); a fusion's includes its constituents'."""
-        return dict(self.meta.get("spent") or {})
-
-    @property
-    def params(self) -> dict[str, Any]:
-        """Parameter counts (trainable, total)."""
-        return dict(self.meta.get("params") or {})
-
-    def artifacts(self) -> dict[str, dict[str, Any]]:
-        """Extra JSON files a method wrote beside the records (e.g. LPT's prompt choices), by stem."""
-        return {f.stem: self._json(f.name) for f in sorted(self.path.glob(f"*{EXTRA_SUFFIX}")) if f.name not in RECORDS}
-
-    def splits(self) -> list[str]:
-        """Cached logit splits: val, test, ood:<name> …"""
-        return sorted(_unquote(p.stem) for p in (self.path / LOGITS_DIR).glob("*.safetensors"))
-
-    def _logits_file(self, split: str) -> Path:
-        file = self.path / LOGITS_DIR / f"{_quote(split)}.safetensors"
-        if not file.is_file():
-            raise RegistryError(f"expert {self.name!r} has no cached logits for split {split!r} ({file})")
-        return file
-
-    def logits_version(self, split: str) -> tuple:
-        """A key that changes whenever the split's cached logits change (for readers' caches)."""
-        file = self._logits_file(split)
-        st = file.stat()
-        return (str(file), st.st_size, st.st_mtime_ns)
-
-    @contextmanager
-    def _tensors(self, file: Path, framework: str = "pt") -> Iterator[Any]:
-        """safe_open on one of the expert's tensor files; a missing or damaged file is a one-line RegistryError."""
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(file), framework) as f:
-                yield f
-        except RegistryError:
-            raise
-        except Exception as e:  # noqa: BLE001  (safetensors raises its own types for a damaged file)
-            why = "is missing" if isinstance(e, FileNotFoundError) else f"is damaged ({_first_line(e)})"
-            raise RegistryError(f"expert {self.name!r}: {file} {why}; run `ltbench doctor`") from None
-
-    def logits(self, split: str) -> torch.Tensor:
-        """fp32 logits of a split; never returns labels, so fusion cannot peek at test labels."""
-        with self._tensors(self._logits_file(split)) as f:
-            return f.get_tensor("logits").float()
-
-    def stored_logits(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(logits as stored, fp16; labels) of a split: the report's bulk read, no fp32 copy."""
-        with self._tensors(self._logits_file(split)) as f:
-            return f.get_tensor("logits").numpy(), f.get_tensor("labels").numpy().astype(np.int64, copy=False)
-
-    def rows(self, split: str) -> int:
-        """Samples in a split, read from the header alone."""
-        with self._tensors(self._logits_file(split)) as f:
-            return int(f.get_slice("logits").get_shape()[0])
-
-    def labels(self, split: str) -> np.ndarray:
-        """A split's labels: fusion reads validation ones to fit, the others only to evaluate."""
-        with self._tensors(self._logits_file(split)) as f:
-            return f.get_tensor("labels").numpy()
-
-    def delta(self) -> dict[str, torch.Tensor]:
-        """The trained tensors (what differs from the backbone), to load the expert back as a model."""
-        with self._tensors(self.path / DELTA_FILE) as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-
-    def problem(self) -> str | None:
-        """Why this folder is not a complete, readable expert (None if it is); reads headers only."""
-        from safetensors import safe_open
-
-        if not self.path.is_dir():
-            return f"its folder {self.path} is missing"
-        try:
-            for file in RECORDS:
-                self._json(file)
-            for file in [self.path / DELTA_FILE, *sorted((self.path / LOGITS_DIR).glob("*.safetensors"))]:
-                with safe_open(str(file), "numpy") as f:  # headers only: no torch needed (`ltbench ls`)
-                    f.keys()
-            recorded = self.meta.get("files")
-        except RegistryError as e:
-            return str(e).split(": ", 1)[1].removesuffix("; run `ltbench doctor`")
-        except Exception as e:  # noqa: BLE001  (safetensors raises its own types for a damaged header)
-            return f"{file} is unreadable ({type(e).__name__}: {_first_line(e)})"
-        for rel, info in (recorded if isinstance(recorded, dict) else {}).items():
-            if rel in RECORDS:  # a record is judged by reading it, above
-                continue
-            try:
-                size = (self.path / rel).stat().st_size
-            except OSError:
-                return f"{self.path / rel} is missing"
-            if isinstance(info, dict) and size != info.get("bytes", size):
-                return f"{self.path / rel} has {size} bytes, {info.get('bytes')} when registered"
-        return None
-
-    def verify(self, methods: set[str] | None = None, registered: set[str] | None = None) -> str | None:
-        """What `doctor` checks beyond `problem`: the config names a known method, the records' format
-        is one this ltbench reads, the tensor files hash as when registered, a fusion's members exist."""
-        config, meta = self.config, self.meta
-        method = str(config.get("method", ""))
-        if method.startswith("fuse:"):
-            missing = [m for m in config.get("experts") or [] if registered is not None and m not in registered]
-            if missing:
-                return f"its member expert(s) {', '.join(map(str, missing))} are no longer registered"
-        elif methods is not None and method not in methods:
-            return f"config.json names an unknown method {method!r}"
-        if not isinstance(meta.get("format", FORMAT_VERSION), int) or meta.get("format", FORMAT_VERSION) > FORMAT_VERSION:
-            return f"meta.json has format {meta.get('format')!r}; this ltbench reads up to {FORMAT_VERSION}"
-        return self.changed()
-
-    def stale_metrics(self) -> str | None:
-        """Why the recorded metrics no longer describe the cached logits (a logits file changed), or None."""
-        return self.changed(LOGITS_DIR + "/")
-
-    def recipe_changed(self) -> str | None:
-        """Why config.json is not the config the expert was trained with (changed since), or None."""
-        return self.changed(RECORDS[0])
-
-    def changed(self, prefix: str = "") -> str | None:
-        """Which recorded tensor file (under `prefix`) no longer hashes as when registered: its metrics
-        were computed from other bytes, so a report must not show them. Hashes are kept per (file, size,
-        mtime) in this process."""
-        recorded = self.meta.get("files") or {}
-        for rel, info in sorted(recorded.items()) if isinstance(recorded, dict) else []:
-            if not rel.startswith(prefix) or not isinstance(info, dict):
-                continue
-            file = self.path / rel
-            try:
-                st = file.stat()
-            except OSError:
-                return f"{file} is missing"
-            key = (str(file), st.st_size, st.st_mtime_ns)
-            if key not in _HASHED:
-                _HASHED[key] = _sha256(file)
-            if _HASHED[key] != info.get("sha256"):
-                return f"{file} changed since registration (its sha256 differs)"
-        return None
-
-    def history(self) -> list[dict[str, Any]] | None:
-        """The learning curve (history.csv, one row per step; see tracking.HISTORY_COLUMNS), or None
-        for an expert that has none (a fusion, or one registered before histories were kept)."""
-        try:
-            return _read_history(self.path / "history.csv")
-        except (ValueError, OSError, UnicodeDecodeError, csv.Error) as e:
-            raise RegistryError(f"expert {self.name!r}: {self.path / 'history.csv'} is damaged"
-                                f" ({_first_line(e)}); run `ltbench doctor`") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return (text.splitlines() or [""])[0][:200]
-
-
-def _quote(split: str) -> str:
-    return split.replace(":", "__")
-
-
-def _unquote(stem: str) -> str:
-    return stem.replace("__", ":")
-
-
-def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    from .tracking import HISTORY_COLUMNS
-
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-
-
-def _read_history(path: Path) -> list[dict[str, Any]] | None:
-    if not path.is_file():
-        return None
-
-    def value(k: str, v: str) -> Any:
-        if k == "phase":
-            return v
-        if v == "":
-            return None
-        return int(v) if k == "step" else float(v)
-
-    with path.open(newline="") as f:
-        return [{k: value(k, v) for k, v in r.items()} for r in csv.DictReader(f)]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from .jsonio import dumps
-
-    path.write_text(dumps(obj, indent=2, sort_keys=True) + "\n")
+from ..errors import BrokenExpertWarning, RegistryError
+from .database import COLUMNS, EXPERTS, HOMES, database_url, default_home, default_url, engine, local_home, shown_url
+from .expert import (DELTA_FILE, FORMAT_VERSION, LOGITS_DIR, RECORDS, Expert, check_name, file_hashes, quote_split,
+                     write_history, write_json)
+from .locks import file_lock, is_locked
 
 
 @dataclass
@@ -550,7 +58,7 @@ class Registry:
         self.sqlite = self.url.startswith("sqlite")
         self.read_only = read_only
         #: what messages name: the SQLite file, or the server's URL without its password
-        self.index: Path | str = Path(sa.engine.make_url(self.url).database or "") if self.sqlite else _shown(self.url)
+        self.index: Path | str = Path(sa.engine.make_url(self.url).database or "") if self.sqlite else shown_url(self.url)
         #: this home as the index records it (`expert_homes`); a shared index holds other homes' rows too
         self.home_key = str(self.home.absolute())
         self.shared = not (self.sqlite and Path(self.index).absolute().parent == self.home.absolute())
@@ -560,7 +68,7 @@ class Registry:
             except OSError as e:
                 raise RegistryError(f"cannot create the registry in {self.home} ({e.strerror}); make it writable"
                                     " or point LTBENCH_HOME at a writable folder") from None
-        self._engine = _engine(self.url, read_only)
+        self._engine = engine(self.url, read_only)
         self._create_table()
 
     def _create_table(self) -> None:
@@ -694,7 +202,7 @@ class Registry:
         with self._connect() as db:
             row = db.execute(sa.select(EXPERTS.c.format).where(EXPERTS.c.name == name)).first()
         if row is None:
-            from ._registry import suggest
+            from .._registry import suggest
 
             hint = suggest(name, self.names())
             if os.path.lexists(self.experts_dir / name):
@@ -743,20 +251,20 @@ class Registry:
         with file_lock(self.experts_dir / f".tmp-{name}-{token}.lock", f"registration of {name!r}"):
             try:
                 (tmp / LOGITS_DIR).mkdir(parents=True)
-                _write_json(tmp / RECORDS[0], config)
+                write_json(tmp / RECORDS[0], config)
                 save_file({k: v.detach().contiguous().cpu() for k, v in delta.items()}, str(tmp / DELTA_FILE))
                 for split, (lg, labels) in logits.items():
                     save_file(
                         {"logits": lg.detach().to(torch.float16).contiguous().cpu(),
                          "labels": torch.as_tensor(np.ascontiguousarray(labels), dtype=torch.int64)},
-                        str(tmp / LOGITS_DIR / f"{_quote(split)}.safetensors"),
+                        str(tmp / LOGITS_DIR / f"{quote_split(split)}.safetensors"),
                     )
-                _write_json(tmp / RECORDS[1], metrics)
-                _write_json(tmp / RECORDS[2], {**meta, "format": FORMAT_VERSION, "files": _file_hashes(tmp)})
+                write_json(tmp / RECORDS[1], metrics)
+                write_json(tmp / RECORDS[2], {**meta, "format": FORMAT_VERSION, "files": file_hashes(tmp)})
                 for file, obj in (extra_files or {}).items():
-                    _write_json(tmp / file, obj)
+                    write_json(tmp / file, obj)
                 if history is not None:
-                    _write_history(tmp / "history.csv", history)
+                    write_history(tmp / "history.csv", history)
                 with self._connect(write=True) as db:  # one writer at a time from here to the commit
                     self.check_free(name, db)
                     os.rename(tmp, final)  # fails, replacing nothing, if a non-empty `final` appeared
@@ -896,7 +404,7 @@ class Registry:
             n = entry.name
             if n.startswith((".tmp-", ".rm-")):
                 lock = entry if n.endswith(".lock") else entry.with_name(n + ".lock")
-                if not _is_locked(lock):
+                if not is_locked(lock):
                     found.append(Problem("temporary", n, entry, "left by an interrupted write or removal",
                                          "--repair deletes it"))
             elif n not in indexed:
@@ -913,7 +421,7 @@ class Registry:
                                          "--repair --remove-broken removes it"))
         runs = self.home / "runs"
         for folder in sorted(p for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []:
-            if _is_locked(folder / ".lock"):
+            if is_locked(folder / ".lock"):
                 continue  # a run in progress
             for tmp in sorted(folder.glob("checkpoint.pt.tmp*")):
                 found.append(Problem("temporary", folder.name, tmp, "a half-written checkpoint", "--repair deletes it"))
@@ -969,36 +477,17 @@ class Registry:
 def _known_methods() -> set[str] | None:
     """Method names a config may name (read from the sources, no torch); None if they cannot be read."""
     try:
-        from .catalog import table
-        from .plugins import METHODS
+        from ..catalog import table
+        from ..plugins import METHODS
 
         return set(table("METHODS")) | set(METHODS)
     except Exception:  # noqa: BLE001  (a check must not fail on the listing)
         return None
 
 
-_HASHED: dict[tuple[str, int, int], str] = {}
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _file_hashes(folder: Path) -> dict[str, dict[str, Any]]:
-    """{relative path: {sha256, bytes}} of config.json and the tensor files, recorded in meta.json at
-    registration so `doctor` can tell a damaged delta or logits file (and `Expert.problem` a missing
-    one), and `predict` a config changed since (it would rebuild another model)."""
-    files = [folder / RECORDS[0], folder / DELTA_FILE, *sorted((folder / LOGITS_DIR).glob("*.safetensors"))]
-    return {str(f.relative_to(folder)): {"sha256": _sha256(f), "bytes": f.stat().st_size} for f in files if f.is_file()}
 
 
 def _row(name: str, config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     values = (name, config.get("method"), config.get("backbone"), config.get("dataset"), config.get("seed"),
               meta.get("config_hash"), meta.get("created", ""), int(meta.get("format", FORMAT_VERSION)))
-    return dict(zip(_COLUMNS, values))
+    return dict(zip(COLUMNS, values))

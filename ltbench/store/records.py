@@ -10,24 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import RegistryError
-
-#: Run keys that never change what a run computes: its name, resuming, where it runs and how
-#: fast (device, loader workers, eval batch size, torch.compile), and where its learning curve
-#: is reported. Two configs that differ only here are the same experiment and the same hash.
-OPERATIONAL: frozenset[str] = frozenset({
-    "name", "resume", "device", "num_workers", "eval_batch_size", "compile",
-    "log", "log_dir", "mlflow_uri", "val_each_epoch", "reproducible",
-})
+from ..errors import RegistryError
+from .provenance import OPERATIONAL, result_keys
 
 #: Version of the config / metrics / meta schema. 1: written before it was recorded (no
 #: `schema_version` in the meta record); 2: adds `schema_version`. Read upgrades older records.
 SCHEMA_VERSION = 2
-
-
-def result_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` without its operational keys: what decides the numbers."""
-    return {k: v for k, v in config.items() if k not in OPERATIONAL}
 
 
 @dataclass(frozen=True)
@@ -116,7 +104,7 @@ def expert_record(
     """The one builder of a new expert's record: provenance (versions, git, environment, config
     hash, time) and the fields every expert has, plus the builder's own `meta` fields, so a
     trained and a fused expert cannot drift apart in what they record."""
-    from .metrics import group_sizes
+    from ..metrics import group_sizes
     from .provenance import config_hash, environment, git_hash, now, package_versions
 
     config = {k: v for k, v in config.items() if k != "resume"}  # how it was invoked, not what it is

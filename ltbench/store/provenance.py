@@ -15,8 +15,21 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
-from . import reproducible
-from .records import OPERATIONAL, result_keys
+from .. import reproducible
+
+#: Run keys that never change what a run computes: its name, resuming, where it runs and how
+#: fast (device, loader workers, eval batch size, torch.compile), and where its learning curve
+#: is reported. Two configs that differ only here are the same experiment and the same hash.
+OPERATIONAL: frozenset[str] = frozenset({
+    "name", "resume", "device", "num_workers", "eval_batch_size", "compile",
+    "log", "log_dir", "mlflow_uri", "val_each_epoch", "reproducible",
+})
+
+
+def result_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` without its operational keys: what decides the numbers."""
+    return {k: v for k, v in config.items() if k not in OPERATIONAL}
+
 
 PACKAGES = ("ltbench", "torch", "torchvision", "timm", "open_clip_torch", "optuna", "numpy", "scipy",
             "pandas", "safetensors", "onnx")
