@@ -44,7 +44,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.cores)
-    from ltbench.data.base import shot_groups
+    from ltbench.metrics import shot_groups
     from ltbench.fusion import fuse_experts
     from ltbench.fusion.synthetic import balanced_labels, expert_logits, lt_counts
     from ltbench.store.index import Registry

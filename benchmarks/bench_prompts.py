@@ -51,12 +51,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ltbench.budget import count_flops, parse_budget  # noqa: E402
 from ltbench.config import resolve_config  # noqa: E402
-from ltbench.data import TorchSplit  # noqa: E402
+from ltbench.data.base import TorchSplit  # noqa: E402
 from ltbench.data.samplers import build_batch_sampler  # noqa: E402
 from ltbench.data.transforms import build_transform  # noqa: E402
 from ltbench.backbones.base import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
-from ltbench.train import Trainer, begin_phase, build_all, make_optimizer, resolve_workers  # noqa: E402
+from ltbench.training.trainer import Trainer, begin_phase, make_optimizer, resolve_workers
+from ltbench.training.pipeline import build_all
 
 TARGETS = {"lpt_train": (0.88, 0.83), "lpt_infer": (0.80, 0.75), "vpt": (1.10, None)}
 

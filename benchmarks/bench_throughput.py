@@ -40,7 +40,7 @@ from ltbench.config import resolve_config  # noqa: E402
 from ltbench.data.base import LTDataset, Split, exponential_profile  # noqa: E402
 from ltbench.backbones.base import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
-from ltbench.train import Trainer, begin_phase, make_optimizer, resolve_device  # noqa: E402
+from ltbench.training.trainer import Trainer, begin_phase, make_optimizer, resolve_device  # noqa: E402
 
 
 class PoolSplit(Split):

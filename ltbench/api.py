@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import catalog
-from .errors import USER_ERRORS, ConfigError  # noqa: F401  (the CLI catches these)
+from .errors import ConfigError
 from .store.index import Registry
 
 # Heavy imports (torch models, timm, open_clip, optuna) happen inside the functions that need
@@ -41,7 +41,7 @@ def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str
           tune: dict[str, Any] | None = None):
     """`ltbench train`; `tune` ({budget, trials, share, jobs, …}) tunes the run first (ltbench/tune.py)."""
     from .config import load_config_file, parse_sets, resolve_config
-    from .train import train_expert
+    from .training.pipeline import train_expert
     from .tune import parse_tune, tune_and_train
 
     spec = parse_tune(tune, "--tune")
@@ -87,7 +87,14 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
     `by="budget"`: the accuracy-against-budget view instead (report/budgets.py).
     """
     from ._registry import suggest
-    from .report import FORMATS, ReportError, render, terminal, write_plots, write_report
+    from .report import (
+        FORMATS,
+        ReportError,
+        render,
+        terminal,
+        write_plots,
+        write_report,
+    )
 
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.{suggest(fmt, FORMATS)}")
@@ -156,7 +163,7 @@ def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
 def show_history(name: str, registry: Registry | None = None) -> Table:
     """`ltbench show NAME --history`: the learning curve, one row per epoch, loss sparklines."""
     from .errors import RegistryError
-    from .tracking import history_table
+    from .training.tracking import history_table
 
     ex = (registry or Registry.existing()).get(name)
     rows = ex.history()
@@ -170,8 +177,9 @@ def show_history(name: str, registry: Registry | None = None) -> Table:
 def predict(expert: str, inputs: list[str], top: int = 5, fmt: str = "table", batch_size: int = 32,
             device: str = "cpu", weights: str | None = None, registry: Registry | None = None):
     """`ltbench predict`: (rows, rendered: a rich Table for "table", else text)."""
-    from .experts.predict import FORMATS, predict as _predict, render
     from .errors import ExpertError
+    from .experts.predict import FORMATS, render
+    from .experts.predict import predict as _predict
 
     if fmt not in FORMATS:  # before any work
         raise ExpertError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")

@@ -68,10 +68,17 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from ._registry import UnknownNameError, suggest
-from .config import RUN_DEFAULTS, ConfigError, load_yaml, resolve_config
+from .config import RUN_DEFAULTS, load_yaml, resolve_config
+from .errors import ConfigError
 from .methods import METHODS
 from .store.index import Registry
 from .store.provenance import OPERATIONAL
@@ -270,7 +277,8 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
             raise SuiteError(f"{source}: missing required key {key!r}")
     name = data.get("name") or Path(source).stem
     _label_ok(name, "suite name: ", source)
-    from .budget import BudgetError, parse_budget
+    from .budget import parse_budget
+    from .errors import BudgetError
 
     if data.get("budget") in (None, "") and data.get("budgets") in (None, "", []):
         raise SuiteError(f"{source}: missing required key 'budget'")
@@ -327,7 +335,8 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
 def parse_budgets(value: Any, where: str = "--budgets") -> list[str]:
     """A list of budgets ("1epochs,2epochs,4epochs" or a YAML list), normalised: distinct, one
     unit, in the order given; anything else is a one-line SuiteError naming the bad value."""
-    from .budget import BudgetError, parse_budget
+    from .budget import parse_budget
+    from .errors import BudgetError
 
     items = [x.strip() for x in value.split(",")] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or any(isinstance(x, (bool, dict, list)) or x in (None, "")
@@ -627,10 +636,9 @@ def run_suite(suite: Suite, registry: Registry | None = None, console: Console |
     description); each run's own bar appears under it. `train` / `fuse` default to
     `train.train_expert` / `fusion.fuse_experts` (tests count calls through them).
     """
-    from .fusion import fuse_experts
-    from .train import train_expert
-
     from .executors import check_executor, run_suite_ray
+    from .fusion import fuse_experts
+    from .training.pipeline import train_expert
 
     check_executor(executor, address)
     registry = registry or Registry()
@@ -737,8 +745,10 @@ def train_image_count(run: dict[str, Any]) -> int | None:
     out of it), CIFAR-100-LT / Fashion-MNIST-LT follow their exponential profile."""
     import numpy as np
 
-    from .data import DataError, create_dataset, exponential_profile
+    from .data import create_dataset
+    from .data.base import exponential_profile
     from .data.splitfile import PACKAGED, find_file, read_split_file
+    from .errors import DataError
 
     name, opts = run["dataset"], run["data"]
     try:

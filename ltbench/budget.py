@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import BudgetError
+
 UNITS = {
     "epoch": "epochs", "epochs": "epochs",
     "step": "steps", "steps": "steps",
@@ -23,9 +25,6 @@ UNITS = {
 #: Sane upper bounds: past them a run would not end in any useful time (1e21 FLOPs is ~10 GPU-years).
 MAX_BUDGET = {"epochs": 1e6, "steps": 1e9, "flops": 1e21, "seconds": 1e8}
 _PATTERN = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]+)\s*$")
-
-
-from .errors import BudgetError  # noqa: E402,F401
 
 
 @dataclass(frozen=True)

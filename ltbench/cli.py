@@ -10,6 +10,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from . import api, catalog
+from .errors import USER_ERRORS
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click.exceptions import ClickException, UsageError
@@ -114,7 +115,7 @@ def _guard(fn):
     def wrapper(*a, **kw):
         try:
             return fn(*a, **kw)
-        except api.USER_ERRORS as e:
+        except USER_ERRORS as e:
             _fail(e)
 
     return wrapper

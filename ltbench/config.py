@@ -15,12 +15,27 @@ import yaml
 
 from ._registry import suggest
 from .budget import parse_budget
-from .checks import Bool, Choice, Either, Int, Key, ListOf, Opt, Str, check_key, dataclass_checks, signature_checks
-from .data import DATASETS, create_dataset, dataset_options  # noqa: F401  (re-exported for callers)
+from .checks import (
+    Bool,
+    Choice,
+    Either,
+    Int,
+    Key,
+    ListOf,
+    Opt,
+    Str,
+    check_key,
+    dataclass_checks,
+    signature_checks,
+)
+from .data import dataset_options
+from .errors import ConfigError
 from .methods import METHODS, method_config_fields
-from .metrics import FEW_THRESHOLD, GROUP_PROTOCOLS, MANY_THRESHOLD, thresholds
 from .methods.base import resolve_method_config
-from .tracking import LogTargets, check_log_options
+from .metrics import FEW_THRESHOLD, GROUP_PROTOCOLS, MANY_THRESHOLD, thresholds
+from .plugins import DATASETS
+from .training.tracking import LogTargets, check_log_options
+
 
 def _compile_backends() -> list[str]:
     import torch._dynamo
@@ -63,9 +78,6 @@ RUN_KEYS: dict[str, Key] = {
     "val_each_epoch": Key(True, Bool()),  # validation accuracy in the history after every epoch (one eval pass)
 }
 RUN_DEFAULTS: dict[str, Any] = {k: v.default for k, v in RUN_KEYS.items()}
-
-
-from .errors import ConfigError  # noqa: E402,F401
 
 
 def parse_value(text: str) -> Any:

@@ -116,7 +116,7 @@ def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, key: str
         elif gpus > 1:
             _train_ddp(run, registry, int(gpus))
         else:
-            from .train import train_expert
+            from .training.pipeline import train_expert
 
             train_expert(run, registry=registry, quiet=True, on_progress=_Reporter(board, key, name, attempt))
     else:
@@ -183,7 +183,9 @@ def board():
 # -- warming a cluster's workers -----------------------------------------------------------------
 def _import_task_modules() -> None:
     """What a task imports (torch, timm, torchvision through the trainer; fusion, tune): seconds."""
-    from . import fusion, registry, train, tune  # noqa: F401
+    from . import fusion, tune  # noqa: F401
+    from .store import index  # noqa: F401
+    from .training import pipeline  # noqa: F401
 
 
 def _make_gate():
@@ -412,7 +414,7 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m ltbench.executors RUN.json`: train one resolved run (a DDP task's torchrun target)."""
-    from .train import train_expert
+    from .training.pipeline import train_expert
 
     argv = sys.argv[1:] if argv is None else argv
     run = json.loads(Path(argv[0]).read_text())

@@ -218,8 +218,7 @@ def config_values(params: dict[str, Any]) -> dict[str, Any]:
 
 def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> str:
     """A name that changes with anything that changes results, so a study only resumes its own trials."""
-    from .store.provenance import _hash
-    from .store.provenance import result_keys
+    from .store.provenance import _hash, result_keys
 
     # operational keys (device, workers, logging, …: records.OPERATIONAL) leave the study as it is,
     # as they leave config_hash: a study resumed on another device keeps its trials
@@ -303,7 +302,8 @@ def run_trial(run: dict[str, Any], registry: Registry, reporter: Reporter | None
     """
     from .budget import Spent, Stopwatch, parse_budget
     from .metrics import class_averaged_accuracy
-    from .train import Trainer, build_all, resolve_device, seed_everything
+    from .training.pipeline import build_all
+    from .training.trainer import Trainer, resolve_device, seed_everything
 
     budget = parse_budget(run["budget"])
     device = resolve_device(run["device"])
@@ -561,7 +561,7 @@ def tuned_run(run: dict[str, Any], spec: TuneSpec, best: dict[str, Any], space: 
 def tune_and_train(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None, console=None,
                    quiet: bool = False):
     """Tune `run` (see `tune`), then train and register it with the best values and the study's record."""
-    from .train import default_name, train_expert
+    from .training.pipeline import default_name, train_expert
 
     registry = registry or Registry()
     run = {**run, "name": run["name"] or default_name(run)}

@@ -6,7 +6,8 @@ import yaml
 from typer.testing import CliRunner
 
 import ltbench.fusion
-import ltbench.train
+import ltbench.training.pipeline
+import ltbench.training.trainer
 from conftest import TINY_DATA
 from ltbench.bench import SuiteError, builtin_suite, load_suite, run_suite
 from ltbench.cli import app
@@ -107,7 +108,7 @@ def test_the_builtin_demo_suite_is_valid():
 
 def test_suite_runs_then_resumes_without_retraining(tmp_path, home, monkeypatch):
     calls = {"train": 0, "fuse": 0}
-    real_train, real_fuse = ltbench.train.train_expert, ltbench.fusion.fuse_experts
+    real_train, real_fuse = ltbench.training.pipeline.train_expert, ltbench.fusion.fuse_experts
 
     def counting_train(*a, **kw):
         calls["train"] += 1
@@ -117,7 +118,7 @@ def test_suite_runs_then_resumes_without_retraining(tmp_path, home, monkeypatch)
         calls["fuse"] += 1
         return real_fuse(*a, **kw)
 
-    monkeypatch.setattr(ltbench.train, "train_expert", counting_train)
+    monkeypatch.setattr(ltbench.training.pipeline, "train_expert", counting_train)
     monkeypatch.setattr(ltbench.fusion, "fuse_experts", counting_fuse)
     path = write(tmp_path, TINY_SUITE)
     out = tmp_path / "report"

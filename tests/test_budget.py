@@ -1,6 +1,7 @@
 import pytest
 
-from ltbench.budget import Budget, BudgetError, Meter, count_flops, parse_budget
+from ltbench.budget import Budget, Meter, count_flops, parse_budget
+from ltbench.errors import BudgetError
 
 
 @pytest.mark.parametrize("text,amount,unit", [

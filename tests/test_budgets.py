@@ -4,10 +4,11 @@ import json
 
 import pandas as pd
 import pytest
-import yaml
 from typer.testing import CliRunner
 
-import ltbench.train
+import ltbench.training.pipeline
+
+import ltbench.training.trainer
 from ltbench.bench import SuiteError, load_suite, parse_budgets
 from ltbench.cli import app
 from ltbench.store.index import Registry
@@ -67,7 +68,7 @@ def test_parse_budgets_normalises():
 
 
 def test_cli_budgets_are_checked_before_any_work(tmp_path, home, monkeypatch):
-    monkeypatch.setattr(ltbench.train, "train_expert", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(ltbench.training.pipeline, "train_expert", lambda *a, **k: pytest.fail("trained"))
     path = write(tmp_path, TINY_SUITE)
     for bad, says in (("1steps,x", "cannot parse budget 'x'"), ("1steps,1epochs", "share one unit"),
                       ("2steps,2steps", "listed twice")):
@@ -93,8 +94,8 @@ def test_the_demo_plans_at_two_budgets():
 
 def test_a_suite_at_two_budgets_trains_the_new_budget_only_and_reports_against_budget(tmp_path, home, monkeypatch):
     calls = []
-    real = ltbench.train.train_expert
-    monkeypatch.setattr(ltbench.train, "train_expert", lambda run, **kw: calls.append(run["name"]) or real(run, **kw))
+    real = ltbench.training.pipeline.train_expert
+    monkeypatch.setattr(ltbench.training.pipeline, "train_expert", lambda run, **kw: calls.append(run["name"]) or real(run, **kw))
     vpt = {"method": "vpt-deep", "set": {"prompt_len": 1, "batch_size": 8}}  # cheaper than the probe's L-BFGS
     data = {**TINY_SUITE, "fusions": [], "runs": [{**vpt, "label": "a"}, {**vpt, "label": "b", "set": {"prompt_len": 2}}]}
     path = write(tmp_path, data)

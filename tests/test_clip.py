@@ -9,11 +9,12 @@ from typer.testing import CliRunner
 from conftest import TINY_DATA
 from ltbench.cli import app
 from ltbench.config import resolve_config
-from ltbench.backbones.base import BackboneError, create_backbone
+from ltbench.errors import BackboneError
+from ltbench.backbones.base import create_backbone
 from ltbench.methods import create_method
 from ltbench.methods.adapters import add_adapters, add_lora
 from ltbench.store.index import Registry
-from ltbench.train import build_all, train_expert
+from ltbench.training.pipeline import build_all, train_expert
 
 NAMES = ["cat", "dog", "car", "tree", "ship"]
 
@@ -103,7 +104,7 @@ def test_lpt_pp_round_trip_through_the_registry(tmp_path):
     assert any(".adapter." in k for k in ex.delta()) and "pool" in ex.delta()
     data, fresh = build_all(ex.config, reg)
     fresh.load_delta(ex.delta())
-    from ltbench.train import Trainer
+    from ltbench.training.trainer import Trainer
 
     logits = Trainer(fresh, data, ex.config, torch.device("cpu"), quiet=True).predict(data.test)
     assert torch.allclose(logits, ex.logits("test"), atol=2e-2)  # stored as fp16

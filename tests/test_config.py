@@ -1,6 +1,7 @@
 import pytest
 
-from ltbench.config import ConfigError, parse_sets, parse_value, resolve_config
+from ltbench.errors import ConfigError
+from ltbench.config import parse_sets, parse_value, resolve_config
 
 
 def test_values_parse_to_types():
@@ -30,7 +31,7 @@ def test_bad_set_syntax_and_type():
 
 
 def test_bad_budget_fails_at_resolution():
-    from ltbench.budget import BudgetError
+    from ltbench.errors import BudgetError
 
     with pytest.raises(BudgetError, match="3parsecs"):
         resolve_config({"budget": "3parsecs"})

@@ -9,13 +9,10 @@ import pytest
 from PIL import Image
 
 from ltbench._registry import UnknownNameError
-from ltbench.data import (
-    DataError,
-    create_dataset,
-    dataset_options,
-    exponential_profile,
-    shot_groups,
-)
+from ltbench.errors import DataError
+from ltbench.data import create_dataset, dataset_options
+from ltbench.data.base import exponential_profile
+from ltbench.metrics import shot_groups
 from ltbench.data.fashion_mnist import DEFAULT_ROOT as FMNIST_ROOT
 from ltbench.data.fashion_mnist import read_idx, sketch
 from ltbench.data.samplers import build_sampler

@@ -6,7 +6,6 @@ registered test logits are the oracle for what `predict` must answer.
 """
 import json
 
-import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -18,7 +17,7 @@ from ltbench.config import resolve_config
 from ltbench.errors import ExpertError
 from ltbench.fusion import fuse_experts
 from ltbench.store.index import Registry
-from ltbench.train import build_all, train_expert
+from ltbench.training.pipeline import build_all, train_expert
 
 runner = CliRunner()
 FP16_ATOL = 1e-2  # registered logits are stored in fp16

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from ltbench.cli import app
-from ltbench.data.base import shot_groups
+from ltbench.metrics import shot_groups
 from ltbench.fusion import FusionError, FusionModel, apply_fused, fuse_experts
 from ltbench.fusion import fuse as fuse_mod
 from ltbench.fusion.synthetic import balanced_labels, expert_logits, lt_counts

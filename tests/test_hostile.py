@@ -361,7 +361,7 @@ def test_split_file_with_bom_and_a_path_with_spaces(home, tmp_path):
 def test_every_set_key_declares_a_type_and_a_range():
     from ltbench.checks import Check, dataclass_checks, signature_checks
     from ltbench.config import RUN_KEYS
-    from ltbench.data import DATASETS
+    from ltbench.plugins import DATASETS
     from ltbench.methods import METHODS
 
     assert all(isinstance(k.check, Check) for k in RUN_KEYS.values())
@@ -575,8 +575,8 @@ def _disk_full(*a, **k):
 
 
 def test_a_full_disk_while_checkpointing_leaves_the_last_checkpoint_and_no_temporary(tmp_path, monkeypatch):
-    from ltbench import train
     from ltbench.errors import TrainingError
+    from ltbench.training import trainer as train
 
     ckpt = tmp_path / "run" / "checkpoint.pt"
     ckpt.parent.mkdir()

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from conftest import TINY_DATA
-from ltbench.config import ConfigError, resolve_config
+from ltbench.errors import ConfigError
+from ltbench.config import resolve_config
 from ltbench.methods.linear_probe import fit_logistic_regression
 from ltbench.store.index import Registry
-from ltbench.train import Trainer, build_all, train_expert
+from ltbench.training.pipeline import build_all, train_expert
 
 
 def problem(n=120, d=6, c=3, seed=0, noise=1.5):

@@ -17,7 +17,7 @@ from ltbench.methods import create_method
 from ltbench.methods.base import resolve_method_config
 from ltbench.methods.lpt import LPT
 from ltbench.losses import build_loss
-from ltbench.train import begin_phase, forward_loss, mixup_parts
+from ltbench.training.trainer import begin_phase, forward_loss, mixup_parts
 
 # The paper's values (Sec. 4.2, App. B, C.7, C.8): K = 6 of L = 12 blocks share only the shared
 # prompt, top-k = 2, η = 0.5, Mixup in both phases (α = 1 from the official mixup.py)

@@ -15,7 +15,7 @@ from ltbench.methods import create_method
 from ltbench.methods.adapters import add_lora
 from ltbench.methods.lt_soups import capped_subset
 from ltbench.store.index import Registry
-from ltbench.train import train_expert
+from ltbench.training.pipeline import train_expert
 
 COUNTS = np.array([40, 10, 5])
 
@@ -246,16 +246,17 @@ def test_each_phase_adjusts_by_its_own_training_prior_with_the_official_sign(tmp
     """Stage 1: CE at k = 0, LA with the capped subset's counts for k > 0; stage 2: LA with the full
     counts. LA adds + log prior to the logits (official utils/losses.py LogitAdjustedLoss), so at
     equal logits a head-class target costs less than a tail one."""
-    import ltbench.train
+    import ltbench.training.pipeline
+    import ltbench.training.trainer
 
     built = []
-    real = ltbench.train.build_loss
+    real = ltbench.training.trainer.build_loss
 
     def recording(name, counts, **kw):
         built.append((name, np.asarray(counts).copy(), real(name, counts, **kw)))
         return built[-1][2]
 
-    monkeypatch.setattr(ltbench.train, "build_loss", recording)
+    monkeypatch.setattr(ltbench.training.trainer, "build_loss", recording)
     run = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "4steps"},
                          {**TINY_DATA, "batch_size": 8, "factors": [0, 1], "branches": 1, "val_checks": 0})
     ex = train_expert(run, Registry(tmp_path), quiet=True)
@@ -276,7 +277,7 @@ def test_official_step_rule_on_cifar100_lt_and_the_suite_budget():
     """max((n // 128 + 1) · 10, 100) steps for each branch (trainer.py:954-957) and for stage 2
     (277-280): on CIFAR-100-LT IF 100 the k = 0 branch runs 100 steps, not (500 // 128) · 10 = 30."""
     from ltbench.bench import load_suite
-    from ltbench.data import exponential_profile
+    from ltbench.data.base import exponential_profile
     from ltbench.methods.lt_soups import official_steps
 
     counts = np.array(exponential_profile(100, 500, 100))

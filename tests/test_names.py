@@ -2,7 +2,7 @@
 import pytest
 
 from ltbench._registry import closest, suggest
-from ltbench.tracking import log_targets
+from ltbench.training.tracking import log_targets
 
 
 def test_suggest_names_the_closest_known_name():

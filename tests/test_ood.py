@@ -4,7 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from ltbench.data import OOD_SETS, DataError, FileSplit, LTDataset, attach_ood, load_ood
+from ltbench.plugins import OOD_SETS
+from ltbench.errors import DataError
+from ltbench.data.base import FileSplit, LTDataset
+from ltbench.data.ood import attach_ood, load_ood
 from ltbench.data.ood import IMAGENET_A_WNIDS, IMAGENET_R_WNIDS, wnids_from_classnames, wnids_from_split
 from ltbench.data.splitfile import PACKAGED, read_split_file
 from ltbench.metrics import evaluate_logits

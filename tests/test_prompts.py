@@ -12,7 +12,7 @@ from ltbench.config import resolve_config
 from ltbench.backbones.base import create_backbone
 from ltbench.methods import create_method
 from ltbench.store.index import Registry
-from ltbench.train import train_expert
+from ltbench.training.pipeline import train_expert
 
 
 def method(name, backbone="vit-tiny-test", **cfg):

@@ -1,5 +1,4 @@
 """Scale and reliability: DDP on gloo, SIGKILL + resume, concurrent registry writers, bad input."""
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -65,7 +64,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, method, sets):
     assert a.meta["world_size"] == 2 and a.meta["spent"]["images"] == b.meta["spent"]["images"]
     assert a.meta["spent"]["flops"] == b.meta["spent"]["flops"]
     assert max_diff(a.delta(), b.delta()) < 1e-5
-    from ltbench.train import build_all
+    from ltbench.training.pipeline import build_all
 
     _, fresh = build_all(b.config)
     assert max_diff(b.delta(), fresh.delta_state_dict()) > 1e-4  # and training did move the weights
@@ -202,7 +201,7 @@ def test_skip_bad_images_skips_and_counts(home, tmp_path):
 
 
 def test_nan_loss_stops_names_the_step_and_keeps_the_last_checkpoint(home, monkeypatch):
-    import ltbench.train as t
+    import ltbench.training.trainer as t
 
     real = t.build_loss
     calls = {"n": 0}

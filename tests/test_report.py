@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from ltbench.cli import app
-from ltbench.data.base import shot_groups
+from ltbench.metrics import shot_groups
 from ltbench.metrics import bootstrap_interval, class_averaged_accuracy, evaluate_logits
 from ltbench.store.index import Registry
 from ltbench.report import FILES, collect, records, render, write_plots, write_report

@@ -62,7 +62,7 @@ def test_the_mode_gives_the_same_bits_under_two_cpu_capabilities(tmp_path, capsy
 
 
 def test_the_mode_is_refused_where_torch_loaded_unpinned(monkeypatch):
-    from ltbench.config import ConfigError
+    from ltbench.errors import ConfigError
 
     monkeypatch.delenv(reproducible.ENV, raising=False)
     with pytest.raises(ConfigError, match="must be pinned before torch loads"):

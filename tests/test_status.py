@@ -1,13 +1,12 @@
 """Report rows that say whether a run trained: at chance, still improving, diverged, ok; a fusion
 that is one expert. Synthetic curves and experts registered directly (seconds)."""
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from ltbench.data.base import shot_groups
+from ltbench.metrics import shot_groups
 from ltbench.metrics import bootstrap_interval, evaluate_logits
 from ltbench.store.index import Registry
 from ltbench.report import collect, flag_lines, render, write_plots

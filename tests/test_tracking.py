@@ -14,8 +14,9 @@ from ltbench.cli import app
 from ltbench.config import resolve_config
 from ltbench.errors import ConfigError
 from ltbench.store.index import Registry
-from ltbench.tracking import HISTORY_COLUMNS
-from ltbench.train import Trainer, build_all, train_expert
+from ltbench.training.tracking import HISTORY_COLUMNS
+from ltbench.training.trainer import Trainer
+from ltbench.training.pipeline import build_all, train_expert
 
 runner = CliRunner()
 
@@ -139,7 +140,7 @@ def test_log_option_errors_come_before_any_work(monkeypatch):
         tiny_run(log="tensorbord")
     with pytest.raises(ConfigError, match="--set val_each_epoch=3: expected"):
         tiny_run(val_each_epoch=3)
-    import ltbench.tracking as tracking
+    import ltbench.training.tracking as tracking
 
     monkeypatch.setitem(tracking.LOG_TARGETS, "mlflow", ("ltbench_no_such_package", "mlflow"))
     with pytest.raises(ConfigError, match=re.escape("--log mlflow needs the 'ltbench_no_such_package' package: "

@@ -1,12 +1,12 @@
 """The training loop: budgets, frozen parameters, determinism, checkpoints."""
-import numpy as np
 import pytest
 import torch
 
 from conftest import TINY_DATA
 from ltbench.config import resolve_config
 from ltbench.store.index import Registry
-from ltbench.train import Trainer, build_all, lr_factor, train_expert
+from ltbench.training.trainer import Trainer, lr_factor
+from ltbench.training.pipeline import build_all, train_expert
 
 
 def tiny_run(method="linear-probe", budget="2epochs", **sets):
@@ -157,7 +157,7 @@ def test_checks_due_at_once_share_one_evaluation():
     of them) evaluates once: the weights are the same for each, so is the score, recorded for each."""
     from types import SimpleNamespace
 
-    from ltbench.train import _Checks
+    from ltbench.training.trainer import _Checks
 
     evaluations, seen = [], []
     trainer = SimpleNamespace(val_score=lambda meter: evaluations.append(len(evaluations)) or 0.1 * len(evaluations))

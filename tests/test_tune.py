@@ -14,15 +14,17 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import ltbench.train
+import ltbench.training.pipeline
+
+import ltbench.training.trainer
 from conftest import TINY_DATA, TINY_SETS
 from ltbench.bench import SuiteError, load_suite, report_suite, run_suite
 from ltbench.cli import app
-from ltbench.config import ConfigError, resolve_config
+from ltbench.errors import ConfigError
+from ltbench.config import resolve_config
 from ltbench.data.base import LTDataset
 from ltbench.methods.linear_probe import LinearProbeConfig
 from ltbench.store.index import Registry
-from ltbench.report import collect
 from ltbench.tune import TuneSpec, parse_tune, storage_url, tune, tune_and_train
 
 GOOD, BAD = 0.1, 1e-6
@@ -83,7 +85,7 @@ def test_tuning_never_reads_test_labels(tmp_path, lr_space, monkeypatch):
     def set_(self, split):
         self.__dict__["_test"] = split
 
-    real_train = ltbench.train.train_expert
+    real_train = ltbench.training.pipeline.train_expert
 
     def final(run, **kw):
         state["tuning"] = False
@@ -91,7 +93,7 @@ def test_tuning_never_reads_test_labels(tmp_path, lr_space, monkeypatch):
         return real_train(run, **kw)
 
     monkeypatch.setattr(LTDataset, "test", property(get, set_), raising=False)
-    monkeypatch.setattr(ltbench.train, "train_expert", final)
+    monkeypatch.setattr(ltbench.training.pipeline, "train_expert", final)
     ex = tune_and_train(sgd_probe(), TuneSpec(trials=3, share=0.5), Registry(tmp_path), quiet=True)
     assert state["final"] == 1 and len(ex.meta["tuning"]["trials"]) == 3
     assert ex.metrics["test"]["n"] > 0  # the final run did evaluate on the test split
@@ -139,16 +141,16 @@ def test_a_trial_runs_no_learning_curve_pass_the_final_run_does(tmp_path, lr_spa
     """The history's per-epoch validation pass is not charged to the budget, so a trial (never
     registered, its history unread) must not run it; the final run keeps its curve."""
     calls = {"n": 0}
-    real = ltbench.train.Trainer._val_accuracy
+    real = ltbench.training.trainer.Trainer._val_accuracy
 
     def counted(self, *a, **kw):
         calls["n"] += 1
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(ltbench.train.Trainer, "_val_accuracy", counted)
+    monkeypatch.setattr(ltbench.training.trainer.Trainer, "_val_accuracy", counted)
     tune(sgd_probe(), TuneSpec(trials=2, share=0.5, pruner="none"), Registry(tmp_path / "a"))
     assert calls["n"] == 0
-    ltbench.train.train_expert(sgd_probe(budget="2epochs"), registry=Registry(tmp_path / "b"), quiet=True)
+    ltbench.training.pipeline.train_expert(sgd_probe(budget="2epochs"), registry=Registry(tmp_path / "b"), quiet=True)
     assert calls["n"] == 2  # one point per epoch of the registered run
 
 
@@ -156,7 +158,8 @@ def test_the_pruner_hears_at_the_points_of_the_whole_budget_however_many_phases(
     """LT-Soups trains 7 short phases (3 caps x 2 branches, then the head): its reports come when the
     phases' summed spending passes each point of the run's budget, sub-epoch points included."""
     from ltbench.budget import parse_budget
-    from ltbench.train import Trainer, build_all
+    from ltbench.training.trainer import Trainer
+    from ltbench.training.pipeline import build_all
 
     run = {**resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "3epochs"},
                             {**TINY_DATA, "factors": [0, 1, 2], "val_checks": 0}), "name": "soup"}
@@ -335,8 +338,8 @@ def test_a_trial_runs_its_own_whole_schedule(tmp_path, monkeypatch):
     """Warm-up and cosine are scaled to the trial's own length, as to the final run's: a quarter-length
     trial warms up for its first 10 % of steps and decays to its own end."""
     seen = []
-    real = ltbench.train.lr_factor
-    monkeypatch.setattr(ltbench.train, "lr_factor", lambda p, w, *a: seen.append((p, w)) or real(p, w, *a))
+    real = ltbench.training.trainer.lr_factor
+    monkeypatch.setattr(ltbench.training.trainer, "lr_factor", lambda p, w, *a: seen.append((p, w)) or real(p, w, *a))
     monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("choice", [GOOD])})
     tune(sgd_probe(budget="80steps", warmup=0.1), TuneSpec(trials=1, share=0.25), Registry(tmp_path))
     progress = [p for p, _ in seen]

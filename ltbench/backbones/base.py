@@ -23,10 +23,8 @@ from timm.models import VisionTransformer
 from torch import nn
 
 from .._registry import UnknownNameError, suggest
+from ..errors import BackboneError
 from ..plugins import BACKBONES
-
-
-from ..errors import BackboneError  # noqa: E402,F401
 
 
 @dataclass

@@ -23,8 +23,9 @@ from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from timm.data import resolve_data_config
 from torch import nn
 
+from ..errors import BackboneError
 from ..plugins import CLIP_BACKBONES
-from .base import Backbone, BackboneError, dinov2_record, weights_record
+from .base import Backbone, dinov2_record, weights_record
 from .names import parse_backbone_name
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"

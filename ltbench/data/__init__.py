@@ -6,30 +6,23 @@
 A source is a builder `fn(root, seed, **options) -> LTDataset` registered with
 `@DATASETS.register("name")`; its keyword defaults are its options. `create_dataset`
 checks the options against the builder's signature, so a typo fails before any file is
-read, with the closest known option named. Importing this package registers all sources.
+read, with the closest known option named. Importing this package imports (and so registers) every source module.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any, Callable
 
-from .._registry import UnknownNameError, suggest
+from .. import catalog
+from .._registry import suggest
+from ..errors import DataError
 from ..plugins import DATASETS
-from .base import (
-    FEW,
-    GROUP_NAMES,
-    MANY,
-    MEDIUM,
-    ArraySplit,
-    DataError,
-    FileSplit,
-    LTDataset,
-    Split,
-    TorchSplit,
-    exponential_profile,
-    shot_groups,
-    take_per_class,
-)
+from .base import LTDataset
+
+# every source module registers itself (`@DATASETS.register`, `@OOD_SETS.register`) when imported
+for _module in sorted({module for kind in ("DATASETS", "OOD_SETS") for module, _ in catalog.table(kind).values()}):
+    importlib.import_module(_module)
 
 Builder = Callable[..., LTDataset]
 
@@ -72,31 +65,3 @@ def create_dataset(name: str, root: str | None = None, seed: int = 0, **options:
     ds.name = name
     ds.options = dict(resolved)
     return ds
-
-
-__all__ = [
-    "DATASETS",
-    "FEW",
-    "GROUP_NAMES",
-    "MANY",
-    "MEDIUM",
-    "ArraySplit",
-    "DataError",
-    "FileSplit",
-    "LTDataset",
-    "Split",
-    "TorchSplit",
-    "UnknownNameError",
-    "check_options",
-    "create_dataset",
-    "dataset_options",
-    "exponential_profile",
-    "shot_groups",
-    "take_per_class",
-]
-
-# Registering the sources (each module does `@DATASETS.register(...)`).
-from . import cifar, fashion_mnist, folder, splitfile  # noqa: E402,F401
-from .ood import OOD_SETS, attach_ood, load_ood  # noqa: E402
-
-__all__ += ["OOD_SETS", "attach_ood", "load_ood"]

@@ -14,10 +14,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from ..metrics import FEW, FEW_THRESHOLD, GROUP_NAMES, MANY, MANY_THRESHOLD, MEDIUM, shot_groups  # noqa: F401
-
-
-from ..errors import DataError  # noqa: E402,F401
+from ..errors import DataError
+from ..metrics import FEW_THRESHOLD, MANY_THRESHOLD, shot_groups
 
 
 def load_image(path: str | Path, draft: bool = False) -> Image.Image:

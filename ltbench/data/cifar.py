@@ -17,8 +17,9 @@ from typing import Annotated, Any
 import numpy as np
 
 from ..checks import Choice, Float, Int
-from . import DATASETS
-from .base import ArraySplit, DataError, LTDataset, lt_train_val
+from ..errors import DataError
+from ..plugins import DATASETS
+from .base import ArraySplit, LTDataset, lt_train_val
 
 FOLDER = "cifar-100-python"
 

@@ -10,16 +10,17 @@ images as line drawings (edges dark on white), the analogue of ImageNet-Sketch.
 from __future__ import annotations
 
 import gzip
-from typing import Annotated
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from ..checks import Float, Int, Opt
-from . import DATASETS
-from .base import ArraySplit, DataError, LTDataset, lt_train_val, take_per_class
+from ..errors import DataError
+from ..plugins import DATASETS
+from .base import ArraySplit, LTDataset, lt_train_val, take_per_class
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSNAMES = [

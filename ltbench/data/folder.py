@@ -18,8 +18,9 @@ from typing import Annotated
 import numpy as np
 
 from ..checks import Float, Int, Opt
-from . import DATASETS
-from .base import DataError, FileSplit, LTDataset, exponential_profile, take_per_class
+from ..errors import DataError
+from ..plugins import DATASETS
+from .base import FileSplit, LTDataset, exponential_profile, take_per_class
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 

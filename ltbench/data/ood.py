@@ -25,8 +25,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..errors import DataError
 from ..plugins import OOD_SETS
-from .base import DataError, FileSplit, LTDataset, Split
+from .base import FileSplit, LTDataset, Split
 from .folder import IMAGE_EXTENSIONS, _class_dirs, _images
 
 WNID = re.compile(r"^n\d{8}$")

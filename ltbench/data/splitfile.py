@@ -15,16 +15,16 @@ validation split (used for model selection and fusion) is held out from the trai
 from __future__ import annotations
 
 import gzip
-from typing import Annotated
 import re
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 
 from ..checks import Int, Opt, Str
-from . import DATASETS
-from .base import DataError, FileSplit, LTDataset, take_per_class
-
+from ..errors import DataError
+from ..plugins import DATASETS
+from .base import FileSplit, LTDataset, take_per_class
 
 #: The split files shipped as package data, one folder per dataset.
 PACKAGED = Path(__file__).resolve().parent / "splits"

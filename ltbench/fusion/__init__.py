@@ -13,7 +13,15 @@ Scorers (``SCORERS``, one registered function each, in ``scorers.py``):
 Fusion is in probability space (``core.py`` documents the formula); every scorer is fitted
 on the validation split only, and is applied afterwards to test and OOD splits.
 """
-from .core import FEATURES, OBJECTIVES, FusionError, FusionModel, OffsetNet, ProbStack, make_objective
+from ..errors import FusionError
+from .core import (
+           FEATURES,
+           OBJECTIVES,
+           FusionModel,
+           OffsetNet,
+           ProbStack,
+           make_objective,
+)
 from .fuse import apply_fused, check_compatible, fit, fuse_experts
 from .scorers import SCORERS, FitContext
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import FusionError
 from ..metrics import GROUP_NAMES
 
 #: Floor for a base weight before softplus⁻¹ (so a zero base weight can still be offset upwards).
@@ -47,9 +48,6 @@ OBJECTIVES = {
 }
 #: Confidence statistics per expert and sample, the offset network's inputs.
 FEATURES = ("max_prob", "entropy", "margin", "agreement")
-
-
-from ..errors import FusionError  # noqa: E402,F401
 
 
 # -- probability stacks ------------------------------------------------------------------

@@ -33,11 +33,20 @@ import numpy as np
 import torch
 from rich.console import Console
 
-from ..metrics import FEW_THRESHOLD, GROUP_NAMES, MANY_THRESHOLD, evaluate_logits, group_protocol, shot_groups, thresholds
-from ..store.records import ExpertRecord, expert_record
+from ..errors import FusionError
+from ..metrics import (
+    FEW_THRESHOLD,
+    GROUP_NAMES,
+    MANY_THRESHOLD,
+    evaluate_logits,
+    group_protocol,
+    shot_groups,
+    thresholds,
+)
 from ..store.expert import Expert, check_name
 from ..store.index import Registry
-from .core import OBJECTIVES, FusionError, FusionModel, ProbStack
+from ..store.records import ExpertRecord, expert_record
+from .core import OBJECTIVES, FusionModel, ProbStack
 from .scorers import SCORERS, FitContext
 
 SPLIT_KEYS = ("dataset", "data", "data_seed")  # what decides which samples val / test / OOD hold

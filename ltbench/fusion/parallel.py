@@ -25,7 +25,8 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from .core import FusionError, ProbStack, make_objective
+from ..errors import FusionError
+from .core import ProbStack, make_objective
 
 HEARTBEAT_S = 1
 GRACE_S = 3

@@ -16,8 +16,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import FusionError
 from ..plugins import SCORERS
-from .core import FusionError, FusionModel, ProbStack, make_objective, normalise_base, stratified_holdout
+from .core import (
+    FusionModel,
+    ProbStack,
+    make_objective,
+    normalise_base,
+    stratified_holdout,
+)
 from .learned import fit_offsets
 from .search import search_weights
 

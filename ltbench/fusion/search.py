@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .core import FusionError, ProbStack, normalise_base
+from ..errors import FusionError
+from .core import ProbStack, normalise_base
 
 
 def param_name(expert: str, group: str | None) -> str:

@@ -21,7 +21,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..budget import BudgetError, parse_budget
+from ..budget import parse_budget
+from ..errors import BudgetError
 from .tables import ReportError, _missing
 
 COLUMNS = ["dataset", "series", "method", "backbone", "budget", "amount", "unit", "seeds", "overall", "overall_std",

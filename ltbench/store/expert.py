@@ -272,7 +272,7 @@ def unquote_split(stem: str) -> str:
 
 
 def write_history(path: Path, rows: list[dict[str, Any]]) -> None:
-    from ..tracking import HISTORY_COLUMNS
+    from ..training.tracking import HISTORY_COLUMNS
 
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
@@ -299,9 +299,6 @@ def write_json(path: Path, obj: Any) -> None:
     from ..jsonio import dumps
 
     path.write_text(dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-
 
 
 def sha256(path: Path) -> str:

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from .checks import Check
-from .errors import ConfigError
+from ..checks import Check
+from ..errors import ConfigError
 
 #: history.csv's columns: step (global, from 1), phase, epoch (epochs so far in the phase), mean
 #: loss of the step, learning rate, images/s of the step, FLOPs and device seconds spent so far
@@ -44,7 +44,7 @@ def log_targets(value: Any) -> list[str]:
         if item in ("", "none"):
             continue
         if item not in LOG_TARGETS:
-            from ._registry import closest
+            from .._registry import closest
 
             close = closest(item, LOG_TARGETS, cutoff=0.6)
             raise ValueError(LogTargets.what + (f"; did you mean {close!r}?" if close else ""))
