@@ -54,7 +54,7 @@ from ltbench.config import resolve_config  # noqa: E402
 from ltbench.data.base import TorchSplit  # noqa: E402
 from ltbench.data.samplers import build_batch_sampler  # noqa: E402
 from ltbench.data.transforms import build_transform  # noqa: E402
-from ltbench.backbones.base import create_backbone  # noqa: E402
+from ltbench.backbones.factory import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
 from ltbench.training.trainer import Trainer, begin_phase, make_optimizer, resolve_workers
 from ltbench.training.pipeline import build_all

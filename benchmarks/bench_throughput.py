@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ltbench.budget import parse_budget  # noqa: E402
 from ltbench.config import resolve_config  # noqa: E402
 from ltbench.data.base import LTDataset, Split, exponential_profile  # noqa: E402
-from ltbench.backbones.base import create_backbone  # noqa: E402
+from ltbench.backbones.factory import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
 from ltbench.training.trainer import Trainer, begin_phase, make_optimizer, resolve_device  # noqa: E402
 

@@ -219,7 +219,7 @@ def doctor(repair: bool = False, remove_broken: bool = False, registry: Registry
 
 def params(method: str, backbone: str, num_classes: int, sets: list[str] | None = None) -> dict[str, int]:
     """Parameter counts without loading weights (random init of the backbone's shapes)."""
-    from .backbones.base import create_backbone
+    from .backbones.factory import create_backbone
     from .config import method_overrides, parse_sets
     from .methods import create_method
 

@@ -248,12 +248,13 @@ def _check_backbone(name: str, where: str, source: str) -> None:
     """Fail on an unknown backbone name before any run builds a model (no weights are loaded)."""
     import timm
 
-    from .backbones.base import BACKBONES, create_backbone
+    from .plugins import BACKBONES
+    from .backbones.factory import create_backbone
 
     if name.startswith("clip:"):
         import open_clip
 
-        from .backbones.clip import CLIP_BACKBONES
+        from .plugins import CLIP_BACKBONES
 
         body = name[len("clip:"):]
         if body in CLIP_BACKBONES or body.partition("/")[0] in open_clip.list_models():
@@ -778,12 +779,12 @@ def forward_flops(backbone: str, img_size: int | None) -> tuple[float | None, in
     device: no weights are loaded or allocated. (None, None) when the model cannot be built so."""
     import torch
 
-    from .backbones.base import create_backbone
+    from .backbones.factory import create_backbone
     from .budget import count_flops
 
     try:
         body = backbone[len("clip:"):] if backbone.startswith("clip:") else None
-        from .backbones.clip import CLIP_BACKBONES
+        from .plugins import CLIP_BACKBONES
 
         if body is not None and body not in CLIP_BACKBONES:  # an open_clip architecture: its image tower
             import open_clip

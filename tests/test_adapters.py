@@ -9,7 +9,7 @@ shared prompt in phase 1."""
 import pytest
 import torch
 
-from ltbench.backbones.base import create_backbone
+from ltbench.backbones.factory import create_backbone
 from ltbench.methods import create_method
 from ltbench.methods.adapters import AdaptedBlock, add_adapters
 

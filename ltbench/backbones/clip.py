@@ -25,7 +25,8 @@ from torch import nn
 
 from ..errors import BackboneError
 from ..plugins import CLIP_BACKBONES
-from .base import Backbone, dinov2_record, weights_record
+from .base import Backbone, weights_record
+from .dinov2 import dinov2_record
 from .names import parse_backbone_name
 
 CONFIG_DIR = Path(__file__).parent / "clip_configs"

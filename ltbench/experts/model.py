@@ -162,7 +162,7 @@ def backbone_fingerprint(method: nn.Module, stored: Sequence[str]) -> str:
 def _build_method(spec: Spec, weights: str | None) -> nn.Module:
     """The method as it ended training: backbone (+ init tensors), method, delta. A freshly built
     method is in its inference state (LPT starts in its last stage), so no phase hook is replayed."""
-    from ..backbones.base import create_backbone
+    from ..backbones.factory import create_backbone
     from ..methods import create_method
 
     c = spec.config

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 
 from .. import reproducible
-from ..backbones.base import create_backbone
+from ..backbones.factory import create_backbone
 from ..budget import Budget, Stopwatch, parse_budget
 from ..data.base import LTDataset
 from ..data import create_dataset
