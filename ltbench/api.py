@@ -42,7 +42,7 @@ def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str
     """`ltbench train`; `tune` ({budget, trials, share, jobs, …}) tunes the run first (ltbench/tune.py)."""
     from .config import load_config_file, parse_sets, resolve_config
     from .training.pipeline import train_expert
-    from .tune import parse_tune, tune_and_train
+    from .tuning.tuner import parse_tune, tune_and_train
 
     spec = parse_tune(tune, "--tune")
 

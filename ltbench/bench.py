@@ -84,7 +84,7 @@ from .store.index import Registry
 from .store.provenance import OPERATIONAL
 
 if TYPE_CHECKING:
-    from .tune import TuneSpec
+    from .tuning.tuner import TuneSpec
 
 SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "budgets", "seeds", "set", "groups", "tune",
               "runs", "fusions", "reference", "resources", "retries")
@@ -319,7 +319,7 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         fusions.append(_parse_fusion(i, raw, labels, fusions, source))
 
     references = _parse_references(data.get("reference"), [*labels, *(f.label for f in fusions)], source)
-    from .tune import parse_tune
+    from .tuning.tuner import parse_tune
 
     try:
         tune = parse_tune(data.get("tune"), f"{source}: tune")
@@ -500,7 +500,7 @@ def plan(suite: Suite) -> list[Job]:
             except ConfigError as e:
                 raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}".replace("--set ", "set: ")) from None
             if suite.tune is not None:
-                from .tune import search_space
+                from .tuning.tuner import search_space
 
                 tuned = sorted(set(search_space(run)) & set(sets))
                 if tuned:
@@ -660,7 +660,7 @@ def run_suite(suite: Suite, registry: Registry | None = None, console: Console |
                 continue
             progress.update(task, description=f"{job.name} ({job.kind})")
             if job.kind == "run" and job.tune is not None:
-                from .tune import tune_and_train
+                from .tuning.tuner import tune_and_train
 
                 tune_and_train(job.run, job.tune, registry=registry, console=console, quiet=quiet)
             elif job.kind == "run":

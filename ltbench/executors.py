@@ -110,7 +110,7 @@ def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, key: str
     if job["kind"] == "run":
         run = {**job["run"], "resume": attempt > 1}  # a retry continues from the last epoch checkpoint
         if job.get("tune"):  # the suite's tune: block (its trials run in this task)
-            from .tune import TuneSpec, tune_and_train
+            from .tuning.tuner import TuneSpec, tune_and_train
 
             tune_and_train(run, TuneSpec(**job["tune"]), registry=registry, quiet=True)
         elif gpus > 1:
@@ -183,7 +183,8 @@ def board():
 # -- warming a cluster's workers -----------------------------------------------------------------
 def _import_task_modules() -> None:
     """What a task imports (torch, timm, torchvision through the trainer; fusion, tune): seconds."""
-    from . import fusion, tune  # noqa: F401
+    from . import fusion  # noqa: F401
+    from .tuning import tuner  # noqa: F401
     from .store import index  # noqa: F401
     from .training import pipeline  # noqa: F401
 

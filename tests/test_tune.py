@@ -25,7 +25,7 @@ from ltbench.config import resolve_config
 from ltbench.data.base import LTDataset
 from ltbench.methods.linear_probe import LinearProbeConfig
 from ltbench.store.index import Registry
-from ltbench.tune import TuneSpec, parse_tune, storage_url, tune, tune_and_train
+from ltbench.tuning.tuner import TuneSpec, parse_tune, storage_url, tune, tune_and_train
 
 GOOD, BAD = 0.1, 1e-6
 
@@ -189,7 +189,7 @@ def test_trials_run_in_parallel_processes_sharing_the_study(tmp_path, lr_space):
 def test_the_study_name_ignores_exactly_the_operational_keys():
     """Moving a study to another device or worker count resumes its trials; a result key starts a new one."""
     from ltbench.store.provenance import OPERATIONAL
-    from ltbench.tune import study_name
+    from ltbench.tuning.tuner import study_name
 
     run, spec, space = sgd_probe(), TuneSpec(trials=2), {"lr": ("choice", [BAD, GOOD])}
     name = study_name(run, spec, space)
@@ -284,7 +284,7 @@ def toy_trial(run, registry, reporter=None, val_images=0):
     0.1 + 0.8·g(lr)·(1 − e^(−t/8)), g a bump 0.25 decades wide around lr* = 0.03 in a 6-decade space
     (1e-5 … 10): a short trial already ranks lrs, and 3 draws rarely land in the bump."""
     from ltbench.budget import Spent, parse_budget
-    from ltbench.tune import TrialCompute
+    from ltbench.tuning.tuner import TrialCompute
 
     lr, steps = run["method_config"]["lr"], parse_budget(run["budget"]).amount
     g = math.exp(-0.5 * (math.log10(lr / 0.03) / 0.25) ** 2)
@@ -296,10 +296,10 @@ def toy_trial(run, registry, reporter=None, val_images=0):
 def test_successive_halving_finds_the_lr_a_fixed_share_search_of_the_same_compute_misses(tmp_path, monkeypatch, seed):
     """Same compute (0.75 of the run), same space: 3 trials of a quarter each miss the narrow good
     learning rate; successive halving spends the same on 9 + 3 + 1 trials of 1/36, 1/12, 1/4 and finds it."""
-    import ltbench.tune
+    import ltbench.tuning.tuner
 
     monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("log", 1e-5, 10.0)})
-    monkeypatch.setattr(ltbench.tune, "run_trial", toy_trial)
+    monkeypatch.setattr(ltbench.tuning.tuner, "run_trial", toy_trial)
     run = sgd_probe(budget="360steps", seed=seed)
     fixed = tune(run, TuneSpec(trials=3, share=0.25, pruner="none"), Registry(tmp_path / "fixed"))[1]
     sha = tune(run, TuneSpec(budget=0.75, share=0.25), Registry(tmp_path / "sha"))[1]
@@ -321,7 +321,7 @@ def test_successive_halving_finds_the_lr_a_fixed_share_search_of_the_same_comput
 def test_halving_on_the_real_pipeline_spends_its_budget_and_resumes(tmp_path, lr_space):
     """A budget's halving with real trials: the plan's trials, within the budget, and a second call on
     the same storage runs nothing more (a killed tuning resumes with what it has)."""
-    from ltbench.tune import halving_plan
+    from ltbench.tuning.tuner import halving_plan
 
     reg = Registry(tmp_path)
     spec = TuneSpec(budget=1.0, share=0.5, eta=2, rungs=2)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import multiprocessing as mp
 import time
 import zlib
 from pathlib import Path
@@ -26,19 +25,14 @@ import numpy as np
 import torch
 
 from ..errors import FusionError
+from ..tuning.study import join, quiet_optuna, rdb_storage, spawn
 from .core import ProbStack, make_objective
 
-HEARTBEAT_S = 1
-GRACE_S = 3
-
-
-def rdb_storage(url: str):
-    """Optuna storage with a heartbeat and retries of failed trials (what a killed worker leaves)."""
+def weight_sampler(seed: int):
+    """TPE over the expert weights, seeded so reruns agree; the search and every worker use it."""
     import optuna
 
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3))
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
 
 
 def check_workers(workers: int, storage: str | None) -> None:
@@ -81,14 +75,11 @@ def _worker(storage: str, study_name: str, target: int, seed: int, keys: list[li
     """One search process: run trials of the shared study until `target` of them are complete."""
     import optuna
 
-    from .search import _quiet_optuna
-
     torch.set_num_threads(1)
     score = make_objective(objective, labels, shot_groups)
     E, G = len(keys), len(keys[0])
-    with _quiet_optuna():
-        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-        study = optuna.load_study(study_name=study_name, storage=rdb_storage(storage), sampler=sampler)
+    with quiet_optuna():
+        study = optuna.load_study(study_name=study_name, storage=rdb_storage(storage), sampler=weight_sampler(seed))
         states = optuna.trial.TrialState
         while True:
             lock = study_lock(storage, study_name)
@@ -143,12 +134,6 @@ def _fail_unclaimed(study) -> None:
 def run_workers(workers: int, storage: str, study_name: str, target: int, seed: int, keys: list[list[str]],
                 stack: ProbStack, objective: str, labels: np.ndarray, shot_groups: np.ndarray) -> dict[str, Any]:
     """Run `workers` search processes on the study until it has `target` complete trials."""
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(storage, study_name, target, seed + 1 + i, keys, stack, objective,
-                                               np.asarray(labels), np.asarray(shot_groups)), daemon=True)
-             for i in range(workers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    return {"workers": workers, "worker_exit_codes": [p.exitcode for p in procs]}
+    procs = spawn(_worker, [(storage, study_name, target, seed + 1 + i, keys, stack, objective, np.asarray(labels),
+                             np.asarray(shot_groups)) for i in range(workers)], daemon=True)
+    return {"workers": workers, "worker_exit_codes": join(procs)}

@@ -11,57 +11,20 @@ with a larger ``trials``, continues the study instead of restarting it.
 """
 from __future__ import annotations
 
-import contextlib
 import time
-import warnings
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from ..errors import FusionError
+from ..tuning.study import open_study, quiet_optuna
 from .core import ProbStack, normalise_base
+from .parallel import run_workers, weight_sampler
 
 
 def param_name(expert: str, group: str | None) -> str:
     """The Optuna parameter of one expert's weight (per group: `expert@group`), stable across resumes."""
     return expert if group is None else f"{expert}@{group}"
-
-
-@contextlib.contextmanager
-def _quiet_optuna() -> Iterator[None]:
-    import optuna
-
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            yield
-    finally:
-        optuna.logging.set_verbosity(level)
-
-
-def open_study(study_name: str, storage: str | None, seed: int, heartbeat: bool = False):
-    """Create or resume the study `study_name` in `storage` (in memory without one), seeded so reruns agree."""
-    import optuna
-
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
-    try:
-        if heartbeat:  # shared by workers: a killed one's trial is failed and retried
-            from .parallel import rdb_storage
-
-            study_storage = rdb_storage(storage)
-        else:
-            study_storage = storage
-        study = optuna.create_study(study_name=study_name, storage=study_storage, sampler=sampler,
-                                    direction="maximize", load_if_exists=True)
-    except Exception as e:  # bad URL, missing driver, unwritable file: a user error, said in one line
-        hint = " (expected a database URL such as sqlite:///fusion.db)" if storage and "://" not in storage else ""
-        raise FusionError(f"cannot open Optuna storage {storage!r}{hint}: {type(e).__name__}: {e}") from None
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise FusionError(f"Optuna study {study_name!r} in {storage} is not a maximisation study; "
-                          "use another --storage")
-    return study
 
 
 def search_weights(stack: ProbStack, score: Callable[[torch.Tensor], float], experts: list[str],
@@ -88,8 +51,8 @@ def search_weights(stack: ProbStack, score: Callable[[torch.Tensor], float], exp
         return score(stack.predict(w))
 
     t0 = time.perf_counter()
-    with _quiet_optuna():
-        study = open_study(study_name, storage, seed, heartbeat=workers > 1)
+    with quiet_optuna():
+        study = open_study(study_name, storage, weight_sampler(seed), FusionError, heartbeat=workers > 1)
         anchors = [{k: 1.0 for row in keys for k in row}]  # equal weights
         anchors += [{k: (1.0 if e == j else 0.0) for e, row in enumerate(keys) for k in row} for j in range(E)]
         for params in anchors:
@@ -99,8 +62,6 @@ def search_weights(stack: ProbStack, score: Callable[[torch.Tensor], float], exp
         todo = max(trials, len(anchors)) - before  # the anchors always run: the guarantee rests on them
         parallel = {}
         if todo > 0 and workers > 1:
-            from .parallel import run_workers
-
             parallel = run_workers(workers, storage, study_name, before + todo, seed, keys, stack, *score_spec)
         elif todo > 0:
             study.optimize(objective, n_trials=todo)

@@ -31,9 +31,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from . import _registry
-from .errors import ConfigError, TrainingError
-from .store.index import Registry
+from .. import _registry
+from ..errors import ConfigError, TrainingError
+from ..store.index import Registry
+from .study import join, open_study, spawn
 
 SPACE_KINDS = ("log", "float", "int", "choice", "by")
 PRUNERS = ("median", "none")
@@ -124,7 +125,7 @@ def storage_url(registry: Registry) -> str:
 
 def search_space(run: dict[str, Any]) -> dict[str, tuple]:
     """The method's declared space for this resolved run, checked against its config keys."""
-    from .methods import METHODS
+    from ..methods import METHODS
 
     cls = METHODS.get(run["method"])
     space = cls.Config(**run["method_config"]).search_space()
@@ -218,7 +219,7 @@ def config_values(params: dict[str, Any]) -> dict[str, Any]:
 
 def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> str:
     """A name that changes with anything that changes results, so a study only resumes its own trials."""
-    from .store.provenance import _hash, result_keys
+    from ..store.provenance import _hash, result_keys
 
     # operational keys (device, workers, logging, …: records.OPERATIONAL) leave the study as it is,
     # as they leave config_hash: a study resumed on another device keeps its trials
@@ -234,7 +235,7 @@ def trial_run(run: dict[str, Any], params: dict[str, Any], share: float) -> dict
     operational key): a trial is never registered, so nobody reads its history, and those passes
     are not charged to its budget (a multi-phase trial, e.g. LT-Soups' 15, ran one per phase).
     """
-    from .budget import parse_budget
+    from ..budget import parse_budget
 
     budget = parse_budget(run["budget"]).scaled(share)
     if budget.unit == "steps":  # whole steps, at least one
@@ -300,10 +301,10 @@ def run_trial(run: dict[str, Any], registry: Registry, reporter: Reporter | None
 
     The accuracy is measured on `val_subset`; with a `reporter`, at each of its points too.
     """
-    from .budget import Spent, Stopwatch, parse_budget
-    from .metrics import class_averaged_accuracy
-    from .training.pipeline import build_all
-    from .training.trainer import Trainer, resolve_device, seed_everything
+    from ..budget import Spent, Stopwatch, parse_budget
+    from ..metrics import class_averaged_accuracy
+    from ..training.pipeline import build_all
+    from ..training.trainer import Trainer, resolve_device, seed_everything
 
     budget = parse_budget(run["budget"])
     device = resolve_device(run["device"])
@@ -347,8 +348,7 @@ def _open_study(name: str, storage: str, spec: TuneSpec, seed: int, worker: int 
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=spec.startup, n_warmup_steps=0)
               if spec.pruner == "median" and spec.budget is None else optuna.pruners.NopPruner())
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                               direction="maximize", load_if_exists=True)
+    return open_study(name, storage, sampler, ConfigError, pruner=pruner)
 
 
 def halving_plan(spec: TuneSpec) -> list[tuple[int, float]]:
@@ -409,21 +409,15 @@ def _in_processes(target: Callable[..., None], args: tuple, parts: list[Any], jo
         for part in parts:
             target(*args, part)
         return
-    import multiprocessing as mp
-
     threads = max(1, torch.get_num_threads() // jobs)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=target, args=(*args, parts[i], i, threads)) for i in range(1, len(parts))]
-    for p in procs:
-        p.start()
+    procs = spawn(target, [(*args, parts[i], i, threads) for i in range(1, len(parts))])
     before = torch.get_num_threads()
     try:
         target(*args, parts[0], 0, threads)
     finally:
         torch.set_num_threads(before)
-        for p in procs:
-            p.join()
-    bad = [p.exitcode for p in procs if p.exitcode]
+        codes = join(procs)
+    bad = [code for code in codes if code]
     if bad:
         raise TrainingError(f"tuning study {args[0]!r}: {len(bad)} worker process(es) failed (exit {bad[0]});"
                             f" rerun to resume it from {args[1]}")
@@ -489,7 +483,7 @@ def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) 
     one and jobs − 1 spawned ones, the cores shared among them), all on the study in the storage.
     A method with an empty space runs no trials: its values are its defaults.
     """
-    from .budget import parse_budget
+    from ..budget import parse_budget
 
     registry = registry or Registry()
     space = search_space(run)
@@ -561,12 +555,12 @@ def tuned_run(run: dict[str, Any], spec: TuneSpec, best: dict[str, Any], space: 
 def tune_and_train(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None, console=None,
                    quiet: bool = False):
     """Tune `run` (see `tune`), then train and register it with the best values and the study's record."""
-    from .training.pipeline import default_name, train_expert
+    from ..training.pipeline import default_name, train_expert
 
     registry = registry or Registry()
     run = {**run, "name": run["name"] or default_name(run)}
     if run["name"] in registry:
-        from .errors import RegistryError
+        from ..errors import RegistryError
 
         raise RegistryError(f"expert {run['name']!r} is already registered in {registry.home};"
                             f" pick --name or `ltbench rm {run['name']}`")
