@@ -53,7 +53,9 @@ def main() -> None:
     t0 = time.perf_counter()
     from rich.console import Console
 
-    from ltbench.bench import builtin_suite, load_suite, parse_suite, report_suite, run_suite
+    from ltbench.suites.schema import builtin_suite, load_suite, parse_suite
+    from ltbench.suites.results import report_suite
+    from ltbench.executors import run_suite
     from ltbench.store.index import Registry
 
     t_import = time.perf_counter() - t0

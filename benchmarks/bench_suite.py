@@ -81,7 +81,8 @@ def _share(steps: int, part: int, parts: int, home: str, barrier, results) -> No
     same at any step count, so every other run would give one part all the VPT runs."""
     import torch
 
-    from ltbench.bench import parse_suite, run_suite
+    from ltbench.suites.schema import parse_suite
+    from ltbench.executors import run_suite
     from ltbench.store.index import Registry
 
     torch.set_num_threads(1)
@@ -114,8 +115,8 @@ def time_executors(steps: int, cold: bool = False) -> dict:
     import ray
     import torch
 
-    from ltbench.bench import parse_suite
-    from ltbench.executors import run_suite_ray, warm_workers
+    from ltbench.suites.schema import parse_suite
+    from ltbench.executors.ray import run_suite_ray, warm_workers
     from ltbench.store.index import Registry
 
     torch.set_num_threads(1)

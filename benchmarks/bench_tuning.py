@@ -101,7 +101,8 @@ def main() -> None:
     from rich.console import Console
 
     import ltbench
-    from ltbench.bench import parse_suite, run_suite
+    from ltbench.suites.schema import parse_suite
+    from ltbench.executors import run_suite
     from ltbench.store.index import Registry
 
     demo = QUICK if args.quick else yaml.safe_load((Path(ltbench.__file__).parent / "suites" / "demo.yaml").read_text())
@@ -147,7 +148,8 @@ def by_budget(demo: dict, args, registry, console) -> None:
     """The tuned demo at each of `args.budgets` (its own budget among them or not), then the
     accuracy-against-budget table, where the ranking changes, and the figure."""
     from ltbench import api
-    from ltbench.bench import parse_suite, run_suite
+    from ltbench.suites.schema import parse_suite
+    from ltbench.executors import run_suite
 
     data = variant_suite(demo, "tuned", args.seeds)
     data["budgets"] = list(args.budgets)

@@ -33,7 +33,7 @@ def version() -> str:
     return f"ltbench {__version__} (git {git_hash() or 'unknown'})"
 
 if TYPE_CHECKING:
-    from .bench import Suite
+    from .suites.schema import Suite
 
 
 def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str | Path | None = None,
@@ -103,8 +103,9 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
         raise ReportError(f"unknown --by {by!r}; use budget.{suggest(by, ['budget'])}")
     suite = filters.pop("suite", None)
     if suite is not None:  # exactly the suite's experts, with its published reference rows
-        from .bench import load_suite, suite_runs
         from .report import add_references
+        from .suites.results import suite_runs
+        from .suites.schema import load_suite
 
         suite = load_suite(suite)
         registry = registry or Registry.existing()
@@ -247,8 +248,8 @@ def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: boo
     Returns (the rich table, the files written, the suite's expert names). The report covers
     exactly the suite's experts and goes to `out` (default <LTBENCH_HOME>/reports/<suite name>).
     """
-    from .bench import check_report_dir, default_report_dir, report_suite, run_suite
-    from .executors import check_executor
+    from .executors import check_executor, run_suite
+    from .suites.results import check_report_dir, default_report_dir, report_suite
 
     check_executor(executor, address)
     suite = _suite(suite, budgets)
@@ -261,7 +262,7 @@ def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: boo
 
 def _suite(suite: "str | Path | Suite", budgets: str | list[str] | None = None) -> "Suite":
     """The suite, at `budgets` when given (checked first: a bad value fails before the file is read)."""
-    from .bench import Suite, load_suite, parse_budgets
+    from .suites.schema import Suite, load_suite, parse_budgets
 
     wanted = parse_budgets(budgets) if budgets is not None else None
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
@@ -270,7 +271,7 @@ def _suite(suite: "str | Path | Suite", budgets: str | list[str] | None = None) 
 
 def plan(suite: "str | Path | Suite", budgets: str | list[str] | None = None):
     """`ltbench bench SUITE --plan`: (the plan as a rich table, its rows); validates, trains nothing."""
-    from .bench import plan_rows, plan_table
+    from .suites.planner import plan_rows, plan_table
 
     suite = _suite(suite, budgets)
     rows = plan_rows(suite)
@@ -280,7 +281,7 @@ def plan(suite: "str | Path | Suite", budgets: str | list[str] | None = None):
 def demo(registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
          out: str | Path | None = None, plots: bool = True):
     """`ltbench demo`: the built-in suite (ltbench/suites/demo.yaml) through `bench`."""
-    from .bench import builtin_suite
+    from .suites.schema import builtin_suite
 
     return bench(builtin_suite("demo"), out=out, plots=plots, registry=registry, console=console, quiet=quiet)
 

@@ -3,15 +3,16 @@ import json
 
 import pytest
 import yaml
+from conftest import TINY_DATA
 from typer.testing import CliRunner
 
 import ltbench.fusion
 import ltbench.training.pipeline
 import ltbench.training.trainer
-from conftest import TINY_DATA
-from ltbench.bench import SuiteError, builtin_suite, load_suite, run_suite
 from ltbench.cli import app
+from ltbench.executors import run_suite
 from ltbench.store.index import Registry
+from ltbench.suites.schema import SuiteError, builtin_suite, load_suite
 
 runner = CliRunner()
 
@@ -296,7 +297,7 @@ def test_inat_suite_trains_on_the_whole_train_split():
 def test_a_changed_shot_group_protocol_is_a_stale_expert(tmp_path):
     """An expert registered without the key (evaluated under `standard`) is reused by a suite that
     says `groups: standard`, and refused by one that says `groups: lpt`."""
-    from ltbench.bench import _stale
+    from ltbench.suites.execute import _stale
 
     data = runs({"method": "linear-probe"})
     std = load_suite(write(tmp_path, {**data, "groups": "standard"}, "std.yaml")).jobs[0]

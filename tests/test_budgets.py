@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import ltbench.training.pipeline
 
 import ltbench.training.trainer
-from ltbench.bench import SuiteError, load_suite, parse_budgets
+from ltbench.suites.schema import SuiteError, load_suite, parse_budgets
 from ltbench.cli import app
 from ltbench.store.index import Registry
 from ltbench.report import collect, render

@@ -11,12 +11,13 @@ import time
 import pytest
 import sqlalchemy as sa
 import yaml
-
 from conftest import TINY_DATA
-from ltbench.bench import SuiteError, load_suite, parse_suite, run_suite
+
 from ltbench.errors import ConfigError, TrainingError
-from ltbench.executors import check_executor, run_suite_ray, torchrun_command
+from ltbench.executors import check_executor, run_suite
+from ltbench.executors.ray import run_suite_ray, torchrun_command
 from ltbench.store.index import Registry
+from ltbench.suites.schema import SuiteError, load_suite, parse_suite
 
 FOUR = {
     "name": "four",
@@ -150,7 +151,7 @@ def test_sigkilled_suite_resumes_to_the_uninterrupted_set(ray_cluster, sequentia
 
 
 def test_warm_workers_start_one_process_per_cpu_and_never_hang(ray_cluster):
-    from ltbench.executors import warm_workers
+    from ltbench.executors.ray import warm_workers
 
     assert len(warm_workers()) == 2  # the two nodes' CPUs: two distinct processes, each past its imports
     assert len(warm_workers(3, timeout=2)) >= 2  # more than the cluster's CPUs: the gate gives up after 2 s
@@ -163,7 +164,7 @@ def test_the_board_started_at_warm_up_is_the_one_a_suite_reports_to(ray_cluster,
 
     import ray
 
-    from ltbench.executors import board, warm_workers
+    from ltbench.executors.ray import board, warm_workers
 
     def pid():
         return ray.get(board().__ray_call__.remote(lambda self: os.getpid()))
@@ -208,7 +209,7 @@ def test_ddp_task_command():
     cmd = torchrun_command("/x/run.json", 4)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
     assert "--standalone" in cmd and "--nproc_per_node=4" in cmd
-    assert cmd[-3:] == ["-m", "ltbench.executors", "/x/run.json"]
+    assert cmd[-3:] == ["-m", "ltbench.executors.ray", "/x/run.json"]
 
 
 # -- fusion on a shared study ----------------------------------------------------------------------

@@ -276,7 +276,7 @@ def test_each_phase_adjusts_by_its_own_training_prior_with_the_official_sign(tmp
 def test_official_step_rule_on_cifar100_lt_and_the_suite_budget():
     """max((n // 128 + 1) · 10, 100) steps for each branch (trainer.py:954-957) and for stage 2
     (277-280): on CIFAR-100-LT IF 100 the k = 0 branch runs 100 steps, not (500 // 128) · 10 = 30."""
-    from ltbench.bench import load_suite
+    from ltbench.suites.schema import load_suite
     from ltbench.data.base import exponential_profile
     from ltbench.methods.lt_soups import official_steps
 

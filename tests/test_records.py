@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ltbench.bench import Job, _stale
+from ltbench.suites.schema import Job, _stale
 from ltbench.config import RUN_KEYS, resolve_config
 from ltbench.store.provenance import config_hash, experiment_key
 from ltbench.store.provenance import OPERATIONAL

@@ -235,7 +235,8 @@ def test_suite_report_shows_published_rows_and_differences(home, tmp_path):
     ones, each measured row of a run with a reference gets measured − published."""
     import yaml
 
-    from ltbench.bench import load_suite, report_suite
+    from ltbench.suites.schema import load_suite
+    from ltbench.suites.results import report_suite
 
     suite = {"name": "toy", "dataset": "fashion-mnist-lt", "backbone": "vit-tiny-test", "budget": "1epochs",
              "seeds": [0, 1], "runs": [{"method": "linear-probe"}, {"method": "lpt"}],

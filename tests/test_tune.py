@@ -9,22 +9,23 @@ import math
 
 import numpy as np
 import optuna
-import torch
 import pytest
+import torch
 import yaml
+from conftest import TINY_DATA, TINY_SETS
 from typer.testing import CliRunner
 
 import ltbench.training.pipeline
-
 import ltbench.training.trainer
-from conftest import TINY_DATA, TINY_SETS
-from ltbench.bench import SuiteError, load_suite, report_suite, run_suite
 from ltbench.cli import app
-from ltbench.errors import ConfigError
 from ltbench.config import resolve_config
 from ltbench.data.base import LTDataset
+from ltbench.errors import ConfigError
+from ltbench.executors import run_suite
 from ltbench.methods.linear_probe import LinearProbeConfig
 from ltbench.store.index import Registry
+from ltbench.suites.results import report_suite
+from ltbench.suites.schema import SuiteError, load_suite
 from ltbench.tuning.tuner import TuneSpec, parse_tune, storage_url, tune, tune_and_train
 
 GOOD, BAD = 0.1, 1e-6
@@ -158,8 +159,8 @@ def test_the_pruner_hears_at_the_points_of_the_whole_budget_however_many_phases(
     """LT-Soups trains 7 short phases (3 caps x 2 branches, then the head): its reports come when the
     phases' summed spending passes each point of the run's budget, sub-epoch points included."""
     from ltbench.budget import parse_budget
-    from ltbench.training.trainer import Trainer
     from ltbench.training.pipeline import build_all
+    from ltbench.training.trainer import Trainer
 
     run = {**resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "3epochs"},
                             {**TINY_DATA, "factors": [0, 1, 2], "val_checks": 0}), "name": "soup"}
@@ -271,7 +272,7 @@ def test_cli_train_tune(home, lr_space):
 
 
 def test_the_demo_suite_tunes_every_run_alike_and_hand_picks_nothing():
-    from ltbench.bench import builtin_suite
+    from ltbench.suites.schema import builtin_suite
 
     suite = builtin_suite("demo")
     picked = {"lr", "optimizer", "batch_size", "lr_ref_batch", "weight_decay", "momentum"}

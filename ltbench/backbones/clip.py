@@ -17,7 +17,6 @@ from typing import Any, Iterator, Sequence
 import open_clip
 import timm
 import torch
-import torch.nn.functional as F
 from open_clip.timm_model import TimmModel
 from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from timm.data import resolve_data_config

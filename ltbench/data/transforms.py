@@ -9,7 +9,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from timm.data import create_transform
-from timm.data.constants import DEFAULT_CROP_PCT, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.constants import (
+    DEFAULT_CROP_PCT,
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+)
 
 
 def build_transform(

@@ -28,6 +28,7 @@ from ..errors import FusionError
 from ..tuning.study import join, quiet_optuna, rdb_storage, spawn
 from .core import ProbStack, make_objective
 
+
 def weight_sampler(seed: int):
     """TPE over the expert weights, seeded so reruns agree; the search and every worker use it."""
     import optuna

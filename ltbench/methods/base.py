@@ -17,7 +17,6 @@ from torch import nn
 from ..backbones.base import Backbone
 from ..checks import Choice, Float, Int, Opt, Str
 
-
 #: `preset=paper` (the default): the paper's values; `preset=reference`: the official code's
 #: values where they differ (each config class lists them in its REFERENCE table).
 PRESETS = ("paper", "reference")

@@ -9,8 +9,8 @@ reused: a phase-2 forward costs L + (L−K) blocks, not 2L.
 """
 from __future__ import annotations
 
-from collections import Counter
 import inspect
+from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import Bool, Choice, Float, Int, Opt
-from ..plugins import register_method
 from ..losses import LOSSES
+from ..plugins import register_method
 from .base import Method, MethodConfig, PartSpec, Phase, _samplers, optimizer_space
 from .prompting import run_blocks, strip
 

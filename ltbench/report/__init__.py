@@ -1,6 +1,18 @@
 """Tables and plots built from the registry alone: no retraining, no re-evaluation."""
-from .tables import (FILES, FORMATS, ReportError, add_references, collect, flag_lines, records, render, rich_table,
-                     table_text, terminal, write_report)
+from .tables import (
+    FILES,
+    FORMATS,
+    ReportError,
+    add_references,
+    collect,
+    flag_lines,
+    records,
+    render,
+    rich_table,
+    table_text,
+    terminal,
+    write_report,
+)
 
 
 def write_plots(df, out_dir):

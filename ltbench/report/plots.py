@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import RegistryError
 from ..metrics import shot_groups
 from ..store.expert import Expert
-from ..errors import RegistryError
 from . import logits as _logits
 from .tables import _count
 

@@ -28,10 +28,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from ..metrics import group_protocol
-from ..store.provenance import experiment_key, replicate_seed
-from ..store.index import Registry
 from ..errors import RegistryError
+from ..metrics import group_protocol
+from ..store.index import Registry
+from ..store.provenance import experiment_key, replicate_seed
 from . import logits as _logits
 from . import status as _status
 

@@ -29,9 +29,29 @@ if TYPE_CHECKING:
     import torch
 
 from ..errors import BrokenExpertWarning, RegistryError
-from .database import COLUMNS, EXPERTS, HOMES, database_url, default_home, default_url, engine, local_home, shown_url
-from .expert import (DELTA_FILE, FORMAT_VERSION, LOGITS_DIR, RECORDS, Expert, check_name, file_hashes, quote_split,
-                     write_history, write_json)
+from .database import (
+    COLUMNS,
+    EXPERTS,
+    HOMES,
+    database_url,
+    default_home,
+    default_url,
+    engine,
+    local_home,
+    shown_url,
+)
+from .expert import (
+    DELTA_FILE,
+    FORMAT_VERSION,
+    LOGITS_DIR,
+    RECORDS,
+    Expert,
+    check_name,
+    file_hashes,
+    quote_split,
+    write_history,
+    write_json,
+)
 from .locks import file_lock, is_locked
 
 
@@ -161,7 +181,7 @@ class Registry:
         return {"home": str(self.home), "url": self.url}
 
     def env(self) -> dict[str, str]:
-        """The same registry for a subprocess (`torchrun … -m ltbench.executors`)."""
+        """The same registry for a subprocess (`torchrun … -m ltbench.executors.ray`)."""
         return {"LTBENCH_HOME": str(self.home), "LTBENCH_REGISTRY": self.url}
 
     def _has(self, db: sa.Connection, name: str) -> bool:

@@ -10,6 +10,7 @@ from typing import Iterator
 
 from ..errors import RegistryError
 
+
 class LockHeld(RegistryError):
     """Another live process holds the lock file."""
 

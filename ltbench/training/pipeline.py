@@ -12,8 +12,8 @@ from rich.console import Console
 from .. import reproducible
 from ..backbones.factory import create_backbone
 from ..budget import Budget, Stopwatch, parse_budget
-from ..data.base import LTDataset
 from ..data import create_dataset
+from ..data.base import LTDataset
 from ..methods import create_method
 from ..methods.base import Method
 from ..metrics import evaluate_logits, thresholds

@@ -59,32 +59,21 @@ not also set a key that is tuned (that would be a hand-picked override beside th
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
-from ._registry import UnknownNameError, suggest
-from .config import RUN_DEFAULTS, load_yaml, resolve_config
-from .errors import ConfigError
-from .methods import METHODS
-from .store.index import Registry
-from .store.provenance import OPERATIONAL
+from .._registry import UnknownNameError, suggest
+from ..config import load_yaml, resolve_config
+from ..errors import ConfigError
+from ..methods import METHODS
 
 if TYPE_CHECKING:
-    from .tuning.tuner import TuneSpec
+    from ..tuning.tuner import TuneSpec
+
 
 SUITE_KEYS = ("name", "description", "dataset", "backbone", "budget", "budgets", "seeds", "set", "groups", "tune",
               "runs", "fusions", "reference", "resources", "retries")
@@ -102,7 +91,7 @@ class SuiteError(ConfigError):
 
 
 @dataclass
-class RunSpec:
+class SuiteRun:
     """One training job of a suite (a method under a budget, per seed)."""
     label: str
     method: str
@@ -152,7 +141,7 @@ class Suite:
     budget: str
     seeds: list[int]
     sets: dict[str, Any]
-    runs: list[RunSpec]
+    runs: list[SuiteRun]
     fusions: list[FusionSpec]
     source: str = "<suite>"
     description: str = ""
@@ -248,13 +237,13 @@ def _check_backbone(name: str, where: str, source: str) -> None:
     """Fail on an unknown backbone name before any run builds a model (no weights are loaded)."""
     import timm
 
-    from .plugins import BACKBONES
-    from .backbones.factory import create_backbone
+    from ..backbones.factory import create_backbone
+    from ..plugins import BACKBONES
 
     if name.startswith("clip:"):
         import open_clip
 
-        from .plugins import CLIP_BACKBONES
+        from ..plugins import CLIP_BACKBONES
 
         body = name[len("clip:"):]
         if body in CLIP_BACKBONES or body.partition("/")[0] in open_clip.list_models():
@@ -278,8 +267,8 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
             raise SuiteError(f"{source}: missing required key {key!r}")
     name = data.get("name") or Path(source).stem
     _label_ok(name, "suite name: ", source)
-    from .budget import parse_budget
-    from .errors import BudgetError
+    from ..budget import parse_budget
+    from ..errors import BudgetError
 
     if data.get("budget") in (None, "") and data.get("budgets") in (None, "", []):
         raise SuiteError(f"{source}: missing required key 'budget'")
@@ -292,7 +281,7 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
     common = _mapping(data.get("set"), "set", source)
     _check_set(common, "", source)
     if "groups" in data:  # one shot-group protocol for the suite (a run may not set another: see plan)
-        from .metrics import GROUP_PROTOCOLS
+        from ..metrics import GROUP_PROTOCOLS
 
         if data["groups"] not in GROUP_PROTOCOLS:
             raise SuiteError(f"{source}: groups: expected {' or '.join(GROUP_PROTOCOLS)}, got {data['groups']!r}")
@@ -304,8 +293,8 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
     if not isinstance(data["runs"], list):
         raise SuiteError(f"{source}: runs must be a list of runs (each with a method), got {type(data['runs']).__name__}")
 
-    runs: list[RunSpec] = []
-    labels: dict[str, RunSpec] = {}
+    runs: list[SuiteRun] = []
+    labels: dict[str, SuiteRun] = {}
     for i, raw in enumerate(data["runs"]):
         spec = _parse_run(i, raw, data, labels, resources, retries, source)
         labels[spec.label] = spec
@@ -319,7 +308,7 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
         fusions.append(_parse_fusion(i, raw, labels, fusions, source))
 
     references = _parse_references(data.get("reference"), [*labels, *(f.label for f in fusions)], source)
-    from .tuning.tuner import parse_tune
+    from ..tuning.tuner import parse_tune
 
     try:
         tune = parse_tune(data.get("tune"), f"{source}: tune")
@@ -336,8 +325,8 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
 def parse_budgets(value: Any, where: str = "--budgets") -> list[str]:
     """A list of budgets ("1epochs,2epochs,4epochs" or a YAML list), normalised: distinct, one
     unit, in the order given; anything else is a one-line SuiteError naming the bad value."""
-    from .budget import parse_budget
-    from .errors import BudgetError
+    from ..budget import parse_budget
+    from ..errors import BudgetError
 
     items = [x.strip() for x in value.split(",")] if isinstance(value, str) else value
     if not isinstance(items, list) or not items or any(isinstance(x, (bool, dict, list)) or x in (None, "")
@@ -368,9 +357,9 @@ def _parse_seeds(data: dict, source: str) -> list[int]:
     return seeds
 
 
-def _parse_run(i: int, raw: Any, data: dict, labels: dict[str, RunSpec], resources: dict, retries: int,
-               source: str) -> RunSpec:
-    """runs[i] of a suite as a RunSpec; `labels` are the runs before it (an `init` must name one)."""
+def _parse_run(i: int, raw: Any, data: dict, labels: dict[str, SuiteRun], resources: dict, retries: int,
+               source: str) -> SuiteRun:
+    """runs[i] of a suite as a SuiteRun; `labels` are the runs before it (an `init` must name one)."""
     if isinstance(raw, str):
         raw = {"method": raw}
     if not isinstance(raw, dict):
@@ -399,7 +388,7 @@ def _parse_run(i: int, raw: Any, data: dict, labels: dict[str, RunSpec], resourc
             why = ("is a later run: list it before this one" if later
                    else f"is no run of this suite.{_hint(init, labels)} Runs so far: {', '.join(labels) or 'none'}")
             raise SuiteError(f"{source}: {where}init {init!r} {why}")
-    spec = RunSpec(label, str(raw["method"]), str(raw.get("backbone") or data["backbone"]), sets, init,
+    spec = SuiteRun(label, str(raw["method"]), str(raw.get("backbone") or data["backbone"]), sets, init,
                    {**resources, **_resources(raw.get("resources"), where, source)},
                    _retries(raw.get("retries"), where, source, retries))
     if init is not None and labels[init].backbone != spec.backbone:
@@ -408,10 +397,10 @@ def _parse_run(i: int, raw: Any, data: dict, labels: dict[str, RunSpec], resourc
     return spec
 
 
-def _parse_fusion(i: int, raw: Any, labels: dict[str, RunSpec], fusions: list[FusionSpec],
+def _parse_fusion(i: int, raw: Any, labels: dict[str, SuiteRun], fusions: list[FusionSpec],
                   source: str) -> FusionSpec:
     """fusions[i] of a suite as a FusionSpec; its experts must be runs of the suite."""
-    from .fusion import OBJECTIVES, SCORERS
+    from ..fusion import OBJECTIVES, SCORERS
 
     if not isinstance(raw, dict):
         raise SuiteError(f"{source}: fusions[{i}] must be a mapping with experts, got {raw!r}")
@@ -500,7 +489,7 @@ def plan(suite: Suite) -> list[Job]:
             except ConfigError as e:
                 raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}".replace("--set ", "set: ")) from None
             if suite.tune is not None:
-                from .tuning.tuner import search_space
+                from ..tuning.tuner import search_space
 
                 tuned = sorted(set(search_space(run)) & set(sets))
                 if tuned:
@@ -556,342 +545,3 @@ def builtin_suite(name: str = "demo") -> Suite:
     return parse_suite(load_yaml(text), f"<built-in>/suites/{name}.yaml")
 
 
-# -- running ------------------------------------------------------------------------------
-def _norm(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, default=str)
-
-
-def _stale(job: Job, config: dict[str, Any]) -> list[str]:
-    """The keys the suite sets whose value differs in an already registered expert's config."""
-    diffs = []
-    for key, want in (job.explicit or {}).items():
-        if key in OPERATIONAL:  # a registered expert may differ here
-            continue
-        if key in RUN_DEFAULTS or key in ("method", "backbone", "dataset", "budget", "seed"):
-            have, want = config.get(key), job.run.get(key)
-            if key == "img_size" and want is None:
-                continue
-            if key == "groups":  # experts that predate the key were evaluated under `standard`
-                from .metrics import group_protocol
-
-                have = group_protocol(config)
-        elif key in job.run["method_config"]:
-            have, want = (config.get("method_config") or {}).get(key), job.run["method_config"][key]
-        else:
-            have, want = (config.get("data") or {}).get(key), job.run["data"].get(key)
-        if key == "budget":
-            from .budget import parse_budget
-
-            have, want = str(parse_budget(have)) if have else have, str(parse_budget(want))
-        if _norm(have) != _norm(want):
-            diffs.append(f"{key}: registered {have!r}, suite {want!r}")
-    have = {k: v for k, v in (config.get("tune") or {}).items() if k not in ("space", "base")} or None
-    want = job.tune.as_dict() if job.tune is not None else None
-    if _norm(have) != _norm(want):
-        diffs.append(f"tune: registered {have!r}, suite {want!r}")
-    return diffs
-
-
-def _stale_fusion(job: Job, fused, registry: Registry) -> list[str]:
-    """Options that differ, and constituents that are missing or not the ones it was fitted on."""
-    f, config = job.fusion, fused.config
-    want = {"experts": job.members, "scorer": f.scorer, "trials": f.trials, "objective": f.objective,
-            "per_group": f.per_group}
-    diffs = [f"{k}: registered {config.get(k)!r}, suite {v!r}" for k, v in want.items()
-             if _norm(config.get(k)) != _norm(v)]
-    fitted_on = {c.get("name"): c for c in fused.meta.get("constituents") or []}
-    for name in job.members:
-        if name not in registry:
-            diffs.append(f"constituent {name} is not registered (it will be retrained)")
-            continue
-        ex, was = registry.get(name), fitted_on.get(name, {})
-        now = {"config_hash": ex.meta.get("config_hash"), "test": ex.metrics.get("test", {}).get("overall")}
-        if any(_norm(was.get(k)) != _norm(v) for k, v in now.items()):
-            diffs.append(f"constituent {name} changed since the fusion was fitted")
-    return diffs
-
-
-def check_registered(suite: Suite, registry: Registry) -> list[str]:
-    """Names of the suite's experts already registered; an error if one was made differently."""
-    done = []
-    for job in suite.jobs:
-        if job.name not in registry:
-            continue
-        ex = registry.get(job.name)
-        diffs = _stale(job, ex.config) if job.kind == "run" else _stale_fusion(job, ex, registry)
-        if diffs:
-            raise SuiteError(f"{suite.source}: expert {job.name!r} is registered with a different config "
-                             f"({'; '.join(diffs)}). Remove it (`ltbench rm {job.name}`) or rename the suite.")
-        done.append(job.name)
-    return done
-
-
-def run_suite(suite: Suite, registry: Registry | None = None, console: Console | None = None,
-              quiet: bool = False, train: Callable | None = None, fuse: Callable | None = None,
-              executor: str = "local", address: str | None = None) -> list[str]:
-    """Train every run of the suite that is not registered yet, then fit its fusions; the experts' names.
-
-    `executor="ray"` runs them as Ray tasks instead (`executors.run_suite_ray`, at `address`).
-
-    One progress bar covers the whole suite (jobs done / total, the current job as its
-    description); each run's own bar appears under it. `train` / `fuse` default to
-    `train.train_expert` / `fusion.fuse_experts` (tests count calls through them).
-    """
-    from .executors import check_executor, run_suite_ray
-    from .fusion import fuse_experts
-    from .training.pipeline import train_expert
-
-    check_executor(executor, address)
-    registry = registry or Registry()
-    if executor == "ray":
-        return run_suite_ray(suite, registry, address=address, console=console, quiet=quiet)
-    train = train or train_expert
-    fuse = fuse or fuse_experts
-    console = console or Console(stderr=True)
-    done = set(check_registered(suite, registry))
-    progress = Progress(TextColumn(f"[bold]suite {suite.name}[/]"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.description}"), TimeElapsedColumn(),
-                        console=console, disable=quiet, transient=False)
-    with progress:
-        task = progress.add_task("", total=len(suite.jobs))
-        for job in suite.jobs:
-            if job.name in done:
-                progress.update(task, advance=1, description=f"{job.name} (registered)")
-                continue
-            progress.update(task, description=f"{job.name} ({job.kind})")
-            if job.kind == "run" and job.tune is not None:
-                from .tuning.tuner import tune_and_train
-
-                tune_and_train(job.run, job.tune, registry=registry, console=console, quiet=quiet)
-            elif job.kind == "run":
-                train(job.run, registry=registry, console=console, quiet=quiet)
-            else:
-                f = job.fusion
-                fuse(job.members, f.scorer, name=job.name, trials=f.trials, objective=f.objective, seed=job.seed,
-                     per_group=f.per_group, registry=registry, console=console, quiet=quiet)
-            progress.update(task, advance=1)
-        progress.update(task, description="done")
-    return suite.names
-
-
-def budget_words(suite: Suite) -> str:
-    """"budget 2epochs" or "budgets 1epochs, 2epochs" (titles)."""
-    if len(suite.budgets) > 1:
-        return f"budgets {', '.join(suite.budgets)}"
-    return f"budget {suite.budgets[0] if suite.budgets else suite.budget}"
-
-
-def default_report_dir(suite: Suite, registry: Registry) -> Path:
-    """Where a suite's report goes when no folder is given: under the registry home."""
-    return registry.home / "reports" / suite.name
-
-
-def suite_runs(suite: Suite) -> dict[str, str]:
-    """Expert name → the run (or fusion) label it belongs to, for every seed."""
-    return {j.name: j.label for j in suite.jobs}
-
-
-def check_report_dir(out: str | Path) -> Path:
-    """`out` if a report can be written there (a folder, or one that can be created), else a one-line
-    SuiteError: checked before the suite runs, so a bad --out never costs the runs' time."""
-    out = Path(out)
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        if probe.is_symlink():  # a dangling link
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        raise SuiteError(f"--out {out}: {probe} is a file, not a folder")
-    if not probe.exists() or not os.access(probe, os.W_OK | os.X_OK):
-        raise SuiteError(f"--out {out}: {probe} is not writable; give a folder this user can write")
-    return out
-
-
-def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path | None = None,
-                 plots: bool = True):
-    """The report of exactly the suite's experts: (what the terminal shows, files written into `out`).
-
-    With several budgets, the accuracy-against-budget view follows the table (by_budget.* and
-    accuracy_vs_budget.png), ending with the budgets at which the ranking changes."""
-    from rich.console import Group
-
-    from .report import add_references, collect, terminal, write_plots, write_report
-    from .report import budgets as by_budget
-
-    registry = registry or Registry()
-    out = Path(out) if out is not None else default_report_dir(suite, registry)
-    measured = collect(registry, experts=suite.names, with_paths=plots)
-    df = add_references(measured, suite.references, suite_runs(suite))
-    budget = suite.budget if len(suite.budgets) <= 1 else None  # None: the rows say ("mixed")
-    written = write_report(df, out, suite=suite.name, budget=budget)
-    if plots:
-        written += write_plots(measured, out)
-    groups = suite.jobs[0].run["groups"] if suite.jobs and suite.jobs[0].run else "standard"
-    shown = terminal(df, title=f"ltbench suite {suite.name} — test accuracy (%), {budget_words(suite)} a run,"
-                               f" shot groups {groups}")
-    if len(suite.budgets) > 1:
-        bf = by_budget.budget_frame(measured)
-        written += by_budget.write(bf, out)
-        if plots:
-            written += by_budget.plot(bf, out)
-        shown = Group(shown, by_budget.terminal(bf, f"ltbench suite {suite.name} — test accuracy (%) against budget"))
-    return shown, written
-
-
-# -- plan: what a suite would run, without training -------------------------------------------
-def train_image_count(run: dict[str, Any]) -> int | None:
-    """Training images of a resolved run, from its split file's lines or its LT profile; None if unknown.
-
-    Reads no image: split-file sources count their train file (minus the validation images held
-    out of it), CIFAR-100-LT / Fashion-MNIST-LT follow their exponential profile."""
-    import numpy as np
-
-    from .data import create_dataset
-    from .data.base import exponential_profile
-    from .data.splitfile import PACKAGED, find_file, read_split_file
-    from .errors import DataError
-
-    name, opts = run["dataset"], run["data"]
-    try:
-        if name in ("places-lt", "imagenet-lt", "inat2018"):
-            packaged = {"places-lt": "places_lt", "imagenet-lt": "imagenet_lt"}.get(name)
-            sdir = Path(opts["split_dir"]).expanduser() if opts.get("split_dir") else \
-                PACKAGED / packaged if packaged else Path(run["root"] or ".").expanduser()
-            path = Path(opts["train_file"]).expanduser()
-            found = find_file(path if path.is_absolute() else sdir / path)
-            if found is None:
-                return None
-            labels = read_split_file(found, ".", opts["num_classes"]).labels
-            held = 0 if opts.get("val_file") else int(np.minimum(opts["val_per_class"],
-                                                                np.bincount(labels) // 2).sum())
-            return len(labels) - held
-        if name == "cifar100-lt":
-            return int(sum(exponential_profile(100, opts["head"], opts["imbalance"])))
-        if name == "fashion-mnist-lt":
-            return int(sum(exponential_profile(10, opts["head"], opts["imbalance"])))
-        return len(create_dataset(name, root=run["root"], seed=run["seed"], **opts).train)
-    except (DataError, OSError, KeyError):
-        return None
-
-
-def forward_flops(backbone: str, img_size: int | None) -> tuple[float | None, int | None]:
-    """(FLOPs of one image's forward through the backbone, its input size), counted on the meta
-    device: no weights are loaded or allocated. (None, None) when the model cannot be built so."""
-    import torch
-
-    from .backbones.factory import create_backbone
-    from .budget import count_flops
-
-    try:
-        body = backbone[len("clip:"):] if backbone.startswith("clip:") else None
-        from .plugins import CLIP_BACKBONES
-
-        if body is not None and body not in CLIP_BACKBONES:  # an open_clip architecture: its image tower
-            import open_clip
-
-            from .backbones.clip import _quiet_open_clip
-
-            with _quiet_open_clip():
-                model = open_clip.create_model(body.partition("/")[0], pretrained=None, device="meta")
-            size = model.visual.image_size
-            size = int(size[0] if isinstance(size, (tuple, list)) else size)
-            x = torch.zeros(1, 3, size, size, device="meta")
-            return float(count_flops(lambda: model.encode_image(x))), size
-        arch = backbone if body is not None else backbone.partition(".")[0]  # a timm tag names weights only
-        with torch.device("meta"):
-            bb = create_backbone(arch, img_size=img_size, pretrained=False)
-        x = torch.zeros(1, 3, bb.img_size, bb.img_size, device="meta")
-        return float(count_flops(lambda: bb.features(x))), int(bb.img_size)
-    except Exception:  # an estimate only: a model that cannot be built on meta is "unknown"
-        return None, None
-
-
-#: A training step costs about 3 forward passes (forward + backward) per image.
-TRAIN_FORWARDS = 3
-
-
-def vs_paper(run: dict[str, Any]) -> dict[str, Any]:
-    """The resolved method values that differ from the method's paper defaults (what a preset or
-    the suite's `set:` changed), so a plan shows which recipe a run trains."""
-    from dataclasses import asdict
-
-    paper = asdict(METHODS.get(run["method"]).Config())
-    return {k: v for k, v in run["method_config"].items() if k != "preset" and k in paper and paper[k] != v}
-
-
-def plan_rows(suite: Suite) -> list[dict[str, Any]]:
-    """One row per run and fusion label (per budget): seeds, budget, training images, estimated FLOPs per seed.
-
-    FLOPs ≈ 3 × the backbone's forward FLOPs × the images a run sees (epochs × training images, or
-    steps × batch size); a FLOPs budget is its own estimate, a seconds budget has none. Runs on
-    cached features spend less (one forward per image); evaluation passes are not counted."""
-    from .budget import parse_budget
-
-    rows: list[dict[str, Any]] = []
-    fwd_cache: dict[tuple, tuple] = {}
-    for text in suite.budgets or [suite.budget]:
-        rows += _plan_rows_at(suite, parse_budget(text), fwd_cache)
-    return rows
-
-
-def _plan_rows_at(suite: Suite, budget, fwd_cache: dict[tuple, tuple]) -> list[dict[str, Any]]:
-    """`plan_rows` at one budget."""
-    rows: list[dict[str, Any]] = []
-    first = {j.label: j for j in reversed(suite.jobs) if j.budget == str(budget)}  # the first seed's job of each label
-    for spec in suite.runs:
-        run = first[spec.label].run
-        key = (run["backbone"], run["img_size"])
-        if key not in fwd_cache:
-            fwd_cache[key] = forward_flops(*key)
-        fwd, size = fwd_cache[key]
-        images = train_image_count(run)
-        seen = {"epochs": None if images is None else budget.amount * images,
-                "steps": budget.amount * run["method_config"].get("batch_size", 0), "flops": None,
-                "seconds": None}[budget.unit]
-        flops = budget.amount if budget.unit == "flops" else \
-            (TRAIN_FORWARDS * fwd * seen if fwd is not None and seen is not None else None)
-        rows.append({"label": spec.label, "kind": "run", "method": spec.method, "backbone": spec.backbone,
-                     "img_size": size, "seeds": list(suite.seeds), "budget": str(budget), "train_images": images,
-                     "forward_flops": fwd, "flops_per_seed": flops,
-                     "reference": [r["name"] for r in suite.references if r["run"] == spec.label],
-                     "preset": run["method_config"].get("preset"), "groups": run["groups"], "vs_paper": vs_paper(run)})
-    for f in suite.fusions:
-        rows.append({"label": f.label, "kind": "fusion", "method": f"fuse:{f.scorer}", "backbone": "+".join(f.experts),
-                     "img_size": None, "seeds": list(suite.seeds), "budget": str(budget), "train_images": None,
-                     "forward_flops": None, "flops_per_seed": 0.0,
-                     "reference": [r["name"] for r in suite.references if r["run"] == f.label],
-                     "preset": None, "groups": None, "vs_paper": {}})
-    return rows
-
-
-def plan_table(suite: Suite, rows: list[dict[str, Any]]):
-    """The plan as a rich table (what `ltbench bench SUITE --plan` prints)."""
-    from rich.table import Table
-
-    from .metrics import GROUP_PROTOCOLS
-
-    unknown = "unknown"
-    several = len(suite.budgets) > 1
-    groups = next((r["groups"] for r in rows if r["groups"]), "standard")
-    table = Table(title=f"ltbench suite {suite.name} — plan ({len(suite.jobs)} jobs, seeds {suite.seeds},"
-                        f" {budget_words(suite)} a run, shot groups {groups}: {GROUP_PROTOCOLS[groups]})",
-                  caption="est. FLOPs ≈ 3 × forward × (epochs × training images, or steps × batch) per seed: an upper"
-                          " estimate (class-capped subsets and cached-feature phases see fewer); training measures"
-                          " exactly. vs paper: resolved values that differ from the method's paper defaults")
-    cols = ("run", *(["budget"] if several else []), "method", "backbone", "px", "train images", "est. FLOPs / seed",
-            "published", "preset", "vs paper")
-    for col in cols:
-        table.add_column(col, justify="left" if col in ("run", "budget", "method", "backbone", "published", "preset",
-                                                        "vs paper") else "right")
-    total = 0.0
-    for r in rows:
-        flops = r["flops_per_seed"]
-        total = total + flops * len(r["seeds"]) if flops is not None and total is not None else None
-        table.add_row(r["label"], *([r["budget"]] if several else []), r["method"], r["backbone"], str(r["img_size"] or "—"),
-                      unknown if r["kind"] == "run" and r["train_images"] is None else
-                      f"{r['train_images']:,}" if r["train_images"] is not None else "—",
-                      unknown if flops is None else f"{flops:.2e}", ", ".join(r["reference"]) or "—",
-                      r["preset"] or "—", ", ".join(f"{k}={v}" for k, v in r["vs_paper"].items()) or "—")
-    table.add_row("total", *([""] if several else []), "", "", "", "", unknown if total is None else f"{total:.2e}", "",
-                  "", "", end_section=True)
-    return table

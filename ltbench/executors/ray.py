@@ -7,7 +7,7 @@ turns a suite's jobs into tasks and keeps the books:
   the dependency graph lives in the driver, not in chained object refs a retry would break;
 - a failed attempt (an exception, or its worker process dying) is reported and the job
   resubmitted up to `retries:` times, resuming from its last epoch checkpoint; the others go on;
-- each task trains through `train.train_expert` / `fusion.fuse_experts` against the same
+- each task runs `suites.execute.execute`, as the local executor does, against the same
   registry (its URL and home travel with the task), so the budget and every config value are
   those of the local executor, and the registry's commit-last write is what makes a killed
   attempt leave nothing half-registered;
@@ -18,7 +18,7 @@ reuses a job's workers, so later tasks skip that, and `warm_workers` pays it up 
 driver that starts a cluster ahead of its suites (the benchmark counts it with the start).
 
 `resources: {gpus: N}` with N > 1 runs the job as `torchrun --nproc_per_node N` inside its task
-(DDP over N GPUs of the task's node). `python -m ltbench.executors RUN.json` is that command's
+(DDP over N GPUs of the task's node). `python -m ltbench.executors.ray RUN.json` is that command's
 entry point: it trains one resolved run against $LTBENCH_HOME / $LTBENCH_REGISTRY.
 """
 from __future__ import annotations
@@ -38,14 +38,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .errors import ConfigError, TrainingError
+from ..errors import TrainingError
 
 if TYPE_CHECKING:
-    from .bench import Job, Suite
-    from .store.index import Registry
-
-EXECUTORS = ("local", "ray")
-
+    from ..store.index import Registry
+    from ..suites.schema import Job, Suite
 
 @dataclass
 class TaskState:
@@ -63,20 +60,10 @@ class TaskState:
     needs: list[str] = field(default_factory=list)
 
 
-def check_executor(executor: str, address: str | None) -> None:
-    """Bad --executor / --address: one line before anything runs."""
-    if executor not in EXECUTORS:
-        raise ConfigError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
-    if address is not None and executor != "ray":
-        raise ConfigError(f"--address {address!r} needs --executor ray")
-    if address is not None and address != "auto" and not address.startswith("ray://") and ":" not in address:
-        raise ConfigError(f"--address must be auto, ray://HOST:PORT or HOST:PORT, got {address!r}")
-
-
 def torchrun_command(run_file: str | Path, gpus: int) -> list[str]:
     """The command a `gpus: N > 1` task runs: DDP over N GPUs of its node (one process each)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(gpus)}",
-            "-m", "ltbench.executors", str(run_file)]
+            "-m", "ltbench.executors.ray", str(run_file)]
 
 
 # -- inside a task -------------------------------------------------------------------------------
@@ -94,42 +81,30 @@ class _Reporter:
             self.board.update.remote(self.key, self.name, phase=phase, progress=float(fraction), attempts=self.attempt)
 
 
-def _execute(job: dict[str, Any], registry_args: dict[str, Any], board, key: str, attempt: int) -> dict[str, Any]:
-    """The body of one Ray task (attempt 1, 2 …): train a run or fit a fusion, registering it."""
+def _execute(job: "Job", registry_args: dict[str, Any], board, key: str, attempt: int) -> dict[str, Any]:
+    """The body of one Ray task (attempt 1, 2 …): `suites.execute.execute`, or torchrun for a run over
+    several GPUs; a retry resumes from the last epoch checkpoint."""
     import torch
 
-    from .store.index import Registry
+    from ..store.index import Registry
+    from ..suites.execute import execute
 
-    name, cpus = job["name"], job["resources"].get("cpus", 1)
+    name, cpus = job.name, job.resources.get("cpus", 1)
     torch.set_num_threads(max(1, int(cpus)))
     board.update.remote(key, name, state="running", node=socket.gethostname(), pid=os.getpid(), attempts=attempt)
     registry = Registry(**registry_args)
     if name in registry:  # an earlier attempt committed just before its worker died
         return {"name": name, "state": "registered"}
-    gpus = job["resources"].get("gpus", 0)
-    if job["kind"] == "run":
-        run = {**job["run"], "resume": attempt > 1}  # a retry continues from the last epoch checkpoint
-        if job.get("tune"):  # the suite's tune: block (its trials run in this task)
-            from .tuning.tuner import TuneSpec, tune_and_train
-
-            tune_and_train(run, TuneSpec(**job["tune"]), registry=registry, quiet=True)
-        elif gpus > 1:
-            _train_ddp(run, registry, int(gpus))
-        else:
-            from .training.pipeline import train_expert
-
-            train_expert(run, registry=registry, quiet=True, on_progress=_Reporter(board, key, name, attempt))
+    gpus = int(job.resources.get("gpus", 0))
+    if job.kind == "run" and job.tune is None and gpus > 1:
+        _train_ddp({**job.run, "resume": attempt > 1}, registry, gpus)
     else:
-        from .fusion import fuse_experts
-
-        f = job["fusion"]
-        fuse_experts(job["members"], f["scorer"], name=name, trials=f["trials"], objective=f["objective"],
-                     seed=job["seed"], per_group=f["per_group"], registry=registry, quiet=True)
+        execute(job, registry, quiet=True, on_progress=_Reporter(board, key, name, attempt), resume=attempt > 1)
     return {"name": name, "state": "done"}
 
 
 def _train_ddp(run: dict[str, Any], registry: "Registry", gpus: int) -> None:
-    scratch = registry.home / "runs" / run["name"]
+    scratch = registry.run_dir(run["name"])
     scratch.mkdir(parents=True, exist_ok=True)
     run_file = scratch / "run.json"
     run_file.write_text(json.dumps(run))
@@ -183,10 +158,10 @@ def board():
 # -- warming a cluster's workers -----------------------------------------------------------------
 def _import_task_modules() -> None:
     """What a task imports (torch, timm, torchvision through the trainer; fusion, tune): seconds."""
-    from . import fusion  # noqa: F401
-    from .tuning import tuner  # noqa: F401
-    from .store import index  # noqa: F401
-    from .training import pipeline  # noqa: F401
+    from .. import fusion  # noqa: F401
+    from ..store import index  # noqa: F401
+    from ..training import pipeline  # noqa: F401
+    from ..tuning import tuner  # noqa: F401
 
 
 def _make_gate():
@@ -249,14 +224,6 @@ def warm_workers(workers: int | None = None, timeout: float = 300.0) -> list[int
 
 
 # -- the driver ----------------------------------------------------------------------------------
-def _payload(job: "Job") -> dict[str, Any]:
-    f = job.fusion
-    return {"kind": job.kind, "name": job.name, "seed": job.seed, "run": job.run, "members": job.members,
-            "resources": dict(job.resources), "tune": None if job.tune is None else job.tune.as_dict(),
-            "fusion": None if f is None else {"scorer": f.scorer, "trials": f.trials, "objective": f.objective,
-                                              "per_group": f.per_group}}
-
-
 def _table(suite: "Suite", states: dict[str, TaskState]) -> Table:
     t = Table(title=f"suite {suite.name} on Ray", title_justify="left")
     for col in ("expert", "kind", "state", "node", "progress", "attempt"):
@@ -291,7 +258,7 @@ class _Driver:
         res, s = self.jobs[name].resources, self.states[name]
         opts = {"num_cpus": res.get("cpus", 1), "num_gpus": res.get("gpus", 0), "max_retries": 0, "name": name}
         s.attempts += 1
-        ref = self.task.options(**opts).remote(_payload(self.jobs[name]), self.args, self.board, self.key,
+        ref = self.task.options(**opts).remote(self.jobs[name], self.args, self.board, self.key,
                                                  s.attempts)
         self.pending[ref] = name
         s.state = "queued" if s.attempts == 1 else "retrying"
@@ -381,13 +348,13 @@ def run_suite_ray(suite: "Suite", registry: "Registry", address: str | None = No
     """
     import ray
 
-    from .bench import check_registered
+    from ..suites.execute import check_registered
 
     console = console or Console(stderr=True)
     done = set(check_registered(suite, registry))
     started = not ray.is_initialized()
     if started:
-        from . import reproducible
+        from .. import reproducible
 
         pinned = {"env_vars": {**reproducible.PINS, reproducible.ENV: "1"}} if reproducible.active() else None
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
@@ -414,8 +381,8 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m ltbench.executors RUN.json`: train one resolved run (a DDP task's torchrun target)."""
-    from .training.pipeline import train_expert
+    """`python -m ltbench.executors.ray RUN.json`: train one resolved run (a DDP task's torchrun target)."""
+    from ..training.pipeline import train_expert
 
     argv = sys.argv[1:] if argv is None else argv
     run = json.loads(Path(argv[0]).read_text())
