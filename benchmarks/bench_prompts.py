@@ -49,8 +49,8 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ltbench.budget import count_flops, parse_budget  # noqa: E402
-from ltbench.config import resolve_config  # noqa: E402
+from ltbench.budget import count_flops  # noqa: E402
+from ltbench.spec import read_budget, resolve_run  # noqa: E402
 from ltbench.data.base import TorchSplit  # noqa: E402
 from ltbench.data.samplers import build_batch_sampler  # noqa: E402
 from ltbench.data.transforms import build_transform  # noqa: E402
@@ -261,7 +261,7 @@ def bench_vpt(args) -> dict:
     n = args.vpt_steps
     print(f"\n== 2. VPT-deep: Trainer.fit({n}steps) vs bare PyTorch loop ({args.backbone}, img {args.img_size},"
           f" batch {args.batch})")
-    run = resolve_config({"dataset": "fashion-mnist-lt", "backbone": args.backbone, "method": "vpt-deep",
+    run = resolve_run({"dataset": "fashion-mnist-lt", "backbone": args.backbone, "method": "vpt-deep",
                           "budget": f"{n}steps", "img_size": args.img_size, "pretrained": False, "device": "cpu",
                           "loss": "ce", "sampler": "class"}, small_data_sets(args, args.batch))
     torch.manual_seed(0)
@@ -278,7 +278,7 @@ def bench_vpt(args) -> dict:
     with torch.no_grad():
         head.weight.copy_(method.head.weight)
         head.bias.copy_(method.head.bias)
-    train_tf = build_transform(method.info.data_config, method.info.img_size, train=run.get("augment", True))
+    train_tf = build_transform(method.info.data_config, method.info.img_size, train=run.augment)
     assert repr(train_tf) == repr(trainer.train_tf)
     labels = data.train.labels
     steps_per_epoch = len(labels) // min(cfg.batch_size, len(labels))
@@ -301,9 +301,9 @@ def bench_vpt(args) -> dict:
 
         def __init__(self):
             bs = min(cfg.batch_size, len(labels))
-            self.batches = build_batch_sampler(cfg.sampler, labels, bs, seed=run["seed"])
+            self.batches = build_batch_sampler(cfg.sampler, labels, bs, seed=run.seed)
             self.loader = DataLoader(TorchSplit(data.train, train_tf), batch_sampler=self.batches,
-                                     num_workers=resolve_workers(run["num_workers"], cuda=False))
+                                     num_workers=resolve_workers(run.num_workers, cuda=False))
             self.opt = torch.optim.SGD([{"params": [prompts, head.weight, head.bias]}], lr=cfg.effective_lr,
                                        momentum=cfg.momentum, weight_decay=cfg.weight_decay)
             self.epoch = 0
@@ -355,7 +355,7 @@ def bench_vpt(args) -> dict:
         cur.clear()
         gc.collect()
         cur.update(lt=[], bare_s=[], resume=snap())
-        trainer.fit(parse_budget(f"{steps}steps"))
+        trainer.fit(read_budget(f"{steps}steps"))
         tail = time.perf_counter() - cur["resume"][0]
         lt, bare = list(cur["lt"]), list(cur["bare_s"])
         cur.clear()
@@ -392,7 +392,7 @@ def check_frozen(args) -> dict:
     print("\n== 3. Frozen parameters through Trainer.fit (LPT both phases, VPT-deep)")
     results = {}
     for name, budget, extra in (("lpt", "6steps", {}), ("vpt-deep", "3steps", {"loss": "ce"})):
-        run = resolve_config({"dataset": "fashion-mnist-lt", "backbone": args.backbone, "method": name,
+        run = resolve_run({"dataset": "fashion-mnist-lt", "backbone": args.backbone, "method": name,
                               "budget": budget, "img_size": args.img_size, "pretrained": False, "device": "cpu"},
                              {**small_data_sets(args, args.check_batch), **extra})
         torch.manual_seed(0)
@@ -424,7 +424,7 @@ def check_frozen(args) -> dict:
 
         handle = register_optimizer_step_post_hook(hook)
         try:
-            Trainer(method, data, run, torch.device("cpu"), quiet=True).fit(parse_budget(budget))
+            Trainer(method, data, run, torch.device("cpu"), quiet=True).fit(read_budget(budget))
         finally:
             handle.remove()
         after_bb_grads = sum(p.grad is not None for p in bb_params)

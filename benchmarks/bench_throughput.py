@@ -35,8 +35,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ltbench.budget import parse_budget  # noqa: E402
-from ltbench.config import resolve_config  # noqa: E402
+from ltbench.spec import resolve_run  # noqa: E402
 from ltbench.data.base import LTDataset, Split, exponential_profile  # noqa: E402
 from ltbench.backbones.factory import create_backbone  # noqa: E402
 from ltbench.methods import create_method  # noqa: E402
@@ -76,7 +75,7 @@ def sync(device: torch.device) -> None:
 
 def end_to_end(args, method_name: str, device: torch.device) -> dict:
     """Trainer.fit + Trainer.predict, images/s of each phase's steady steps and of inference."""
-    run = resolve_config({"method": method_name, "backbone": args.backbone, "budget": f"{args.steps}steps",
+    run = resolve_run({"method": method_name, "backbone": args.backbone, "budget": f"{args.steps}steps",
                           "img_size": args.img_size, "pretrained": False, "device": str(device),
                           "num_workers": args.workers, "eval_batch_size": args.batch, "compile": args.compile},
                          {"batch_size": args.batch})
@@ -84,7 +83,7 @@ def end_to_end(args, method_name: str, device: torch.device) -> dict:
     torch.manual_seed(0)
     bb = create_backbone(args.backbone, img_size=args.img_size, pretrained=False)
     method = create_method(method_name, bb, data.num_classes, data.class_counts, data.classnames,
-                           **run["method_config"]).to(device)
+                           config=run.method_config).to(device)
     trainer = Trainer(method, data, run, device, quiet=True)
     stamps: list[tuple[int, float]] = []
 
@@ -94,7 +93,7 @@ def end_to_end(args, method_name: str, device: torch.device) -> dict:
 
     handle = register_optimizer_step_post_hook(hook)
     try:
-        result = trainer.fit(parse_budget(run["budget"]))
+        result = trainer.fit(run.budget)
     finally:
         handle.remove()
     out = {"autocast": trainer.autocast, "phases": []}
@@ -115,8 +114,8 @@ def model_only(args, method_name: str, device: torch.device) -> list[dict]:
     torch.manual_seed(0)
     bb = create_backbone(args.backbone, img_size=args.img_size, pretrained=False)
     counts = np.array(exponential_profile(args.num_classes, 500, 100))
-    cfg = resolve_config({"method": method_name, "backbone": args.backbone}, {"batch_size": args.batch})
-    method = create_method(method_name, bb, args.num_classes, counts, **cfg["method_config"]).to(device)
+    cfg = resolve_run({"method": method_name, "backbone": args.backbone}, {"batch_size": args.batch})
+    method = create_method(method_name, bb, args.num_classes, counts, config=cfg.method_config).to(device)
     x = torch.randn(args.batch, 3, args.img_size, args.img_size, device=device)
     y = torch.randint(args.num_classes, (args.batch,), device=device)
     amp = device.type == "cuda"  # the trainer's default ("auto")

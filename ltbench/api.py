@@ -40,7 +40,8 @@ def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str
           registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
           tune: dict[str, Any] | None = None):
     """`ltbench train`; `tune` ({budget, trials, share, jobs, …}) tunes the run first (ltbench/tune.py)."""
-    from .config import load_config_file, parse_sets, resolve_config
+    from .config import load_config_file, parse_sets
+    from .spec import resolve_run
     from .training.pipeline import train_expert
     from .tuning.tuner import parse_tune, tune_and_train
 
@@ -51,7 +52,7 @@ def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str
         base = load_config_file(config_file)
     file_sets = base.pop("set", None) or {}
     merged = {**base, **{k: v for k, v in flags.items() if v is not None}}
-    run = resolve_config(merged, {**file_sets, **parse_sets(sets or [])})
+    run = resolve_run(merged, {**file_sets, **parse_sets(sets or [])})
     if spec is not None:
         return tune_and_train(run, spec, registry=registry, console=console, quiet=quiet)
     return train_expert(run, registry=registry, console=console, quiet=quiet)
@@ -262,9 +263,9 @@ def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: boo
 
 def _suite(suite: "str | Path | Suite", budgets: str | list[str] | None = None) -> "Suite":
     """The suite, at `budgets` when given (checked first: a bad value fails before the file is read)."""
-    from .suites.schema import Suite, load_suite, parse_budgets
+    from .suites.schema import Suite, load_suite, read_budgets
 
-    wanted = parse_budgets(budgets) if budgets is not None else None
+    wanted = read_budgets(budgets) if budgets is not None else None
     suite = suite if isinstance(suite, Suite) else load_suite(suite)
     return suite.with_budgets(wanted) if wanted is not None else suite
 

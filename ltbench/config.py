@@ -1,20 +1,14 @@
-"""Resolve a run's config: CLI flags, an optional config file and `--set key=value` pairs.
-
-Every key lands in exactly one place — the run, the method's config dataclass or the
-dataset source's options — and every default is written out, so the stored config is the
-whole truth about a run.
-"""
+"""A run's inputs: the run keys (defaults and checks), config files and `--set key=value` pairs as
+read, and the checks a key's type cannot express. `spec.resolve_run` turns them into a `RunSpec`."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ._registry import suggest
-from .budget import parse_budget
 from .checks import (
     Bool,
     Choice,
@@ -26,15 +20,12 @@ from .checks import (
     Str,
     check_key,
     dataclass_checks,
-    signature_checks,
 )
-from .data import dataset_options
 from .errors import ConfigError
 from .methods import METHODS, method_config_fields
 from .methods.base import resolve_method_config
-from .metrics import FEW_THRESHOLD, GROUP_PROTOCOLS, MANY_THRESHOLD, thresholds
-from .plugins import DATASETS
-from .training.tracking import LogTargets, check_log_options
+from .metrics import FEW_THRESHOLD, GROUP_PROTOCOLS, MANY_THRESHOLD
+from .training.tracking import LogTargets
 
 
 def _compile_backends() -> list[str]:
@@ -51,7 +42,7 @@ RUN_KEYS: dict[str, Key] = {
     "dataset": Key("fashion-mnist-lt", Str()),  # names are checked by their registries ("did you mean")
     "backbone": Key("dinov2-s14", Str()),
     "method": Key("linear-probe", Str()),
-    "budget": Key("5epochs", Str()),  # parsed and bounded by budget.parse_budget
+    "budget": Key("5epochs", Str()),  # parsed and bounded by spec.read_budget
     "seed": Key(0, Int(lo=0, hi=2**63 - 1)),
     "name": Key(None, Opt(Str())),  # and registry.check_name
     "weights": Key(None, Opt(Str())),
@@ -215,21 +206,6 @@ def check_device(name: str) -> None:
         raise ConfigError(f"--set device={name!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
-def _check_run(run: dict[str, Any]) -> None:
-    """Checks across run keys and the ones a Check cannot express (names, devices, budgets)."""
-    from .store.expert import check_name
-
-    for key, spec in RUN_KEYS.items():
-        run[key] = check_key(key, run[key], spec.check)
-    if thresholds(run)[1] > run["many"] + 1:
-        raise ConfigError(f"--set few={run['few']} many={run['many']} groups={run['groups']}: few and many (> many)"
-                          " shot groups would overlap; need few <= many + 1 (groups=lpt: few <= many)")
-    if run["name"] is not None:
-        check_name(run["name"])
-    check_device(run["device"])
-    parse_budget(run["budget"])
-
-
 def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
     """`--set` keys of a method's config alone (`ltbench params`): checked and coerced, so an
     unknown key is one line naming the closest known one, never a TypeError."""
@@ -248,52 +224,3 @@ def method_overrides(method: str, sets: dict[str, Any]) -> dict[str, Any]:
     except TypeError as e:
         raise ConfigError(f"method {method!r}: {e}") from None
     return out
-
-
-def resolve_config(flags: dict[str, Any], sets: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Merge defaults < flags < sets into {run keys…, "method_config": …, "data": …}."""
-    flags = {k: v for k, v in flags.items() if v is not None}
-    sets = dict(sets or {})
-    sets.update(flags.pop("set", None) or {})
-    run = {**RUN_DEFAULTS, **{k: v for k, v in flags.items() if k in RUN_DEFAULTS}}
-    method_over = {k: flags[k] for k in ("loss", "sampler") if k in flags}
-    unknown_flags = set(flags) - set(RUN_DEFAULTS) - {"loss", "sampler"}
-    if unknown_flags:
-        raise ConfigError(f"unknown config keys {sorted(unknown_flags)}")
-
-    for key in ("method", "dataset", "backbone"):  # looked up by name below
-        if not isinstance(run[key], str):
-            raise ConfigError(f"{key}: expected a name, got {type(run[key]).__name__} {str(run[key])[:60]}")
-    METHODS.get(run["method"])  # an unknown method fails here, with suggestions
-    mfields = method_config_fields(run["method"])
-    dfields = dataset_options(run["dataset"])
-    mchecks = dataclass_checks(METHODS.get(run["method"]).Config)
-    dchecks = signature_checks(DATASETS.get(run["dataset"]))
-    data_over: dict[str, Any] = {}
-    for key, value in sets.items():
-        if key in mfields and key in dfields:
-            raise ConfigError(f"--set {key}: both method {run['method']!r} and dataset {run['dataset']!r} have this key")
-        if key in RUN_DEFAULTS:
-            run[key] = value
-        elif key in mfields:
-            method_over[key] = check_key(key, value, mchecks[key][0])
-        elif key in dfields:
-            data_over[key] = check_key(key, value, dchecks[key][0])
-        else:
-            known = sorted(set(RUN_DEFAULTS) | set(mfields) | set(dfields))
-            hint = suggest(key, known, cutoff=0.6)
-            raise ConfigError(f"unknown --set key {key!r} for method {run['method']!r} and dataset"
-                              f" {run['dataset']!r}.{hint} Known keys: {', '.join(known)}")
-    _check_run(run)  # fail before any work
-    for key in ("loss", "sampler"):  # the --loss / --sampler flags
-        if key in method_over:
-            method_over[key] = check_key(key, method_over[key], mchecks[key][0])
-    check_log_options(run)  # the sinks' packages are installed
-    cls = METHODS.get(run["method"])
-    try:
-        mcfg = resolve_method_config(cls, method_over)
-    except TypeError as e:
-        raise ConfigError(f"method {run['method']!r}: {e}") from None
-    run["method_config"] = asdict(mcfg)
-    run["data"] = {**dfields, **data_over}
-    return run

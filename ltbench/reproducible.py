@@ -72,11 +72,11 @@ def prepare(argv: list[str]) -> None:
         os.execv(sys.executable, [sys.executable, "-m", "ltbench", *argv])
 
 
-def check(run: dict[str, Any]) -> None:
-    """A run that asks for the mode in a process that is not pinned is refused (before any work)."""
+def check(wanted: bool) -> None:
+    """A run that asks for the mode (`reproducible=true`) in a process that is not pinned is refused (before any work)."""
     from .errors import ConfigError
 
-    if run.get("reproducible") and not active():
+    if wanted and not active():
         raise ConfigError("reproducible=true: the CPU kernels must be pinned before torch loads; run it through the"
                           f" ltbench command, or set {ENV}=1 for the whole process")
 

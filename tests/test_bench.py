@@ -93,17 +93,17 @@ def test_init_resolves_to_the_earlier_runs_expert(tmp_path):
     suite = load_suite(write(tmp_path, data))
     jobs = [j for j in suite.jobs if j.kind == "run"]
     assert [j.name for j in jobs] == ["tiny-base-s0", "tiny-next-s0", "tiny-base-s1", "tiny-next-s1"]
-    assert jobs[1].run["method_config"]["init"] == "tiny-base-s0"
-    assert jobs[3].run["method_config"]["init"] == "tiny-base-s1"
-    assert jobs[3].run["budget"] == "3steps" and jobs[3].run["seed"] == 1
+    assert jobs[1].run.method_config.init == "tiny-base-s0"
+    assert jobs[3].run.method_config.init == "tiny-base-s1"
+    assert jobs[3].run.budget == "3steps" and jobs[3].run.seed == 1
 
 
 def test_the_builtin_demo_suite_is_valid():
     suite = builtin_suite("demo")
     assert suite.dataset == "fashion-mnist-lt" and suite.backbone == "dinov2-s14"
-    methods = {j.run["method"] for j in suite.jobs if j.kind == "run"}
+    methods = {j.run.method for j in suite.jobs if j.kind == "run"}
     assert {"linear-probe", "full-ft", "vpt-deep", "lpt", "lpt++", "lit"} <= methods
-    assert len({j.run["budget"] for j in suite.jobs if j.kind == "run"}) == 1  # one budget for all
+    assert len({j.run.budget for j in suite.jobs if j.kind == "run"}) == 1  # one budget for all
     assert any(j.kind == "fusion" and j.fusion.scorer == "moe" for j in suite.jobs)
 
 
@@ -247,7 +247,7 @@ def test_places_lt_plan_runs_the_official_lpt_recipe_under_lpt_groups():
     assert (cfg.mixup, cfg.phase2_mixup) == (1.0, 0.0)
     probe = next(j for j in suite.jobs if j.label == "linear-probe-sgd").run["method_config"]
     assert (probe["solver"], probe["optimizer"], probe["lr"], probe["weight_decay"]) == ("sgd", "sgd", 0.02, 1e-4)
-    assert next(j for j in suite.jobs if j.label == "linear-probe").run["method_config"]["solver"] == "lbfgs"
+    assert next(j for j in suite.jobs if j.label == "linear-probe").run.method_config.solver == "lbfgs"
     out = runner.invoke(app, ["bench", str(path), "--plan"], terminal_width=400).output
     assert "reference" in out and "shot groups lpt" in out and "phase2_mixup=0.0" in out
 
@@ -258,10 +258,10 @@ def test_repro_suites_say_their_recipe_and_protocol(path):
     text = path.read_text()
     assert "Recipe:" in text, "each repro suite's header says which recipe it runs and why"
     lpt_family = any(r.method == "lpt" for r in suite.runs)
-    assert all(j.run["groups"] == ("lpt" if lpt_family else "standard") for j in suite.jobs if j.run)
+    assert all(j.run.groups == ("lpt" if lpt_family else "standard") for j in suite.jobs if j.run)
     for j in suite.jobs:
-        if j.run and j.run["method"] in ("lpt", "lt-soups"):
-            assert j.run["method_config"]["preset"] == "reference"
+        if j.run and j.run.method in ("lpt", "lt-soups"):
+            assert j.run.method_config.preset == "reference"
     for ref in suite.references:  # table and section, and never a silent number from elsewhere
         assert "Table" in ref["source"] and "Sec." in ref["source"], ref["source"]
         assert bool(ref["quoted"]) == ("not in the paper's text" in ref["source"]), ref
@@ -269,7 +269,7 @@ def test_repro_suites_say_their_recipe_and_protocol(path):
 
 def test_one_shot_group_protocol_per_suite(tmp_path):
     data = {**TINY_SUITE, "groups": "lpt"}
-    assert all(j.run["groups"] == "lpt" for j in load_suite(write(tmp_path, data)).jobs if j.run)
+    assert all(j.run.groups == "lpt" for j in load_suite(write(tmp_path, data)).jobs if j.run)
     assert "groups: expected standard or lpt" in suite_error(tmp_path, {**TINY_SUITE, "groups": "few20"})
     assert "contradicts" in suite_error(tmp_path, {**data, "set": {**TINY_SUITE["set"], "groups": "standard"}})
     mixed = {**TINY_SUITE, "fusions": [], "runs": [{"method": "linear-probe"}, {"method": "lpt", "set": {"groups": "lpt"}}]}

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 import ltbench.training.pipeline
 
 import ltbench.training.trainer
-from ltbench.suites.schema import SuiteError, load_suite, parse_budgets
+from ltbench.suites.schema import SuiteError, load_suite, read_budgets
 from ltbench.cli import app
 from ltbench.store.index import Registry
 from ltbench.report import collect, render
@@ -43,8 +43,8 @@ def test_budgets_make_one_job_per_budget_with_distinct_names(tmp_path):
     assert "tiny-vpt-deep-s1" in names  # the suite's own budget keeps its names: registered runs are reused
     for j in s.jobs:  # each job runs (and, when the suite tunes, is tuned) at its own budget
         if j.kind == "run":
-            assert j.run["budget"] == j.budget and j.explicit["budget"] == j.budget
-    assert at2["tiny-ft-2steps-s0"].run["method_config"]["init"] == "tiny-vpt-deep-2steps-s0"
+            assert j.run.budget == j.budget and j.explicit["budget"] == j.budget
+    assert at2["tiny-ft-2steps-s0"].run.method_config.init == "tiny-vpt-deep-2steps-s0"
     assert at2["tiny-mean-2steps-s1"].members == ["tiny-linear-probe-2steps-s1", "tiny-vpt-deep-2steps-s1"]
     # without budget: the last of budgets is the suite's own
     no_budget = {k: v for k, v in data.items() if k != "budget"}
@@ -63,8 +63,8 @@ def test_bad_budgets_name_the_file(tmp_path, budgets, match):
     assert match in suite_error(tmp_path, {**data, "budgets": budgets})
 
 
-def test_parse_budgets_normalises():
-    assert parse_budgets("1epoch, 2epochs,4.0epochs") == ["1epochs", "2epochs", "4epochs"]
+def test_read_budgets_normalises():
+    assert read_budgets("1epoch, 2epochs,4.0epochs") == ["1epochs", "2epochs", "4epochs"]
 
 
 def test_cli_budgets_are_checked_before_any_work(tmp_path, home, monkeypatch):
@@ -95,7 +95,7 @@ def test_the_demo_plans_at_two_budgets():
 def test_a_suite_at_two_budgets_trains_the_new_budget_only_and_reports_against_budget(tmp_path, home, monkeypatch):
     calls = []
     real = ltbench.training.pipeline.train_expert
-    monkeypatch.setattr(ltbench.training.pipeline, "train_expert", lambda run, **kw: calls.append(run["name"]) or real(run, **kw))
+    monkeypatch.setattr(ltbench.training.pipeline, "train_expert", lambda run, **kw: calls.append(run.name) or real(run, **kw))
     vpt = {"method": "vpt-deep", "set": {"prompt_len": 1, "batch_size": 8}}  # cheaper than the probe's L-BFGS
     data = {**TINY_SUITE, "fusions": [], "runs": [{**vpt, "label": "a"}, {**vpt, "label": "b", "set": {"prompt_len": 2}}]}
     path = write(tmp_path, data)

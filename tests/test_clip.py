@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_DATA
 from ltbench.cli import app
-from ltbench.config import resolve_config
+from ltbench.spec import RunSpec, resolve_run
 from ltbench.errors import BackboneError
 from ltbench.backbones.factory import create_backbone
 from ltbench.methods import create_method
@@ -94,31 +94,31 @@ def test_zero_shot_is_scaled_cosine_against_the_text_classifier():
 
 
 def _run(method, **sets):
-    return resolve_config({"backbone": "clip:tiny-test", "method": method, "budget": "2epochs"}, {**TINY_DATA, **sets})
+    return resolve_run({"backbone": "clip:tiny-test", "method": method, "budget": "2epochs"}, {**TINY_DATA, **sets})
 
 
 def test_lpt_pp_round_trip_through_the_registry(tmp_path):
     reg = Registry(tmp_path)
-    run = {**_run("lpt++", prompt_len=2, pool_size=4, batch_size=8), "name": "vl"}
+    run = _run("lpt++", prompt_len=2, pool_size=4, batch_size=8).replace(name="vl")
     ex = train_expert(run, reg, quiet=True)
     assert any(".adapter." in k for k in ex.delta()) and "pool" in ex.delta()
-    data, fresh = build_all(ex.config, reg)
+    data, fresh = build_all(RunSpec.from_config(ex.config), reg)
     fresh.load_delta(ex.delta())
     from ltbench.training.trainer import Trainer
 
-    logits = Trainer(fresh, data, ex.config, torch.device("cpu"), quiet=True).predict(data.test)
+    logits = Trainer(fresh, data, RunSpec.from_config(ex.config), torch.device("cpu"), quiet=True).predict(data.test)
     assert torch.allclose(logits, ex.logits("test"), atol=2e-2)  # stored as fp16
     assert set(json.loads(CliRunner().invoke(app, ["show", "vl"], env={"LTBENCH_HOME": str(tmp_path)}).output)["metrics"]) >= {"val", "test"}
 
 
 def test_lit_aligns_projections_and_experts_start_from_it(tmp_path):
     reg = Registry(tmp_path)
-    lit = train_expert({**_run("lit", batch_size=16), "name": "lit"}, reg, quiet=True)
+    lit = train_expert(_run("lit", batch_size=16).replace(name="lit"), reg, quiet=True)
     delta = lit.delta()
     assert set(delta) == {"backbone.visual.proj", "backbone.text_projection", "backbone.logit_scale"}
     fresh = create_backbone("clip:tiny-test")
     assert not torch.equal(delta["backbone.text_projection"], fresh.model.text_projection)
-    zs = train_expert({**_run("zero-shot", init="lit"), "name": "zs"}, reg, quiet=True)
+    zs = train_expert(_run("zero-shot", init="lit").replace(name="zs"), reg, quiet=True)
     # the zero-shot expert built on the aligned projections reproduces the LiT expert's scores
     assert torch.allclose(zs.logits("test"), lit.logits("test"), atol=2e-2)
 

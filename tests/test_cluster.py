@@ -112,7 +112,7 @@ def test_failed_run_is_reported_retried_and_the_others_finish(ray_cluster, tmp_p
     data = {**FOUR, "name": "bad", "retries": 2, "fusions": []}
     suite = parse_suite(data, "bad.yaml")
     bad = next(j for j in suite.jobs if j.label == "vpt-shallow")
-    bad.run = {**bad.run, "method_config": {**bad.run["method_config"], "init": "no-such-expert"}}
+    bad.run = bad.run.with_method(init="no-such-expert")
     dependent = next(j for j in suite.jobs if j.label == "lp-again")
     reg = Registry(tmp_path / "runs")
     final = {}

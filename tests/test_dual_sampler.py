@@ -102,7 +102,7 @@ def test_parts_sampler_takes_any_kinds_in_order():
 
 def test_a_new_sampler_is_one_registration(monkeypatch):
     """Registered (here: for this test only), a sampler is a config value and a part of a batch like any other."""
-    from ltbench.config import resolve_config
+    from ltbench.spec import resolve_run
     from ltbench.data.samplers import SAMPLERS, InstanceSampler, Parts
 
     def every_other(labels, seed, num_samples=None):
@@ -113,9 +113,9 @@ def test_a_new_sampler_is_one_registration(monkeypatch):
     bs = build_batch_sampler("every-other", LT_LABELS, 32, seed=0)
     assert bs.kind == "every-other" and max(i for b in bs for i in b) < len(LT_LABELS) // 2
     assert isinstance(build_batch_sampler("every-other+class", LT_LABELS, 32, seed=0), PartsBatchSampler)
-    run = resolve_config({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": "1epochs"},
+    run = resolve_run({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": "1epochs"},
                          {"sampler": "every-other"})
-    assert run["method_config"]["sampler"] == "every-other"
+    assert run.method_config.sampler == "every-other"
 
 
 def test_the_registered_dual_sampler_is_class_balanced_then_instance():

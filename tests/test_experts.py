@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import ltbench
 from conftest import TINY_DATA
 from ltbench.cli import app
-from ltbench.config import resolve_config
+from ltbench.spec import resolve_run
 from ltbench.errors import ExpertError
 from ltbench.fusion import fuse_experts
 from ltbench.store.index import Registry
@@ -24,7 +24,7 @@ FP16_ATOL = 1e-2  # registered logits are stored in fp16
 
 
 def tiny(method, name, budget="2epochs", **sets):
-    return resolve_config({"backbone": "vit-tiny-test", "method": method, "budget": budget, "name": name},
+    return resolve_run({"backbone": "vit-tiny-test", "method": method, "budget": budget, "name": name},
                           {**TINY_DATA, **sets})
 
 

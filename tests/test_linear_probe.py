@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 
 from conftest import TINY_DATA
 from ltbench.errors import ConfigError
-from ltbench.config import resolve_config
+from ltbench.spec import resolve_run
 from ltbench.methods.linear_probe import fit_logistic_regression
 from ltbench.store.index import Registry
 from ltbench.training.pipeline import build_all, train_expert
@@ -90,7 +90,7 @@ def test_flops_count_every_evaluation():
 
 
 def tiny(budget="2epochs", **sets):
-    return resolve_config({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": budget},
+    return resolve_run({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": budget},
                           {**TINY_DATA, "max_iter": 60, **sets})
 
 
@@ -121,8 +121,8 @@ def test_probe_fits_on_train_and_val_features_only_and_records_its_compute(tmp_p
 
 
 def test_same_seed_same_probe(tmp_path):
-    a = train_expert({**tiny(), "name": "a"}, Registry(tmp_path), quiet=True)
-    b = train_expert({**tiny(), "name": "b"}, Registry(tmp_path), quiet=True)
+    a = train_expert(tiny().replace(name="a"), Registry(tmp_path), quiet=True)
+    b = train_expert(tiny().replace(name="b"), Registry(tmp_path), quiet=True)
     assert torch.equal(a.logits("test"), b.logits("test"))
 
 

@@ -236,11 +236,11 @@ def test_losses_without_the_options_get_none_of_them():
 
 
 def test_run_config_records_the_preset_and_its_values():
-    from ltbench.config import resolve_config
+    from ltbench.spec import resolve_run
 
-    run = resolve_config({"backbone": "vit-tiny-test", "method": "lpt", "budget": "1epochs"},
+    run = resolve_run({"backbone": "vit-tiny-test", "method": "lpt", "budget": "1epochs"},
                          {"preset": "reference", "label_smoothing": 0.2})
-    mc = run["method_config"]  # what `ltbench show` prints under config.method_config
+    mc = run.config["method_config"]  # what `ltbench show` prints under config.method_config
     assert mc["preset"] == "reference" and mc["margin"] == 0.1 and mc["ins_gamma_neg"] == 8.0
     assert mc["label_smoothing"] == 0.2  # the user's --set over the preset
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from conftest import TINY_DATA
 from ltbench.backbones.factory import create_backbone
-from ltbench.config import resolve_config
+from ltbench.spec import resolve_run
 from ltbench.methods import create_method
 from ltbench.methods.adapters import add_lora
 from ltbench.methods.lt_soups import capped_subset
@@ -199,7 +199,7 @@ def test_reference_preset_is_the_official_script():
 
 @pytest.mark.parametrize("inner", ["lora", "full-ft"])
 def test_a_run_respects_one_budget(tmp_path, inner):
-    run = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "4epochs"},
+    run = resolve_run({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "4epochs"},
                          {**TINY_DATA, "batch_size": 8, "factors": [0, 1], "inner": inner, "val_checks": 2})
     ex = train_expert(run, Registry(tmp_path), quiet=True)
     phases = ex.meta["phases"]
@@ -222,9 +222,9 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
     from ltbench.methods.lt_soups import LTSoups
 
     reg = Registry(tmp_path)
-    run = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "2epochs"},
+    run = resolve_run({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "2epochs"},
                          {**TINY_DATA, "batch_size": 8, "factors": [1], "val_checks": 2, "ema": 0.5})
-    straight = train_expert({**run, "name": "straight"}, reg, quiet=True)
+    straight = train_expert(run.replace(name="straight"), reg, quiet=True)
     real, ends = LTSoups._end_branch, []
 
     def dies_at_the_second(self):
@@ -235,9 +235,9 @@ def test_a_resumed_run_ends_like_an_uninterrupted_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(LTSoups, "_end_branch", dies_at_the_second)
     with pytest.raises(KeyboardInterrupt):
-        train_expert({**run, "name": "resumed"}, reg, quiet=True)
+        train_expert(run.replace(name="resumed"), reg, quiet=True)
     monkeypatch.setattr(LTSoups, "_end_branch", real)
-    resumed = train_expert({**run, "name": "resumed", "resume": True}, reg, quiet=True)
+    resumed = train_expert(run.replace(name="resumed", resume=True), reg, quiet=True)
     assert all(torch.equal(v, straight.delta()[k]) for k, v in resumed.delta().items())
     assert torch.equal(resumed.logits("test"), straight.logits("test"))
 
@@ -257,7 +257,7 @@ def test_each_phase_adjusts_by_its_own_training_prior_with_the_official_sign(tmp
         return built[-1][2]
 
     monkeypatch.setattr(ltbench.training.trainer, "build_loss", recording)
-    run = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "4steps"},
+    run = resolve_run({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "4steps"},
                          {**TINY_DATA, "batch_size": 8, "factors": [0, 1], "branches": 1, "val_checks": 0})
     ex = train_expert(run, Registry(tmp_path), quiet=True)
     counts = np.array(ex.meta["class_counts"])
@@ -287,9 +287,9 @@ def test_official_step_rule_on_cifar100_lt_and_the_suite_budget():
                        / "lt-soups-cifar100-lt.yaml")
     assert suite.budget == f"{sum(steps)}steps"
     run = suite.jobs[0].run
-    assert run["data"]["val_from"] == "test" and run["data"]["val_per_class"] == 10
-    mc = run["method_config"]
-    assert (mc["steps_rule"], mc["stage2_augment"], mc["branch_epochs"], mc["batch_size"]) == ("official", True, 10, 128)
+    assert run.data["val_from"] == "test" and run.data["val_per_class"] == 10
+    mc = run.method_config
+    assert (mc.steps_rule, mc.stage2_augment, mc.branch_epochs, mc.batch_size) == ("official", True, 10, 128)
 
 
 def test_under_the_official_rule_each_phase_gets_its_official_steps():

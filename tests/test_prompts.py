@@ -1,4 +1,5 @@
 """VPT and LPT on tiny random ViTs: shapes, prefix handling, matching, block reuse, phases."""
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ from typer.testing import CliRunner
 
 from conftest import TINY_DATA
 from ltbench.cli import app
-from ltbench.config import resolve_config
+from ltbench.spec import resolve_run
 from ltbench.backbones.factory import create_backbone
 from ltbench.methods import create_method
 from ltbench.store.index import Registry
@@ -83,7 +84,7 @@ def test_phase2_counts_blocks_L_plus_L_minus_K():
     m(torch.randn(1, 3, 32, 32))
     assert len(calls) == 4 + 2
     calls.clear()
-    m.cfg.reuse_blocks = False
+    m.cfg = dataclasses.replace(m.cfg, reuse_blocks=False)
     m(torch.randn(1, 3, 32, 32))
     assert len(calls) == 2 * 4
     [h.remove() for h in hooks]
@@ -91,13 +92,13 @@ def test_phase2_counts_blocks_L_plus_L_minus_K():
 
 def test_phase2_trains_pool_keys_head_not_shared(tmp_path):
     reg = Registry(tmp_path)
-    run = resolve_config({"backbone": "vit-tiny-test", "method": "lpt", "budget": "2epochs"},
+    run = resolve_run({"backbone": "vit-tiny-test", "method": "lpt", "budget": "2epochs"},
                          {**TINY_DATA, "prompt_len": 2, "pool_size": 4, "batch_size": 8, "phase": 1})
-    p1 = train_expert({**run, "name": "p1"}, reg, quiet=True)
+    p1 = train_expert(run.replace(name="p1"), reg, quiet=True)
     assert p1.meta["phases"][0]["phase"] == "shared-prompt" and len(p1.meta["phases"]) == 1
-    run2 = resolve_config({"backbone": "vit-tiny-test", "method": "lpt", "budget": "2epochs"},
+    run2 = resolve_run({"backbone": "vit-tiny-test", "method": "lpt", "budget": "2epochs"},
                           {**TINY_DATA, "prompt_len": 2, "pool_size": 4, "batch_size": 8, "phase": 2, "init": "p1"})
-    p2 = train_expert({**run2, "name": "p2"}, reg, quiet=True)
+    p2 = train_expert(run2.replace(name="p2"), reg, quiet=True)
     d1, d2 = p1.delta(), p2.delta()
     assert torch.equal(d1["shared"], d2["shared"])  # frozen in phase 2
     assert not torch.equal(d1["head.weight"], d2["head.weight"])  # the classifier is fine-tuned

@@ -4,19 +4,26 @@ from pathlib import Path
 
 import pytest
 
-from ltbench.suites.schema import Job, _stale
-from ltbench.config import RUN_KEYS, resolve_config
-from ltbench.store.provenance import config_hash, experiment_key
-from ltbench.store.provenance import OPERATIONAL
-from ltbench.store.records import SCHEMA_VERSION, ExpertRecord, RunConfig
+import dataclasses
+
+from ltbench.config import RUN_KEYS
+from ltbench.spec import RunSpec, resolve_run
+from ltbench.store.provenance import OPERATIONAL, config_hash, experiment_key, result_keys
+from ltbench.store.records import SCHEMA_VERSION, ExpertRecord
+from ltbench.suites.execute import _stale
+from ltbench.suites.schema import Job
 from ltbench.store.index import Registry
 from ltbench.errors import RegistryError
 
 OLD_REGISTRY = Path(__file__).parent / "data" / "registry_v1"  # written by ltbench before ExpertRecord (main @ 202a8b2)
 
 
+def _spec():
+    return resolve_run({"backbone": "vit-tiny-test"}, {"head": 10, "lr": 0.1})
+
+
 def _config():
-    return resolve_config({"backbone": "vit-tiny-test"}, {"head": 10, "lr": 0.1})
+    return _spec().config
 
 
 def _changed(value):
@@ -29,11 +36,12 @@ def test_the_operational_keys_are_run_keys():
 
 @pytest.mark.parametrize("key", sorted(OPERATIONAL))
 def test_an_operational_key_keeps_hash_experiment_and_suite_reuse(key):
-    config = _config()
-    other = {**config, key: _changed(config[key])}
-    assert config_hash(other) == config_hash(config)
-    assert experiment_key(other) == experiment_key(config)
-    job = Job(kind="run", label="x", name="x", seed=0, run=other, explicit={key: other[key]})
+    spec = _spec()
+    config = spec.config
+    other = dataclasses.replace(spec, **{key: _changed(getattr(spec, key))})
+    assert config_hash(other.config) == config_hash(config)
+    assert experiment_key(other.config) == experiment_key(config)
+    job = Job(kind="run", label="x", name="x", seed=0, run=other, explicit={key: other.config[key]})
     assert _stale(job, config) == []
 
 
@@ -48,19 +56,28 @@ def test_a_result_key_changes_the_hash(key):
 
 @pytest.mark.parametrize("part,key", [("method_config", "lr"), ("data", "head")])
 def test_method_and_data_keys_change_hash_and_are_seen_by_the_suite(part, key):
-    config = _config()
-    other = {**config, part: {**config[part], key: config[part][key] * 2}}
-    assert config_hash(other) != config_hash(config)
-    job = Job(kind="run", label="x", name="x", seed=0, run=other, explicit={key: other[part][key]})
+    spec = _spec()
+    config = spec.config
+    other = spec.with_method(lr=0.2) if part == "method_config" else spec.replace(data={**spec.data, "head": 20})
+    assert config_hash(other.config) != config_hash(config)
+    job = Job(kind="run", label="x", name="x", seed=0, run=other, explicit={key: other.config[part][key]})
     assert _stale(job, config)
 
 
-def test_run_config_round_trips_and_splits_operational_keys():
-    config = _config()
-    rc = RunConfig.from_dict(config)
-    assert rc.to_dict() == config
-    assert set(rc.operational()) == OPERATIONAL
-    assert not set(rc.results()) & OPERATIONAL and rc.results()["method_config"]["lr"] == 0.1
+def test_a_run_spec_round_trips_through_its_stored_config():
+    spec = _spec().with_method(lr=0.25).replace(tune={"budget": 0.5})
+    again = RunSpec.from_config(spec.config)
+    assert again == spec and again.config == spec.config
+    assert isinstance(again.method_config.lr, float) and again.budget.unit == "epochs"
+    assert not set(result_keys(spec.config)) & OPERATIONAL and result_keys(spec.config)["method_config"]["lr"] == 0.25
+
+
+def test_a_run_spec_is_frozen_and_its_method_config_too():
+    spec = _spec()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.seed = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.method_config.lr = 1.0
 
 
 def _old_home(tmp_path):

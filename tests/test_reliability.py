@@ -64,9 +64,10 @@ def test_two_gloo_processes_match_one_process(tmp_path, method, sets):
     assert a.meta["world_size"] == 2 and a.meta["spent"]["images"] == b.meta["spent"]["images"]
     assert a.meta["spent"]["flops"] == b.meta["spent"]["flops"]
     assert max_diff(a.delta(), b.delta()) < 1e-5
+    from ltbench.spec import RunSpec
     from ltbench.training.pipeline import build_all
 
-    _, fresh = build_all(b.config)
+    _, fresh = build_all(RunSpec.from_config(b.config))
     assert max_diff(b.delta(), fresh.delta_state_dict()) > 1e-4  # and training did move the weights
 
 

@@ -9,9 +9,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from conftest import TINY_DATA
-from ltbench.budget import parse_budget
 from ltbench.cli import app
-from ltbench.config import resolve_config
+from ltbench.spec import read_budget, resolve_run
 from ltbench.errors import ConfigError
 from ltbench.store.index import Registry
 from ltbench.training.tracking import HISTORY_COLUMNS
@@ -22,7 +21,7 @@ runner = CliRunner()
 
 
 def tiny_run(method="vpt-deep", budget="2epochs", name=None, **sets):
-    return resolve_config({"backbone": "vit-tiny-test", "method": method, "budget": budget, "name": name},
+    return resolve_run({"backbone": "vit-tiny-test", "method": method, "budget": budget, "name": name},
                           {**TINY_DATA, **sets})
 
 
@@ -62,14 +61,14 @@ def test_validation_passes_do_not_change_training(tmp_path):
 
 def test_resumed_run_keeps_the_history_of_its_first_part(tmp_path):
     reg = Registry(tmp_path)
-    run = {**tiny_run("full-ft", "2epochs"), "name": "resumed"}
+    run = tiny_run("full-ft", "2epochs").replace(name="resumed")
     data, method = build_all(run)
-    run["img_size"] = method.info.img_size  # as train_expert records it (part of the checkpoint's config hash)
-    torch.manual_seed(run["seed"])
+    run = run.replace(img_size=method.info.img_size)  # as train_expert records it (part of the checkpoint's config hash)
+    torch.manual_seed(run.seed)
     first = Trainer(method, data, run, torch.device("cpu"), ckpt_dir=reg.run_dir("resumed"), quiet=True)
-    first.fit(parse_budget("1epochs"))  # stands for a run killed after its first epoch's checkpoint
+    first.fit(read_budget("1epochs"))  # stands for a run killed after its first epoch's checkpoint
     before = first.tracker.state()
-    ex = train_expert({**run, "resume": True}, reg, quiet=True)
+    ex = train_expert(run.replace(resume=True), reg, quiet=True)
     rows = ex.history()
     assert [r["step"] for r in rows] == list(range(1, len(rows) + 1)) and len(rows) > len(before)
     assert [r["loss"] for r in rows[:len(before)]] == pytest.approx([r["loss"] for r in before])
@@ -146,8 +145,8 @@ def test_log_option_errors_come_before_any_work(monkeypatch):
     with pytest.raises(ConfigError, match=re.escape("--log mlflow needs the 'ltbench_no_such_package' package: "
                                                     "pip install 'ltbench[mlflow]'")):
         tiny_run(log="mlflow")
-    assert tiny_run(log="tensorboard,tensorboard")["log"] == ["tensorboard"]
-    assert tiny_run()["log"] == []
+    assert tiny_run(log="tensorboard,tensorboard").log == ("tensorboard",)
+    assert tiny_run().log == ()
 
 
 def test_show_history_prints_the_learning_curve(tmp_path, home):

@@ -3,22 +3,22 @@ import pytest
 import torch
 
 from conftest import TINY_DATA
-from ltbench.config import resolve_config
+from ltbench.spec import read_budget, resolve_run
 from ltbench.store.index import Registry
 from ltbench.training.trainer import Trainer, lr_factor
 from ltbench.training.pipeline import build_all, train_expert
 
 
 def tiny_run(method="linear-probe", budget="2epochs", **sets):
-    return resolve_config({"backbone": "vit-tiny-test", "method": method, "budget": budget},
+    return resolve_run({"backbone": "vit-tiny-test", "method": method, "budget": budget},
                           {**TINY_DATA, **sets})
 
 
 def test_same_seed_same_numbers(tmp_path):
     reg = Registry(tmp_path)
-    a = train_expert({**tiny_run("full-ft", "3steps"), "name": "a"}, reg, quiet=True)
-    b = train_expert({**tiny_run("full-ft", "3steps"), "name": "b"}, reg, quiet=True)
-    c = train_expert({**tiny_run("full-ft", "3steps", seed=1), "name": "c"}, reg, quiet=True)
+    a = train_expert(tiny_run("full-ft", "3steps").replace(name="a"), reg, quiet=True)
+    b = train_expert(tiny_run("full-ft", "3steps").replace(name="b"), reg, quiet=True)
+    c = train_expert(tiny_run("full-ft", "3steps", seed=1).replace(name="c"), reg, quiet=True)
     assert torch.equal(a.logits("test"), b.logits("test"))
     assert a.metrics == b.metrics
     assert not torch.equal(a.logits("test"), c.logits("test"))
@@ -35,7 +35,7 @@ def test_budget_is_spent_exactly(tmp_path, budget, unit, amount):
 def test_flops_budget_stops_before_overrun(tmp_path):
     run = tiny_run("full-ft", "3steps")
     per_step = train_expert(run, Registry(tmp_path / "a"), quiet=True).meta["spent"]["flops"] / 3
-    ex = train_expert({**run, "budget": f"{per_step * 4.5:.6e}flops"}, Registry(tmp_path / "b"), quiet=True)
+    ex = train_expert(run.replace(budget=read_budget(f"{per_step * 4.5:.6e}flops")), Registry(tmp_path / "b"), quiet=True)
     assert ex.meta["spent"]["steps"] == 4 and ex.meta["spent"]["flops"] <= per_step * 4.5
 
 
@@ -54,7 +54,7 @@ def test_linear_probe_leaves_backbone_untouched_and_optimizer_holds_only_trainab
 
     torch.optim.AdamW.step = spy
     try:
-        trainer.fit(__import__("ltbench.budget", fromlist=["parse_budget"]).parse_budget("1epochs"))
+        trainer.fit(read_budget("1epochs"))
     finally:
         torch.optim.AdamW.step = orig
     assert all(torch.equal(before[k], v) for k, v in method.backbone.state_dict().items())
@@ -92,18 +92,18 @@ def test_a_floor_a_start_and_a_least_number_of_warm_up_steps(tmp_path):
             lr * (f + (1 - f) * 0.5 * (1 + math.cos(math.pi * (t - W) / (T - W)))) for t in range(T)]
     assert seen == pytest.approx(want, rel=1e-6, abs=1e-12)
     assert lr_factor(1.0, 0.1) == 0.0 and lr_factor(0.0, 0.1) == pytest.approx(0.01)  # the defaults: as before
-    ref = resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "100steps"},
-                         {**TINY_DATA, "preset": "reference"})["method_config"]
-    assert (ref["warmup"], ref["warmup_steps"], ref["warmup_start"], ref["lr_floor"]) == (0.01, 20, 1e-6, 0.1)
+    ref = resolve_run({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "100steps"},
+                      {**TINY_DATA, "preset": "reference"}).method_config
+    assert (ref.warmup, ref.warmup_steps, ref.warmup_start, ref.lr_floor) == (0.01, 20, 1e-6, 0.1)
 
 
 def test_checkpoint_written_at_each_epoch_end(tmp_path):
     reg = Registry(tmp_path)
-    run = {**tiny_run("full-ft", "2epochs"), "name": "resumed"}
+    run = tiny_run("full-ft", "2epochs").replace(name="resumed")
     data, method = build_all(run)
     trainer = Trainer(method, data, run, torch.device("cpu"), ckpt_dir=reg.home / "runs" / "resumed", quiet=True)
-    torch.manual_seed(run["seed"])
-    trainer.fit(__import__("ltbench.budget", fromlist=["parse_budget"]).parse_budget("1epochs"))
+    torch.manual_seed(run.seed)
+    trainer.fit(read_budget("1epochs"))
     ckpt = torch.load(reg.home / "runs" / "resumed" / "checkpoint.pt", weights_only=False)
     assert ckpt["epoch"] == 0 and ckpt["spent"]["epochs"] == pytest.approx(1)
 
@@ -112,7 +112,7 @@ def test_bf16_autocast_on_cpu_trains_close_to_fp32(tmp_path):
     """`amp=true` runs the CUDA speed path's bf16 autocast on CPU: it must engage (the weights
     differ from fp32's) and stay close to fp32 (the loss and optimiser remain fp32)."""
     reg = Registry(tmp_path)
-    runs = {amp: train_expert({**tiny_run("vpt-deep", "3steps", amp=amp), "name": f"amp-{amp}"}, reg, quiet=True)
+    runs = {amp: train_expert(tiny_run("vpt-deep", "3steps", amp=amp).replace(name=f"amp-{amp}"), reg, quiet=True)
             for amp in (True, False)}
     a, b = runs[True].delta(), runs[False].delta()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
@@ -132,7 +132,7 @@ def test_compiled_training_forward_matches_eager(tmp_path, monkeypatch):
         return real(model, **kw)
 
     monkeypatch.setattr(torch, "compile", spy)
-    runs = {c: train_expert({**tiny_run("lpt", "4steps", compile=c, prompt_len=2, pool_size=4), "name": f"c-{c}"},
+    runs = {c: train_expert(tiny_run("lpt", "4steps", compile=c, prompt_len=2, pool_size=4).replace(name=f"c-{c}"),
                             reg, quiet=True) for c in ("aot_eager", False)}
     a, b = runs["aot_eager"].delta(), runs[False].delta()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
@@ -179,7 +179,7 @@ def test_a_run_records_shot_groups_from_training_counts_under_its_protocol(tmp_p
     """Tiny fashion-mnist-lt: train counts 40 30 23 18 14 11 8 6 5 4, test 6 a class. With many=30
     and few=18 the class of 30 is medium, the class of 18 medium under `standard` and few under
     `lpt`; the test split's counts (all 6) would make every class few."""
-    run = {**tiny_run("linear-probe", "1steps", solver="sgd"), "many": 30, "few": 18, "groups": groups}
+    run = tiny_run("linear-probe", "1steps", solver="sgd", many=30, few=18, groups=groups)
     ex = train_expert(run, Registry(tmp_path), quiet=True)
     assert ex.meta["class_counts"] == [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]
     assert ex.meta["shot_groups"] == sizes and ex.config["groups"] == groups

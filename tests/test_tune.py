@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 import ltbench.training.pipeline
 import ltbench.training.trainer
 from ltbench.cli import app
-from ltbench.config import resolve_config
+from ltbench.spec import resolve_run
 from ltbench.data.base import LTDataset
 from ltbench.errors import ConfigError
 from ltbench.executors import run_suite
@@ -32,8 +32,8 @@ GOOD, BAD = 0.1, 1e-6
 
 
 def sgd_probe(budget="4epochs", **sets):
-    return {**resolve_config({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": budget},
-                             {**TINY_DATA, "solver": "sgd", **sets}), "name": "probe"}
+    return resolve_run({"backbone": "vit-tiny-test", "method": "linear-probe", "budget": budget, "name": "probe"},
+                       {**TINY_DATA, "solver": "sgd", **sets})
 
 
 @pytest.fixture
@@ -158,18 +158,17 @@ def test_a_trial_runs_no_learning_curve_pass_the_final_run_does(tmp_path, lr_spa
 def test_the_pruner_hears_at_the_points_of_the_whole_budget_however_many_phases():
     """LT-Soups trains 7 short phases (3 caps x 2 branches, then the head): its reports come when the
     phases' summed spending passes each point of the run's budget, sub-epoch points included."""
-    from ltbench.budget import parse_budget
     from ltbench.training.pipeline import build_all
     from ltbench.training.trainer import Trainer
 
-    run = {**resolve_config({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "3epochs"},
-                            {**TINY_DATA, "factors": [0, 1, 2], "val_checks": 0}), "name": "soup"}
+    run = resolve_run({"backbone": "vit-tiny-test", "method": "lt-soups", "budget": "3epochs", "name": "soup"},
+                      {**TINY_DATA, "factors": [0, 1, 2], "val_checks": 0})
     data, method = build_all(run, tuning=True)
     heard = []
     points = [1 / 9, 1 / 3, 2 / 3]
     trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True, report_at=points,
                       on_report=lambda k, spent: heard.append((k, spent.epochs)))
-    result = trainer.fit(parse_budget(run["budget"]))
+    result = trainer.fit(run.budget)
     assert len(result.phases) == 7
     assert [k for k, _ in heard] == sorted({k for k, _ in heard}) and heard[-1][0] == 3
     step = max(1 / p["spent"]["steps"] * p["spent"]["epochs"] for p in result.phases if p["spent"]["steps"])
@@ -194,15 +193,15 @@ def test_the_study_name_ignores_exactly_the_operational_keys():
 
     run, spec, space = sgd_probe(), TuneSpec(trials=2), {"lr": ("choice", [BAD, GOOD])}
     name = study_name(run, spec, space)
-    moved = {**run, "device": "cuda:1", "num_workers": 7, "eval_batch_size": 3, "resume": True, "log": "csv"}
-    assert set(moved) - {"name"} and {"device", "num_workers", "eval_batch_size", "resume", "log"} <= OPERATIONAL
+    moved = run.replace(device="cuda:1", num_workers=7, eval_batch_size=3, resume=True, log=("tensorboard",))
+    assert {"device", "num_workers", "eval_batch_size", "resume", "log"} <= OPERATIONAL
     assert study_name(moved, spec, space) == name
-    assert study_name({**run, "seed": run["seed"] + 1}, spec, space) != name
+    assert study_name(run.replace(seed=run.seed + 1), spec, space) != name
     assert study_name(run, TuneSpec(trials=3), space) != name
 
 
 def test_a_method_without_a_space_runs_no_trials(tmp_path):
-    probe = {**sgd_probe(), "method_config": {**sgd_probe()["method_config"], "solver": "lbfgs", "max_iter": 20}}
+    probe = sgd_probe().with_method(solver="lbfgs", max_iter=20)
     best, record = tune(probe, TuneSpec(trials=3), Registry(tmp_path))
     assert best == {} and record["trials"] == [] and record["space"] == {}
 
@@ -284,10 +283,10 @@ def toy_trial(run, registry, reporter=None, val_images=0):
     """A toy problem in place of training: after t steps at learning rate lr the validation accuracy is
     0.1 + 0.8·g(lr)·(1 − e^(−t/8)), g a bump 0.25 decades wide around lr* = 0.03 in a 6-decade space
     (1e-5 … 10): a short trial already ranks lrs, and 3 draws rarely land in the bump."""
-    from ltbench.budget import Spent, parse_budget
+    from ltbench.budget import Spent
     from ltbench.tuning.tuner import TrialCompute
 
-    lr, steps = run["method_config"]["lr"], parse_budget(run["budget"]).amount
+    lr, steps = run.method_config.lr, run.budget.amount
     g = math.exp(-0.5 * (math.log10(lr / 0.03) / 0.25) ** 2)
     cost = TrialCompute("steps", Spent(steps=int(steps), epochs=steps / 10))
     return 0.1 + 0.8 * g * (1 - math.exp(-steps / 8)), cost.as_dict()

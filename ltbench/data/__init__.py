@@ -65,3 +65,18 @@ def create_dataset(name: str, root: str | None = None, seed: int = 0, **options:
     ds.name = name
     ds.options = dict(resolved)
     return ds
+
+
+def train_image_count(name: str, root: str | None = None, seed: int = 0, **options: Any) -> int | None:
+    """Training images of a source with `options`, without reading an image where the source can
+    count them (a `count_train(root, **options)` attribute on its builder: split-file lines, an LT
+    profile); else the source is built and its train split counted. None when it cannot be known."""
+    builder = DATASETS.get(name)
+    resolved = {**dataset_options(name), **options}
+    try:
+        count = getattr(builder, "count_train", None)
+        if count is not None:
+            return count(root=root, **resolved)
+        return len(create_dataset(name, root=root, seed=seed, **options).train)
+    except (DataError, OSError, KeyError):
+        return None

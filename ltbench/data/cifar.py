@@ -19,7 +19,7 @@ import numpy as np
 from ..checks import Choice, Float, Int
 from ..errors import DataError
 from ..plugins import DATASETS
-from .base import ArraySplit, LTDataset, lt_train_val
+from .base import ArraySplit, LTDataset, exponential_profile, lt_train_val
 
 FOLDER = "cifar-100-python"
 
@@ -109,3 +109,11 @@ def cifar100_lt(
     train = ArraySplit(x_tr[train_idx], y_tr[train_idx])
     train.indices = train_idx
     return LTDataset(name="cifar100-lt", classnames=names, train=train, val=val, test=test)
+
+
+def _count_train(root: str | None, head: int, imbalance: float, **_: object) -> int:
+    """Its exponential profile's total, without reading the pickles (what `--plan` shows)."""
+    return int(sum(exponential_profile(100, head, imbalance)))
+
+
+cifar100_lt.count_train = _count_train

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gzip
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
 
 import numpy as np
 
@@ -234,3 +234,25 @@ def inat2018(
         "inat2018", root, seed, split_dir=split_dir, train_file=train_file, val_file=val_file,
         test_file=test_file, classnames_file=classnames_file, num_classes=num_classes, val_per_class=val_per_class,
     )
+
+
+def _train_counter(packaged: str | None) -> Callable[..., int | None]:
+    """A split-file source's `count_train`: its train file's lines minus the validation images held
+    out of it (none with a val file), read without an image; None when the file is not there."""
+    def count(root: str | None, split_dir: str | None, train_file: str, val_file: str | None, num_classes: int,
+              val_per_class: int, **_: object) -> int | None:
+        sdir = Path(split_dir).expanduser() if split_dir else \
+            PACKAGED / packaged if packaged else Path(root or ".").expanduser()
+        path = Path(train_file).expanduser()
+        found = find_file(path if path.is_absolute() else sdir / path)
+        if found is None:
+            return None
+        labels = read_split_file(found, ".", num_classes).labels
+        held = 0 if val_file else int(np.minimum(val_per_class, np.bincount(labels) // 2).sum())
+        return len(labels) - held
+    return count
+
+
+places_lt.count_train = _train_counter("places_lt")
+imagenet_lt.count_train = _train_counter("imagenet_lt")
+inat2018.count_train = _train_counter(None)

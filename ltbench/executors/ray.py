@@ -42,6 +42,7 @@ from ..errors import TrainingError
 
 if TYPE_CHECKING:
     from ..store.index import Registry
+    from ..spec import RunSpec
     from ..suites.schema import Job, Suite
 
 @dataclass
@@ -97,17 +98,17 @@ def _execute(job: "Job", registry_args: dict[str, Any], board, key: str, attempt
         return {"name": name, "state": "registered"}
     gpus = int(job.resources.get("gpus", 0))
     if job.kind == "run" and job.tune is None and gpus > 1:
-        _train_ddp({**job.run, "resume": attempt > 1}, registry, gpus)
+        _train_ddp(job.run.replace(resume=attempt > 1), registry, gpus)
     else:
         execute(job, registry, quiet=True, on_progress=_Reporter(board, key, name, attempt), resume=attempt > 1)
     return {"name": name, "state": "done"}
 
 
-def _train_ddp(run: dict[str, Any], registry: "Registry", gpus: int) -> None:
-    scratch = registry.run_dir(run["name"])
+def _train_ddp(run: "RunSpec", registry: "Registry", gpus: int) -> None:
+    scratch = registry.run_dir(run.name)
     scratch.mkdir(parents=True, exist_ok=True)
     run_file = scratch / "run.json"
-    run_file.write_text(json.dumps(run))
+    run_file.write_text(json.dumps(run.config))
     env = {**os.environ, **registry.env()}
     done = subprocess.run(torchrun_command(run_file, gpus), env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -382,11 +383,11 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m ltbench.executors.ray RUN.json`: train one resolved run (a DDP task's torchrun target)."""
+    from ..spec import RunSpec
     from ..training.pipeline import train_expert
 
     argv = sys.argv[1:] if argv is None else argv
-    run = json.loads(Path(argv[0]).read_text())
-    train_expert(run, quiet=True)
+    train_expert(RunSpec.from_config(json.loads(Path(argv[0]).read_text())), quiet=True)
 
 
 if __name__ == "__main__":

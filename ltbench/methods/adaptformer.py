@@ -10,7 +10,7 @@ from .adapters import PEFTMethod, add_adapters
 from .base import MethodConfig, optimizer_space
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdaptFormerConfig(MethodConfig):
     """AdaptFormer's defaults: AdamW at a PEFT lr, a fixed adapter scale s = 0.1 as in the paper."""
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(1e-4, 1e-1), adamw=(1e-4, 1e-2))

@@ -45,7 +45,7 @@ def optimizer_space(sgd: tuple[float, float], adamw: tuple[float, float],
             "weight_decay": ("log", *weight_decay), "warmup": ("float", *warmup), **extra}
 
 
-@dataclass
+@dataclass(frozen=True)
 class MethodConfig:
     """Training defaults shared by every method; methods override the defaults they change.
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..backbones.base import Backbone
 from ..plugins import METHODS
-from .base import resolve_method_config
+from .base import MethodConfig, resolve_method_config
 
 
 def method_config_fields(name: str) -> dict[str, Any]:
@@ -18,8 +18,11 @@ def method_config_fields(name: str) -> dict[str, Any]:
 
 
 def create_method(name: str, backbone: Backbone, num_classes: int, class_counts: np.ndarray | None = None,
-                  classnames: list[str] | None = None, **overrides: Any):
-    """The method `name` on `backbone`, its config resolved from the defaults and `overrides` (checked,
-    so a typo or an out-of-range value fails before anything trains)."""
+                  classnames: list[str] | None = None, config: MethodConfig | None = None, **overrides: Any):
+    """The method `name` on `backbone` with `config` (a run's, already resolved), else its config
+    resolved from the defaults and `overrides` (checked, so a typo fails before anything trains)."""
     cls = METHODS.get(name)
-    return cls(backbone, num_classes, resolve_method_config(cls, overrides), class_counts, classnames)
+    if config is not None and overrides:
+        raise TypeError("create_method: give a resolved config or overrides, not both")
+    return cls(backbone, num_classes, config if config is not None else resolve_method_config(cls, overrides),
+               class_counts, classnames)

@@ -11,7 +11,7 @@ from ..plugins import register_method
 from .base import Method, MethodConfig, Phase, optimizer_space
 
 
-@dataclass
+@dataclass(frozen=True)
 class FullFTConfig(MethodConfig):
     """Full fine-tuning's defaults: the backbone at 1/100 of the head's lr, so the pretrained
     features are adjusted rather than overwritten by a randomly initialised head's gradients."""

@@ -27,7 +27,7 @@ from .base import Method, MethodConfig, Phase, optimizer_space
 SOLVERS = ("lbfgs", "sgd")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LinearProbeConfig(MethodConfig):
     """The probe's defaults: a logit-adjusted logistic regression solved by L-BFGS (the reference
     protocol, no budget-dependent schedule), or minibatch SGD under the budget with `solver=sgd`."""

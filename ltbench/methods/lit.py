@@ -22,7 +22,7 @@ from ..plugins import register_method
 from .base import Method, MethodConfig, Phase, optimizer_space
 
 
-@dataclass
+@dataclass(frozen=True)
 class LiTConfig(MethodConfig):
     """LiT's defaults: AdamW, batch 128 (on cached features a step is nearly free; the batch size is tuned too)."""
     # Batch size matters here: on cached features a step is nearly free, and the batch sets the negatives.

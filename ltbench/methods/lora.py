@@ -10,7 +10,7 @@ from .adapters import PEFTMethod, add_lora
 from .base import MethodConfig, optimizer_space
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoRAConfig(MethodConfig):
     """LoRA's defaults: rank 8, α 16 (a scale of 2), over the whole fused q/k/v weight."""
     SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(1e-4, 1e-1), adamw=(1e-4, 1e-2))

@@ -26,7 +26,7 @@ from .base import Method, MethodConfig, PartSpec, Phase, _samplers, optimizer_sp
 from .prompting import run_blocks, strip
 
 
-@dataclass
+@dataclass(frozen=True)
 class LPTConfig(MethodConfig):
     """LPT's defaults are the paper's (Sec. 4, App. B); REFERENCE holds the official code's
     values (github DongSky/LPT, phase2_test/train_dual_dualloss.py) where they differ.

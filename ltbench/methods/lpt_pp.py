@@ -19,7 +19,7 @@ from .adapters import add_adapters
 from .lpt import LPT, LPTConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class LPTPlusPlusConfig(LPTConfig):
     """LPT's keys plus the adapters' bottleneck and initial scale."""
     # Bottleneck 48 makes the adapters add about 1% of a ViT-B/16's parameters

@@ -46,7 +46,7 @@ def capped_subset(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
     return np.sort(order[rank < cap])
 
 
-@dataclass
+@dataclass(frozen=True)
 class LTSoupsConfig(MethodConfig):
     """LT-Soups' defaults: LoRA branches on seven class caps n_min·2^k, merged sequentially, then the
     head retrained with LA on all data; REFERENCE holds the official script's full-fine-tuning values."""

@@ -18,7 +18,7 @@ from .base import Method, MethodConfig, Phase, optimizer_space
 from .prompting import patch_area, prompted_features, vpt_init_
 
 
-@dataclass
+@dataclass(frozen=True)
 class VPTConfig(MethodConfig):
     """VPT's defaults: SGD as VPT trains, class-balanced sampling (the long-tail baseline's), 10 prompt tokens."""
     # VPT's own sweep (SGD, 100 epochs): base lr 0.05 … 50 ×B/256 (0.006 … 6 at B = 32). In short runs SGD

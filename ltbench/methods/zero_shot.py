@@ -12,7 +12,7 @@ from ..plugins import register_method
 from .base import Method, MethodConfig, Phase
 
 
-@dataclass
+@dataclass(frozen=True)
 class ZeroShotConfig(MethodConfig):
     """Only the prompt templates: zero-shot trains nothing."""
     templates: Annotated[str, Choice(("simple", "openai"))] = "simple"  # open_clip's SIMPLE_IMAGENET_TEMPLATES, or "openai" (80 templates)

@@ -21,7 +21,6 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from ..budget import parse_budget
 from ..errors import BudgetError
 from .tables import ReportError, _missing
 
@@ -39,11 +38,13 @@ def budget_frame(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (line, budget) from a `collect` frame, sorted by dataset, line, budget amount."""
     if "_series" not in df:
         raise ReportError("the accuracy-against-budget view needs a frame from report.collect")
+    from ..spec import read_budget  # the run spec's reader of budget text (it imports the methods)
+
     rows: list[dict[str, Any]] = []
     names: dict[tuple, str] = {}
     for _, r in df[df["overall"].notna() & df["_at_budget"].notna()].iterrows():
         try:
-            b = parse_budget(str(r["_at_budget"]))
+            b = read_budget(str(r["_at_budget"]))
         except BudgetError:
             continue
         key = r["_series"]

@@ -1,58 +1,18 @@
-"""The two records a run leaves: its config (`RunConfig`) and the registered expert (`ExpertRecord`).
+"""The record a run leaves: the registered expert's config, metrics and meta (`ExpertRecord`).
 
-Both were plain dicts that several modules built and read in their own way; here each has one
-schema. `OPERATIONAL` is the one declared set of run keys that do not change results (where
-numbers are reported, how fast they are computed): `config_hash`, `experiment_key` and a
-suite's "same config?" check all leave exactly these out, so they cannot disagree.
+Training and fusion build it the same way (`expert_record`), so what an expert records cannot
+drift between the two; `ExpertRecord.read` accepts every older schema version.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RegistryError
-from .provenance import OPERATIONAL, result_keys
 
 #: Version of the config / metrics / meta schema. 1: written before it was recorded (no
 #: `schema_version` in the meta record); 2: adds `schema_version`. Read upgrades older records.
 SCHEMA_VERSION = 2
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """A run's resolved config, split the way `config.resolve_config` resolves it.
-
-    `keys` are the run keys (dataset, backbone, method, budget, seed, … and the operational
-    ones), `method_config` the method's config dataclass as a dict, `data` the dataset
-    source's options. `to_dict` gives back the stored config.json form.
-    """
-
-    keys: dict[str, Any]
-    method_config: dict[str, Any] = field(default_factory=dict)
-    data: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, config: dict[str, Any]) -> "RunConfig":
-        """From a stored or resolved config (a fusion's has no method config or data options of its own)."""
-        keys = {k: v for k, v in config.items() if k not in ("method_config", "data")}
-        return cls(keys, dict(config.get("method_config") or {}), dict(config.get("data") or {}))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config.json form: run keys, then `method_config` and `data`."""
-        out = dict(self.keys)
-        if self.method_config:
-            out["method_config"] = dict(self.method_config)
-        if self.data:
-            out["data"] = dict(self.data)
-        return out
-
-    def operational(self) -> dict[str, Any]:
-        """The keys set here that do not change results."""
-        return {k: v for k, v in self.keys.items() if k in OPERATIONAL}
-
-    def results(self) -> dict[str, Any]:
-        """Everything that decides the numbers (what `config_hash` hashes)."""
-        return result_keys(self.to_dict())
 
 
 @dataclass

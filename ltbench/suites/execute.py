@@ -25,25 +25,26 @@ def _norm(v: Any) -> str:
 def _stale(job: Job, config: dict[str, Any]) -> list[str]:
     """The keys the suite sets whose value differs in an already registered expert's config."""
     diffs = []
+    ours = job.run.config
     for key, want in (job.explicit or {}).items():
         if key in OPERATIONAL:  # a registered expert may differ here
             continue
         if key in RUN_DEFAULTS or key in ("method", "backbone", "dataset", "budget", "seed"):
-            have, want = config.get(key), job.run.get(key)
+            have, want = config.get(key), ours.get(key)
             if key == "img_size" and want is None:
                 continue
             if key == "groups":  # experts that predate the key were evaluated under `standard`
                 from ..metrics import group_protocol
 
                 have = group_protocol(config)
-        elif key in job.run["method_config"]:
-            have, want = (config.get("method_config") or {}).get(key), job.run["method_config"][key]
+        elif key in ours["method_config"]:
+            have, want = (config.get("method_config") or {}).get(key), ours["method_config"][key]
         else:
-            have, want = (config.get("data") or {}).get(key), job.run["data"].get(key)
+            have, want = (config.get("data") or {}).get(key), ours["data"].get(key)
         if key == "budget":
-            from ..budget import parse_budget
+            from ..spec import read_budget
 
-            have, want = str(parse_budget(have)) if have else have, str(parse_budget(want))
+            have, want = str(read_budget(have)) if have else have, str(read_budget(want))
         if _norm(have) != _norm(want):
             diffs.append(f"{key}: registered {have!r}, suite {want!r}")
     have = {k: v for k, v in (config.get("tune") or {}).items() if k not in ("space", "base")} or None
@@ -98,7 +99,7 @@ def execute(job: Job, registry: Registry, console: Console | None = None, quiet:
         fuse_experts(job.members, f.scorer, name=job.name, trials=f.trials, objective=f.objective, seed=job.seed,
                      per_group=f.per_group, registry=registry, console=console, quiet=quiet)
         return
-    run = {**job.run, "resume": resume} if resume else job.run
+    run = job.run.replace(resume=True) if resume else job.run
     if job.tune is not None:  # its trials run here too
         from ..tuning.tuner import tune_and_train
 

@@ -1,10 +1,8 @@
 """`ltbench bench SUITE --plan`: what a suite would run and cost, counted without training, weights or images."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..methods import METHODS
 
 if TYPE_CHECKING:
     pass
@@ -12,41 +10,8 @@ if TYPE_CHECKING:
 
 from .results import budget_words
 from .schema import Suite
-
-
-def train_image_count(run: dict[str, Any]) -> int | None:
-    """Training images of a resolved run, from its split file's lines or its LT profile; None if unknown.
-
-    Reads no image: split-file sources count their train file (minus the validation images held
-    out of it), CIFAR-100-LT / Fashion-MNIST-LT follow their exponential profile."""
-    import numpy as np
-
-    from ..data import create_dataset
-    from ..data.base import exponential_profile
-    from ..data.splitfile import PACKAGED, find_file, read_split_file
-    from ..errors import DataError
-
-    name, opts = run["dataset"], run["data"]
-    try:
-        if name in ("places-lt", "imagenet-lt", "inat2018"):
-            packaged = {"places-lt": "places_lt", "imagenet-lt": "imagenet_lt"}.get(name)
-            sdir = Path(opts["split_dir"]).expanduser() if opts.get("split_dir") else \
-                PACKAGED / packaged if packaged else Path(run["root"] or ".").expanduser()
-            path = Path(opts["train_file"]).expanduser()
-            found = find_file(path if path.is_absolute() else sdir / path)
-            if found is None:
-                return None
-            labels = read_split_file(found, ".", opts["num_classes"]).labels
-            held = 0 if opts.get("val_file") else int(np.minimum(opts["val_per_class"],
-                                                                np.bincount(labels) // 2).sum())
-            return len(labels) - held
-        if name == "cifar100-lt":
-            return int(sum(exponential_profile(100, opts["head"], opts["imbalance"])))
-        if name == "fashion-mnist-lt":
-            return int(sum(exponential_profile(10, opts["head"], opts["imbalance"])))
-        return len(create_dataset(name, root=run["root"], seed=run["seed"], **opts).train)
-    except (DataError, OSError, KeyError):
-        return None
+from ..data import train_image_count
+from ..spec import RunSpec
 
 
 def forward_flops(backbone: str, img_size: int | None) -> tuple[float | None, int | None]:
@@ -85,13 +50,13 @@ def forward_flops(backbone: str, img_size: int | None) -> tuple[float | None, in
 TRAIN_FORWARDS = 3
 
 
-def vs_paper(run: dict[str, Any]) -> dict[str, Any]:
+def vs_paper(run: RunSpec) -> dict[str, Any]:
     """The resolved method values that differ from the method's paper defaults (what a preset or
     the suite's `set:` changed), so a plan shows which recipe a run trains."""
     from dataclasses import asdict
 
-    paper = asdict(METHODS.get(run["method"]).Config())
-    return {k: v for k, v in run["method_config"].items() if k != "preset" and k in paper and paper[k] != v}
+    paper = asdict(type(run.method_config)())
+    return {k: v for k, v in asdict(run.method_config).items() if k != "preset" and k in paper and paper[k] != v}
 
 
 def plan_rows(suite: Suite) -> list[dict[str, Any]]:
@@ -100,12 +65,12 @@ def plan_rows(suite: Suite) -> list[dict[str, Any]]:
     FLOPs ≈ 3 × the backbone's forward FLOPs × the images a run sees (epochs × training images, or
     steps × batch size); a FLOPs budget is its own estimate, a seconds budget has none. Runs on
     cached features spend less (one forward per image); evaluation passes are not counted."""
-    from ..budget import parse_budget
+    from ..spec import read_budget
 
     rows: list[dict[str, Any]] = []
     fwd_cache: dict[tuple, tuple] = {}
     for text in suite.budgets or [suite.budget]:
-        rows += _plan_rows_at(suite, parse_budget(text), fwd_cache)
+        rows += _plan_rows_at(suite, read_budget(text), fwd_cache)
     return rows
 
 
@@ -115,13 +80,13 @@ def _plan_rows_at(suite: Suite, budget, fwd_cache: dict[tuple, tuple]) -> list[d
     first = {j.label: j for j in reversed(suite.jobs) if j.budget == str(budget)}  # the first seed's job of each label
     for spec in suite.runs:
         run = first[spec.label].run
-        key = (run["backbone"], run["img_size"])
+        key = (run.backbone, run.img_size)
         if key not in fwd_cache:
             fwd_cache[key] = forward_flops(*key)
         fwd, size = fwd_cache[key]
-        images = train_image_count(run)
+        images = train_image_count(run.dataset, root=run.root, seed=run.seed, **run.data)
         seen = {"epochs": None if images is None else budget.amount * images,
-                "steps": budget.amount * run["method_config"].get("batch_size", 0), "flops": None,
+                "steps": budget.amount * getattr(run.method_config, "batch_size", 0), "flops": None,
                 "seconds": None}[budget.unit]
         flops = budget.amount if budget.unit == "flops" else \
             (TRAIN_FORWARDS * fwd * seen if fwd is not None and seen is not None else None)
@@ -129,7 +94,7 @@ def _plan_rows_at(suite: Suite, budget, fwd_cache: dict[tuple, tuple]) -> list[d
                      "img_size": size, "seeds": list(suite.seeds), "budget": str(budget), "train_images": images,
                      "forward_flops": fwd, "flops_per_seed": flops,
                      "reference": [r["name"] for r in suite.references if r["run"] == spec.label],
-                     "preset": run["method_config"].get("preset"), "groups": run["groups"], "vs_paper": vs_paper(run)})
+                     "preset": run.method_config.preset, "groups": run.groups, "vs_paper": vs_paper(run)})
     for f in suite.fusions:
         rows.append({"label": f.label, "kind": "fusion", "method": f"fuse:{f.scorer}", "backbone": "+".join(f.experts),
                      "img_size": None, "seeds": list(suite.seeds), "budget": str(budget), "train_images": None,

@@ -66,7 +66,7 @@ def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path
     written = write_report(df, out, suite=suite.name, budget=budget)
     if plots:
         written += write_plots(measured, out)
-    groups = suite.jobs[0].run["groups"] if suite.jobs and suite.jobs[0].run else "standard"
+    groups = suite.jobs[0].run.groups if suite.jobs and suite.jobs[0].run else "standard"
     shown = terminal(df, title=f"ltbench suite {suite.name} — test accuracy (%), {budget_words(suite)} a run,"
                                f" shot groups {groups}")
     if len(suite.budgets) > 1:

@@ -41,7 +41,7 @@ budget, training images counted from the split files, estimated FLOPs) without t
 without weights and without the datasets' images.
 
 The whole suite is validated before anything trains: every run is resolved through
-`config.resolve_config`, so an unknown key, method, dataset or budget fails at once, with
+`spec.resolve_run`, so an unknown key, method, dataset or budget fails at once, with
 the file and the place in it. Runs already registered are skipped (a suite resumes where it
 stopped); a registered run whose stored config disagrees with the suite is an error rather
 than a silently stale row. The trainer enforces the budget (a run stops before the step that
@@ -67,7 +67,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .._registry import UnknownNameError, suggest
-from ..config import load_yaml, resolve_config
+from ..config import load_yaml
+from ..spec import RunSpec, read_budget, resolve_run
 from ..errors import ConfigError
 from ..methods import METHODS
 
@@ -121,7 +122,7 @@ class Job:
     label: str
     name: str  # the registered expert's name
     seed: int
-    run: dict[str, Any] | None = None  # resolved config (runs)
+    run: RunSpec | None = None  # the resolved run (runs)
     explicit: dict[str, Any] | None = None  # what the suite sets (runs): checked against a registered expert
     fusion: FusionSpec | None = None
     members: list[str] | None = None  # expert names (fusions)
@@ -161,7 +162,7 @@ class Suite:
         return f"{self.name}-{label}{tag}-s{seed}"
 
     def with_budgets(self, budgets: list[str]) -> "Suite":
-        """The same suite run at each of `budgets` (already checked by `parse_budgets`)."""
+        """The same suite run at each of `budgets` (already checked by `read_budgets`)."""
         from dataclasses import replace
 
         suite = replace(self, budgets=list(budgets))
@@ -267,14 +268,13 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
             raise SuiteError(f"{source}: missing required key {key!r}")
     name = data.get("name") or Path(source).stem
     _label_ok(name, "suite name: ", source)
-    from ..budget import parse_budget
     from ..errors import BudgetError
 
     if data.get("budget") in (None, "") and data.get("budgets") in (None, "", []):
         raise SuiteError(f"{source}: missing required key 'budget'")
-    budgets = parse_budgets(data["budgets"], f"{source}: budgets") if data.get("budgets") not in (None, "", []) else []
+    budgets = read_budgets(data["budgets"], f"{source}: budgets") if data.get("budgets") not in (None, "", []) else []
     try:
-        budget = str(parse_budget(str(data["budget"]))) if data.get("budget") not in (None, "") else budgets[-1]
+        budget = str(read_budget(str(data["budget"]))) if data.get("budget") not in (None, "") else budgets[-1]
     except BudgetError as e:
         raise SuiteError(f"{source}: budget: {e}") from None
     seeds = _parse_seeds(data, source)
@@ -322,10 +322,9 @@ def parse_suite(data: Any, source: str = "<suite>") -> Suite:
     return suite
 
 
-def parse_budgets(value: Any, where: str = "--budgets") -> list[str]:
+def read_budgets(value: Any, where: str = "--budgets") -> list[str]:
     """A list of budgets ("1epochs,2epochs,4epochs" or a YAML list), normalised: distinct, one
     unit, in the order given; anything else is a one-line SuiteError naming the bad value."""
-    from ..budget import parse_budget
     from ..errors import BudgetError
 
     items = [x.strip() for x in value.split(",")] if isinstance(value, str) else value
@@ -335,7 +334,7 @@ def parse_budgets(value: Any, where: str = "--budgets") -> list[str]:
     out, units = [], set()
     for x in items:
         try:
-            b = parse_budget(str(x))
+            b = read_budget(str(x))
         except BudgetError as e:
             raise SuiteError(f"{where}: {e}") from None
         if str(b) in out:
@@ -483,7 +482,7 @@ def plan(suite: Suite) -> list[Job]:
             if spec.init is not None:
                 sets["init"] = suite.expert_name(spec.init, seed, budget)
             try:
-                run = resolve_config(flags, sets)
+                run = resolve_run(flags, sets)
             except UnknownNameError as e:
                 raise SuiteError(f"{src}: runs[{i}] ({spec.label}): {e}") from None
             except ConfigError as e:
@@ -495,9 +494,9 @@ def plan(suite: Suite) -> list[Job]:
                 if tuned:
                     raise SuiteError(f"{src}: runs[{i}] ({spec.label}): set: {', '.join(tuned)} is tuned (the suite's"
                                      f" tune: block searches it); drop the override or the tune: block")
-            if jobs and run["groups"] != jobs[0].run["groups"]:
-                raise SuiteError(f"{src}: runs[{i}] ({spec.label}): groups={run['groups']}, but {jobs[0].label} has"
-                                 f" groups={jobs[0].run['groups']}: a suite reports one shot-group protocol")
+            if jobs and run.groups != jobs[0].run.groups:
+                raise SuiteError(f"{src}: runs[{i}] ({spec.label}): groups={run.groups}, but {jobs[0].label} has"
+                                 f" groups={jobs[0].run.groups}: a suite reports one shot-group protocol")
             jobs.append(Job("run", spec.label, name, seed, run=run, explicit={**flags, **sets},
                             resources=spec.resources, retries=spec.retries,
                             needs=[sets["init"]] if spec.init is not None else [], tune=suite.tune,

@@ -11,27 +11,22 @@ from rich.console import Console
 
 from .. import reproducible
 from ..backbones.factory import create_backbone
-from ..budget import Budget, Stopwatch, parse_budget
+from ..budget import Stopwatch
 from ..data import create_dataset
 from ..data.base import LTDataset
 from ..methods import create_method
 from ..methods.base import Method
 from ..metrics import evaluate_logits, thresholds
-from ..store.expert import check_name
 from ..store.index import Registry
 from ..store.records import expert_record
 from .distributed import Dist, device_for, init_distributed
 from .tracking import Tracker
 from .trainer import Trainer, resolve_device, seed_everything
+from ..spec import RunSpec
 
 
-def default_name(run: dict[str, Any]) -> str:
-    """The expert name when none is given: method, backbone, dataset and seed, path-safe."""
-    return f"{run['method']}_{run['backbone'].replace('/', '-').replace(':', '-')}_{run['dataset']}_s{run['seed']}"
-
-
-def build_all(run: dict[str, Any], registry: Registry | None = None, tuning: bool = False) -> tuple[LTDataset, Method]:
-    """Data, backbone and method for a resolved config (shared by train and evaluation).
+def build_all(spec: RunSpec, registry: Registry | None = None, tuning: bool = False) -> tuple[LTDataset, Method]:
+    """Data, backbone and method for a run (shared by training and tuning's trials).
 
     With `init=EXPERT`, that expert's tensors are applied twice: those that belong to the bare
     backbone (e.g. LiT-aligned projections) before the method is built, so a text classifier
@@ -40,32 +35,32 @@ def build_all(run: dict[str, Any], registry: Registry | None = None, tuning: boo
     """
     from ..errors import ConfigError
 
-    data = create_dataset(run["dataset"], root=run["root"], seed=run["seed"], **run["data"])
-    data.many_threshold, data.few_threshold = thresholds(run)
+    data = create_dataset(spec.dataset, root=spec.root, seed=spec.seed, **spec.data)
+    data.many_threshold, data.few_threshold = thresholds(spec.config)
     if tuning:
         from ..data.base import ArraySplit
 
         data.test, data.ood = ArraySplit(np.zeros((0, 1, 1), np.uint8), np.zeros(0, np.int64)), {}
-    elif run.get("ood"):
+    elif spec.ood:
         from ..data.ood import attach_ood
 
-        attach_ood(data, run["ood"])
+        attach_ood(data, list(spec.ood))
     try:  # before validating the data: a bad img_size fails at once
-        backbone = create_backbone(run["backbone"], img_size=run["img_size"], weights=run["weights"],
-                                   pretrained=run["pretrained"])
+        backbone = create_backbone(spec.backbone, img_size=spec.img_size, weights=spec.weights,
+                                   pretrained=spec.pretrained)
     except ValueError as e:
         from ..errors import BackboneError
 
-        raise BackboneError(f"backbone {run['backbone']!r}: {e}") from None
-    data.validate(skip_bad_images=run.get("skip_bad_images", False))
-    init = run["method_config"].get("init")
+        raise BackboneError(f"backbone {spec.backbone!r}: {e}") from None
+    data.validate(skip_bad_images=spec.skip_bad_images)
+    init = spec.method_config.init
     delta: dict[str, torch.Tensor] = {}
     loaded: list[str] = []
     if init:
         src = (registry or Registry()).get(init)
-        if src.config["backbone"] != run["backbone"] or src.config["dataset"] != run["dataset"]:
+        if src.config["backbone"] != spec.backbone or src.config["dataset"] != spec.dataset:
             raise ConfigError(f"init={init}: that expert was trained on {src.config['backbone']} /"
-                              f" {src.config['dataset']}, this run uses {run['backbone']} / {run['dataset']}")
+                              f" {src.config['dataset']}, this run uses {spec.backbone} / {spec.dataset}")
         delta = src.delta()
         own = dict(backbone.model.named_parameters())
         with torch.no_grad():
@@ -75,54 +70,52 @@ def build_all(run: dict[str, Any], registry: Registry | None = None, tuning: boo
                     own[name].copy_(v)
                     loaded.append(k)
     try:
-        method = create_method(run["method"], backbone, data.num_classes, data.class_counts, data.classnames,
-                               **run["method_config"])
+        method = create_method(spec.method, backbone, data.num_classes, data.class_counts, data.classnames,
+                               config=spec.method_config)
     except ValueError as e:
-        raise ConfigError(f"method {run['method']!r}: {e}") from None
+        raise ConfigError(f"method {spec.method!r}: {e}") from None
     if init and not (method.load_delta(delta, partial=True) or loaded):
-        raise ConfigError(f"init={init}: none of its tensors fit method {run['method']!r}")
+        raise ConfigError(f"init={init}: none of its tensors fit method {spec.method!r}")
     return data, method
 
 
-def train_expert(run: dict[str, Any], registry: Registry | None = None, console: Console | None = None,
+def train_expert(spec: RunSpec, registry: Registry | None = None, console: Console | None = None,
                  quiet: bool = False, on_progress: Callable[[str, float], None] | None = None,
                  tuning: dict[str, Any] | None = None) -> "Expert | None":  # noqa: F821
-    """Train one expert from a resolved config and register it; nothing is registered on failure.
+    """Train one expert from a resolved run and register it; nothing is registered on failure.
 
     `tuning`: the study that chose the config's tuned values (recorded in the expert's meta).
 
     Under torchrun every rank trains; rank 0 alone evaluates and registers (others return None).
     """
     registry = registry or Registry()
-    name = check_name(run["name"] or default_name(run))
-    run = {**run, "name": name}
+    name = spec.name
     registry.check_free(name)  # indexed, or a folder the index does not know: refuse before any work
-    reproducible.check(run)
-    budget = parse_budget(run["budget"])
-    requested = resolve_device(run["device"])
+    reproducible.check(spec.reproducible)
+    requested = resolve_device(spec.device)
     d = init_distributed(requested)
     device = device_for(requested, d)
     with contextlib.ExitStack() as held:
         if d.is_main:  # one run per checkpoint folder: a second run of this name stops here
             held.enter_context(registry.lock_run(name))
-        return _train_locked(run, registry, budget, d, device, console, quiet, on_progress, tuning)
+        return _train_locked(spec, registry, d, device, console, quiet, on_progress, tuning)
 
 
-def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Dist, device: torch.device,
+def _train_locked(spec: RunSpec, registry: Registry, d: Dist, device: torch.device,
                   console: Console | None, quiet: bool,
                   on_progress: Callable[[str, float], None] | None = None,
                   tuning: dict[str, Any] | None = None) -> "Expert | None":  # noqa: F821
-    name = run["name"]
-    seed_everything(run["seed"])
+    name = spec.name
+    seed_everything(spec.seed)
     t0 = time.perf_counter()
-    data, method = build_all(run, registry)
-    run["img_size"] = method.info.img_size
+    data, method = build_all(spec, registry)
+    spec = spec.replace(img_size=method.info.img_size)  # the backbone's own size when none was asked for
     method.to(device)
-    tracker = Tracker(run, console or Console(stderr=True), quiet, home=registry.home, enabled=d.is_main)
-    trainer = Trainer(method, data, run, device, console, ckpt_dir=registry.run_dir(name), quiet=quiet, dist=d,
+    tracker = Tracker(spec.config, console or Console(stderr=True), quiet, home=registry.home, enabled=d.is_main)
+    trainer = Trainer(method, data, spec, device, console, ckpt_dir=registry.run_dir(name), quiet=quiet, dist=d,
                       tracker=tracker, on_progress=on_progress)
     try:
-        result = trainer.fit(budget, resume=run["resume"])
+        result = trainer.fit(spec.budget, resume=spec.resume)
     except BaseException:
         tracker.fail()  # an MLflow run ends FAILED instead of staying RUNNING
         raise
@@ -143,7 +136,7 @@ def _train_locked(run: dict[str, Any], registry: Registry, budget: Budget, d: Di
     if data.skipped:
         metrics["skipped_images"] = data.skipped
     record = expert_record(
-        run, metrics, seed=run["seed"], budget=str(budget), spent=result.spent.as_dict(),
+        spec.config, metrics, seed=spec.seed, budget=str(spec.budget), spent=result.spent.as_dict(),
         params=method.param_counts(), class_counts=data.class_counts.tolist(), classnames=data.classnames,
         groups=groups, device=device, world_size=d.world, phases=result.phases, eval_seconds=sw.elapsed,
         wall_seconds=time.perf_counter() - t0,

@@ -62,9 +62,9 @@ class LogTargets(Check):
         return log_targets(value)
 
 
-def check_log_options(run: dict[str, Any]) -> None:
-    """Fail before any work when a sink's package is missing (run["log"] is already checked)."""
-    for target in log_targets(run.get("log")):
+def check_log_options(log: Any) -> None:
+    """Fail before any work when a sink's package is missing (the `log` key is already checked)."""
+    for target in log_targets(log):
         module, extra = LOG_TARGETS[target]
         if importlib.util.find_spec(module) is None:
             raise ConfigError(f"--log {target} needs the {module!r} package: pip install 'ltbench[{extra}]'")
@@ -80,18 +80,19 @@ def _fmt_eta(seconds: float) -> str:
 class Tracker:
     """Receives the trainer's events; keeps the history and feeds the progress lines and sinks."""
 
-    def __init__(self, run: dict[str, Any], console=None, quiet: bool = False, home: str | Path | None = None,
+    def __init__(self, config: dict[str, Any], console=None, quiet: bool = False, home: str | Path | None = None,
                  enabled: bool = True):
+        """`config`: the run's config.json form (`RunSpec.config`), what the sinks record."""
         self.rows: list[dict[str, Any]] = []
-        self.val_each_epoch = bool(run.get("val_each_epoch", True))
+        self.val_each_epoch = bool(config["val_each_epoch"])
         #: plain lines every 10 % of a phase when stderr is not a terminal (a cluster job's log)
         self.lines = enabled and not quiet and console is not None and not console.is_terminal
         self.console = console
         self.sinks: list[_Sink] = []
         if enabled:
             home = Path(home) if home is not None else Path("ltbench-runs")
-            for target in log_targets(run.get("log")):
-                self.sinks.append(_SINKS[target](run, home))
+            for target in log_targets(config["log"]):
+                self.sinks.append(_SINKS[target](config, home))
         self._phase = ""
         self._before = (0.0, 0.0)
         self._next_tick = 0.1

@@ -31,6 +31,7 @@ from ..metrics import class_averaged_accuracy
 from ..store.provenance import config_hash
 from .distributed import Dist, ShardedBatchSampler, all_ranks_sum, gather_rows
 from .tracking import Tracker
+from ..spec import RunSpec
 
 
 def seed_everything(seed: int) -> None:
@@ -311,12 +312,12 @@ def _check_one_step(budget: Budget, one_step: float) -> None:
 class Trainer:
     """Runs a method's phases under a budget on one device (one rank of a distributed run)."""
 
-    def __init__(self, method: Method, data: LTDataset, run: dict[str, Any], device: torch.device,
+    def __init__(self, method: Method, data: LTDataset, spec: "RunSpec", device: torch.device,
                  console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False,
                  dist: Dist | None = None, tracker: Tracker | None = None,
                  on_progress: Callable[[str, float], None] | None = None,
                  report_at: Sequence[float] = (), on_report: Callable[[int, Spent], None] | None = None):
-        self.method, self.data, self.run, self.device = method, data, run, device
+        self.method, self.data, self.spec, self.device = method, data, spec, device
         self.on_progress = on_progress  # (phase name, fraction of its budget spent): the Ray executor's live table
         #: `on_report(k, spent so far)` is called once the run has spent `report_at[k - 1]` of its whole
         #: budget, summed over its phases (so at sub-epoch points too, and the same points whatever a
@@ -330,17 +331,16 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.ckpt = ckpt_dir / "checkpoint.pt" if ckpt_dir else None
         self.quiet = quiet or not self.dist.is_main
-        self.tracker = tracker or Tracker(run, self.console, self.quiet, enabled=self.dist.is_main)
+        self.tracker = tracker or Tracker(spec.config, self.console, self.quiet, enabled=self.dist.is_main)
         cuda = device.type == "cuda"
-        amp = run.get("amp", "auto")
-        self.autocast = cuda if amp == "auto" else bool(amp)  # bf16 on GPUs; fp32 on CPU unless asked
-        self.channels_last = bool(run.get("channels_last")) and cuda
+        self.autocast = cuda if spec.amp == "auto" else bool(spec.amp)  # bf16 on GPUs; fp32 on CPU unless asked
+        self.channels_last = spec.channels_last and cuda
         self.pin = cuda
-        self.workers = resolve_workers(run.get("num_workers", "auto"), cuda)
+        self.workers = resolve_workers(spec.num_workers, cuda)
         if self.channels_last:
             method.to(memory_format=torch.channels_last)
         bb = method.info
-        self.train_tf = build_transform(bb.data_config, bb.img_size, train=run.get("augment", True))
+        self.train_tf = build_transform(bb.data_config, bb.img_size, train=spec.augment)
         self.eval_tf = build_transform(bb.data_config, bb.img_size, train=False)
         self._val_flops: float | None = None  # one validation pass (a phase's `val_checks`)
         self._val_seconds = 0.0
@@ -351,7 +351,7 @@ class Trainer:
                           persistent_workers=False, **kw)
 
     def _eval_loader(self, split) -> DataLoader:
-        return self._loader(TorchSplit(split, self.eval_tf), batch_size=self.run["eval_batch_size"], shuffle=False)
+        return self._loader(TorchSplit(split, self.eval_tf), batch_size=self.spec.eval_batch_size, shuffle=False)
 
     def _cached_features(self, meter: Meter, train) -> TensorDataset:
         """Frozen features of un-augmented training images, computed once (sharded over ranks)."""
@@ -398,7 +398,7 @@ class Trainer:
         begin_phase(self.method, phase)
         train = self.data.train
         if phase.subset is not None:
-            train = train.subset(phase.subset(train.labels, self.run["seed"]))
+            train = train.subset(phase.subset(train.labels, self.spec.seed))
         counts = np.bincount(train.labels, minlength=self.data.num_classes)
         parts = phase.batch_parts(self.cfg)
         loss_fns = [build_loss(p.loss, counts, **p.loss_kwargs).to(self.device) for p in parts]
@@ -438,7 +438,7 @@ class Trainer:
         """The phase's loader and its batch sampler (one part per sampler kind, sharded over ranks)."""
         dataset = self._cached_features(meter, train) if phase.cache_features else TorchSplit(train, self.train_tf)
         bs = min(self.cfg.batch_size, len(dataset))
-        batches = build_batch_sampler([p.sampler for p in parts], train.labels, bs, seed=self.run["seed"] + 1000 * index)
+        batches = build_batch_sampler([p.sampler for p in parts], train.labels, bs, seed=self.spec.seed + 1000 * index)
         if self.dist.enabled:
             batches = ShardedBatchSampler(batches, self.dist, halves=len(parts))
         loader = DataLoader(dataset, batch_sampler=batches, pin_memory=self.pin,
@@ -457,7 +457,7 @@ class Trainer:
         # The FLOP-counted first step runs eagerly: the counter's global module hooks and a compiled
         # graph do not mix (the FLOPs come out the same, with a warning and a recompile).
         counted = forward
-        compile_ = self.run.get("compile")
+        compile_ = self.spec.compile
         if compile_:
             forward = torch.compile(forward, **({"backend": compile_} if isinstance(compile_, str) else {}))
         return forward, counted
@@ -657,7 +657,7 @@ class Trainer:
             "optimizer": run.optimizer.state_dict(), "spent": run.meter.spent.as_dict(),
             "flops_per_image": run.flops_per_image, "step_seconds": run.step_seconds,
             "rng": rng_state(), "phase_log": list(result.phases), "schedule_base": run.schedule_base,
-            "config_hash": config_hash(self.run), "history": self.tracker.state(),
+            "config_hash": config_hash(self.spec.config), "history": self.tracker.state(),
         }, self.ckpt)
 
     def _load_checkpoint(self) -> dict | None:
@@ -667,7 +667,7 @@ class Trainer:
             state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
         except Exception as e:  # a checkpoint is written atomically, so this is outside damage
             raise TrainingError(f"checkpoint {self.ckpt} cannot be read ({e}); remove it or drop --resume") from None
-        if state.get("config_hash") != config_hash(self.run):
+        if state.get("config_hash") != config_hash(self.spec.config):
             raise TrainingError(f"checkpoint {self.ckpt} belongs to a different config; remove it or drop --resume")
         if state["phase"] > 0:  # earlier phases' tensors are part of the delta saved at this point
             self.method.load_delta(state["delta"])

@@ -35,6 +35,7 @@ from .. import _registry
 from ..errors import ConfigError, TrainingError
 from ..store.index import Registry
 from .study import join, open_study, spawn
+from ..spec import RunSpec
 
 SPACE_KINDS = ("log", "float", "int", "choice", "by")
 PRUNERS = ("median", "none")
@@ -123,13 +124,10 @@ def storage_url(registry: Registry) -> str:
     return f"sqlite:///{(registry.home / 'studies.sqlite').resolve()}"
 
 
-def search_space(run: dict[str, Any]) -> dict[str, tuple]:
-    """The method's declared space for this resolved run, checked against its config keys."""
-    from ..methods import METHODS
-
-    cls = METHODS.get(run["method"])
-    space = cls.Config(**run["method_config"]).search_space()
-    check_space(space, run["method_config"], f"method {run['method']!r} SEARCH_SPACE")
+def search_space(run: RunSpec) -> dict[str, tuple]:
+    """The method's declared space for this run, checked against its config keys."""
+    space = run.method_config.search_space()
+    check_space(space, asdict(run.method_config), f"method {run.method!r} SEARCH_SPACE")
     return space
 
 
@@ -217,31 +215,28 @@ def config_values(params: dict[str, Any]) -> dict[str, Any]:
     return {k.split(":", 1)[0]: v for k, v in params.items()}
 
 
-def study_name(run: dict[str, Any], spec: TuneSpec, space: dict[str, tuple]) -> str:
+def study_name(run: RunSpec, spec: TuneSpec, space: dict[str, tuple]) -> str:
     """A name that changes with anything that changes results, so a study only resumes its own trials."""
     from ..store.provenance import _hash, result_keys
 
     # operational keys (device, workers, logging, …: records.OPERATIONAL) leave the study as it is,
     # as they leave config_hash: a study resumed on another device keeps its trials
-    key = _hash({"run": result_keys(run), "tune": spec.as_dict(),
+    key = _hash({"run": result_keys(run.config), "tune": spec.as_dict(),
                  "space": {k: list(v) if isinstance(v, tuple) else v for k, v in space.items()}})
-    return f"tune-{run['name']}-{key}"
+    return f"tune-{run.name}-{key}"
 
 
-def trial_run(run: dict[str, Any], params: dict[str, Any], share: float) -> dict[str, Any]:
+def trial_run(run: RunSpec, params: dict[str, Any], share: float) -> RunSpec:
     """The run config of one trial: the chosen values and its share of the budget.
 
     Without the learning curve's validation pass at each epoch end (`val_each_epoch`, an
     operational key): a trial is never registered, so nobody reads its history, and those passes
     are not charged to its budget (a multi-phase trial, e.g. LT-Soups' 15, ran one per phase).
     """
-    from ..budget import parse_budget
-
-    budget = parse_budget(run["budget"]).scaled(share)
+    budget = run.budget.scaled(share)
     if budget.unit == "steps":  # whole steps, at least one
         budget = type(budget)(max(1.0, float(round(budget.amount))), "steps")
-    return {**run, "budget": str(budget), "method_config": {**run["method_config"], **params},
-            "val_each_epoch": False}
+    return run.replace(budget=budget, val_each_epoch=False).with_method(**params)
 
 
 def val_subset(labels: np.ndarray, num_classes: int, at_most: int) -> np.ndarray:
@@ -295,20 +290,20 @@ class Reporter:
             raise optuna.TrialPruned(f"val accuracy {acc:.4f} at point {k} is below the median")
 
 
-def run_trial(run: dict[str, Any], registry: Registry, reporter: Reporter | None = None,
+def run_trial(run: RunSpec, registry: Registry, reporter: Reporter | None = None,
               val_images: int = TuneSpec.val_images) -> tuple[float, dict[str, float]]:
     """Train `run` (one trial) without registering it; (per-class val accuracy, compute spent incl. evaluations).
 
     The accuracy is measured on `val_subset`; with a `reporter`, at each of its points too.
     """
-    from ..budget import Spent, Stopwatch, parse_budget
+    from ..budget import Spent, Stopwatch
     from ..metrics import class_averaged_accuracy
     from ..training.pipeline import build_all
     from ..training.trainer import Trainer, resolve_device, seed_everything
 
-    budget = parse_budget(run["budget"])
-    device = resolve_device(run["device"])
-    seed_everything(run["seed"])
+    budget = run.budget
+    device = resolve_device(run.device)
+    seed_everything(run.seed)
     data, method = build_all(run, registry, tuning=True)
     data.val = data.val.subset(val_subset(data.val.labels, data.num_classes, val_images))
     method.to(device)
@@ -376,7 +371,7 @@ def halving_plan(spec: TuneSpec) -> list[tuple[int, float]]:
     return rungs(n0)
 
 
-def _run_configs(name: str, storage: str, run: dict[str, Any], space: dict[str, tuple], spec: TuneSpec,
+def _run_configs(name: str, storage: str, run: RunSpec, space: dict[str, tuple], spec: TuneSpec,
                  home: str, items: list[tuple[int, float, dict[str, Any] | None]], worker: int = 0,
                  threads: int | None = None) -> None:
     """Train one rung's trials: (rung, share, fixed values or None to draw them) each, telling the study."""
@@ -385,7 +380,7 @@ def _run_configs(name: str, storage: str, run: dict[str, Any], space: dict[str, 
     if threads:
         torch.set_num_threads(threads)
     registry = Registry(home)
-    study = _open_study(name, storage, spec, run["seed"], worker)
+    study = _open_study(name, storage, spec, run.seed, worker)
     for rung, share, values in items:
         if values is not None:
             study.enqueue_trial(optuna_params(values, space), user_attrs={"rung": rung})
@@ -433,9 +428,9 @@ def _rank(trials: list) -> list:
     return sorted(trials, key=lambda t: (t.value is None, -(t.value or 0.0), t.number))
 
 
-def _halve(name: str, storage: str, run: dict[str, Any], space: dict[str, tuple], spec: TuneSpec, home: str) -> None:
+def _halve(name: str, storage: str, run: RunSpec, space: dict[str, tuple], spec: TuneSpec, home: str) -> None:
     """Run (or resume) a budget's successive halving, rung by rung (see `halving_plan`)."""
-    study = _open_study(name, storage, spec, run["seed"])
+    study = _open_study(name, storage, spec, run.seed)
     args = (name, storage, run, space, spec, home)
     for rung, (n, share) in enumerate(halving_plan(spec)):
         done = [t for t in study.get_trials(deepcopy=False)
@@ -452,13 +447,13 @@ def _halve(name: str, storage: str, run: dict[str, Any], space: dict[str, tuple]
             _in_processes(_run_configs, args, _split(todo, spec.jobs), spec.jobs)
 
 
-def _fixed_trials(name: str, storage: str, run: dict[str, Any], space: dict[str, tuple], spec: TuneSpec,
+def _fixed_trials(name: str, storage: str, run: RunSpec, space: dict[str, tuple], spec: TuneSpec,
                   home: str, quota: int, worker: int = 0, threads: int | None = None) -> None:
     """`quota` trials of the fixed-trial form (the median pruner, or none, at the report points)."""
     if threads:
         torch.set_num_threads(threads)
     registry = Registry(home)
-    study = _open_study(name, storage, spec, run["seed"], worker)
+    study = _open_study(name, storage, spec, run.seed, worker)
 
     def objective(trial) -> float:
         params = suggest(trial, space)
@@ -476,15 +471,13 @@ def _spent(t) -> float:
     return float((t.user_attrs.get("spent") or {}).get("amount", 0.0))
 
 
-def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) -> tuple[dict[str, Any], dict]:
+def tune(run: RunSpec, spec: TuneSpec, registry: Registry | None = None) -> tuple[dict[str, Any], dict]:
     """Run (or resume) the study of `run`; (the best values, the provenance record of the study).
 
     With `jobs` > 1, a rung's trials (or the fixed trials) are split over that many processes (this
     one and jobs − 1 spawned ones, the cores shared among them), all on the study in the storage.
     A method with an empty space runs no trials: its values are its defaults.
     """
-    from ..budget import parse_budget
-
     registry = registry or Registry()
     space = search_space(run)
     storage = storage_url(registry)
@@ -494,21 +487,21 @@ def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) 
     if not space:
         return {}, record
     name = study_name(run, spec, space)
-    study = _open_study(name, storage, spec, run["seed"])
+    study = _open_study(name, storage, spec, run.seed)
     home = str(registry.home)
     if spec.budget is not None:
         _halve(name, storage, run, space, spec, home)
     else:
         if not study.get_trials(deepcopy=False):
             # trial 0 is the method's own values, so tuning is never worse on val at a trial's length
-            base = in_space(run["method_config"], space)
+            base = in_space(asdict(run.method_config), space)
             if base:
                 study.enqueue_trial(optuna_params(base, space))
         left = spec.trials - sum(t.state.name in _FINISHED for t in study.get_trials(deepcopy=False))
         if left > 0:
             parts = [len(p) for p in _split(list(range(left)), spec.jobs)]
             _in_processes(_fixed_trials, (name, storage, run, space, spec, home), parts, spec.jobs)
-    study = _open_study(name, storage, spec, run["seed"])
+    study = _open_study(name, storage, spec, run.seed)
     trials = [t for t in study.get_trials(deepcopy=False) if t.state.name in _FINISHED]
     record["study"] = name
     for t in trials:
@@ -519,7 +512,7 @@ def tune(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None) 
                                  "spent": spent, "pid": t.user_attrs.get("pid")})
         record["compute"]["flops"] += float(spent.get("flops", 0.0))
         record["compute"]["seconds"] += float(spent.get("seconds", 0.0))
-    budget = parse_budget(run["budget"])
+    budget = run.budget
     record["budget"] = {"unit": budget.unit,
                         "cap": spec.budget * budget.amount if spec.budget is not None else None,
                         "used": math.fsum(_spent(t) for t in study.get_trials(deepcopy=False))}
@@ -545,33 +538,32 @@ def describe(spec: TuneSpec, budget: str) -> str:
     return f"{spec.trials} trials of {spec.share:g} × {budget} ({pruner})"
 
 
-def tuned_run(run: dict[str, Any], spec: TuneSpec, best: dict[str, Any], space: dict[str, tuple]) -> dict[str, Any]:
+def tuned_run(run: RunSpec, spec: TuneSpec, best: dict[str, Any], space: dict[str, tuple]) -> RunSpec:
     """The final run: the best values in its method config, and what was tuned (with the untuned values)."""
-    base = {k: run["method_config"][k] for k in space}
-    return {**run, "method_config": {**run["method_config"], **best},
-            "tune": {**spec.as_dict(), "space": {k: list(v) for k, v in space.items()}, "base": base}}
+    base = {k: getattr(run.method_config, k) for k in space}
+    return run.with_method(**best).replace(
+        tune={**spec.as_dict(), "space": {k: list(v) for k, v in space.items()}, "base": base})
 
 
-def tune_and_train(run: dict[str, Any], spec: TuneSpec, registry: Registry | None = None, console=None,
+def tune_and_train(run: RunSpec, spec: TuneSpec, registry: Registry | None = None, console=None,
                    quiet: bool = False):
     """Tune `run` (see `tune`), then train and register it with the best values and the study's record."""
-    from ..training.pipeline import default_name, train_expert
+    from ..training.pipeline import train_expert
 
     registry = registry or Registry()
-    run = {**run, "name": run["name"] or default_name(run)}
-    if run["name"] in registry:
+    if run.name in registry:
         from ..errors import RegistryError
 
-        raise RegistryError(f"expert {run['name']!r} is already registered in {registry.home};"
-                            f" pick --name or `ltbench rm {run['name']}`")
+        raise RegistryError(f"expert {run.name!r} is already registered in {registry.home};"
+                            f" pick --name or `ltbench rm {run.name}`")
     if console is not None and not quiet and search_space(run):
-        console.print(f"tuning {run['name']}: {describe(spec, run['budget'])}"
+        console.print(f"tuning {run.name}: {describe(spec, str(run.budget))}"
                       f" ({spec.jobs} process{'es' if spec.jobs > 1 else ''})", highlight=False)
     best, record = tune(run, spec, registry)
     space = {k: tuple(v) for k, v in record["space"].items()}
     if console is not None and not quiet and space:
         shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.items())
-        console.print(f"tuned {run['name']}: {shown} (val {record['best_value']:.4f}, "
+        console.print(f"tuned {run.name}: {shown} (val {record['best_value']:.4f}, "
                       f"{math.fsum(t['spent'].get('seconds', 0) for t in record['trials']):.0f} s)", highlight=False)
     return train_expert(tuned_run(run, spec, best, space), registry=registry, console=console, quiet=quiet,
                         tuning=record)
