@@ -39,7 +39,7 @@ def main() -> None:
     root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PYTHONPATH": str(root), "LTBENCH_HOME": tmp}
-        subprocess.run([sys.executable, "-c", "from ltbench.registry import Registry; Registry()"], env=env, check=True)
+        subprocess.run([sys.executable, "-c", "from ltbench.store.index import Registry; Registry()"], env=env, check=True)
         torch_t = []
         times: dict[str, list[float]] = {" ".join(c): [] for c in commands}
         for _ in range(repeat):

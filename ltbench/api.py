@@ -12,6 +12,9 @@ from . import catalog
 from .errors import ConfigError
 from .store.index import Registry
 
+if TYPE_CHECKING:
+    from .suites.schema import Suite
+
 # Heavy imports (torch models, timm, open_clip, optuna) happen inside the functions that need
 # them, so `--help`, `ls`, `show` and the listings start without torch (tests/test_cli.py checks).
 
@@ -32,14 +35,11 @@ def version() -> str:
 
     return f"ltbench {__version__} (git {git_hash() or 'unknown'})"
 
-if TYPE_CHECKING:
-    from .suites.schema import Suite
-
 
 def train(flags: dict[str, Any], sets: list[str] | None = None, config_file: str | Path | None = None,
           registry: Registry | None = None, console: Console | None = None, quiet: bool = False,
           tune: dict[str, Any] | None = None):
-    """`ltbench train`; `tune` ({budget, trials, share, jobs, …}) tunes the run first (ltbench/tune.py)."""
+    """`ltbench train`; `tune` ({budget, trials, share, jobs, …}) tunes the run first (ltbench/tuning/tuner.py)."""
     from .config import load_config_file, parse_sets
     from .spec import resolve_run
     from .training.pipeline import train_expert

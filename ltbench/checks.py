@@ -5,7 +5,7 @@
     "eval_batch_size": Key(128, Int(lo=1)),                     # a run key (config.RUN_KEYS)
 
 `check_key` is the one check that `train`, `bench` and `--config` go through (via
-`config.resolve_config`); a value that fails it is a one-line ConfigError naming the key,
+`spec.resolve_run`); a value that fails it is a one-line ConfigError naming the key,
 the value and what is expected, raised before any work starts. A subclass that only changes
 a default (`batch_size: int = 64`) keeps its base class's check.
 """

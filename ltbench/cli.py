@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -10,7 +11,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from . import api, catalog
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, ConfigError
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click.exceptions import ClickException, UsageError
@@ -33,8 +34,6 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     else:
         _python_showwarning(message, category, filename, lineno, file, line)
 
-
-import warnings  # noqa: E402
 
 _python_showwarning = warnings.showwarning
 warnings.showwarning = _show_warning
@@ -284,7 +283,7 @@ def doctor(
 ) -> None:
     """Check the registry: orphan rows and folders, unreadable records, half-written temporaries (exit 1 if any)."""
     if remove_broken and not repair:
-        _fail(api.ConfigError("--remove-broken only works together with --repair"))
+        _fail(ConfigError("--remove-broken only works together with --repair"))
     found, done = api.doctor(repair=repair, remove_broken=remove_broken)
     for p in done:
         out.print(f"fixed {p.kind} {p.name} ({p.path})", highlight=False, markup=False, soft_wrap=True)

@@ -95,7 +95,7 @@ def test_init_resolves_to_the_earlier_runs_expert(tmp_path):
     assert [j.name for j in jobs] == ["tiny-base-s0", "tiny-next-s0", "tiny-base-s1", "tiny-next-s1"]
     assert jobs[1].run.method_config.init == "tiny-base-s0"
     assert jobs[3].run.method_config.init == "tiny-base-s1"
-    assert jobs[3].run.budget == "3steps" and jobs[3].run.seed == 1
+    assert str(jobs[3].run.budget) == "3steps" and jobs[3].run.seed == 1
 
 
 def test_the_builtin_demo_suite_is_valid():
@@ -239,14 +239,10 @@ def test_places_lt_plan_runs_the_official_lpt_recipe_under_lpt_groups():
     assert lpt["preset"] == "reference" and lpt["groups"] == "lpt"
     assert lpt["vs_paper"]["phase2_mixup"] == 0.0 and lpt["vs_paper"]["lr"] == 0.02
     job = next(j for j in suite.jobs if j.label == "lpt")
-    from ltbench.methods import create_method  # noqa: F401  (the phases are what trains)
-    from ltbench.methods.base import resolve_method_config
-    from ltbench.methods.lpt import LPT
-
-    cfg = resolve_method_config(LPT, job.run["method_config"])
+    cfg = job.run.method_config  # the phases read it as it is
     assert (cfg.mixup, cfg.phase2_mixup) == (1.0, 0.0)
-    probe = next(j for j in suite.jobs if j.label == "linear-probe-sgd").run["method_config"]
-    assert (probe["solver"], probe["optimizer"], probe["lr"], probe["weight_decay"]) == ("sgd", "sgd", 0.02, 1e-4)
+    probe = next(j for j in suite.jobs if j.label == "linear-probe-sgd").run.method_config
+    assert (probe.solver, probe.optimizer, probe.lr, probe.weight_decay) == ("sgd", "sgd", 0.02, 1e-4)
     assert next(j for j in suite.jobs if j.label == "linear-probe").run.method_config.solver == "lbfgs"
     out = runner.invoke(app, ["bench", str(path), "--plan"], terminal_width=400).output
     assert "reference" in out and "shot groups lpt" in out and "phase2_mixup=0.0" in out
@@ -290,7 +286,7 @@ def test_inat_suite_trains_on_the_whole_train_split():
     """Validation is the official val file (also the test set, as the official code uses it), so no
     image is held out of the published train split."""
     suite = load_suite(next(p for p in REPRO if p.stem == "lpt-inat2018"))
-    data = suite.jobs[0].run["data"]
+    data = suite.jobs[0].run.data
     assert data["val_file"] == data["test_file"] == "iNaturalist18_val.txt"
 
 
@@ -301,7 +297,7 @@ def test_a_changed_shot_group_protocol_is_a_stale_expert(tmp_path):
 
     data = runs({"method": "linear-probe"})
     std = load_suite(write(tmp_path, {**data, "groups": "standard"}, "std.yaml")).jobs[0]
-    old = {k: v for k, v in std.run.items() if k != "groups"}  # a record that predates the key
+    old = {k: v for k, v in std.run.config.items() if k != "groups"}  # a record that predates the key
     assert _stale(std, old) == []
     lpt = load_suite(write(tmp_path, {**data, "groups": "lpt"}, "lpt.yaml")).jobs[0]
     assert _stale(lpt, old) == ["groups: registered 'standard', suite 'lpt'"]

@@ -43,7 +43,7 @@ def test_budgets_make_one_job_per_budget_with_distinct_names(tmp_path):
     assert "tiny-vpt-deep-s1" in names  # the suite's own budget keeps its names: registered runs are reused
     for j in s.jobs:  # each job runs (and, when the suite tunes, is tuned) at its own budget
         if j.kind == "run":
-            assert j.run.budget == j.budget and j.explicit["budget"] == j.budget
+            assert str(j.run.budget) == j.budget and j.explicit["budget"] == j.budget
     assert at2["tiny-ft-2steps-s0"].run.method_config.init == "tiny-vpt-deep-2steps-s0"
     assert at2["tiny-mean-2steps-s1"].members == ["tiny-linear-probe-2steps-s1", "tiny-vpt-deep-2steps-s1"]
     # without budget: the last of budgets is the suite's own

@@ -505,8 +505,6 @@ def _known_methods() -> set[str] | None:
         return None
 
 
-
-
 def _row(name: str, config: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     values = (name, config.get("method"), config.get("backbone"), config.get("dataset"), config.get("seed"),
               meta.get("config_hash"), meta.get("created", ""), int(meta.get("format", FORMAT_VERSION)))

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from rich.console import Console
 
 from ..config import RUN_DEFAULTS
 from ..store.index import Registry
 from ..store.provenance import OPERATIONAL
-
-if TYPE_CHECKING:
-    pass
-
-
 from .schema import Job, Suite, SuiteError
 
 

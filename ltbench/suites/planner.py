@@ -1,17 +1,12 @@
 """`ltbench bench SUITE --plan`: what a suite would run and cost, counted without training, weights or images."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-
-if TYPE_CHECKING:
-    pass
-
-
-from .results import budget_words
-from .schema import Suite
 from ..data import train_image_count
 from ..spec import RunSpec
+from .results import budget_words
+from .schema import Suite
 
 
 def forward_flops(backbone: str, img_size: int | None) -> tuple[float | None, int | None]:

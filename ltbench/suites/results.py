@@ -3,14 +3,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..store.index import Registry
-
-if TYPE_CHECKING:
-    pass
-
-
 from .schema import Suite, SuiteError
 
 

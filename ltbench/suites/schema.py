@@ -22,7 +22,7 @@ A suite is a YAML file (`ltbench bench SUITE.yaml`; `ltbench demo` runs the buil
         method: lpt++
         backbone: clip:dinov2-minilm
         init: lit                  # start from an earlier run of the suite (→ --set init=<its expert>)
-    tune: {budget: 0.75}           # optional: every run tuned the same way first (see ltbench/tune.py)
+    tune: {budget: 0.75}           # optional: every run tuned the same way first (see ltbench/tuning/tuner.py)
     fusions:
       - label: moe                 # fused expert: <name>-<label>-s<seed>
         experts: [lpt, lpt++-vl]   # run labels
@@ -68,9 +68,9 @@ import yaml
 
 from .._registry import UnknownNameError, suggest
 from ..config import load_yaml
-from ..spec import RunSpec, read_budget, resolve_run
 from ..errors import ConfigError
 from ..methods import METHODS
+from ..spec import RunSpec, read_budget, resolve_run
 
 if TYPE_CHECKING:
     from ..tuning.tuner import TuneSpec
