@@ -309,6 +309,12 @@ def _check_one_step(budget: Budget, one_step: float) -> None:
                           f" give at least {one_step:.4g} {budget.unit}")
 
 
+def split_accuracy(logits: torch.Tensor, split, num_classes: int) -> float:
+    """Per-class-averaged accuracy of `logits` on `split`: the one validation accuracy (history, a
+    phase's checks, tuning's trials)."""
+    return class_averaged_accuracy(logits.argmax(1).numpy() == split.labels, split.labels, num_classes)
+
+
 class Trainer:
     """Runs a method's phases under a budget on one device (one rank of a distributed run)."""
 
@@ -615,16 +621,21 @@ class Trainer:
             train_mode(self.method)
         return self._val_flops
 
-    def val_score(self, meter: Meter) -> float:
-        """Per-class-averaged validation accuracy of the method's current forward, charged to `meter`."""
-        split = self.data.val
+    def val_pass(self) -> tuple[float, float, float]:
+        """(per-class-averaged validation accuracy of the method's current forward, the pass's FLOPs, its
+        device seconds summed over ranks): what a validation check costs, for its caller to charge."""
         self.val_pass_flops()
         with Stopwatch(self.device) as sw:
-            logits = self.predict(split)
+            logits = self.predict(self.data.val)
         train_mode(self.method)
-        self._val_seconds = all_ranks_sum(sw.elapsed, self.dist, self.device)  # every rank runs the check
-        meter.charge(flops=self._val_flops * self.dist.world, seconds=self._val_seconds)
-        return class_averaged_accuracy(logits.argmax(1).numpy() == split.labels, split.labels, self.data.num_classes)
+        seconds = all_ranks_sum(sw.elapsed, self.dist, self.device)  # every rank runs the check
+        return split_accuracy(logits, self.data.val, self.data.num_classes), self._val_flops * self.dist.world, seconds
+
+    def val_score(self, meter: Meter) -> float:
+        """`val_pass`, charged to `meter` (a phase's validation checks are part of its budget)."""
+        acc, flops, self._val_seconds = self.val_pass()
+        meter.charge(flops=flops, seconds=self._val_seconds)
+        return acc
 
     def _solve_phase(self, phase: Phase, meter: Meter, train, loss_fn, loss_name: str) -> dict:
         """A phase fitted in one call on cached train and val features (val selects its settings).
@@ -695,7 +706,7 @@ class Trainer:
         finally:
             set_rng_state(state)
             train_mode(method)
-        return class_averaged_accuracy(logits.argmax(1).numpy() == val.labels, val.labels, self.data.num_classes)
+        return split_accuracy(logits, val, self.data.num_classes)
 
     def predict(self, split) -> torch.Tensor:
         """Logits of the method on `split`, in eval mode (used for the registered test/val logits)."""

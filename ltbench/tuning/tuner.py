@@ -296,8 +296,7 @@ def run_trial(run: RunSpec, registry: Registry, reporter: Reporter | None = None
 
     The accuracy is measured on `val_subset`; with a `reporter`, at each of its points too.
     """
-    from ..budget import Spent, Stopwatch
-    from ..metrics import class_averaged_accuracy
+    from ..budget import Spent
     from ..training.pipeline import build_all
     from ..training.trainer import Trainer, resolve_device, seed_everything
 
@@ -310,12 +309,10 @@ def run_trial(run: RunSpec, registry: Registry, reporter: Reporter | None = None
     cost = TrialCompute(budget.unit, Spent())
 
     def val_accuracy() -> float:
-        val = data.val
-        cost.eval_flops += trainer.val_pass_flops()
-        with Stopwatch(device) as sw:
-            logits = trainer.predict(val)
-        cost.eval_seconds += sw.elapsed
-        return class_averaged_accuracy(logits.argmax(1).numpy() == val.labels, val.labels, data.num_classes)
+        acc, flops, seconds = trainer.val_pass()
+        cost.eval_flops += flops
+        cost.eval_seconds += seconds
+        return acc
 
     def on_report(k: int, spent: Spent) -> None:
         cost.train = spent
