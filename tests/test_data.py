@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltbench._registry import UnknownNameError
+from ltbench.plugins.names import UnknownNameError
 from ltbench.data import (
     DataError,
     create_dataset,

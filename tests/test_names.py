@@ -1,7 +1,7 @@
-"""The one "did you mean" helper every lookup uses (ltbench/_registry.py)."""
+"""The one "did you mean" helper every lookup uses (ltbench/plugins/names.py)."""
 import pytest
 
-from ltbench._registry import closest, suggest
+from ltbench.plugins.names import closest, suggest
 from ltbench.tracking import log_targets
 
 
@@ -27,7 +27,7 @@ def test_log_target_hint_uses_the_helper():
 
 
 def test_every_pluggable_kind_is_registered_in_plugins():
-    """One home: the registry each plug-in module uses is the one in ltbench/plugins.py."""
+    """One home: the registry each plug-in module uses is the one in ltbench/plugins/__init__.py."""
     import ltbench.backbones.base
     import ltbench.backbones.clip
     import ltbench.data

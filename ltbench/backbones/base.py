@@ -22,7 +22,7 @@ from timm.data import resolve_data_config
 from timm.models import VisionTransformer
 from torch import nn
 
-from .._registry import UnknownNameError, suggest
+from ..plugins.names import UnknownNameError, suggest
 from ..plugins import BACKBONES
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from .._registry import UnknownNameError, suggest
+from ..plugins.names import UnknownNameError, suggest
 from ..plugins import DATASETS
 from .base import (
     FEW,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from .. import catalog
+from ..plugins import catalog
 from ..plugins import METHODS, register_method
 from .build import create_method, method_config_fields
 
