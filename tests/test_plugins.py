@@ -3,6 +3,7 @@
 Each plug-in below is a module written into a temporary folder, nowhere in the package; the
 listings read its source (nothing imported), a registry lookup imports it.
 """
+import importlib.util
 import json
 import os
 import re
@@ -136,6 +137,7 @@ def test_an_outside_plugin_is_listed_and_planned(kind, outside, tmp_path):
     out = plan_output(tmp_path, {**SUITE, **suite})
     if shown is not None:
         assert shown in out
+    assert "unknown" not in out  # the plug-in was built: its images and FLOPs are counted
     registry = {"dataset": plugins.DATASETS, "backbone": plugins.BACKBONES, "loss": plugins.LOSSES,
                 "sampler": plugins.SAMPLERS, "scorer": plugins.SCORERS}[kind]
     assert registry.get("mine").__module__ == stem
@@ -216,6 +218,16 @@ def test_a_plugin_may_take_no_name_of_ltbench_even_before_ltbench_registers_it()
     with pytest.raises(ValueError, match=r"loss 'ce' \(module their_package\) is ltbench's own \(module ltbench.losses\)"):
         losses.register("ce")(type("Theirs", (), {"__module__": "their_package"}))
     assert "ce" not in losses
+
+
+def test_a_plugin_file_may_not_shadow_a_module(outside):
+    assert "this" not in sys.modules  # a standard module nothing imports: found, not taken yet
+    origin = importlib.util.find_spec("this").origin
+    path = outside("this", PLUGINS["loss"][1])
+    with pytest.raises(external.PluginError, match=rf"plug-in {path}: its module name 'this' is taken by {origin};"
+                                                   r" rename the file"):
+        plugins.LOSSES.get("mine")
+    assert "this" not in sys.modules
 
 
 def test_a_plugin_may_look_names_up_while_it_is_imported(outside):

@@ -72,6 +72,15 @@ def env_files(value: str | None = None) -> list[Path]:
     return list(dict.fromkeys(p.resolve() for p in files))
 
 
+def _importable(name: str) -> str | None:
+    """Where `import name` would find a module now (a plug-in file must not shadow it), or None."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    return None if spec is None else (spec.origin or name)
+
+
 def _module_path(module: str) -> Path | None:
     """The source of `module` (a file, or a package's folder), found without importing it or its parents."""
     top, *rest = module.split(".")
@@ -141,11 +150,12 @@ def _import(source: Source) -> ModuleType:
         return sys.modules[source.module]
     path, name = source.path, source.module
     taken = sys.modules.get(name)
-    if taken is not None:
-        if getattr(taken, "__file__", None) and Path(taken.__file__).resolve() == path:
-            return taken  # already imported by other means: importing again would register twice
-        raise PluginError(f"plug-in {path}: module name {name!r} is taken by"
-                          f" {getattr(taken, '__file__', None) or 'a built-in module'}; rename the file")
+    if taken is not None and getattr(taken, "__file__", None) and Path(taken.__file__).resolve() == path:
+        return taken  # imported already (it may be looking a name up now): importing again would register twice
+    other = getattr(taken, "__file__", None) if taken is not None else _importable(name)
+    if taken is not None or (other is not None and Path(other).resolve() != path):
+        raise PluginError(f"plug-in {path}: its module name {name!r} is taken by"
+                          f" {other or 'a built-in module'}; rename the file")
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
