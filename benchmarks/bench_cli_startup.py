@@ -2,7 +2,7 @@
 
 Each command runs in a fresh interpreter (`python -m ltbench …`, an empty registry in a temporary
 home), interleaved with `python -c "import torch"` so machine load hits both alike; the median of
-`--repeat` runs is printed with its ratio to the torch import. Before ltbench/catalog.py (now a scan of the sources) and the
+`--repeat` runs is printed with its ratio to the torch import. Before ltbench/plugins/catalog.py (now a scan of the sources) and the
 lazy imports every one of these paid at least the torch import (ratio ≥ 1).
 
     python benchmarks/bench_cli_startup.py [--repeat 5] [--quick]

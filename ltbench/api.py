@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from . import catalog
 from .errors import ConfigError
+from .plugins import catalog
 from .store.index import Registry
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
     the PNG figures, into `out` or else `plots_dir`. The rows are read once for all of them.
     `by="budget"`: the accuracy-against-budget view instead (report/budgets.py).
     """
-    from ._registry import suggest
+    from .plugins.names import suggest
     from .report import (
         FORMATS,
         ReportError,
@@ -137,8 +137,8 @@ LS_FORMATS = ("table", "json")
 
 def ls(fmt: str = "table", registry: Registry | None = None) -> "Table | str":
     """`ltbench ls`: the registered experts as a rich Table, or as JSON (a list of objects)."""
-    from ._registry import suggest
     from .jsonio import dumps
+    from .plugins.names import suggest
 
     if fmt not in LS_FORMATS:
         raise ConfigError(f"--format {fmt!r}: use one of {', '.join(LS_FORMATS)}.{suggest(fmt, LS_FORMATS)}")
@@ -232,11 +232,22 @@ def params(method: str, backbone: str, num_classes: int, sets: list[str] | None 
     return create_method(method, bb, num_classes, **overrides).param_counts()
 
 
-# The listings read the sources (ltbench/catalog.py): no plug-in module (nor torch) is imported.
+# The listings read the sources (ltbench/plugins/catalog.py): no plug-in module (nor torch) is imported.
 def listing(command: str) -> list[tuple[str, str]]:
     """`ltbench <command>` for a listing command (datasets, backbones, methods, losses, samplers,
-    scorers): (name, one-line help) rows."""
+    scorers): (name, one-line help) rows, the outside plug-ins' included."""
     return catalog.rows(command)
+
+
+def listed_names(command: str) -> list[str]:
+    """The names `ltbench <command>` lists, for an option's help text: without the outside plug-ins'
+    when they cannot be read, so `--help` always works (the command that needs them says why)."""
+    from .plugins.external import PluginError
+
+    try:
+        return [name for name, _ in catalog.rows(command)]
+    except PluginError:
+        return [name for name, _ in catalog.rows(command, outside=False)]
 
 
 def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: bool = True,

@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from . import api, catalog
+from . import api
 from .errors import USER_ERRORS, ConfigError
+from .plugins import catalog
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click.exceptions import ClickException, UsageError
@@ -62,7 +63,7 @@ class _OneLineErrors(TyperGroup):
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except UsageError as e:
-            from ._registry import suggest
+            from .plugins.names import suggest
 
             message = e.format_message()
             if getattr(e, "possibilities", None):  # an unknown option: name the closest, not all
@@ -163,7 +164,7 @@ def train(
 @_guard
 def fuse(
     experts: str = typer.Option(..., help="comma-separated registered experts, e.g. A,B[,C]"),
-    scorer: str = typer.Option("moe", help=" | ".join(name for name, _ in catalog.rows("scorers"))),
+    scorer: str = typer.Option("moe", help=" | ".join(api.listed_names("scorers"))),
     trials: int = typer.Option(200, help="Optuna trials in total (search, moe); a resumed study runs the rest"),
     name: Optional[str] = typer.Option(None, help="fused expert's name (default fuse-SCORER_A+B)"),
     storage: Optional[str] = typer.Option(None, help="Optuna storage URL (sqlite:///fuse.db, postgresql://…) to resume or share a search"),
@@ -312,6 +313,7 @@ def params(
 def _listing_command(command: str) -> None:
     """Add `ltbench <command>`, which prints catalog.LISTINGS[command]'s rows, one line each."""
 
+    @_guard
     def show_rows() -> None:
         for name, help_ in api.listing(command):
             out.print(f"{name:<22} {help_}", highlight=False, markup=False, soft_wrap=True)

@@ -8,7 +8,6 @@ from typing import Any
 
 import yaml
 
-from ._registry import suggest
 from .checks import (
     Bool,
     Choice,
@@ -25,6 +24,7 @@ from .errors import ConfigError
 from .methods import METHODS, method_config_fields
 from .methods.base import resolve_method_config
 from .metrics import FEW_THRESHOLD, GROUP_PROTOCOLS, MANY_THRESHOLD
+from .plugins.names import suggest
 from .training.tracking import LogTargets
 
 

@@ -6,7 +6,8 @@ know them without importing torch, timm or open_clip.
 """
 from __future__ import annotations
 
-from ._registry import UnknownNameError
+from .plugins.external import PluginError
+from .plugins.names import UnknownNameError
 
 
 class ConfigError(ValueError):
@@ -45,5 +46,5 @@ class ExpertError(ValueError):
     """An expert that cannot be loaded, exported or asked to predict (bad file, other backbone, bad option)."""
 
 
-USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, ConfigError, BudgetError, DataError, BackboneError,
-                                            RegistryError, TrainingError, FusionError, ExpertError)
+USER_ERRORS: tuple[type[Exception], ...] = (UnknownNameError, PluginError, ConfigError, BudgetError, DataError,
+                                            BackboneError, RegistryError, TrainingError, FusionError, ExpertError)

@@ -15,7 +15,6 @@ import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._registry import suggest
 from .budget import Budget, parse_budget
 from .checks import check_key, dataclass_checks, signature_checks
 from .config import RUN_DEFAULTS, RUN_KEYS, check_device
@@ -25,6 +24,7 @@ from .methods import METHODS, method_config_fields
 from .methods.base import MethodConfig, resolve_method_config
 from .metrics import thresholds
 from .plugins import DATASETS
+from .plugins.names import suggest
 from .store.expert import check_name
 from .training.tracking import check_log_options
 

@@ -17,6 +17,12 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
+@pytest.fixture(autouse=True)
+def _no_outside_plugins(monkeypatch):
+    """Tests see ltbench's own names only, whatever plug-ins the caller's LTBENCH_PLUGINS names."""
+    monkeypatch.delenv("LTBENCH_PLUGINS", raising=False)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():
     import torch

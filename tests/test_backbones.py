@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from conftest import TINY_SETS
-from ltbench._registry import UnknownNameError
+from ltbench.plugins.names import UnknownNameError
 from ltbench.backbones.factory import create_backbone
 from ltbench.backbones.names import BackboneName, parse_backbone_name
 from ltbench.cli import app

@@ -1,4 +1,4 @@
-"""ltbench/catalog.py's scan of the sources: what the listings show without importing anything."""
+"""ltbench/plugins/catalog.py's scan of the sources: what the listings show without importing anything."""
 import importlib
 import json
 import pkgutil
@@ -10,10 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 import ltbench
-from ltbench import catalog, plugins
+from ltbench import plugins
 from ltbench.cli import app
+from ltbench.plugins import catalog
 
-#: every registry of plugins.py, by the name the scan files it under
+#: every registry of ltbench/plugins/__init__.py, by the name the scan files it under
 REGISTRIES = {name: value for name, value in vars(plugins).items() if isinstance(value, plugins.NameRegistry)}
 
 
@@ -55,7 +56,7 @@ def test_every_registered_name_is_listed_by_its_command_with_its_help():
 def test_a_registration_the_scan_cannot_see_fails_at_import():
     from ltbench.plugins import METHODS
 
-    with pytest.raises(ValueError, match=r"method 'not-listed' .* not found by ltbench/catalog\.py's scan"):
+    with pytest.raises(ValueError, match=r"method 'not-listed' .* not found by ltbench/plugins/catalog\.py's scan"):
         METHODS.register("not-listed")(type("NotListed", (), {"__module__": "ltbench.methods.nowhere"}))
     assert "not-listed" not in METHODS
     losses = plugins.NameRegistry("loss", "LOSSES")  # a fresh one: ltbench.losses may hold "ce" already
@@ -121,7 +122,7 @@ def test_the_scan_finds_a_plugin_written_into_a_folder(tmp_path):
 
 def test_the_scan_and_the_listings_do_not_import_torch():
     script = ("import json, sys\n"
-              "from ltbench import catalog\n"
+              "from ltbench.plugins import catalog\n"
               "rows = {command: catalog.rows(command) for command in catalog.LISTINGS}\n"
               "tables = {name: catalog.table(name) for name in ('OOD_SETS', 'LOSSES')}\n"
               "print(json.dumps([sorted(m for m in ('torch', 'timm', 'ltbench.losses') if m in sys.modules),"

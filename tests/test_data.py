@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ltbench._registry import UnknownNameError
+from ltbench.plugins.names import UnknownNameError
 from ltbench.errors import DataError
 from ltbench.data import create_dataset, dataset_options
 from ltbench.data.base import exponential_profile

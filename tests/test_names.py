@@ -1,7 +1,7 @@
-"""The one "did you mean" helper every lookup uses (ltbench/_registry.py)."""
+"""The one "did you mean" helper every lookup uses (ltbench/plugins/names.py)."""
 import pytest
 
-from ltbench._registry import closest, suggest
+from ltbench.plugins.names import closest, suggest
 from ltbench.training.tracking import log_targets
 
 

@@ -288,7 +288,7 @@ def create_clip_backbone(spec: str, img_size: int | None = None, weights: str | 
         return CLIP_BACKBONES.get(parsed.model)(img_size=img_size, weights=weights, pretrained=pretrained)
     model_name, tag = parsed.model, parsed.tag or ""
     if model_name not in open_clip.list_models():
-        from .._registry import UnknownNameError, suggest
+        from ..plugins.names import UnknownNameError, suggest
 
         known = [f"clip:{n}" for n in CLIP_BACKBONES] + [f"clip:{n}" for n in open_clip.list_models()]
         hint = suggest(spec, known)

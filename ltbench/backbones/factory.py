@@ -6,9 +6,8 @@ import importlib
 
 import timm
 
-from .. import catalog
-from .._registry import UnknownNameError, suggest
-from ..plugins import BACKBONES
+from ..plugins import BACKBONES, catalog
+from ..plugins.names import UnknownNameError, suggest
 from .base import Backbone, timm_backbone
 from .clip import create_clip_backbone
 from .names import parse_backbone_name

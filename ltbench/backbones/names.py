@@ -1,7 +1,8 @@
 """One parser for backbone names; light (no torch, no timm), so configs and suites can be read
 and checked cheaply.
 
-    dinov2-s14                          a backbone registered by ltbench (found by ltbench/catalog.py)
+    dinov2-s14                          a registered backbone (ltbench's, found by ltbench/plugins/catalog.py,
+                                        or an outside plug-in's)
     clip:dinov2-minilm                  one of ltbench's assembled open_clip backbones
     clip:ViT-B-32/openai                an open_clip model with its pretrained tag
     vit_base_patch16_224.augreg_in21k   a timm architecture with its pretrained tag (timm's own
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import catalog
+from ..plugins import BACKBONES, CLIP_BACKBONES, NameRegistry, catalog
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,13 @@ class BackboneName:
     @property
     def assembled(self) -> bool:
         """An ltbench-assembled clip: backbone (clip:dinov2-minilm …) rather than an open_clip model."""
-        return self.kind == "clip" and self.model in catalog.table("CLIP_BACKBONES")
+        return self.kind == "clip" and _registered("CLIP_BACKBONES", CLIP_BACKBONES, self.model)
+
+
+def _registered(listed_as: str, registry: NameRegistry, name: str) -> bool:
+    """Whether `name` is registered: ltbench's names are read from the sources (no torch); any
+    other is looked up in the registry, which imports the outside plug-ins first."""
+    return name in catalog.table(listed_as) or name in registry
 
 
 def parse_backbone_name(name: str) -> BackboneName:
@@ -31,7 +38,7 @@ def parse_backbone_name(name: str) -> BackboneName:
     if name.startswith("clip:"):
         model, _, tag = name[len("clip:"):].partition("/")
         return BackboneName("clip", model, tag or None)
-    if name in catalog.table("BACKBONES"):
+    if _registered("BACKBONES", BACKBONES, name):
         return BackboneName("ltbench", name)
     arch, _, tag = name.partition(".")
     return BackboneName("timm", arch, tag or None)

@@ -14,10 +14,9 @@ import importlib
 import inspect
 from typing import Any, Callable
 
-from .. import catalog
-from .._registry import suggest
 from ..errors import DataError
-from ..plugins import DATASETS
+from ..plugins import DATASETS, catalog
+from ..plugins.names import suggest
 from .base import LTDataset
 
 # every source module registers itself (`@DATASETS.register`, `@OOD_SETS.register`) when imported

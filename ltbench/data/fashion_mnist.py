@@ -20,7 +20,13 @@ import numpy as np
 from ..checks import Float, Int, Opt
 from ..errors import DataError
 from ..plugins import DATASETS
-from .base import ArraySplit, LTDataset, exponential_profile, lt_train_val, take_per_class
+from .base import (
+    ArraySplit,
+    LTDataset,
+    exponential_profile,
+    lt_train_val,
+    take_per_class,
+)
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASSNAMES = [

@@ -41,8 +41,8 @@ from rich.table import Table
 from ..errors import TrainingError
 
 if TYPE_CHECKING:
-    from ..store.index import Registry
     from ..spec import RunSpec
+    from ..store.index import Registry
     from ..suites.schema import Job, Suite
 
 @dataclass

@@ -38,7 +38,9 @@ def budget_frame(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (line, budget) from a `collect` frame, sorted by dataset, line, budget amount."""
     if "_series" not in df:
         raise ReportError("the accuracy-against-budget view needs a frame from report.collect")
-    from ..spec import read_budget  # the run spec's reader of budget text (it imports the methods)
+    from ..spec import (
+        read_budget,  # the run spec's reader of budget text (it imports the methods)
+    )
 
     rows: list[dict[str, Any]] = []
     names: dict[tuple, str] = {}

@@ -222,7 +222,7 @@ class Registry:
         with self._connect() as db:
             row = db.execute(sa.select(EXPERTS.c.format).where(EXPERTS.c.name == name)).first()
         if row is None:
-            from .._registry import suggest
+            from ..plugins.names import suggest
 
             hint = suggest(name, self.names())
             if os.path.lexists(self.experts_dir / name):
@@ -497,8 +497,8 @@ class Registry:
 def _known_methods() -> set[str] | None:
     """Method names a config may name (read from the sources, no torch); None if they cannot be read."""
     try:
-        from ..catalog import table
         from ..plugins import METHODS
+        from ..plugins.catalog import table
 
         return set(table("METHODS")) | set(METHODS)
     except Exception:  # noqa: BLE001  (a check must not fail on the listing)

@@ -108,7 +108,7 @@ def plan_table(suite: Suite, rows: list[dict[str, Any]]):
     unknown = "unknown"
     several = len(suite.budgets) > 1
     groups = next((r["groups"] for r in rows if r["groups"]), "standard")
-    table = Table(title=f"ltbench suite {suite.name} — plan ({len(suite.jobs)} jobs, seeds {suite.seeds},"
+    table = Table(title=f"ltbench suite {suite.name} on {suite.dataset} — plan ({len(suite.jobs)} jobs, seeds {suite.seeds},"
                         f" {budget_words(suite)} a run, shot groups {groups}: {GROUP_PROTOCOLS[groups]})",
                   caption="est. FLOPs ≈ 3 × forward × (epochs × training images, or steps × batch) per seed: an upper"
                           " estimate (class-capped subsets and cached-feature phases see fewer); training measures"

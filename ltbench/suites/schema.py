@@ -66,10 +66,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .._registry import UnknownNameError, suggest
 from ..config import load_yaml
 from ..errors import ConfigError
 from ..methods import METHODS
+from ..plugins.names import UnknownNameError, suggest
 from ..spec import RunSpec, read_budget, resolve_run
 
 if TYPE_CHECKING:

@@ -17,12 +17,12 @@ from ..data.base import LTDataset
 from ..methods import create_method
 from ..methods.base import Method
 from ..metrics import evaluate_logits, thresholds
+from ..spec import RunSpec
 from ..store.index import Registry
 from ..store.records import expert_record
 from .distributed import Dist, device_for, init_distributed
 from .tracking import Tracker
 from .trainer import Trainer, resolve_device, seed_everything
-from ..spec import RunSpec
 
 
 def build_all(spec: RunSpec, registry: Registry | None = None, tuning: bool = False) -> tuple[LTDataset, Method]:

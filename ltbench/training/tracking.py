@@ -44,7 +44,7 @@ def log_targets(value: Any) -> list[str]:
         if item in ("", "none"):
             continue
         if item not in LOG_TARGETS:
-            from .._registry import closest
+            from ..plugins.names import closest
 
             close = closest(item, LOG_TARGETS, cutoff=0.6)
             raise ValueError(LogTargets.what + (f"; did you mean {close!r}?" if close else ""))

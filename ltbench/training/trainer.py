@@ -28,10 +28,10 @@ from ..errors import BudgetError, TrainingError
 from ..losses import build_loss
 from ..methods.base import Method, PartSpec, Phase
 from ..metrics import class_averaged_accuracy
+from ..spec import RunSpec
 from ..store.provenance import config_hash
 from .distributed import Dist, ShardedBatchSampler, all_ranks_sum, gather_rows
 from .tracking import Tracker
-from ..spec import RunSpec
 
 
 def seed_everything(seed: int) -> None:

@@ -31,11 +31,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import _registry
 from ..errors import ConfigError, TrainingError
+from ..plugins.names import suggest as suggest_name
+from ..spec import RunSpec
 from ..store.index import Registry
 from .study import join, open_study, spawn
-from ..spec import RunSpec
 
 SPACE_KINDS = ("log", "float", "int", "choice", "by")
 PRUNERS = ("median", "none")
@@ -82,7 +82,7 @@ def parse_tune(value: Any, where: str = "tune") -> TuneSpec | None:
     raw = {"trials": value} if isinstance(value, int) else dict(value)
     for key in raw:
         if key not in known:
-            hint = _registry.suggest(str(key), known, cutoff=0.6)
+            hint = suggest_name(str(key), known, cutoff=0.6)
             raise ConfigError(f"{where}: unknown key {key!r}.{hint} Known keys: {', '.join(known)}")
     if (raw.get("trials") is None) == (raw.get("budget") is None):
         raise ConfigError(f"{where}: give either 'budget' (tuning compute as a multiple of the run's, e.g. 0.75:"

@@ -1,18 +1,23 @@
-"""The registries of every pluggable kind, in one home that plug-in modules import.
+"""The plug-in machinery: the registries of every pluggable kind, in one home that plug-ins import.
 
 A plug-in is one module and one registration: `@LOSSES.register("name", help=…)` on a loss
 class, `@register_method("name")` on a method class, and so on. The registries live here,
-apart from the code that uses them, so a plug-in imports only this small module (no torch,
-no package `__init__`), and a listing or a "did you mean" can read every kind the same way.
-The decorator is the only line a name needs: the CLI's listings find it by reading the sources
-(ltbench/catalog.py), each registry under its name here (the second argument), and a
-registration that scan cannot see fails at import and says so.
+apart from the code that uses them, so a plug-in imports only this small package (no torch),
+and a listing or a "did you mean" can read every kind the same way. The decorator is the only
+line a name needs, inside the package or outside it:
+
+- names.py     `NameRegistry` (register, look up, "did you mean"), the class of every registry here;
+- catalog.py   the listings, read from the sources without importing them (each registry is
+               found under its name here, the second argument); a registration that scan cannot
+               see fails at import and says so;
+- external.py  plug-ins from outside the package (entry points in the group `ltbench.plugins`,
+               `.py` files and folders in `LTBENCH_PLUGINS`), imported at the first lookup.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
-from ._registry import NameRegistry
+from .names import NameRegistry
 
 #: method classes (`ltbench.methods.base.Method` subclasses), by `--method` name
 METHODS: NameRegistry[type] = NameRegistry("method", "METHODS")

@@ -2,11 +2,11 @@
 
 `ltbench methods | datasets | backbones | losses | samplers | scorers` and the CLI's help must
 start without torch, so they cannot import the plug-in modules that register the names. Instead
-this module parses the package's Python files with `ast` and collects every registration
-written as
+this module parses the package's Python files with `ast`, and the outside plug-ins' files
+(ltbench/plugins/external.py) the same way, and collects every registration written as
 
     @register_method("name")                      on a method class
-    @METHODS.register("name", help="…")           on a class or function (any registry of plugins.py)
+    @METHODS.register("name", help="…")           on a class or function (any registry of plugins/__init__.py)
     SAMPLERS.register("name", help="…")(obj)      the call form, for a builder made by a function
 
 The one-line help is the `help=` keyword, else the first line of the decorated (or registered,
@@ -20,14 +20,18 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 from pathlib import Path
 from typing import NamedTuple
+
+from .external import ENV, PluginError, sources
 
 #: name -> (module that registers it, one-line help)
 Catalog = dict[str, tuple[str, str]]
 
-#: the package whose sources `table` scans by default
-PACKAGE_DIR = Path(__file__).resolve().parent
+#: the package whose sources `table` scans (ltbench, the parent of this subpackage)
+PACKAGE = __name__.split(".")[0]
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 #: the name forms beyond the registered ones (parsed by ltbench.backbones.names)
 BACKBONE_FORMS: list[tuple[str, str]] = [
@@ -56,7 +60,7 @@ LISTINGS: dict[str, Listing] = {
     "scorers": Listing("Available fusion scorers (fuse --scorer), one line each.", (("SCORERS", ""),)),
 }
 
-#: decorator functions that register into a registry of plugins.py, by the registry they fill
+#: decorator functions that register into a registry of plugins/__init__.py, by the registry they fill
 _HELPERS = {"register_method": "METHODS"}
 
 
@@ -84,7 +88,7 @@ def _mentions(registry: str | None) -> tuple[str, ...]:
 def _registration(call: ast.AST) -> tuple[str, str, str] | None:
     """(registry, name, help keyword) when `call` is `REGISTRY.register("name", …)` or a helper such
     as `register_method("name")`; None otherwise. Registries are the upper-case names of
-    plugins.py, which keeps `registry.register(name, …)` (the on-disk expert store) out."""
+    plugins/__init__.py, which keeps `registry.register(name, …)` (the on-disk expert store) out."""
     if not isinstance(call, ast.Call) or not call.args:
         return None
     func, first = call.func, call.args[0]
@@ -102,9 +106,9 @@ def _registration(call: ast.AST) -> tuple[str, str, str] | None:
     return registry, first.value, help_
 
 
-def scan_source(source: str, module: str) -> dict[str, Catalog]:
-    """The registrations in one module's `source`, as {registry: {name: (module, help)}}."""
-    tree = ast.parse(source)
+def scan_source(source: str, module: str, filename: str = "<unknown>") -> dict[str, Catalog]:
+    """The registrations in one module's `source` (read from `filename`), as {registry: {name: (module, help)}}."""
+    tree = ast.parse(source, filename)
     defined = {node.name: node for node in tree.body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
     found: dict[str, Catalog] = {}
 
@@ -145,7 +149,7 @@ def scan(root: Path | str, package: str, registry: str | None = None) -> dict[st
         source = path.read_text(encoding="utf-8")
         if not any(mention in source for mention in mentions):
             continue
-        for found_in, found in scan_source(source, _module_name(path, root, package)).items():
+        for found_in, found in scan_source(source, _module_name(path, root, package), str(path)).items():
             if registry in (None, found_in):
                 tables.setdefault(found_in, {}).update(found)
     return tables
@@ -153,18 +157,67 @@ def scan(root: Path | str, package: str, registry: str | None = None) -> dict[st
 
 @functools.lru_cache(maxsize=None)
 def table(registry: str) -> Catalog:
-    """ltbench's registrations into `registry` (a registry's name in ltbench/plugins.py: "METHODS",
-    "LOSSES", …), read from the sources once a process (callers must not change it)."""
-    return scan(PACKAGE_DIR, __package__ or "ltbench", registry).get(registry, {})
+    """ltbench's registrations into `registry` (a registry's name in ltbench/plugins/__init__.py:
+    "METHODS", "LOSSES", …), read from the sources once a process (callers must not change it)."""
+    return scan(PACKAGE_DIR, PACKAGE, registry).get(registry, {})
 
 
-def listing(registry: str, prefix: str = "") -> list[tuple[str, str]]:
-    """(name, one-line help) rows of `registry`, sorted by name; `prefix` goes before each name."""
-    found = table(registry)
+@functools.lru_cache(maxsize=None)
+def _outside(value: str) -> dict[str, Catalog]:
+    """The outside plug-ins' registrations for `LTBENCH_PLUGINS` = `value` (and the entry points),
+    read from their sources: nothing is imported. A file that cannot be read or parsed is a
+    PluginError naming it."""
+    tables: dict[str, Catalog] = {}
+    for source in sources(value):
+        if source.path is None:  # not a plain file or folder: listed once imported only
+            continue
+        try:
+            found = scan(source.path, source.module) if source.path.is_dir() else \
+                scan_source(source.path.read_text(encoding="utf-8"), source.module, str(source.path))
+        except SyntaxError as e:
+            raise PluginError(f"plug-in {e.filename}:{e.lineno}: SyntaxError: {e.msg}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise PluginError(f"plug-in {source.path} cannot be read: {e}") from None
+        for registry, rows_ in found.items():
+            tables.setdefault(registry, {}).update(rows_)
+    return tables
+
+
+def outside_table(registry: str) -> Catalog:
+    """The outside plug-ins' registrations into `registry` (ltbench/plugins/external.py), from their sources."""
+    return _outside(os.environ.get(ENV, "")).get(registry, {})
+
+
+def known(registry: str) -> Catalog:
+    """Every registration into `registry` the sources show: ltbench's own and the outside plug-ins'."""
+    return {**outside_table(registry), **table(registry)}
+
+
+def is_ltbench(module: str) -> bool:
+    """Whether `module` is one of ltbench's own (whose registrations `table` holds)."""
+    return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
+def sees(registry: str, name: str, module: str) -> bool:
+    """Whether the listings show `module`'s registration of `name` into `registry`: for a module the
+    catalog reads (ltbench's, an outside plug-in's), whether its scan found it there; any other
+    module (a script, a notebook) is not read, so nothing is expected of it."""
+    if is_ltbench(module):
+        return table(registry).get(name, (None,))[0] == module
+    if any(source.path is not None and source.covers(module) for source in sources()):
+        return outside_table(registry).get(name, (None,))[0] == module
+    return True
+
+
+def listing(registry: str, prefix: str = "", outside: bool = True) -> list[tuple[str, str]]:
+    """(name, one-line help) rows of `registry`, ltbench's and (with `outside`) the outside plug-ins',
+    sorted by name; `prefix` goes before each name."""
+    found = known(registry) if outside else table(registry)
     return [(prefix + name, found[name][1]) for name in sorted(found)]
 
 
-def rows(command: str) -> list[tuple[str, str]]:
+def rows(command: str, outside: bool = True) -> list[tuple[str, str]]:
     """(name, one-line help) rows that `ltbench <command>` prints (a key of LISTINGS)."""
     shown = LISTINGS[command]
-    return [row for registry, prefix in shown.registries for row in listing(registry, prefix)] + list(shown.extra)
+    return [row for registry, prefix in shown.registries
+            for row in listing(registry, prefix, outside)] + list(shown.extra)
