@@ -357,9 +357,11 @@ def run_suite_ray(suite: "Suite", registry: "Registry", address: str | None = No
     if started:
         from .. import reproducible
 
-        pinned = {"env_vars": {**reproducible.PINS, reproducible.ENV: "1"}} if reproducible.active() else None
+        env = {**reproducible.PINS, reproducible.ENV: "1"} if reproducible.active() else {}
+        if os.environ.get("LTBENCH_PLUGINS"):  # outside plug-ins: the same paths must exist on every node
+            env["LTBENCH_PLUGINS"] = os.environ["LTBENCH_PLUGINS"]
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env=pinned)  # workers start pinned, before they load torch
+                 runtime_env={"env_vars": env} if env else None)  # workers start pinned, before they load torch
     try:
         driver = _Driver(suite, registry, console, done)
         _drive(driver, quiet, on_update, poll)
