@@ -284,6 +284,17 @@ def test_a_registered_reference_expert_is_rebuilt_on_the_same_features(tmp_path)
     torch.testing.assert_close(logits, want, atol=1e-4, rtol=0)
 
 
+def test_a_delta_with_a_head_of_another_width_is_refused():
+    """A full load never keeps a fresh tensor where the stored one does not fit (a head trained on the
+    pooled features loaded into a method reading the joint space): it would predict from text init."""
+    names = ["cat", "dog", "car"]
+    pooled = create_method("full-ft", create_backbone("clip:tiny-test"), 3, COUNTS, names, head_proj=False)
+    joint = create_method("full-ft", create_backbone("clip:tiny-test"), 3, COUNTS, names)
+    with pytest.raises(ValueError, match=r"head\.weight is \(3, 32\), the method's \(3, 24\)"):
+        joint.load_delta(pooled.delta_state_dict())
+    assert "head.weight" in joint.load_delta(joint.delta_state_dict())
+
+
 def test_lora_on_q_and_v_rows_only():
     bb = create_backbone("vit-tiny-test")
     module, name = bb.qkv_weight(bb.blocks[0])

@@ -275,6 +275,11 @@ class Method(nn.Module):
                     f"delta does not fit method {self.name!r}: missing {sorted(expected - set(delta))[:5]},"
                     f" unexpected {sorted(set(delta) - expected)[:5]}"
                 )
+            misfit = [k for k, v in delta.items() if own[k].shape != v.shape]
+            if misfit:  # e.g. a head of another width (head_proj): never predict with a fresh tensor
+                k = misfit[0]
+                raise ValueError(f"delta does not fit method {self.name!r}: {k} is {tuple(delta[k].shape)},"
+                                 f" the method's {tuple(own[k].shape)}")
         take = {k: v for k, v in delta.items() if k in own and own[k].shape == v.shape}
         with torch.no_grad():
             for k, v in take.items():
