@@ -164,6 +164,137 @@ def test_cosine_head_scale_30_and_text_initialised_on_clip():
     assert torch.allclose(clip.inner.head.weight, bb.text_classifier(names).t(), atol=1e-6)
 
 
+def _timm_tower_clip():
+    """A tiny CLIP whose image tower is timm's (as clip:dinov2-minilm's): its projection is a linear
+    layer (weight [joint, pooled]), where open_clip's own tower holds a matrix [pooled, joint]."""
+    import open_clip
+    import timm
+
+    from ltbench.backbones.clip import _wrap
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = open_clip.CLIP(embed_dim=24, vision_cfg={
+            "timm_model_name": "vit_tiny_patch16_224", "timm_model_pretrained": False, "timm_pool": "token",
+            "timm_proj": "linear", "image_size": 32},
+            text_cfg={"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2})
+        model.visual.trunk = timm.models.VisionTransformer(img_size=32, patch_size=8, embed_dim=16, depth=2,
+                                                           num_heads=2, num_classes=0)
+        model.visual.head.proj = torch.nn.Linear(16, 24, bias=False)
+    return _wrap("clip:timm-tower-test", model, open_clip.get_tokenizer("ltbench-tiny-clip"), 32)
+
+
+def _pooled_before_projection(bb, x):
+    """The tower's own forward, read before its projection: the input of the timm tower's projection
+    layer, or open_clip's class token after ln_post; projected by hand it gives `encode_image`."""
+    seen = {}
+    if bb.timm_tower:
+        proj = bb.model.visual.head.proj
+        hook = proj.register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0]))
+        joint = bb.model.encode_image(x)
+        pooled = seen["x"]
+        by_hand = pooled @ proj.weight.T
+    else:
+        hook = bb.model.visual.ln_post.register_forward_hook(lambda mod, args, out: seen.setdefault("x", out))
+        joint = bb.model.encode_image(x)
+        pooled = seen["x"][:, 0]
+        by_hand = pooled @ bb.model.visual.proj
+    hook.remove()
+    assert torch.allclose(by_hand, joint, atol=1e-5)
+    return pooled
+
+
+def _text_mapped_back(bb, names):
+    """LT-Soups' trainer.py:499-501: the joint-space text classifier [C, joint] @ proj.t(), renormalised;
+    proj.t() is the timm projection layer's weight itself."""
+    text = bb.text_classifier(names).T
+    back = text @ (bb.model.visual.head.proj.weight if bb.timm_tower else bb.model.visual.proj.T)
+    return F.normalize(back, dim=-1)
+
+
+@pytest.mark.parametrize("tower", ["open_clip", "timm"])
+def test_reference_head_reads_pooled_features_before_the_projection(tower):
+    """use_proj False (utils/config.py:71): the cosine head sits on the pooled class token before the
+    visual projection, its weights the text classifier mapped back through the projection's transpose."""
+    names = ["cat", "dog", "car"]
+    bb = create_backbone("clip:tiny-test") if tower == "open_clip" else _timm_tower_clip()
+    m = create_method("lt-soups", bb, 3, COUNTS, classnames=names, preset="reference")
+    assert m.cfg.head_proj is False and m.inner.cfg.head_proj is False
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    pooled = _pooled_before_projection(bb, x)
+    assert pooled.shape[1] != bb.feature_dim  # the test tells the two widths apart
+    w = m.inner.head.weight.detach()
+    assert torch.allclose(w, _text_mapped_back(bb, names), atol=1e-5)
+    assert torch.allclose(m.embed(x), pooled, atol=1e-5)  # what stage 2 caches
+    want = 30 * F.normalize(pooled, dim=-1) @ F.normalize(w, dim=-1).T
+    assert torch.allclose(m(x), want, atol=1e-4) and torch.allclose(m.classify(m.embed(x)), want, atol=1e-4)
+    paper = create_method("lt-soups", bb, 3, COUNTS, classnames=names)  # the library default: the joint space
+    assert torch.allclose(paper.embed(x), bb.model.encode_image(x), atol=1e-5)
+    assert torch.allclose(paper.inner.head.weight, bb.text_classifier(names).T, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["full-ft", "lora", "adaptformer", "linear-probe", "vpt-deep", "vpt-shallow",
+                                    "lpt", "lpt++"])
+def test_every_head_reads_what_head_proj_says(method):
+    """The head and what it reads agree in width under head_proj=false (a projected read would not
+    even fit the head)."""
+    bb = create_backbone("clip:tiny-test")
+    extra = {"prompt_len": 2, "pool_size": 4} if method.startswith("lpt") else {}
+    m = create_method(method, bb, 3, COUNTS, ["cat", "dog", "car"], head_proj=False, **extra)
+    assert m.head.weight.shape[1] == bb.pooled_dim != bb.feature_dim
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("method", ["zero-shot", "lit"])
+def test_methods_without_a_head_of_their_own_refuse_head_proj_false(method):
+    with pytest.raises(ValueError, match="head_proj"):
+        create_method(method, create_backbone("clip:tiny-test"), 3, COUNTS, ["cat", "dog", "car"], head_proj=False)
+
+
+def test_head_proj_changes_nothing_on_a_backbone_without_a_projection():
+    x = torch.randn(2, 3, 32, 32)
+    ref, paper = _soups(preset="reference"), _soups()
+    assert ref.cfg.head_proj is False
+    assert torch.equal(ref.embed(x), paper.embed(x)) and ref.inner.head.weight.shape == paper.inner.head.weight.shape
+
+
+def test_a_registered_reference_expert_is_rebuilt_on_the_same_features(tmp_path):
+    """The expert rebuilt for prediction reads the pooled features before the projection, as trained:
+    its logits are the registered ones and 30·cos(pooled, head) computed by hand on its own tensors."""
+    from ltbench.experts.model import load_expert
+
+    reg = Registry(tmp_path)
+    run = resolve_config({"backbone": "clip:tiny-test", "method": "lt-soups", "budget": "6steps", "name": "ref"},
+                         {**TINY_DATA, "preset": "reference", "batch_size": 8, "factors": [0], "branches": 1,
+                          "val_checks": 1})
+    ex = train_expert(run, reg, quiet=True)
+    assert ex.config["method_config"]["head_proj"] is False
+    model = load_expert("ref", registry=reg)
+    from ltbench.train import build_all
+
+    test = build_all(ex.config, reg)[0].test
+    x = torch.stack([model.transform(test.image(i)) for i in range(len(test))])
+    logits = model(x)
+    torch.testing.assert_close(logits, ex.logits("test").float(), atol=2e-2, rtol=0)  # stored as fp16
+    bb = model.method.info
+    w = model.method.inner.head.weight
+    assert w.shape[1] == bb.pooled_dim
+    with torch.no_grad():
+        want = 30 * F.normalize(_pooled_before_projection(bb, x), dim=-1) @ F.normalize(w, dim=-1).T
+    torch.testing.assert_close(logits, want, atol=1e-4, rtol=0)
+
+
+def test_a_delta_with_a_head_of_another_width_is_refused():
+    """A full load never keeps a fresh tensor where the stored one does not fit (a head trained on the
+    pooled features loaded into a method reading the joint space): it would predict from text init."""
+    names = ["cat", "dog", "car"]
+    pooled = create_method("full-ft", create_backbone("clip:tiny-test"), 3, COUNTS, names, head_proj=False)
+    joint = create_method("full-ft", create_backbone("clip:tiny-test"), 3, COUNTS, names)
+    with pytest.raises(ValueError, match=r"head\.weight is \(3, 32\), the method's \(3, 24\)"):
+        joint.load_delta(pooled.delta_state_dict())
+    assert "head.weight" in joint.load_delta(joint.delta_state_dict())
+
+
 def test_lora_on_q_and_v_rows_only():
     bb = create_backbone("vit-tiny-test")
     module, name = bb.qkv_weight(bb.blocks[0])
@@ -192,9 +323,9 @@ def test_lora_on_q_and_v_rows_only():
 
 def test_reference_preset_is_the_official_script():
     cfg = _soups(preset="reference").cfg
-    assert (cfg.inner, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.branches, cfg.ema) == \
-        ("full-ft", 3e-5, 1e-2, 128, 2, 0.99)
-    assert _soups().cfg.inner == "lora"
+    assert (cfg.inner, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.branches, cfg.ema, cfg.head_proj) == \
+        ("full-ft", 3e-5, 1e-2, 128, 2, 0.99, False)
+    assert _soups().cfg.inner == "lora" and _soups().cfg.head_proj is True
 
 
 @pytest.mark.parametrize("inner", ["lora", "full-ft"])

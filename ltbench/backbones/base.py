@@ -58,6 +58,11 @@ class Backbone:
         return self.vit.num_features
 
     @property
+    def pooled_dim(self) -> int:
+        """Width of `finish(project=False)`: a timm ViT has no projection, so the same as `feature_dim`."""
+        return self.feature_dim
+
+    @property
     def num_prefix_tokens(self) -> int:
         """Class and register tokens before the patch tokens."""
         return self.vit.num_prefix_tokens
@@ -91,8 +96,9 @@ class Backbone:
         m = self.vit
         return m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x))))
 
-    def finish(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The last block's tokens (prompts already removed) to pre-logits features."""
+    def finish(self, tokens: torch.Tensor, project: bool = True) -> torch.Tensor:
+        """The last block's tokens (prompts already removed) to pre-logits features; `project` is for
+        backbones with a projection after the pooling (CLIP): a timm ViT has none, so it changes nothing."""
         return self.vit.forward_head(self.vit.norm(tokens), pre_logits=True)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,9 +108,9 @@ class Backbone:
             x = block(x)
         return x
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pre-logits features (the final class token for token-pooled ViTs)."""
-        return self.finish(self.tokens(x))
+    def features(self, x: torch.Tensor, project: bool = True) -> torch.Tensor:
+        """Pre-logits features (the final class token for token-pooled ViTs); see `finish` for `project`."""
+        return self.finish(self.tokens(x), project)
 
     def num_params(self) -> int:
         """Parameter count of the whole backbone, for the report."""

@@ -71,6 +71,12 @@ class ClipBackbone(Backbone):
         return self.visual.head.proj.out_features if self.timm_tower else self.visual.output_dim
 
     @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled image features before the projection (`finish(project=False)`)."""
+        proj = self.image_projection()
+        return self.feature_dim if proj is None else proj.shape[0]
+
+    @property
     def num_prefix_tokens(self) -> int:
         """Class (and register) tokens before the patches: prompts go after them."""
         return self.vit.num_prefix_tokens if self.timm_tower else 1
@@ -109,6 +115,27 @@ class ClipBackbone(Backbone):
         if self.timm_tower:
             return self.visual.head(pooled)
         return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+    def image_projection(self) -> torch.Tensor | None:
+        """The visual projection as a matrix P [pooled, joint], joint = pooled @ P (+ a bias, if any);
+        None for a tower without one. open_clip's own tower holds P itself (`visual.proj`), a timm tower
+        a linear layer whose weight is P transposed (`visual.head.proj`)."""
+        if not self.timm_tower:
+            return self.visual.proj
+        layers = dict(self.visual.head.named_children())
+        if isinstance(layers.get("proj"), nn.Linear):
+            return layers["proj"].weight.t()
+        if any(isinstance(m, nn.Linear) for m in self.visual.head.modules()):
+            raise BackboneError(f"{self.name}: the image tower's projection is not one linear layer, so text"
+                                " classifiers cannot be mapped back through its transpose")
+        return None
+
+    def unproject_classifier(self, classifier: torch.Tensor) -> torch.Tensor:
+        """A joint-space classifier [joint, C] mapped back to the pooled image space through the visual
+        projection's transpose: P @ classifier (LT-Soups' `text @ proj.t()`). Unnormalised, P @ t scores
+        a pooled feature exactly as t scores its projection (bias aside)."""
+        proj = self.image_projection()
+        return classifier if proj is None else proj.to(classifier) @ classifier
 
     # -- the text tower ---------------------------------------------------------------------
     def projection_parameters(self) -> list[nn.Parameter]:

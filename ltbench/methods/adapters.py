@@ -155,7 +155,7 @@ class PEFTMethod(Method):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone's features (the inserted modules act inside it), then the head."""
-        return self.head(self.info.features(x))
+        return self.head(self.head_features(x))
 
     def phases(self) -> list[Phase]:
         """One phase: the inserted modules and the head train together at one lr."""

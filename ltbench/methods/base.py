@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
-from ..checks import Choice, Float, Int, Opt, Str
+from ..checks import Bool, Choice, Float, Int, Opt, Str
 
 #: `preset=paper` (the default): the paper's values; `preset=reference`: the official code's
 #: values where they differ (each config class lists them in its REFERENCE table).
@@ -72,6 +72,10 @@ class MethodConfig:
     batch_size: Annotated[int, Int(lo=1, hi=2**20)] = 32
     classifier: Annotated[str, Choice(("linear", "cosine"))] = "linear"
     cosine_scale: Annotated[float, Float(lo=0, hi=1e4, lo_open=True)] = 20.0
+    #: on a CLIP backbone the head reads the joint space (after the visual projection); false: the pooled
+    #: features before it, its text initialisation mapped back through the projection (LT-Soups' use_proj).
+    #: No effect on a backbone without a projection.
+    head_proj: Annotated[bool, Bool()] = True
     lr_ref_batch: Annotated[int, Int(lo=0, hi=2**20)] = 0  # >0: the lr is given for this batch size and scaled linearly (lr·B/ref)
     init: Annotated[str | None, Opt(Str())] = None  # start from a registered expert's delta (tensors with matching names)
 
@@ -188,12 +192,26 @@ class Method(nn.Module):
         #: set to a list to record per-sample choices during prediction (LPT's prompt matching)
         self.recorder: list | None = None
 
+    @property
+    def head_dim(self) -> int:
+        """Width of what the head reads (`head_features`)."""
+        return self.info.feature_dim if self.cfg.head_proj else self.info.pooled_dim
+
+    def head_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the head reads: projected into the joint space, or not (`head_proj`)."""
+        return self.info.features(x, project=self.cfg.head_proj)
+
     def make_head(self) -> ClassifierHead:
-        """The method's classifier; on a CLIP backbone a cosine head starts from the text classifier."""
-        head = ClassifierHead(self.info.feature_dim, self.num_classes, self.cfg.classifier, self.cfg.cosine_scale)
+        """The method's classifier; on a CLIP backbone a cosine head starts from the text classifier,
+        mapped back before the projection and renormalised when the head reads pooled features
+        (LT-Soups trainer.py:499-501)."""
+        head = ClassifierHead(self.head_dim, self.num_classes, self.cfg.classifier, self.cfg.cosine_scale)
         if self.info.is_clip and self.cfg.classifier == "cosine" and self.classnames:
             with torch.no_grad():
-                head.weight.copy_(self.info.text_classifier(self.classnames).t())
+                text = self.info.text_classifier(self.classnames)  # [joint, C]
+                if not self.cfg.head_proj:
+                    text = F.normalize(self.info.unproject_classifier(text), dim=0)
+                head.weight.copy_(text.t())
         return head
 
     # -- what subclasses implement ---------------------------------------------------------
@@ -256,6 +274,11 @@ class Method(nn.Module):
                     f"delta does not fit method {self.name!r}: missing {sorted(expected - set(delta))[:5]},"
                     f" unexpected {sorted(set(delta) - expected)[:5]}"
                 )
+            misfit = [k for k, v in delta.items() if own[k].shape != v.shape]
+            if misfit:  # e.g. a head of another width (head_proj): never predict with a fresh tensor
+                k = misfit[0]
+                raise ValueError(f"delta does not fit method {self.name!r}: {k} is {tuple(delta[k].shape)},"
+                                 f" the method's {tuple(own[k].shape)}")
         take = {k: v for k, v in delta.items() if k in own and own[k].shape == v.shape}
         with torch.no_grad():
             for k, v in take.items():

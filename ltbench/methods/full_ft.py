@@ -34,7 +34,7 @@ class FullFineTune(Method):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features (trained), then the head."""
-        return self.head(self.info.features(x))
+        return self.head(self.head_features(x))
 
     def phases(self) -> list[Phase]:
         """One phase, two parameter groups: the backbone at `backbone_lr_scale` × lr, the head at lr."""

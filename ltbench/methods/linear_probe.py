@@ -156,7 +156,7 @@ class LinearProbe(Method):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """The frozen backbone's features, computed once per image by the trainer."""
-        return self.info.features(x)
+        return self.head_features(x)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         """The head alone: all that trains on the cached features."""

@@ -45,6 +45,8 @@ class LiT(Method):
         super().__init__(backbone, num_classes, cfg, *args)
         if not backbone.is_clip:
             raise ValueError(f"lit needs a vision-language backbone (clip:…), got {backbone.name!r}")
+        if not cfg.head_proj:
+            raise ValueError("lit trains the projections themselves: head_proj=false does not apply")
         captions = backbone.captions(self.classnames, cfg.templates)
         self.templates_per_class = len(captions) // num_classes
         # pooled, unprojected text features of every caption: the text tower runs once

@@ -105,7 +105,8 @@ class LPT(Method):
         self.shared = nn.Parameter(nn.init.trunc_normal_(torch.empty(L, cfg.prompt_len, D), std=0.02))
         self.pool = nn.Parameter(nn.init.trunc_normal_(torch.empty(cfg.pool_size, self.group_layers, cfg.prompt_len, D),
                                                        std=0.02))
-        self.keys = nn.Parameter(nn.init.trunc_normal_(torch.empty(cfg.pool_size, backbone.feature_dim), std=0.02))
+        # the keys are matched against the query, the features the head reads
+        self.keys = nn.Parameter(nn.init.trunc_normal_(torch.empty(cfg.pool_size, self.head_dim), std=0.02))
         self.head = self.make_head()
         if cfg.classifier == "cosine" and not (backbone.is_clip and self.classnames):
             with torch.no_grad():
@@ -123,7 +124,7 @@ class LPT(Method):
         bb = self.info
         x, prev = run_blocks(bb, bb.embed_tokens(images), 0, self.K, self._shared)
         xq, prevq = run_blocks(bb, x, self.K, bb.depth, self._shared, prev)
-        return bb.finish(strip(xq, bb.num_prefix_tokens, prevq)), x, prev
+        return bb.finish(strip(xq, bb.num_prefix_tokens, prevq), self.cfg.head_proj), x, prev
 
     def select(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-k keys by cosine: (indices [B,k], their similarities [B,k], averaged prompts)."""
@@ -157,7 +158,7 @@ class LPT(Method):
             return torch.cat([shared, group[:, i - self.K]], dim=1)
 
         x, prev = run_blocks(bb, xk, self.K, bb.depth, prompts, prev)
-        return self.head(self.dropout(bb.finish(strip(x, bb.num_prefix_tokens, prev))))
+        return self.head(self.dropout(bb.finish(strip(x, bb.num_prefix_tokens, prev), self.cfg.head_proj)))
 
     def extra_loss(self) -> torch.Tensor | None:
         """Per image: match_weight · (1 − mean cosine to its top-k keys), Eq. 5's matching term."""

@@ -61,6 +61,9 @@ class LTSoupsConfig(MethodConfig):
         "steps_rule": "official", "stage2_augment": True,
         # trainer.py:351-360: warm-up over max(20, 1 %) steps from 1e-6 × lr, then cosine down to 0.1 × lr
         "warmup_steps": 20, "warmup_start": 1e-6, "lr_floor": 0.1,
+        # utils/config.py:71 (use_proj False): on CLIP the head reads the class token before the visual
+        # projection (models/peft_vit.py:466-468), its text init mapped back by proj.t() (trainer.py:499-501)
+        "head_proj": False,
     }
 
     # lr: the default 1e-3 and the official 3e-5 inside
@@ -174,7 +177,7 @@ class LTSoups(Method):
         if class_counts is None:
             raise ValueError("lt-soups needs the training class counts")
         shared = {k: getattr(cfg, k) for k in ("optimizer", "lr", "weight_decay", "momentum", "warmup",
-                                               "batch_size", "classifier", "cosine_scale")}
+                                               "batch_size", "classifier", "cosine_scale", "head_proj")}
         if cfg.inner == "lora":
             shared["targets"] = "qv"  # the official LoRA modules: q and v of every block
             shared["alpha"] = cfg.lora_alpha
@@ -193,8 +196,8 @@ class LTSoups(Method):
         return self.inner(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The souped backbone's features: fixed in stage 2, so the trainer caches them."""
-        return self.info.features(x)
+        """The souped backbone's features as the inner head reads them: fixed in stage 2, so the trainer caches them."""
+        return self.inner.head_features(x)
 
     def classify(self, feats: torch.Tensor) -> torch.Tensor:
         """The inner head alone: what stage 2 retrains."""

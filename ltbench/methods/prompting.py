@@ -57,7 +57,8 @@ def run_blocks(backbone: Backbone, x: torch.Tensor, start: int, end: int, prompt
     return x, prev
 
 
-def prompted_features(backbone: Backbone, images: torch.Tensor, prompt_fn: PromptFn) -> torch.Tensor:
-    """Pre-logits features of a full prompted pass."""
+def prompted_features(backbone: Backbone, images: torch.Tensor, prompt_fn: PromptFn,
+                      project: bool = True) -> torch.Tensor:
+    """Pre-logits features of a full prompted pass (`project`: see `Backbone.finish`)."""
     x, prev = run_blocks(backbone, backbone.embed_tokens(images), 0, backbone.depth, prompt_fn)
-    return backbone.finish(strip(x, backbone.num_prefix_tokens, prev))
+    return backbone.finish(strip(x, backbone.num_prefix_tokens, prev), project)

@@ -49,7 +49,7 @@ class _VPT(Method):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The backbone with prompts inserted (every block for deep, the input only for shallow), then the head."""
-        return self.head(prompted_features(self.info, x, self._prompt))
+        return self.head(prompted_features(self.info, x, self._prompt, self.cfg.head_proj))
 
     def phases(self) -> list[Phase]:
         """One phase: prompts and head."""

@@ -30,6 +30,8 @@ class ZeroShot(Method):
             raise ValueError(f"zero-shot needs a vision-language backbone (clip:…), got {backbone.name!r}")
         if not self.classnames:
             raise ValueError("zero-shot needs class names")
+        if not cfg.head_proj:
+            raise ValueError("zero-shot compares joint-space embeddings: head_proj=false does not apply")
         self.register_buffer("classifier", backbone.text_classifier(self.classnames, cfg.templates))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
