@@ -264,15 +264,16 @@ def test_a_registered_reference_expert_is_rebuilt_on_the_same_features(tmp_path)
     from ltbench.experts.model import load_expert
 
     reg = Registry(tmp_path)
-    run = resolve_config({"backbone": "clip:tiny-test", "method": "lt-soups", "budget": "6steps", "name": "ref"},
-                         {**TINY_DATA, "preset": "reference", "batch_size": 8, "factors": [0], "branches": 1,
-                          "val_checks": 1})
+    run = resolve_run({"backbone": "clip:tiny-test", "method": "lt-soups", "budget": "6steps", "name": "ref"},
+                      {**TINY_DATA, "preset": "reference", "batch_size": 8, "factors": [0], "branches": 1,
+                       "val_checks": 1})
     ex = train_expert(run, reg, quiet=True)
     assert ex.config["method_config"]["head_proj"] is False
     model = load_expert("ref", registry=reg)
-    from ltbench.train import build_all
+    from ltbench.spec import RunSpec
+    from ltbench.training.pipeline import build_all
 
-    test = build_all(ex.config, reg)[0].test
+    test = build_all(RunSpec.from_config(ex.config), reg)[0].test
     x = torch.stack([model.transform(test.image(i)) for i in range(len(test))])
     logits = model(x)
     torch.testing.assert_close(logits, ex.logits("test").float(), atol=2e-2, rtol=0)  # stored as fp16
