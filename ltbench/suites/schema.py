@@ -532,12 +532,12 @@ def load_suite(path: str | Path) -> Suite:
 def builtin_suite(name: str = "demo") -> Suite:
     """A suite shipped in the package (`ltbench/suites/<name>.yaml`)."""
     try:
-        res = resources.files("ltbench") / "suites" / f"{name}.yaml"
+        res = resources.files("ltbench.suites") / f"{name}.yaml"
         text = res.read_text() if res.is_file() else None
     except (OSError, TypeError, ValueError):
-        # a stale editable install can leave `ltbench` a namespace package that
+        # a stale editable install can leave the package a namespace package that
         # importlib.resources cannot read: the file next to this module is the same file
-        path = Path(__file__).resolve().parent / "suites" / f"{name}.yaml"
+        path = Path(__file__).resolve().parent / f"{name}.yaml"
         text = path.read_text() if path.is_file() else None
     if text is None:
         raise SuiteError(f"no built-in suite {name!r}")
