@@ -157,9 +157,11 @@ def by_budget(demo: dict, args, registry, console) -> None:
     console.print(f"[bold]budgets[/] {', '.join(args.budgets)}: {len(suite.jobs)} runs")
     run_suite(suite, registry, console=console, quiet=args.quiet)
     names = [n for n in suite.names if n in registry]
-    shown, written = api.report("md", out=args.out, plots=args.out is not None, by="budget", registry=registry,
-                                experts=names)
-    print(shown)
+    from ltbench.report.views import show
+
+    view, written = api.report("md", out=args.out, plots=args.out is not None, by="budget", registry=registry,
+                               experts=names)
+    print(show(view, "md"))
     for path in written:
         print(f"wrote {path}")
 

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 
 from .errors import ConfigError
 from .plugins import catalog
@@ -65,37 +64,18 @@ def report_frame(registry: Registry | None = None, **filters):
     return collect(registry or Registry.existing(), **filters)
 
 
-def report_table(registry: Registry | None = None, **filters) -> Table:
-    """`ltbench report` as a rich table (the CLI prints it; notebooks display it)."""
-    from .report import rich_table
-
-    return rich_table(report_frame(registry, **filters))
-
-
-def report_text(fmt: str, registry: Registry | None = None, **filters) -> str:
-    """`ltbench report --format`: the same frame as text (markdown, csv, json, latex) for papers and CI."""
-    from .report import render
-
-    return render(report_frame(registry, **filters), fmt)
-
-
 def report(fmt: str = "table", out: str | Path | None = None, plots: bool = False,
            plots_dir: str | Path = "ltbench-report", registry: Registry | None = None, **filters):
-    """`ltbench report`: (the rows in `fmt` — a rich Table for "table" —, files written).
+    """`ltbench report`: (the `ReportView` to show, files written). `fmt` is checked here, before
+    any work, and names the formats written nowhere else: render the view with `report.views.show`.
 
     With `out`, every format is written there (report.csv/.md/.tex/.json/.txt); `plots` adds
     the PNG figures, into `out` or else `plots_dir`. The rows are read once for all of them.
     `by="budget"`: the accuracy-against-budget view instead (report/budgets.py).
     """
     from .plugins.names import suggest
-    from .report import (
-        FORMATS,
-        ReportError,
-        render,
-        terminal,
-        write_plots,
-        write_report,
-    )
+    from .report import FORMATS, ReportError, write_plots, write_report
+    from .report.views import ReportView
 
     if fmt not in FORMATS:
         raise ReportError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}.{suggest(fmt, FORMATS)}")
@@ -119,38 +99,23 @@ def report(fmt: str = "table", out: str | Path | None = None, plots: bool = Fals
         from .report import budgets as by_budget
 
         bf = by_budget.budget_frame(measured)
-        shown = by_budget.terminal(bf) if fmt == "table" else by_budget.render(bf, fmt)
         written = by_budget.write(bf, out) if out is not None else []
-        return shown, written + (by_budget.plot(bf, out if out is not None else plots_dir) if plots else [])
+        written += by_budget.plot(bf, out if out is not None else plots_dir) if plots else []
+        return ReportView(by_budget=bf, budget_only=True), written
     df = add_references(measured, suite.references, suite_runs(suite)) if suite is not None else measured
     doc = {"suite": suite.name, "budget": suite.budget} if suite is not None else {}
-    shown = terminal(df) if fmt == "table" else render(df, fmt, **doc)
     written = write_report(df, out, **doc) if out is not None else []
     if plots:
         written += write_plots(measured, out if out is not None else plots_dir)
-    return shown, written
+    return ReportView(df, doc=doc), written
 
 
 LS_COLUMNS = ("name", "method", "backbone", "dataset", "seed", "created")
-LS_FORMATS = ("table", "json")
 
 
-def ls(fmt: str = "table", registry: Registry | None = None) -> "Table | str":
-    """`ltbench ls`: the registered experts as a rich Table, or as JSON (a list of objects)."""
-    from .jsonio import dumps
-    from .plugins.names import suggest
-
-    if fmt not in LS_FORMATS:
-        raise ConfigError(f"--format {fmt!r}: use one of {', '.join(LS_FORMATS)}.{suggest(fmt, LS_FORMATS)}")
-    rows = [{c: r[c] for c in LS_COLUMNS} for r in (registry or Registry.existing()).healthy_rows()]
-    if fmt == "json":
-        return dumps(rows, indent=2) + "\n"
-    table = Table(title="registered experts")
-    for col in LS_COLUMNS:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(str(r[c]) for c in LS_COLUMNS))
-    return table
+def ls(registry: Registry | None = None) -> list[dict[str, Any]]:
+    """`ltbench ls`: the registered experts, one mapping of `LS_COLUMNS` each."""
+    return [{c: r[c] for c in LS_COLUMNS} for r in (registry or Registry.existing()).healthy_rows()]
 
 
 def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
@@ -162,10 +127,9 @@ def show(name: str, registry: Registry | None = None) -> dict[str, Any]:
     return info
 
 
-def show_history(name: str, registry: Registry | None = None) -> Table:
-    """`ltbench show NAME --history`: the learning curve, one row per epoch, loss sparklines."""
+def show_history(name: str, registry: Registry | None = None) -> list[dict[str, Any]]:
+    """`ltbench show NAME --history`: the learning curve's rows (history.csv)."""
     from .errors import RegistryError
-    from .training.tracking import history_table
 
     ex = (registry or Registry.existing()).get(name)
     rows = ex.history()
@@ -173,20 +137,20 @@ def show_history(name: str, registry: Registry | None = None) -> Table:
         why = "a fused expert is fitted, not trained" if str(ex.config.get("method", "")).startswith("fuse:") \
             else "it was registered before ltbench kept histories"
         raise RegistryError(f"expert {name!r} has no history.csv ({why})")
-    return history_table(name, rows)
+    return rows
 
 
 def predict(expert: str, inputs: list[str], top: int = 5, fmt: str = "table", batch_size: int = 32,
             device: str = "cpu", weights: str | None = None, registry: Registry | None = None):
-    """`ltbench predict`: (rows, rendered: a rich Table for "table", else text)."""
+    """`ltbench predict`: one row per image (its top classes); `fmt` is checked before any work and
+    is the caller's to render (`experts.predict.render`)."""
     from .errors import ExpertError
-    from .experts.predict import FORMATS, render
+    from .experts.predict import FORMATS
     from .experts.predict import predict as _predict
 
     if fmt not in FORMATS:  # before any work
         raise ExpertError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
-    rows = _predict(expert, inputs, top=top, batch_size=batch_size, device=device, registry=registry, weights=weights)
-    return rows, render(rows, fmt)
+    return _predict(expert, inputs, top=top, batch_size=batch_size, device=device, registry=registry, weights=weights)
 
 
 def export(name: str, file: str | Path, registry: Registry | None = None, force: bool = False) -> Path:
@@ -257,7 +221,7 @@ def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: boo
 
     `executor="ray"` runs every job as a Ray task (on the cluster at `address`, or a local one).
     `budgets` ("1epochs,2epochs" or a list) runs the suite at each of them instead of its own.
-    Returns (the rich table, the files written, the suite's expert names). The report covers
+    Returns (the report's `ReportView`, the files written, the suite's expert names). The report covers
     exactly the suite's experts and goes to `out` (default <LTBENCH_HOME>/reports/<suite name>).
     """
     from .executors import check_executor, run_suite
@@ -268,8 +232,8 @@ def bench(suite: "str | Path | Suite", out: str | Path | None = None, plots: boo
     registry = registry or Registry()
     out = check_report_dir(out if out is not None else default_report_dir(suite, registry))  # before any run
     names = run_suite(suite, registry=registry, console=console, quiet=quiet, executor=executor, address=address)
-    table, written = report_suite(suite, registry=registry, out=out, plots=plots)
-    return table, written, names
+    view, written = report_suite(suite, registry=registry, out=out, plots=plots)
+    return view, written, names
 
 
 def _suite(suite: "str | Path | Suite", budgets: str | list[str] | None = None) -> "Suite":
@@ -282,12 +246,12 @@ def _suite(suite: "str | Path | Suite", budgets: str | list[str] | None = None) 
 
 
 def plan(suite: "str | Path | Suite", budgets: str | list[str] | None = None):
-    """`ltbench bench SUITE --plan`: (the plan as a rich table, its rows); validates, trains nothing."""
-    from .suites.planner import plan_rows, plan_table
+    """`ltbench bench SUITE --plan`: (the suite, its plan rows); validates, trains nothing
+    (`suites.planner.plan_table` renders them)."""
+    from .suites.planner import plan_rows
 
     suite = _suite(suite, budgets)
-    rows = plan_rows(suite)
-    return plan_table(suite, rows), rows
+    return suite, plan_rows(suite)
 
 
 def demo(registry: Registry | None = None, console: Console | None = None, quiet: bool = False,

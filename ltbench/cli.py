@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 from typer.core import TyperGroup
 
 from . import api
@@ -18,6 +19,9 @@ try:  # typer >= 0.20 carries its own copy of click
     from typer._click.exceptions import ClickException, UsageError
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException, UsageError
+
+#: what `ltbench ls --format` takes
+LS_FORMATS = ("table", "json")
 
 # Wide when piped (CI logs, files): a table is worth more than an 80-column wrap.
 out = Console(width=None if sys.stdout.isatty() else 200)
@@ -156,8 +160,15 @@ def train(
     expert = api.train(flags, set_, config, console=err, quiet=quiet, tune=tuning)
     if expert is None:  # a non-zero rank of a torchrun job: rank 0 registers and reports
         return
+    _print_expert(expert)
+
+
+def _print_expert(expert) -> None:
+    """A registered expert: where it is, and its report row."""
+    from .report import rich_table
+
     out.print(f"registered [bold]{expert.name}[/] in {expert.path}")
-    out.print(api.report_table(experts=[expert.name]))
+    out.print(rich_table(api.report_frame(experts=[expert.name])))
 
 
 @app.command()
@@ -178,8 +189,7 @@ def fuse(
     """Fuse registered experts with an MoE scorer fitted on val logits; register the result."""
     expert = api.fuse(experts, scorer=scorer, trials=trials, name=name, storage=storage, objective=objective,
                       seed=seed, per_group=per_group, console=err, quiet=quiet, workers=workers)
-    out.print(f"registered [bold]{expert.name}[/] in {expert.path}")
-    out.print(api.report_table(experts=[expert.name]))
+    _print_expert(expert)
 
 
 @app.command()
@@ -198,12 +208,11 @@ def report(
 ) -> None:
     """Print the comparison table from the registry (no retraining)."""
     names = experts.split(",") if experts else None
-    shown, written = api.report(format, out=out_dir, plots=plots, dataset=dataset, method=method, experts=names,
-                                ci=ci, group_seeds=group_seeds, suite=suite, by=by)
-    if format == "table":
-        out.print(shown)
-    else:
-        sys.stdout.write(shown)
+    from .report.views import show
+
+    view, written = api.report(format, out=out_dir, plots=plots, dataset=dataset, method=method, experts=names,
+                               ci=ci, group_seeds=group_seeds, suite=suite, by=by)
+    _emit(show(view, format), format)
     if written:
         err.print(f"wrote {len(written)} files to {written[0].parent}: {', '.join(p.name for p in written)}",
                   highlight=False, soft_wrap=True)
@@ -221,7 +230,22 @@ def _emit(shown, format: str) -> None:
 @_guard
 def ls(format: str = typer.Option("table", "--format", help="table | json")) -> None:
     """List registered experts."""
-    _emit(api.ls(format), format)
+    from .plugins.names import suggest
+
+    if format not in LS_FORMATS:
+        raise ConfigError(f"--format {format!r}: use one of {', '.join(LS_FORMATS)}.{suggest(format, LS_FORMATS)}")
+    rows = api.ls()
+    if format == "json":
+        from .jsonio import dumps
+
+        sys.stdout.write(dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="registered experts")
+    for col in api.LS_COLUMNS:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in api.LS_COLUMNS))
+    out.print(table)
 
 
 @app.command()
@@ -232,7 +256,9 @@ def show(
 ) -> None:
     """Show an expert's config, metrics and provenance (or its learning curve)."""
     if history:
-        out.print(api.show_history(name))
+        from .training.tracking import history_table
+
+        out.print(history_table(name, api.show_history(name)))
         return
     from .jsonio import dumps
 
@@ -251,9 +277,11 @@ def predict(
     weights: Optional[str] = typer.Option(None, help="backbone weights file, when it lives elsewhere on this machine"),
 ) -> None:
     """Classify images with a registered expert (fused experts through their scorer)."""
-    _, shown = api.predict(expert, [str(p) for p in images], top=top, fmt=format, batch_size=batch_size,
-                           device=device, weights=weights)
-    _emit(shown, format)
+    from .experts.predict import render
+
+    rows = api.predict(expert, [str(p) for p in images], top=top, fmt=format, batch_size=batch_size,
+                       device=device, weights=weights)
+    _emit(render(rows, format), format)
 
 
 @app.command()
@@ -325,8 +353,10 @@ for _command in catalog.LISTINGS:
     _listing_command(_command)
 
 
-def _print_suite_result(table, written) -> None:
-    out.print(table)
+def _print_suite_result(view, written) -> None:
+    from .report.views import show
+
+    out.print(show(view))
     if written:
         err.print(f"wrote {len(written)} files to {written[0].parent}: {', '.join(p.name for p in written)}",
                   highlight=False, soft_wrap=True)
@@ -346,7 +376,9 @@ def bench(
 ) -> None:
     """Run a suite: every method under one budget (registered runs are skipped), fusions, then the report."""
     if plan:
-        out.print(api.plan(suite, budgets)[0])
+        from .suites.planner import plan_table
+
+        out.print(plan_table(*api.plan(suite, budgets)))
         return
     table, written, _ = api.bench(suite, out=out_dir, plots=plots, console=err, quiet=quiet, executor=executor,
                                   address=address, budgets=budgets)

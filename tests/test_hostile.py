@@ -559,7 +559,7 @@ def test_predict_reads_every_image_mode_as_training_does(home, tmp_path):
         ref = src.with_name(src.stem + "-ref.png")
         load_image(src).save(ref)  # what training feeds the model, as a plain RGB file
         files += [src, ref]
-    rows, _ = predict("e", [str(f) for f in files], top=3, fmt="json")
+    rows = predict("e", [str(f) for f in files], top=3, fmt="json")
     for got, want in zip(rows[::2], rows[1::2]):
         assert got["predictions"] == want["predictions"], got["file"]
 

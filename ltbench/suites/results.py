@@ -43,14 +43,13 @@ def check_report_dir(out: str | Path) -> Path:
 
 def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path | None = None,
                  plots: bool = True):
-    """The report of exactly the suite's experts: (what the terminal shows, files written into `out`).
+    """The report of exactly the suite's experts: (its `ReportView`, files written into `out`).
 
     With several budgets, the accuracy-against-budget view follows the table (by_budget.* and
     accuracy_vs_budget.png), ending with the budgets at which the ranking changes."""
-    from rich.console import Group
-
-    from ..report import add_references, collect, terminal, write_plots, write_report
+    from ..report import add_references, collect, write_plots, write_report
     from ..report import budgets as by_budget
+    from ..report.views import ReportView
 
     registry = registry or Registry()
     out = Path(out) if out is not None else default_report_dir(suite, registry)
@@ -61,14 +60,12 @@ def report_suite(suite: Suite, registry: Registry | None = None, out: str | Path
     if plots:
         written += write_plots(measured, out)
     groups = suite.jobs[0].run.groups if suite.jobs and suite.jobs[0].run else "standard"
-    shown = terminal(df, title=f"ltbench suite {suite.name} — test accuracy (%), {budget_words(suite)} a run,"
-                               f" shot groups {groups}")
+    view = ReportView(df, title=f"ltbench suite {suite.name} — test accuracy (%), {budget_words(suite)} a run,"
+                                f" shot groups {groups}", doc={"suite": suite.name, "budget": budget})
     if len(suite.budgets) > 1:
         bf = by_budget.budget_frame(measured)
         written += by_budget.write(bf, out)
         if plots:
             written += by_budget.plot(bf, out)
-        shown = Group(shown, by_budget.terminal(bf, f"ltbench suite {suite.name} — test accuracy (%) against budget"))
-    return shown, written
-
-
+        view.by_budget, view.by_budget_title = bf, f"ltbench suite {suite.name} — test accuracy (%) against budget"
+    return view, written
