@@ -52,6 +52,28 @@ def test_train_report_show_rm(home):
     assert Registry(home).names() == []
 
 
+def test_the_api_returns_data_and_the_cli_renders_it(home):
+    """What a notebook gets from `ltbench.api` is data (rows, frames, views), the same the CLI prints."""
+    import pandas as pd
+
+    from ltbench import api
+    from ltbench.report.views import ReportView, show
+
+    assert invoke("train", "--method", "linear-probe", "--name", "lp", *TINY, "--set", "solver=sgd").exit_code == 0
+    rows = api.ls()
+    assert [r["name"] for r in rows] == ["lp"] and set(rows[0]) == set(api.LS_COLUMNS)
+    assert json.loads(invoke("ls", "--format", "json").output) == json.loads(json.dumps(rows, default=str))
+    view, written = api.report("json")
+    assert isinstance(view, ReportView) and isinstance(view.frame, pd.DataFrame) and written == []
+    assert list(view.frame["expert"]) == ["lp"]
+    printed, shown = json.loads(invoke("report", "--format", "json").output), json.loads(show(view, "json"))
+    assert [r["overall"] for r in printed["rows"]] == [r["overall"] for r in shown["rows"]]
+    history = api.show_history("lp")
+    assert isinstance(history, list) and history[0]["step"] == 1 and "loss" in history[0]
+    suite, plan = api.plan(ltbench.__path__[0] + "/suites/demo.yaml")
+    assert suite.name == "demo" and {r["label"] for r in plan} >= {"linear-probe", "lpt", "moe-all"}
+
+
 def test_params_json():
     r = invoke("params", "--method", "linear-probe", "--backbone", "vit-tiny-test", "--num-classes", "7")
     counts = json.loads(r.output)
