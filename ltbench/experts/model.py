@@ -3,7 +3,7 @@
 What an expert needs to be rebuilt is a `Spec`: its resolved config, class names and
 training counts (some methods build buffers from them: LiT's caption features, LA priors),
 the tensors applied to the bare backbone before the method is built (the `init=` expert's
-backbone tensors, as `train.build_all` applies them) and its delta. A fused expert's spec
+backbone tensors, as `training.pipeline.build_all` applies them) and its delta. A fused expert's spec
 holds its constituents' specs and the fitted scorer's tensors. Specs come from the registry
 (`Spec.from_registry`) or from one exported safetensors file (`Spec.from_file`), so
 `load_expert(NAME)` and `load_expert(FILE)` build the same model.

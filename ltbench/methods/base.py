@@ -98,7 +98,7 @@ PartWeight = Union[float, Callable[[int, float], float]]
 class PartSpec:
     """One part of a phase's batch: `batch_size` images drawn by `sampler`, with their own loss
     (and options), their own mean, and a weight. A batch holds its parts in order; the phase's
-    loss is Σ_p weight_p · (mean loss_p + mean extra term_p) — see `train.batch_loss`."""
+    loss is Σ_p weight_p · (mean loss_p + mean extra term_p) — see `training.trainer.batch_loss`."""
 
     sampler: str | None = None  # None: the method config's sampler
     loss: str | None = None  # None: the method config's loss
