@@ -2,7 +2,6 @@
 or a timm ViT name[.tag] (timm's `create_model` habit)."""
 from __future__ import annotations
 
-import importlib
 
 import timm
 
@@ -12,9 +11,7 @@ from .base import Backbone, timm_backbone
 from .clip import create_clip_backbone
 from .names import parse_backbone_name
 
-# every backbone module registers itself (`@BACKBONES.register`, `@CLIP_BACKBONES.register`) when imported
-for _module in sorted({module for kind in ("BACKBONES", "CLIP_BACKBONES") for module, _ in catalog.table(kind).values()}):
-    importlib.import_module(_module)
+catalog.import_registering("BACKBONES", "CLIP_BACKBONES")  # every backbone module registers itself
 
 
 def create_backbone(name: str, img_size: int | None = None, weights: str | None = None,

@@ -10,7 +10,6 @@ read, with the closest known option named. Importing this package imports (and s
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 from typing import Any, Callable
 
@@ -19,9 +18,7 @@ from ..plugins import DATASETS, catalog
 from ..plugins.names import suggest
 from .base import LTDataset
 
-# every source module registers itself (`@DATASETS.register`, `@OOD_SETS.register`) when imported
-for _module in sorted({module for kind in ("DATASETS", "OOD_SETS") for module, _ in catalog.table(kind).values()}):
-    importlib.import_module(_module)
+catalog.import_registering("DATASETS", "OOD_SETS")  # every source module registers itself
 
 Builder = Callable[..., LTDataset]
 

@@ -6,12 +6,10 @@ finds a method registration, so a new method is its module and its `@register_me
 """
 from __future__ import annotations
 
-import importlib
 
 from ..plugins import METHODS, catalog, register_method
 from .build import create_method, method_config_fields
 
-for _module in sorted({module for module, _ in catalog.table("METHODS").values()}):
-    importlib.import_module(_module)
+catalog.import_registering("METHODS")
 
 __all__ = ["METHODS", "create_method", "method_config_fields", "register_method"]

@@ -162,6 +162,15 @@ def table(registry: str) -> Catalog:
     return scan(PACKAGE_DIR, PACKAGE, registry).get(registry, {})
 
 
+def import_registering(*registries: str) -> None:
+    """Import every ltbench module that registers into `registries` (what a package's `__init__` or
+    factory does so that its names are there to look up: a new module needs no import line)."""
+    import importlib
+
+    for module in sorted({module for registry in registries for module, _ in table(registry).values()}):
+        importlib.import_module(module)
+
+
 @functools.lru_cache(maxsize=None)
 def _outside(value: str) -> dict[str, Catalog]:
     """The outside plug-ins' registrations for `LTBENCH_PLUGINS` = `value` (and the entry points),
