@@ -576,7 +576,7 @@ def _disk_full(*a, **k):
 
 def test_a_full_disk_while_checkpointing_leaves_the_last_checkpoint_and_no_temporary(tmp_path, monkeypatch):
     from ltbench.errors import TrainingError
-    from ltbench.training import trainer as train
+    from ltbench.training import checkpoint as train
 
     ckpt = tmp_path / "run" / "checkpoint.pt"
     ckpt.parent.mkdir()

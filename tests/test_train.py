@@ -183,3 +183,80 @@ def test_a_run_records_shot_groups_from_training_counts_under_its_protocol(tmp_p
     ex = train_expert(run, Registry(tmp_path), quiet=True)
     assert ex.meta["class_counts"] == [40, 30, 23, 18, 14, 11, 8, 6, 5, 4]
     assert ex.meta["shot_groups"] == sizes and ex.config["groups"] == groups
+
+
+class _Recorder:
+    """A trainer callback that logs every event and keeps a count in the checkpoint."""
+    key = "recorder"
+
+    def __init__(self, log):
+        self.log, self.count = log, 0
+
+    def on_phase_start(self, trainer, phase, before, fraction):
+        self.log.append(("start", phase.name, round(fraction, 6)))
+
+    def on_step(self, trainer, event):
+        self.count += 1
+        self.log.append(("step", event.phase, event.spent.steps, round(event.run_progress, 6)))
+
+    def on_epoch_end(self, trainer, run):
+        self.log.append(("epoch", run.epoch))
+
+    def on_phase_end(self, trainer, phase):
+        self.log.append(("end", phase.name))
+
+    def state(self):
+        return self.count
+
+    def load_state(self, state):
+        self.count = state or 0
+
+
+def test_one_list_of_callbacks_hears_every_event_in_order_and_resumes_with_the_checkpoint(tmp_path):
+    from ltbench.training.callbacks import Callback
+    from ltbench.training.checkpoint import Checkpoint
+    from ltbench.training.tracking import Tracker
+
+    class Recorder(_Recorder, Callback):
+        pass
+
+    run = tiny_run("full-ft", "2epochs", batch_size=64)
+    data, method = build_all(run)
+    log = []
+    rec = Recorder(log)
+    trainer = Trainer(method, data, run, torch.device("cpu"), ckpt_dir=tmp_path / "run", quiet=True, callbacks=[rec])
+    assert isinstance(trainer.callbacks[-1], Checkpoint) and isinstance(trainer.callbacks[-2], Tracker)
+    trainer.fit(run.budget)
+    steps = [e for e in log if e[0] == "step"]
+    n = len(steps)
+    assert n >= 2 and n % 2 == 0 and log[0] == ("start", "full", 0.0) and log[-1] == ("end", "full")
+    assert [e[2] for e in steps] == list(range(1, n + 1))
+    assert [e[3] for e in steps] == [round((k + 1) / n, 6) for k in range(n)]  # the whole run's progress
+    assert [e[0] for e in log] == ["start"] + (["step"] * (n // 2) + ["epoch"]) * 2 + ["end"]
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["callbacks"]
+    # the checkpoint, last, saw the others' state: every step and the tracker's epoch-end validation point
+    assert saved["recorder"] == n and len(saved["history"]) == n and saved["history"][-1]["val_acc"] is not None
+
+    fresh_rec = Recorder([])
+    again = Trainer(method, data, run, torch.device("cpu"), ckpt_dir=tmp_path / "run", quiet=True, callbacks=[fresh_rec])
+    again.fit(run.budget, resume=True)
+    assert fresh_rec.count == n and len(again.tracker.rows) == n  # restored, and nothing left to train
+
+
+def test_a_failing_callback_still_closes_the_phase_for_every_callback():
+    from ltbench.training.callbacks import Callback
+
+    class Boom(Callback):
+        def on_step(self, trainer, event):
+            raise RuntimeError("pruned")
+
+    class Closer(_Recorder, Callback):
+        pass
+
+    log = []
+    run = tiny_run("full-ft", "3steps")
+    data, method = build_all(run)
+    trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True, callbacks=[Closer(log), Boom()])
+    with pytest.raises(RuntimeError, match="pruned"):
+        trainer.fit(run.budget)
+    assert log[-1] == ("end", "full") and [e[0] for e in log] == ["start", "step", "end"]

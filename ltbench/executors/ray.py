@@ -39,6 +39,7 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import TrainingError
+from ..training.callbacks import Callback
 
 if TYPE_CHECKING:
     from ..spec import RunSpec
@@ -68,18 +69,19 @@ def torchrun_command(run_file: str | Path, gpus: int) -> list[str]:
 
 
 # -- inside a task -------------------------------------------------------------------------------
-class _Reporter:
-    """Pushes a task's state to the board actor, at most once a second: each call costs the
+class _Reporter(Callback):
+    """A trainer callback that pushes a task's state to the board actor, at most once a second: each call costs the
     actor milliseconds of CPU, which on a small machine the training tasks are short of."""
 
     def __init__(self, board, key: str, name: str, attempt: int, every: float = 1.0):
         self.board, self.key, self.name, self.attempt, self.every, self.last = board, key, name, attempt, every, 0.0
 
-    def __call__(self, phase: str, fraction: float) -> None:
+    def on_step(self, trainer, event) -> None:
         now = time.monotonic()
         if now - self.last > self.every:
             self.last = now
-            self.board.update.remote(self.key, self.name, phase=phase, progress=float(fraction), attempts=self.attempt)
+            self.board.update.remote(self.key, self.name, phase=event.phase, progress=float(event.fraction),
+                                     attempts=self.attempt)
 
 
 def _execute(job: "Job", registry_args: dict[str, Any], board, key: str, attempt: int) -> dict[str, Any]:
@@ -100,7 +102,7 @@ def _execute(job: "Job", registry_args: dict[str, Any], board, key: str, attempt
     if job.kind == "run" and job.tune is None and gpus > 1:
         _train_ddp(job.run.replace(resume=attempt > 1), registry, gpus)
     else:
-        execute(job, registry, quiet=True, on_progress=_Reporter(board, key, name, attempt), resume=attempt > 1)
+        execute(job, registry, quiet=True, callbacks=[_Reporter(board, key, name, attempt)], resume=attempt > 1)
     return {"name": name, "state": "done"}
 
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from typing import Any, Sequence
 
 from rich.console import Console
 
 from ..config import RUN_DEFAULTS
 from ..store.index import Registry
 from ..store.provenance import OPERATIONAL
+from ..training.callbacks import Callback
 from .schema import Job, Suite, SuiteError
 
 
@@ -84,9 +85,10 @@ def check_registered(suite: Suite, registry: Registry) -> list[str]:
 
 
 def execute(job: Job, registry: Registry, console: Console | None = None, quiet: bool = False,
-            on_progress: Callable[[str, float], None] | None = None, resume: bool = False) -> None:
+            callbacks: Sequence[Callback] = (), resume: bool = False) -> None:
     """Train (tuning first, when the suite tunes) or fuse one job and register its expert: the one
-    switch every executor runs. `resume` continues a run from its last epoch checkpoint (a retry)."""
+    switch every executor runs. `callbacks` go to the trainer of the registered run (not to tuning's
+    trials), e.g. a live table's feed. `resume` continues a run from its last epoch checkpoint (a retry)."""
     if job.kind == "fusion":
         from ..fusion import fuse_experts
 
@@ -98,8 +100,8 @@ def execute(job: Job, registry: Registry, console: Console | None = None, quiet:
     if job.tune is not None:  # its trials run here too
         from ..tuning.tuner import tune_and_train
 
-        tune_and_train(run, job.tune, registry=registry, console=console, quiet=quiet)
+        tune_and_train(run, job.tune, registry=registry, console=console, quiet=quiet, callbacks=callbacks)
     else:
         from ..training.pipeline import train_expert
 
-        train_expert(run, registry=registry, console=console, quiet=quiet, on_progress=on_progress)
+        train_expert(run, registry=registry, console=console, quiet=quiet, callbacks=callbacks)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from ..metrics import evaluate_logits, thresholds
 from ..spec import RunSpec
 from ..store.index import Registry
 from ..store.records import expert_record
+from .callbacks import Callback
 from .distributed import Dist, device_for, init_distributed
 from .tracking import Tracker
 from .trainer import Trainer, resolve_device, seed_everything
@@ -80,7 +81,7 @@ def build_all(spec: RunSpec, registry: Registry | None = None, tuning: bool = Fa
 
 
 def train_expert(spec: RunSpec, registry: Registry | None = None, console: Console | None = None,
-                 quiet: bool = False, on_progress: Callable[[str, float], None] | None = None,
+                 quiet: bool = False, callbacks: Sequence[Callback] = (),
                  tuning: dict[str, Any] | None = None) -> "Expert | None":  # noqa: F821
     """Train one expert from a resolved run and register it; nothing is registered on failure.
 
@@ -98,12 +99,12 @@ def train_expert(spec: RunSpec, registry: Registry | None = None, console: Conso
     with contextlib.ExitStack() as held:
         if d.is_main:  # one run per checkpoint folder: a second run of this name stops here
             held.enter_context(registry.lock_run(name))
-        return _train_locked(spec, registry, d, device, console, quiet, on_progress, tuning)
+        return _train_locked(spec, registry, d, device, console, quiet, callbacks, tuning)
 
 
 def _train_locked(spec: RunSpec, registry: Registry, d: Dist, device: torch.device,
                   console: Console | None, quiet: bool,
-                  on_progress: Callable[[str, float], None] | None = None,
+                  callbacks: Sequence[Callback] = (),
                   tuning: dict[str, Any] | None = None) -> "Expert | None":  # noqa: F821
     name = spec.name
     seed_everything(spec.seed)
@@ -113,7 +114,7 @@ def _train_locked(spec: RunSpec, registry: Registry, d: Dist, device: torch.devi
     method.to(device)
     tracker = Tracker(spec.config, console or Console(stderr=True), quiet, home=registry.home, enabled=d.is_main)
     trainer = Trainer(method, data, spec, device, console, ckpt_dir=registry.run_dir(name), quiet=quiet, dist=d,
-                      tracker=tracker, on_progress=on_progress)
+                      callbacks=[tracker, *callbacks])
     try:
         result = trainer.fit(spec.budget, resume=spec.resume)
     except BaseException:

@@ -1,8 +1,8 @@
 """What a run reports while it trains: the history (learning curve), plain progress lines, and
 optional TensorBoard / MLflow sinks.
 
-The trainer calls a `Tracker` at three points — a phase starts, a step ends, an epoch ends —
-and never knows where the numbers go. The history is one row per optimiser step; the row of
+A `Tracker` is one of the trainer's callbacks (a phase starts, a step ends, an epoch ends); the
+trainer never knows where the numbers go. The history is one row per optimiser step; the row of
 an epoch's last step also carries that epoch's validation accuracy. It is kept in the
 checkpoint (a resumed run's history is the uninterrupted one) and registered as the
 expert's `history.csv`.
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..checks import Check
+from .callbacks import Callback
 from ..errors import ConfigError
 
 #: history.csv's columns: step (global, from 1), phase, epoch (epochs so far in the phase), mean
@@ -77,8 +78,9 @@ def _fmt_eta(seconds: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-class Tracker:
+class Tracker(Callback):
     """Receives the trainer's events; keeps the history and feeds the progress lines and sinks."""
+    key = "history"
 
     def __init__(self, config: dict[str, Any], console=None, quiet: bool = False, home: str | Path | None = None,
                  enabled: bool = True):
@@ -99,6 +101,17 @@ class Tracker:
         self._t0, self._f0 = time.perf_counter(), 0.0
 
     # -- the trainer's events ----------------------------------------------------------------
+    def on_phase_start(self, trainer, phase, before, fraction: float) -> None:
+        self.phase_start(phase.name, before.flops, before.seconds, fraction)
+
+    def on_step(self, trainer, event) -> None:
+        self.step(epoch=event.epoch, loss=event.loss, lr=event.lr, images_per_s=event.images_per_s,
+                  flops=event.spent.flops, seconds=event.spent.seconds, fraction=event.fraction, label=event.label)
+
+    def on_epoch_end(self, trainer, run) -> None:
+        if self.val_each_epoch and trainer.dist.is_main:
+            self.epoch_end(trainer.epoch_val_accuracy(run))
+
     def phase_start(self, name: str, flops_before: float, seconds_before: float, fraction: float = 0.0) -> None:
         """A phase begins (or resumes at `fraction` of its budget) after the run spent the given amounts."""
         self._phase, self._before = name, (flops_before, seconds_before)

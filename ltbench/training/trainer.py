@@ -2,7 +2,8 @@
 
 Phases run in order, each until its share of the budget is spent; the schedule is a
 function of the share spent, so epochs, steps, FLOPs and seconds budgets all get a full
-warm-up + cosine curve. A checkpoint is written atomically at the end of every epoch.
+warm-up + cosine curve. What it reports goes to one list of callbacks (callbacks.py): the
+progress bar, the tracker, tuning's report points, a live table, and last the epoch checkpoint.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -30,6 +30,8 @@ from ..methods.base import Method, PartSpec, Phase
 from ..metrics import class_averaged_accuracy
 from ..spec import RunSpec
 from ..store.provenance import config_hash
+from .callbacks import Callback, ProgressBar, StepEvent
+from .checkpoint import Checkpoint, rng_state, set_rng_state
 from .distributed import Dist, ShardedBatchSampler, all_ranks_sum, gather_rows
 from .tracking import Tracker
 
@@ -39,23 +41,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """Every RNG an epoch draws from (timm's crops use `random`, flips and GCL noise use torch)."""
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` saved, so a resumed run continues the same random stream."""
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -89,26 +74,6 @@ def make_optimizer(phase: Phase, cfg) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.effective_lr, weight_decay=cfg.weight_decay)
     raise TrainingError(f"unknown optimizer {cfg.optimizer!r}: use sgd or adamw")
-
-
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through a temporary file and a rename, so a crash never leaves half a checkpoint."""
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        size = max(tmp.stat().st_size if tmp.exists() else 0, path.stat().st_size if path.exists() else 0)
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, RuntimeError) and "write" not in str(e).lower():
-            raise
-        why = getattr(e, "strerror", None) or _first_line(e)
-        raise TrainingError(f"cannot write the checkpoint {path} ({why}); the previous one is kept — free at least"
-                            f" {max(size, 1) / 1e6:.1f} MB in {path.parent} and continue with --resume") from None
 
 
 @torch.no_grad()
@@ -320,24 +285,24 @@ class Trainer:
 
     def __init__(self, method: Method, data: LTDataset, spec: "RunSpec", device: torch.device,
                  console: Console | None = None, ckpt_dir: Path | None = None, quiet: bool = False,
-                 dist: Dist | None = None, tracker: Tracker | None = None,
-                 on_progress: Callable[[str, float], None] | None = None,
-                 report_at: Sequence[float] = (), on_report: Callable[[int, Spent], None] | None = None):
+                 dist: Dist | None = None, callbacks: Sequence[Callback] = ()):
+        """`callbacks` are called in order after a progress bar (unless quiet); a `Tracker` is added
+        when none is given, and with `ckpt_dir` the epoch `Checkpoint` comes last."""
         self.method, self.data, self.spec, self.device = method, data, spec, device
-        self.on_progress = on_progress  # (phase name, fraction of its budget spent): the Ray executor's live table
-        #: `on_report(k, spent so far)` is called once the run has spent `report_at[k - 1]` of its whole
-        #: budget, summed over its phases (so at sub-epoch points too, and the same points whatever a
-        #: method's phases): tuning reports validation accuracy there, and its pruner may stop the run
-        #: by raising
-        self.report_at, self.on_report = sorted(report_at), on_report
-        self._reported = 0
         self._budget: Budget | None = None  # the whole run's (a phase's share may be under one step; this may not)
         self.cfg = method.cfg
         self.dist = dist or Dist()
         self.console = console or Console(stderr=True)
-        self.ckpt = ckpt_dir / "checkpoint.pt" if ckpt_dir else None
         self.quiet = quiet or not self.dist.is_main
-        self.tracker = tracker or Tracker(spec.config, self.console, self.quiet, enabled=self.dist.is_main)
+        self.callbacks: list[Callback] = ([] if self.quiet else [ProgressBar(self.console)]) + list(callbacks)
+        trackers = [c for c in self.callbacks if isinstance(c, Tracker)]
+        if not trackers:
+            trackers.append(Tracker(spec.config, self.console, self.quiet, enabled=self.dist.is_main))
+            self.callbacks.append(trackers[0])
+        self.tracker = trackers[0]
+        self.checkpoint = Checkpoint(ckpt_dir / "checkpoint.pt") if ckpt_dir else None
+        if self.checkpoint is not None:
+            self.callbacks.append(self.checkpoint)
         cuda = device.type == "cuda"
         self.autocast = cuda if spec.amp == "auto" else bool(spec.amp)  # bf16 on GPUs; fp32 on CPU unless asked
         self.channels_last = spec.channels_last and cuda
@@ -385,9 +350,7 @@ class Trainer:
 
         total_share = sum(share(p) for p in phases)
         result = self._result = TrainResult()
-        state = self._load_checkpoint() if resume else None
-        if state is not None:
-            self.tracker.load_state(state.get("history"))
+        state = self._resume_state() if resume else None
         for i, phase in enumerate(phases):
             if state is not None and i < state["phase"]:
                 result.phases.append(state["phase_log"][i])
@@ -411,14 +374,14 @@ class Trainer:
         loss_name = "+".join(p.loss for p in parts)
         if phase.solve is not None:
             return self._solve_phase(phase, meter, train, loss_fns[0], loss_name)
-        run = self._start_phase(index, phase, meter, train, parts, loss_fns, state, result)
+        run = self._start_phase(index, phase, meter, train, parts, loss_fns, state)
         self._train_epochs(run, result)
         return self._close_phase(run, loss_name, len(train))
 
     # The order of the steps below is the order of every RNG draw (a DataLoader's iterator draws its
     # seed from torch's generator), so it is part of what makes one seed give the same numbers.
     def _start_phase(self, index: int, phase: Phase, meter: Meter, train, parts: list[PartSpec],
-                     loss_fns: list[nn.Module], state: dict | None, result: TrainResult) -> "_PhaseRun":
+                     loss_fns: list[nn.Module], state: dict | None) -> "_PhaseRun":
         """Everything a minibatch phase trains with, restored from `state` when resuming it."""
         loader, batches = self._phase_loader(index, phase, meter, train, parts)
         forward, counted = self._phase_forward(phase)
@@ -436,7 +399,6 @@ class Trainer:
         run.checks = _Checks(self, phase, meter)
         if state is not None:  # the checks due before the checkpoint were done
             run.checks.done = min(phase.val_checks, int(run.schedule_progress() * phase.val_checks + 1e-9))
-        self.tracker.phase_start(phase.name, result.spent.flops, result.spent.seconds, meter.fraction)
         return run
 
     def _phase_loader(self, index: int, phase: Phase, meter: Meter, train,
@@ -479,15 +441,11 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def _train_epochs(self, run: "_PhaseRun", result: TrainResult) -> None:
-        """Epochs until the budget is spent or the next step would overrun it, behind a progress bar."""
-        progress = Progress(TextColumn(f"[bold]{self.method.name}[/] {run.phase.name}"), BarColumn(),
-                            TextColumn("{task.percentage:>3.0f}%"),
-                            TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} {task.fields[ips]:.0f} img/s"),
-                            TimeElapsedColumn(), console=self.console, transient=False,
-                            disable=self.quiet or not self.console.is_terminal)  # else: the tracker's plain lines
-        with progress:
-            task = progress.add_task("train", total=1.0, loss=float("nan"), lr=0.0, ips=0.0)
-            meter = run.meter
+        """Epochs until the budget is spent or the next step would overrun it."""
+        meter = run.meter
+        for cb in self.callbacks:
+            cb.on_phase_start(self, run.phase, Spent(**result.spent.as_dict()), meter.fraction)
+        try:
             if meter.budget == self._budget and not meter.spent.steps:
                 if meter.budget.unit == "epochs":
                     _check_one_step(meter.budget, 1 / len(run.loader))
@@ -496,10 +454,13 @@ class Trainer:
                                       f" pass took {meter.spent.get(meter.budget.unit):.4g} {meter.budget.unit}); give more")
             done = False
             while not done and not run.meter.exhausted:
-                done = self._train_epoch(run, lambda **fields: progress.update(task, **fields))
-                self._end_epoch(run, result)
+                done = self._train_epoch(run)
+                self._end_epoch(run)
+        finally:
+            for cb in self.callbacks:
+                cb.on_phase_end(self, run.phase)
 
-    def _train_epoch(self, run: "_PhaseRun", bar: Callable[..., None]) -> bool:
+    def _train_epoch(self, run: "_PhaseRun") -> bool:
         """One epoch's steps (fewer where the budget ends); True when it stopped before a step that would overrun."""
         meter = run.meter
         run.batches.set_epoch(run.epoch)
@@ -515,7 +476,7 @@ class Trainer:
                 return True  # the next step would overrun the budget: stop before it
             whole = meter.budget == self._budget
             loss, elapsed = self._train_step(run, x, y, weights)
-            self._account_step(run, loss, elapsed, n_global, steps_per_epoch, bar)
+            self._account_step(run, loss, elapsed, n_global, steps_per_epoch)
             if whole and meter.spent.steps == 1 and meter.budget.unit == "flops":
                 _check_one_step(meter.budget, meter.spent.flops)
             if meter.exhausted:
@@ -549,7 +510,8 @@ class Trainer:
             else:
                 loss = step()
             if not torch.isfinite(loss):
-                kept = f"the last good checkpoint is {self.ckpt}" if self.ckpt and self.ckpt.is_file() \
+                ckpt = self.checkpoint.path if self.checkpoint else None
+                kept = f"the last good checkpoint is {ckpt}" if ckpt and ckpt.is_file() \
                     else "no checkpoint was written yet"
                 raise TrainingError(f"{phase.name}: loss is {loss.item()} at step {run.meter.spent.steps + 1}"
                                     f" (epoch {run.epoch}); training stopped, {kept}")
@@ -559,8 +521,8 @@ class Trainer:
         return loss, sw.elapsed
 
     def _account_step(self, run: "_PhaseRun", loss: torch.Tensor, elapsed: float, n_global: int,
-                      steps_per_epoch: int, bar: Callable[..., None]) -> None:
-        """Charge a step to the budget, report it (bar, tracker, live table) and run the checks now due."""
+                      steps_per_epoch: int) -> None:
+        """Charge a step to the budget, run the phase's checks now due, then tell the callbacks."""
         meter = run.meter
         seconds = all_ranks_sum(elapsed, self.dist, self.device)
         run.step_seconds = seconds if run.step_seconds is None else 0.9 * run.step_seconds + 0.1 * seconds
@@ -568,37 +530,20 @@ class Trainer:
                      flops=run.flops_per_image * n_global, seconds=seconds)
         run.losses.append(loss.item())
         lr, ips = run.optimizer.param_groups[-1]["lr"], n_global / max(elapsed, 1e-9)
-        bar(completed=meter.fraction, loss=run.losses[-1], lr=lr, ips=ips)
-        self.tracker.step(epoch=meter.spent.epochs, loss=run.losses[-1], lr=lr, images_per_s=ips,
-                          flops=meter.spent.flops, seconds=meter.spent.seconds, fraction=meter.fraction,
-                          label=self.method.name)
         run.checks.due(run.schedule_progress())
-        if self.on_progress is not None:
-            self.on_progress(run.phase.name, meter.fraction)
-        self._report_due(run)
-
-    def _report_due(self, run: "_PhaseRun") -> None:
-        """Call `on_report` for each report point the run's whole-budget progress has now passed."""
-        if self.on_report is None or self._reported >= len(self.report_at):
-            return
         so_far = Spent(**self._result.spent.as_dict())
-        so_far.add(run.meter.spent)
-        budget = self._budget
-        progress = so_far.get(budget.unit) / budget.amount
-        k = self._reported
-        while k < len(self.report_at) and progress >= self.report_at[k] - 1e-6:
-            k += 1
-        if k > self._reported:
-            self._reported = k
-            self.on_report(k, so_far)
-            train_mode(self.method)  # the callback may have evaluated
+        so_far.add(meter.spent)
+        event = StepEvent(label=self.method.name, phase=run.phase.name, epoch=meter.spent.epochs,
+                          loss=run.losses[-1], lr=lr, images_per_s=ips, spent=meter.spent, fraction=meter.fraction,
+                          run_spent=so_far, run_progress=so_far.get(self._budget.unit) / self._budget.amount)
+        for cb in self.callbacks:
+            cb.on_step(self, event)
 
-    def _end_epoch(self, run: "_PhaseRun", result: TrainResult) -> None:
-        """The learning curve's validation point, then the checkpoint."""
-        if self.tracker.val_each_epoch and self.dist.is_main:
-            self.tracker.epoch_end(self._val_accuracy(run.phase, run.val_cache))
-        self._save_checkpoint(run, result)
+    def _end_epoch(self, run: "_PhaseRun") -> None:
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, run)
         run.epoch += 1
+
     def _close_phase(self, run: "_PhaseRun", loss_name: str, train_images: int) -> dict:
         """The last check, the phase's end hook, and its log entry."""
         phase, checks = run.phase, run.checks
@@ -621,21 +566,22 @@ class Trainer:
             train_mode(self.method)
         return self._val_flops
 
-    def val_pass(self) -> tuple[float, float, float]:
-        """(per-class-averaged validation accuracy of the method's current forward, the pass's FLOPs, its
-        device seconds summed over ranks): what a validation check costs, for its caller to charge."""
+    def val_pass(self) -> tuple[torch.Tensor, float, float]:
+        """(validation logits of the method's current forward, the pass's FLOPs, its device seconds
+        summed over ranks): what a validation check costs, for its caller to charge."""
         self.val_pass_flops()
         with Stopwatch(self.device) as sw:
             logits = self.predict(self.data.val)
         train_mode(self.method)
         seconds = all_ranks_sum(sw.elapsed, self.dist, self.device)  # every rank runs the check
-        return split_accuracy(logits, self.data.val, self.data.num_classes), self._val_flops * self.dist.world, seconds
+        return logits, self._val_flops * self.dist.world, seconds
 
     def val_score(self, meter: Meter) -> float:
-        """`val_pass`, charged to `meter` (a phase's validation checks are part of its budget)."""
-        acc, flops, self._val_seconds = self.val_pass()
+        """Per-class-averaged accuracy of a `val_pass`, charged to `meter` (a phase's validation checks
+        are part of its budget)."""
+        logits, flops, self._val_seconds = self.val_pass()
         meter.charge(flops=flops, seconds=self._val_seconds)
-        return acc
+        return split_accuracy(logits, self.data.val, self.data.num_classes)
 
     def _solve_phase(self, phase: Phase, meter: Meter, train, loss_fn, loss_name: str) -> dict:
         """A phase fitted in one call on cached train and val features (val selects its settings).
@@ -657,35 +603,40 @@ class Trainer:
                 "train_images": len(train)}
 
     # -- checkpoints ----------------------------------------------------------------------
-    def _save_checkpoint(self, run: "_PhaseRun", result: TrainResult) -> None:
-        """Everything a resumed run needs to continue exactly; written atomically by rank 0."""
-        if self.ckpt is None or not self.dist.is_main:
-            return
-        self.ckpt.parent.mkdir(parents=True, exist_ok=True)
-        atomic_save({
+    def checkpoint_state(self, run: "_PhaseRun") -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly, and every callback's state."""
+        return {
             "phase": run.index, "epoch": run.epoch, "delta": self.method.delta_state_dict(),
             "method_state": self.method.resume_state(),
             "optimizer": run.optimizer.state_dict(), "spent": run.meter.spent.as_dict(),
             "flops_per_image": run.flops_per_image, "step_seconds": run.step_seconds,
-            "rng": rng_state(), "phase_log": list(result.phases), "schedule_base": run.schedule_base,
-            "config_hash": config_hash(self.spec.config), "history": self.tracker.state(),
-        }, self.ckpt)
+            "rng": rng_state(), "phase_log": list(self._result.phases), "schedule_base": run.schedule_base,
+            "config_hash": config_hash(self.spec.config),
+            "callbacks": {cb.key: cb.state() for cb in self.callbacks if cb.key},
+        }
 
-    def _load_checkpoint(self) -> dict | None:
-        if self.ckpt is None or not self.ckpt.is_file():
+    def _resume_state(self) -> dict | None:
+        """The checkpoint's state, its callbacks' and earlier phases' tensors restored; None without one."""
+        state = self.checkpoint.load(config_hash(self.spec.config)) if self.checkpoint else None
+        if state is None:
             return None
-        try:
-            state = torch.load(self.ckpt, map_location="cpu", weights_only=False)
-        except Exception as e:  # a checkpoint is written atomically, so this is outside damage
-            raise TrainingError(f"checkpoint {self.ckpt} cannot be read ({e}); remove it or drop --resume") from None
-        if state.get("config_hash") != config_hash(self.spec.config):
-            raise TrainingError(f"checkpoint {self.ckpt} belongs to a different config; remove it or drop --resume")
+        for cb in self.callbacks:
+            if cb.key:
+                cb.load_state(state.get("callbacks", {}).get(cb.key))
         if state["phase"] > 0:  # earlier phases' tensors are part of the delta saved at this point
             self.method.load_delta(state["delta"])
             self.method.load_resume_state(state.get("method_state", {}))
         return state
 
     # -- evaluation ----------------------------------------------------------------------
+    def train_mode(self) -> None:
+        """Back to training mode after an evaluation (a callback's)."""
+        train_mode(self.method)
+
+    def epoch_val_accuracy(self, run: "_PhaseRun") -> float:
+        """`_val_accuracy` of the phase now training: the learning curve's point."""
+        return self._val_accuracy(run.phase, run.val_cache)
+
     def _val_accuracy(self, phase: Phase, cache: dict[str, torch.Tensor]) -> float:
         """Per-class-averaged validation accuracy for the history, without touching the training RNG
         stream (a DataLoader draws its base seed from torch's RNG). A cached-feature phase embeds
