@@ -158,6 +158,7 @@ def test_a_trial_runs_no_learning_curve_pass_the_final_run_does(tmp_path, lr_spa
 def test_the_pruner_hears_at_the_points_of_the_whole_budget_however_many_phases():
     """LT-Soups trains 7 short phases (3 caps x 2 branches, then the head): its reports come when the
     phases' summed spending passes each point of the run's budget, sub-epoch points included."""
+    from ltbench.training.callbacks import AtProgress
     from ltbench.training.pipeline import build_all
     from ltbench.training.trainer import Trainer
 
@@ -166,8 +167,8 @@ def test_the_pruner_hears_at_the_points_of_the_whole_budget_however_many_phases(
     data, method = build_all(run, tuning=True)
     heard = []
     points = [1 / 9, 1 / 3, 2 / 3]
-    trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True, report_at=points,
-                      on_report=lambda k, spent: heard.append((k, spent.epochs)))
+    trainer = Trainer(method, data, run, torch.device("cpu"), quiet=True,
+                      callbacks=[AtProgress(points, lambda k, spent: heard.append((k, spent.epochs)))])
     result = trainer.fit(run.budget)
     assert len(result.phases) == 7
     assert [k for k, _ in heard] == sorted({k for k, _ in heard}) and heard[-1][0] == 3
@@ -289,7 +290,76 @@ def toy_trial(run, registry, reporter=None, val_images=0):
     lr, steps = run.method_config.lr, run.budget.amount
     g = math.exp(-0.5 * (math.log10(lr / 0.03) / 0.25) ** 2)
     cost = TrialCompute("steps", Spent(steps=int(steps), epochs=steps / 10))
-    return 0.1 + 0.8 * g * (1 - math.exp(-steps / 8)), cost.as_dict()
+    learnt = g * (1 - math.exp(-steps / 8))
+    return 0.1 + 0.8 * learnt, 0.1 + 0.5 * learnt, cost.as_dict()
+
+
+def chance_trial(run, registry, reporter=None, val_images=0):
+    """A toy problem whose short trials are at chance in accuracy: below 90 steps the accuracy is 1/10 plus
+    argmax noise that here happens to favour the lrs farthest from the good one, while the probability
+    of the true class already rises with g(lr), a bump one decade wide around lr* = 0.03."""
+    from ltbench.budget import Spent
+    from ltbench.tuning.tuner import TrialCompute
+
+    lr, steps = run.method_config.lr, run.budget.amount
+    g = math.exp(-0.5 * (math.log10(lr / 0.03) / 0.5) ** 2)
+    cost = TrialCompute("steps", Spent(steps=int(steps), epochs=steps / 10))
+    noise = 0.05 * (1 - g)
+    acc = 0.1 + 0.8 * g if steps >= 90 else 0.1 + noise
+    return acc, 0.1 + 0.3 * g * (1 - math.exp(-steps / 8)), cost.as_dict()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_halving_promotes_by_the_true_class_probability_where_short_trials_are_at_chance(tmp_path, monkeypatch, seed):
+    """Trials of 10 and 30 steps are at chance in accuracy but not in the probability they give the true
+    class: each rung passes on its best third by the mean of the two, so the final choice is the best lr
+    the first rung drew, not its luckiest argmax."""
+    import ltbench.tuning.tuner
+
+    monkeypatch.setattr(LinearProbeConfig, "SEARCH_SPACE", {"lr": ("log", 1e-5, 10.0)})
+    monkeypatch.setattr(ltbench.tuning.tuner, "run_trial", chance_trial)
+    best, record = tune(sgd_probe(budget="360steps", seed=seed), TuneSpec(budget=0.75, share=0.25),
+                        Registry(tmp_path))
+    first = [t for t in record["trials"] if t["rung"] == 0]
+    assert len(first) == 9 and all(t["val_p_true"] is not None for t in first)
+    closest = min(first, key=lambda t: abs(math.log10(t["params"]["lr"] / 0.03)))
+    luckiest = max(first, key=lambda t: t["value"])
+    assert luckiest["params"] != closest["params"]  # accuracy at chance would promote another lr
+    assert best == closest["params"]
+    for r in (1, 2):  # each rung: the best third of the one before
+        prev = sorted((t for t in record["trials"] if t["rung"] == r - 1), key=lambda t: -t["value"] - t["val_p_true"])
+        assert sorted(t["params"]["lr"] for t in record["trials"] if t["rung"] == r) == \
+            sorted(t["params"]["lr"] for t in prev[:len(prev) // 3])
+
+
+def test_promotion_weighs_accuracy_and_the_true_class_probability_alike():
+    """Neither alone: a more accurate, less confident trial goes before a confident, less accurate one
+    (7-step VPT trials: 19.0 % / p 0.128 and 12.5 % / p 0.149); a trial without a score, or failed, last."""
+    from types import SimpleNamespace
+
+    from ltbench.tuning.tuner import _promote
+
+    def trial(n, acc, p):
+        return SimpleNamespace(number=n, value=acc, user_attrs={"val_p_true": p})
+
+    ranked = _promote([trial(0, 0.125, 0.149), trial(1, None, None), trial(2, 0.1, None), trial(3, 0.19, 0.128)])
+    assert [t.number for t in ranked] == [3, 0, 2, 1]
+
+
+def test_validation_scores_are_averaged_per_class_and_broken_logits_score_none():
+    """9 images of class 0 predicted right, 1 of class 1 predicted wrong, all with p = σ(4): per class the
+    accuracy is 1/2 and the true class's probability the mean of the two classes', not of the ten images'."""
+    from ltbench.tuning.tuner import scores
+
+    logits = torch.tensor([[4.0, 0.0]] * 10)
+    labels = np.array([0] * 9 + [1])
+    acc, p_true = scores(logits, labels, 2)
+    right = 1 / (1 + math.exp(-4.0))
+    assert acc == pytest.approx(0.5) and p_true == pytest.approx((right + (1 - right)) / 2)
+    assert scores(torch.zeros(10, 2), labels, 2)[1] == pytest.approx(0.5)  # uniform: 1/C
+    assert scores(torch.tensor([[float("nan"), 0.0]] * 10), labels, 2)[1] is None
+
+
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
@@ -328,6 +398,7 @@ def test_halving_on_the_real_pipeline_spends_its_budget_and_resumes(tmp_path, lr
     assert halving_plan(spec) == [(2, 0.25), (1, 0.5)]  # 2 × 0.25 + 1 × 0.5 = 1.0 run
     best, record = tune(sgd_probe(budget="40steps"), spec, reg)
     assert [(t["rung"], t["spent"]["steps"]) for t in record["trials"]] == [(0, 10), (0, 10), (1, 20)]
+    assert all(0 < t["val_p_true"] < 1 for t in record["trials"])
     assert record["budget"] == {"unit": "steps", "cap": 40.0, "used": 40.0}
     assert best["lr"] == GOOD and record["trials"][-1]["rung"] == 1
     again = tune(sgd_probe(budget="40steps"), spec, reg)[1]

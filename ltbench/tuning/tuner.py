@@ -8,10 +8,15 @@ is a run of a share of the run's budget with a schedule of its own length (warm-
 its steps, cosine to its end: the final run's shape, shorter), scored by its per-class accuracy on
 a fixed, class-balanced subset of the validation split (at most `val_images`). Successive halving
 (`halving_plan`): the first rung runs as many trials of share·eta^-(rungs-1) as the budget pays
-for, drawn by TPE (seeded with the run's seed); the best 1/eta of each rung run again, eta times
-longer, up to `share` of the run. The final run trains on the whole budget with the best values of
-the last rung and records the study (every trial, its rung, values and compute; the best values;
-the budget and what was used, evaluations included) in its provenance.
+for, drawn by TPE (seeded with the run's seed); the best 1/eta of each rung by the mean of
+accuracy and the probability given to the true class (both per-class averaged: `scores`) run again,
+eta times longer, up to `share` of the run. A short trial is often still at chance in accuracy, its
+argmax noise, while that probability already orders the settings; the log-loss would not, as it
+favours a model left near uniform (too low a learning rate) over one that learns with confidence,
+and the probability alone favours a confident model over a more accurate one. The final run trains
+on the whole budget with the best values (by accuracy) of the last rung and records the study
+(every trial, its rung, values, probability and compute; the best values; the budget and what was
+used, evaluations included) in its provenance.
 
 `tune: {trials: N}` is the fixed-trial form: N trials of `share` each, the first of them the
 method's own values (its paper defaults, or the user's `--set`) where they lie in the space, with
@@ -26,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +40,7 @@ from ..errors import ConfigError, TrainingError
 from ..plugins.names import suggest as suggest_name
 from ..spec import RunSpec
 from ..store.index import Registry
+from ..training.callbacks import Callback
 from .study import join, open_study, spawn
 
 SPACE_KINDS = ("log", "float", "int", "choice", "by")
@@ -290,14 +296,30 @@ class Reporter:
             raise optuna.TrialPruned(f"val accuracy {acc:.4f} at point {k} is below the median")
 
 
+def scores(logits: torch.Tensor, labels: np.ndarray, num_classes: int) -> tuple[float, float | None]:
+    """(accuracy, mean probability of the true class) of validation logits, each averaged per class: the
+    second is the accuracy the model expects of itself, 1/C for a uniform or a collapsed model alike;
+    None where the logits are not finite (the worst)."""
+    from ..metrics import class_averaged_accuracy
+
+    labels = np.asarray(labels, dtype=np.int64)
+    logits = torch.as_tensor(logits).float()
+    p_true = torch.softmax(logits, 1)[torch.arange(len(labels)), torch.as_tensor(labels)].numpy()
+    soft = class_averaged_accuracy(p_true, labels, num_classes)  # the per-class mean of any per-sample value
+    acc = class_averaged_accuracy(logits.argmax(1).numpy() == labels, labels, num_classes)
+    return acc, soft if math.isfinite(soft) else None
+
+
 def run_trial(run: RunSpec, registry: Registry, reporter: Reporter | None = None,
-              val_images: int = TuneSpec.val_images) -> tuple[float, dict[str, float]]:
-    """Train `run` (one trial) without registering it; (per-class val accuracy, compute spent incl. evaluations).
+              val_images: int = TuneSpec.val_images) -> tuple[float, float | None, dict[str, float]]:
+    """Train `run` (one trial) without registering it; (per-class val accuracy, per-class val probability
+    of the true class (`scores`), compute spent incl. evaluations).
 
     The accuracy is measured on `val_subset`; with a `reporter`, at each of its points too.
     """
     from ..budget import Spent
     from ..training.pipeline import build_all
+    from ..training.callbacks import AtProgress
     from ..training.trainer import Trainer, resolve_device, seed_everything
 
     budget = run.budget
@@ -308,26 +330,26 @@ def run_trial(run: RunSpec, registry: Registry, reporter: Reporter | None = None
     method.to(device)
     cost = TrialCompute(budget.unit, Spent())
 
-    def val_accuracy() -> float:
-        acc, flops, seconds = trainer.val_pass()
+    def val_scores() -> tuple[float, float | None]:
+        logits, flops, seconds = trainer.val_pass()
         cost.eval_flops += flops
         cost.eval_seconds += seconds
-        return acc
+        return scores(logits, data.val.labels, data.num_classes)
 
     def on_report(k: int, spent: Spent) -> None:
         cost.train = spent
-        reporter(k, val_accuracy(), cost)
+        reporter(k, val_scores()[0], cost)
 
     # the last point is the trial's end: reported after `fit`, from the finished model (a phase's end
     # hook may still change it after the last step, as LT-Soups' does)
     points = reporter.points[:-1] if reporter is not None else []
-    trainer = Trainer(method, data, run, device, quiet=True, report_at=points,
-                      on_report=on_report if reporter is not None else None)
+    trainer = Trainer(method, data, run, device, quiet=True,
+                      callbacks=[AtProgress(points, on_report)] if reporter is not None else [])
     cost.train = trainer.fit(budget).spent
-    acc = val_accuracy()
+    acc, p_true = val_scores()
     if reporter is not None:
         reporter(len(reporter.points), acc, cost)
-    return acc, cost.as_dict()
+    return acc, p_true, cost.as_dict()
 
 
 def _open_study(name: str, storage: str, spec: TuneSpec, seed: int, worker: int = 0):
@@ -386,12 +408,13 @@ def _run_configs(name: str, storage: str, run: RunSpec, space: dict[str, tuple],
         trial.set_user_attr("pid", os.getpid())
         params = suggest(trial, space)
         try:
-            acc, spent = run_trial(trial_run(run, params, share), registry, val_images=spec.val_images)
+            acc, p_true, spent = run_trial(trial_run(run, params, share), registry, val_images=spec.val_images)
         except TrainingError as e:  # e.g. a learning rate that makes the loss non-finite: the worst value
             trial.set_user_attr("error", str(e))
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         trial.set_user_attr("spent", spent)
+        trial.set_user_attr("val_p_true", p_true)
         study.tell(trial, acc)
 
 
@@ -425,6 +448,16 @@ def _rank(trials: list) -> list:
     return sorted(trials, key=lambda t: (t.value is None, -(t.value or 0.0), t.number))
 
 
+def _promote(trials: list) -> list:
+    """A rung's trials best first for the next rung: by the mean of validation accuracy and probability
+    of the true class (`scores`), ties to the earlier trial; failed trials last."""
+    def score(t) -> float:
+        p_true = t.user_attrs.get("val_p_true")
+        return -math.inf if t.value is None or p_true is None else (t.value + float(p_true)) / 2
+
+    return sorted(trials, key=lambda t: (t.value is None, -score(t), t.number))
+
+
 def _halve(name: str, storage: str, run: RunSpec, space: dict[str, tuple], spec: TuneSpec, home: str) -> None:
     """Run (or resume) a budget's successive halving, rung by rung (see `halving_plan`)."""
     study = _open_study(name, storage, spec, run.seed)
@@ -438,7 +471,7 @@ def _halve(name: str, storage: str, run: RunSpec, space: dict[str, tuple], spec:
             ran = [dict(config_values(t.params)) for t in done]
             prev = [t for t in study.get_trials(deepcopy=False)
                     if t.user_attrs.get("rung") == rung - 1 and t.state.name in ("COMPLETE", "FAIL")]
-            best = [config_values(t.params) for t in _rank(prev)[:n]]
+            best = [config_values(t.params) for t in _promote(prev)[:n]]
             todo = [(rung, share, v) for v in best if v not in ran]
         if todo:
             _in_processes(_run_configs, args, _split(todo, spec.jobs), spec.jobs)
@@ -456,8 +489,9 @@ def _fixed_trials(name: str, storage: str, run: RunSpec, space: dict[str, tuple]
         params = suggest(trial, space)
         trial.set_user_attr("pid", os.getpid())
         reporter = Reporter(trial, spec)
-        acc, spent = run_trial(trial_run(run, params, spec.share), registry, reporter, spec.val_images)
+        acc, p_true, spent = run_trial(trial_run(run, params, spec.share), registry, reporter, spec.val_images)
         trial.set_user_attr("spent", spent)
+        trial.set_user_attr("val_p_true", p_true)
         return acc
 
     study.optimize(objective, n_trials=quota, catch=(TrainingError,))
@@ -504,7 +538,8 @@ def tune(run: RunSpec, spec: TuneSpec, registry: Registry | None = None) -> tupl
     for t in trials:
         spent = t.user_attrs.get("spent") or {}
         record["trials"].append({"number": t.number, "state": t.state.name, "params": config_values(t.params),
-                                 "value": t.value, "rung": t.user_attrs.get("rung"),
+                                 "value": t.value, "val_p_true": t.user_attrs.get("val_p_true"),
+                                 "rung": t.user_attrs.get("rung"),
                                  "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
                                  "spent": spent, "pid": t.user_attrs.get("pid")})
         record["compute"]["flops"] += float(spent.get("flops", 0.0))
@@ -543,7 +578,7 @@ def tuned_run(run: RunSpec, spec: TuneSpec, best: dict[str, Any], space: dict[st
 
 
 def tune_and_train(run: RunSpec, spec: TuneSpec, registry: Registry | None = None, console=None,
-                   quiet: bool = False):
+                   quiet: bool = False, callbacks: Sequence[Callback] = ()):
     """Tune `run` (see `tune`), then train and register it with the best values and the study's record."""
     from ..training.pipeline import train_expert
 
@@ -563,5 +598,5 @@ def tune_and_train(run: RunSpec, spec: TuneSpec, registry: Registry | None = Non
         console.print(f"tuned {run.name}: {shown} (val {record['best_value']:.4f}, "
                       f"{math.fsum(t['spent'].get('seconds', 0) for t in record['trials']):.0f} s)", highlight=False)
     return train_expert(tuned_run(run, spec, best, space), registry=registry, console=console, quiet=quiet,
-                        tuning=record)
+                        tuning=record, callbacks=callbacks)
 
