@@ -41,10 +41,12 @@ class LPTConfig(MethodConfig):
         "phase2_mixup": 0.0,
     }
 
-    # lr per 256 images (lr_ref_batch). SGD: the paper's 0.002 and the code's 0.02 inside, up to 0.4 (0.05 a
-    # batch of 32, where the same prompts under VPT's SGD diverge in a short run; see vpt.py), down to 2e-4.
-    # AdamW: 1e-3 … 0.1 (1.25e-4 … 1.25e-2 a batch of 32).
-    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(2e-4, 0.4), adamw=(1e-3, 0.1))
+    # lr per 256 images (lr_ref_batch). SGD: the paper's 0.002 and the code's 0.02 inside, up to 0.08 (0.01 a
+    # batch of 32: above it the same prompts under VPT's SGD diverge in a short run; see vpt.py), down to 2e-4.
+    # AdamW: 1e-3 … 0.1 (1.25e-4 … 1.25e-2 a batch of 32). The batch (per part) too: under a budget of a few
+    # epochs a smaller one gives the prompts more steps (the lr scales with it through lr_ref_batch).
+    SEARCH_SPACE: ClassVar[dict[str, tuple]] = optimizer_space(sgd=(2e-4, 0.08), adamw=(1e-3, 0.1),
+                                                               batch_size=("choice", [16, 32]))
     # Paper: SGD (momentum 0.9), lr 0.002·B/256, wd 1e-4, cosine schedule, 5 warm-up epochs of 40 a phase.
     optimizer: str = "sgd"
     lr: float = 0.002
