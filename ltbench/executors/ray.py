@@ -198,7 +198,10 @@ def _warm(gate, timeout: float) -> int:
     import ray
 
     _import_task_modules()
-    ray.get(gate.arrive.remote(os.getpid(), timeout))
+    try:
+        ray.get(gate.arrive.remote(os.getpid(), timeout))
+    except ray.exceptions.RayActorError:  # late: `warm_workers` returned and killed the gate
+        pass
     return os.getpid()
 
 
@@ -218,9 +221,10 @@ def warm_workers(workers: int | None = None, timeout: float = 300.0) -> list[int
     try:
         warm = ray.remote(_warm).options(num_cpus=1, max_retries=0)
         refs = [warm.remote(gate, timeout) for _ in range(n)]
-        ready, late = ray.wait(refs, num_returns=n, timeout=timeout + 30)  # CPUs busy elsewhere: fewer
-        for ref in late:
-            ray.cancel(ref)
+        # CPUs busy elsewhere: fewer. The late ones are left to finish, not cancelled: a cancel
+        # interrupts a task mid-import, and the worker keeps the half-imported module (sympy under
+        # torch) for every later task it runs.
+        ready, _late = ray.wait(refs, num_returns=n, timeout=timeout + 30)
         return sorted(set(ray.get(ready)))
     finally:
         ray.kill(gate)
