@@ -142,13 +142,13 @@ def test_a_trial_runs_no_learning_curve_pass_the_final_run_does(tmp_path, lr_spa
     """The history's per-epoch validation pass is not charged to the budget, so a trial (never
     registered, its history unread) must not run it; the final run keeps its curve."""
     calls = {"n": 0}
-    real = ltbench.training.trainer.Trainer._val_accuracy
+    real = ltbench.training.trainer.Trainer.epoch_val_accuracy
 
     def counted(self, *a, **kw):
         calls["n"] += 1
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(ltbench.training.trainer.Trainer, "_val_accuracy", counted)
+    monkeypatch.setattr(ltbench.training.trainer.Trainer, "epoch_val_accuracy", counted)
     tune(sgd_probe(), TuneSpec(trials=2, share=0.5, pruner="none"), Registry(tmp_path / "a"))
     assert calls["n"] == 0
     ltbench.training.pipeline.train_expert(sgd_probe(budget="2epochs"), registry=Registry(tmp_path / "b"), quiet=True)

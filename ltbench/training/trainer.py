@@ -634,13 +634,10 @@ class Trainer:
         train_mode(self.method)
 
     def epoch_val_accuracy(self, run: "_PhaseRun") -> float:
-        """`_val_accuracy` of the phase now training: the learning curve's point."""
-        return self._val_accuracy(run.phase, run.val_cache)
-
-    def _val_accuracy(self, phase: Phase, cache: dict[str, torch.Tensor]) -> float:
-        """Per-class-averaged validation accuracy for the history, without touching the training RNG
-        stream (a DataLoader draws its base seed from torch's RNG). A cached-feature phase embeds
-        the val images once and only re-runs its classifier each epoch."""
+        """Per-class-averaged validation accuracy of the phase now training, for the history, without
+        touching the training RNG stream (a DataLoader draws its base seed from torch's RNG). A
+        cached-feature phase embeds the val images once and only re-runs its classifier each epoch."""
+        phase, cache = run.phase, run.val_cache
         state = rng_state()
         method = self.method
         try:
