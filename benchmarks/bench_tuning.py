@@ -21,8 +21,10 @@ the accuracy-against-budget table, the budgets where the ranking changes, and th
 
 Fusions are left out: the table is per method. Then prints, per method and variant, test
 overall and few-shot accuracy and per-class validation accuracy (mean ± std over the seeds),
-the tuning compute (trials' device seconds and FLOPs) and the run's own device seconds, and
-each variant's ordering of methods by test accuracy.
+the tuning compute (trials' device seconds and FLOPs), the run's own device seconds and the
+seeds whose run's report status is not `ok` (at chance, still improving, diverged); then per
+method whether the tuned mean is within one standard deviation of the overrides' (or above it),
+and each variant's ordering of methods by test accuracy.
 """
 from __future__ import annotations
 
@@ -81,6 +83,24 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def not_ok(registry, names: list[str]) -> dict[str, str]:
+    """The report's status of each of these experts where it is not `ok` (at chance, still
+    improving, diverged): a mean over seeds must not hide a seed that never trained."""
+    from ltbench import api
+
+    frame = api.report_frame(registry, experts=names, ci=False, group_seeds=False)
+    return {row.expert: row.status for row in frame.itertuples() if row.status != "ok"}
+
+
+def verdict(label: str, tuned: list[float], overrides: list[float]) -> str:
+    """One line: the tuned mean minus the overrides' mean, and whether it is above −sd (within one
+    standard deviation of the overrides, or above them)."""
+    diff = statistics.fmean(tuned) - statistics.fmean(overrides)
+    sd = max(statistics.stdev(tuned), statistics.stdev(overrides))
+    word = "above" if diff >= 0 else "within one sd" if diff >= -sd else "BELOW by more than one sd"
+    return f"{label:<14}{diff:+6.1f} (sd {sd:4.1f}): {word}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--home", help="registry home (kept; a rerun reuses what it registered; default: a temporary one)")
@@ -117,9 +137,12 @@ def main() -> None:
     print(f"\n{demo['dataset']} / {demo['backbone']}, budget {demo['budget']}, set {demo.get('set')}, "
           f"seeds {args.seeds}, tuned with {demo.get('tune')}")
     head = f"{'method':<14}{'variant':<11}{'test overall':>15}{'test few':>15}{'val':>15}{'tune s':>9}{'tune FLOPs':>12}" \
-           f"{'run s':>8}"
+           f"{'run s':>8}  not ok"
     print(head)
+    flagged = not_ok(registry, [s.expert_name(label, seed) for s in suites.values() for label in labels
+                                for seed in args.seeds])
     order: dict[str, list[tuple[float, str]]] = {v: [] for v in suites}
+    overall: dict[tuple[str, str], list[float]] = {}
     for label in labels:
         for v, suite in suites.items():
             cols: dict[str, list[float]] = {"overall": [], "few": [], "val": [], "tune_s": [], "tune_f": [], "run_s": []}
@@ -133,9 +156,16 @@ def main() -> None:
                 cols["tune_f"].append(float(compute.get("flops") or 0))
                 cols["run_s"].append(float((ex.meta.get("spent") or {}).get("seconds") or 0))
             order[v].append((statistics.fmean(cols["overall"]), label))
-            print(f"{label:<14}{v:<11}{_mean_std(cols['overall']):>15}{_mean_std(cols['few']):>15}"
+            overall[label, v] = cols["overall"]
+            print((f"{label:<14}{v:<11}{_mean_std(cols['overall']):>15}{_mean_std(cols['few']):>15}"
                   f"{_mean_std(cols['val']):>15}{statistics.fmean(cols['tune_s']):9.0f}"
-                  f"{statistics.fmean(cols['tune_f']):12.2e}{statistics.fmean(cols['run_s']):8.0f}")
+                  f"{statistics.fmean(cols['tune_f']):12.2e}{statistics.fmean(cols['run_s']):8.0f}  "
+                  + ", ".join(f"s{seed} {flagged[n]}" for seed in args.seeds
+                              if (n := suite.expert_name(label, seed)) in flagged)).rstrip())
+    if {"tuned", "overrides"} <= set(suites) and len(args.seeds) > 1:
+        print("\ntuned against overrides, test overall (sd: the larger of the two variants' stds over the seeds):")
+        for label in labels:
+            print("  " + verdict(label, overall[label, "tuned"], overall[label, "overrides"]))
     print("\nordering by mean test accuracy (best first):")
     for v, rows in order.items():
         print(f"  {v:<10} " + " > ".join(label for _, label in sorted(rows, reverse=True)))

@@ -39,6 +39,8 @@ QUICK = {
                                      r"^  PostgreSQL .* registered 20 \(distinct 20, complete 20, lost 0\)"]),
     "bench_tuning.py": (["--quick", "--quiet", "--seeds", "0", "1"],
                         [*(rf"^vpt-deep\s+{v}\s+[\d.]+ ± [\d.]+" for v in ("defaults", "overrides", "fixed", "tuned")),
+                         r"^method\s+variant\s.*\srun s  not ok$",
+                         r"^  vpt-deep\s+[+-][\d.]+ \(sd +[\d.]+\): (above|within one sd|BELOW by more than one sd)$",
                          r"^  tuned\s+(linear-probe|vpt-deep) > (linear-probe|vpt-deep)$"]),
     "bench_throughput.py": (["--quick"], [r"^vpt-deep\s+prompt\s+train end to end\s+[\d.]+ img/s",
                                           r"^lpt\s+group-prompts\s+train end to end\s+[\d.]+ img/s",
