@@ -65,3 +65,15 @@ def test_quick_mode_runs_and_prints_its_report(script, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     missing = [rx for rx in expected if not re.search(rx, out, re.MULTILINE)]
     assert missing == [], out[-3000:]
+
+
+def test_tuning_verdict_compares_the_tuned_mean_with_the_overrides_within_the_larger_sd():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_tuning
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    tuned, overrides = [64.2, 65.0, 53.0], [65.2, 60.8, 64.2]  # the larger sd is the tuned one, 6.7
+    assert bench_tuning.verdict("lt-soups", tuned, overrides).endswith("-2.7 (sd  6.7): within one sd")
+    assert bench_tuning.verdict("x", [40.0, 41.0, 42.0], [52.0, 51.9, 52.0]).endswith("BELOW by more than one sd")
+    assert bench_tuning.verdict("y", [70.0, 71.0, 72.0], [52.0, 51.9, 52.0]).endswith(": above")
