@@ -28,6 +28,15 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True)
 
 
+def _print_table(shown) -> None:
+    """Print a table; piped, at its natural width: squeezed into a fixed one, rich cuts the names
+    into narrow wrapped cells. A terminal keeps its own width."""
+    if not out.is_terminal:
+        natural = out.measure(shown, options=out.options.update_width(100_000)).maximum
+        out.width = max(out.width, natural)
+    out.print(shown)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """A warning about user data (a broken expert) is one line naming it; others keep Python's form."""
     from .errors import BrokenExpertWarning
@@ -168,7 +177,7 @@ def _print_expert(expert) -> None:
     from .report import rich_table
 
     out.print(f"registered [bold]{expert.name}[/] in {expert.path}")
-    out.print(rich_table(api.report_frame(experts=[expert.name])))
+    _print_table(rich_table(api.report_frame(experts=[expert.name])))
 
 
 @app.command()
@@ -221,7 +230,7 @@ def report(
 def _emit(shown, format: str) -> None:
     """A rich table on the terminal; machine formats (json, csv) verbatim on stdout."""
     if format == "table":
-        out.print(shown)
+        _print_table(shown)
     else:
         sys.stdout.write(shown)
 
@@ -245,7 +254,7 @@ def ls(format: str = typer.Option("table", "--format", help="table | json")) -> 
         table.add_column(col)
     for r in rows:
         table.add_row(*(str(r[c]) for c in api.LS_COLUMNS))
-    out.print(table)
+    _print_table(table)
 
 
 @app.command()
@@ -258,7 +267,7 @@ def show(
     if history:
         from .training.tracking import history_table
 
-        out.print(history_table(name, api.show_history(name)))
+        _print_table(history_table(name, api.show_history(name)))
         return
     from .jsonio import dumps
 
@@ -356,7 +365,7 @@ for _command in catalog.LISTINGS:
 def _print_suite_result(view, written) -> None:
     from .report.views import show
 
-    out.print(show(view))
+    _print_table(show(view))
     if written:
         err.print(f"wrote {len(written)} files to {written[0].parent}: {', '.join(p.name for p in written)}",
                   highlight=False, soft_wrap=True)
@@ -378,7 +387,7 @@ def bench(
     if plan:
         from .suites.planner import plan_table
 
-        out.print(plan_table(*api.plan(suite, budgets)))
+        _print_table(plan_table(*api.plan(suite, budgets)))
         return
     table, written, _ = api.bench(suite, out=out_dir, plots=plots, console=err, quiet=quiet, executor=executor,
                                   address=address, budgets=budgets)

@@ -285,3 +285,13 @@ def test_strict_json_conversion():
            "e": np.array([1.0, np.nan]), "f": (pd.NA, np.bool_(True)), 7: {"g": np.float64(0.25)}}
     assert strict_json(dumps(obj)) == {"a": None, "b": [None, None, 1.5], "c": None, "d": 3, "e": [1.0, None],
                                        "f": [None, True], "7": {"g": 0.25}}
+
+
+def test_a_piped_table_keeps_its_natural_width(home):
+    """Output that is not a terminal (CI logs, files) gets the whole table: squeezed to a fixed width,
+    rich would cut the expert's name into narrow wrapped cells."""
+    name = "demo-" + "a-long-expert-name-" * 5 + "s0"
+    assert invoke("train", "--method", "linear-probe", "--name", name, *TINY, "--set", "solver=sgd").exit_code == 0
+    for args in (["report"], ["ls"]):
+        printed = invoke(*args).output
+        assert name in printed, args
